@@ -1,0 +1,56 @@
+//! The heads that turn features into per-class scores.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{Conv2d, ConvBnAct, ConvConfig, DSConv, NormOptions};
+
+/// The paper's classifier: two DSConv and a 1x1 convolution to the classes (dropout before it is a
+/// no-op at inference).
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    dsconv1: DSConv,
+    dsconv2: DSConv,
+    conv: Conv2d,
+}
+
+impl Classifier {
+    /// Reads `dsconv1`, `dsconv2` and `conv.1` (`conv.0` is the dropout).
+    pub fn new(channels: usize, num_classes: usize, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            dsconv1: DSConv::new(channels, channels, 1, norm, vb.pp("dsconv1"))?,
+            dsconv2: DSConv::new(channels, channels, 1, norm, vb.pp("dsconv2"))?,
+            conv: Conv2d::new(ConvConfig::pointwise(channels, num_classes).with_bias(), vb.pp("conv").pp("1"))?,
+        })
+    }
+}
+
+impl Module for Classifier {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(&self.dsconv2.forward(&self.dsconv1.forward(x)?)?)
+    }
+}
+
+/// The reference implementation's auxiliary head on the learning-to-downsample output, used for the
+/// 0.4-weighted auxiliary loss in training: 3x3 conv + BN + ReLU, dropout, 1x1 to the classes.
+#[derive(Debug, Clone)]
+pub struct AuxHead {
+    conv: ConvBnAct,
+    classify: Conv2d,
+}
+
+impl AuxHead {
+    /// Reads the `nn.Sequential` children `0` (conv), `1` (BN) and `4` (classes).
+    pub fn new(in_channels: usize, hidden: usize, num_classes: usize, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            conv: ConvBnAct::new(ConvConfig::dense(in_channels, hidden, 3, 1, 1), true, norm, vb.pp("0"), vb.pp("1"))?,
+            classify: Conv2d::new(ConvConfig::pointwise(hidden, num_classes).with_bias(), vb.pp("4"))?,
+        })
+    }
+}
+
+impl Module for AuxHead {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.classify.forward(&self.conv.forward(x)?)
+    }
+}

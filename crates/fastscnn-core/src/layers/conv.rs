@@ -1,0 +1,218 @@
+//! A 2D convolution that routes each shape Fast-SCNN uses to its fastest path.
+//!
+//! Fast-SCNN has three kinds of convolution: one dense 3x3 (the stem and the auxiliary head),
+//! depthwise 3x3 and pointwise 1x1. candle's generic conv2d serves the first; the depthwise custom
+//! op serves the second; a 1x1 convolution is a matrix product over the flattened plane and needs no
+//! im2col at all.
+
+use candle_core::{bail, Module, Result, Tensor};
+use candle_nn::{BatchNorm, VarBuilder};
+
+use crate::ops::depthwise_conv2d;
+
+/// The shape of a convolution, as PyTorch's `nn.Conv2d` arguments describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// One 3x3 filter per channel (`groups == in_channels == out_channels`).
+    pub depthwise: bool,
+    pub bias: bool,
+}
+
+impl ConvConfig {
+    /// A dense `kernel`x`kernel` convolution without bias.
+    pub fn dense(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            depthwise: false,
+            bias: false,
+        }
+    }
+
+    /// A 1x1 convolution without bias.
+    pub fn pointwise(in_channels: usize, out_channels: usize) -> Self {
+        Self::dense(in_channels, out_channels, 1, 1, 0)
+    }
+
+    /// A depthwise 3x3 convolution with padding 1, without bias.
+    pub fn depthwise(channels: usize, stride: usize) -> Self {
+        Self {
+            depthwise: true,
+            ..Self::dense(channels, channels, 3, stride, 1)
+        }
+    }
+
+    pub fn with_bias(self) -> Self {
+        Self { bias: true, ..self }
+    }
+
+    /// The weight shape PyTorch stores: (out, in / groups, k, k).
+    pub fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        let per_group = if self.depthwise { 1 } else { self.in_channels };
+        (self.out_channels, per_group, self.kernel, self.kernel)
+    }
+
+    fn is_pointwise(&self) -> bool {
+        !self.depthwise && self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: ConvConfig,
+}
+
+impl Conv2d {
+    /// Loads `weight` (and `bias` when the config has one) from `vb`.
+    pub fn new(config: ConvConfig, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(config.weight_shape(), "weight")?;
+        let bias = if config.bias {
+            Some(vb.get(config.out_channels, "bias")?)
+        } else {
+            None
+        };
+        Self::from_parts(weight, bias, config)
+    }
+
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>, config: ConvConfig) -> Result<Self> {
+        if config.depthwise && (config.in_channels != config.out_channels || config.kernel != 3 || config.padding != 1) {
+            bail!("depthwise convolutions must be 3x3, padding 1, channels in == out: {config:?}")
+        }
+        let expected = config.weight_shape();
+        if weight.dims4()? != expected {
+            bail!("convolution weight has shape {:?}, expected {expected:?}", weight.dims())
+        }
+        Ok(Self {
+            weight,
+            bias,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ConvConfig {
+        &self.config
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// This convolution followed by eval-mode `bn`, as one convolution with a bias:
+    /// `w' = w·γ/√(σ²+ε)` and `b' = (b − μ)·γ/√(σ²+ε) + β`.
+    pub fn fold_batch_norm(&self, bn: &BatchNorm) -> Result<Self> {
+        let scale = (bn.running_var() + bn.eps())?.sqrt()?.recip()?;
+        let (scale, shift) = match bn.weight_and_bias() {
+            Some((gamma, beta)) => (scale.mul(gamma)?, beta.clone()),
+            None => (scale.clone(), scale.zeros_like()?),
+        };
+        let weight = self.weight.broadcast_mul(&scale.reshape((self.config.out_channels, 1, 1, 1))?)?;
+        let centred = match &self.bias {
+            Some(b) => (b - bn.running_mean())?,
+            None => bn.running_mean().neg()?,
+        };
+        let bias = (centred.mul(&scale)? + shift)?;
+        Self::from_parts(weight, Some(bias), self.config.with_bias())
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let y = if c.depthwise {
+            depthwise_conv2d(x, &self.weight, c.stride)?
+        } else if c.is_pointwise() {
+            let (n, _, h, w) = x.dims4()?;
+            let weight = self.weight.reshape((c.out_channels, c.in_channels))?;
+            let flat = x.reshape((n, c.in_channels, h * w))?;
+            weight
+                .broadcast_matmul(&flat)?
+                .reshape((n, c.out_channels, h, w))?
+        } else {
+            x.conv2d(&self.weight, c.padding, c.stride, 1, 1)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, c.out_channels, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::ModuleT;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn pointwise_path_matches_generic_conv2d() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let cfg = ConvConfig::pointwise(6, 4).with_bias();
+        let conv = Conv2d::from_parts(random(&[4, 6, 1, 1], &mut rng), Some(random(&[4], &mut rng)), cfg).unwrap();
+        let x = random(&[2, 6, 5, 7], &mut rng);
+        let reference = x
+            .conv2d(conv.weight(), 0, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&conv.bias().unwrap().reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_diff(&conv.forward(&x).unwrap(), &reference) < 1e-5);
+    }
+
+    #[test]
+    fn folding_batch_norm_matches_conv_then_bn() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for cfg in [
+            ConvConfig::dense(3, 8, 3, 2, 0),
+            ConvConfig::depthwise(8, 1),
+            ConvConfig::pointwise(8, 8).with_bias(),
+        ] {
+            let (o, i, k, _) = cfg.weight_shape();
+            let bias = cfg.bias.then(|| random(&[o], &mut rng));
+            let conv = Conv2d::from_parts(random(&[o, i, k, k], &mut rng), bias, cfg).unwrap();
+            let var = random(&[o], &mut rng).abs().unwrap().affine(1.0, 0.1).unwrap();
+            let bn = BatchNorm::new(
+                o,
+                random(&[o], &mut rng),
+                var,
+                random(&[o], &mut rng),
+                random(&[o], &mut rng),
+                1e-5,
+            )
+            .unwrap();
+            let x = random(&[1, cfg.in_channels, 9, 10], &mut rng);
+            let unfolded = bn.forward_t(&conv.forward(&x).unwrap(), false).unwrap();
+            let folded = conv.fold_batch_norm(&bn).unwrap().forward(&x).unwrap();
+            assert!(max_diff(&unfolded, &folded) < 1e-5, "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_weight_shape() {
+        let w = Tensor::zeros((4, 6, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(Conv2d::from_parts(w, None, ConvConfig::pointwise(6, 4)).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Convolution + BatchNorm + optional ReLU, the unit every Fast-SCNN block is made of.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
+
+use super::conv::{Conv2d, ConvConfig};
+
+/// How BatchNorm is run at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchNormMode {
+    /// Folded into the preceding convolution when the weights are loaded: one op less per layer and
+    /// the same numbers up to rounding. The default for inference.
+    #[default]
+    Folded,
+    /// Kept as a separate layer with its own statistics, as training needs; also lets tests check
+    /// the folding against the plain computation.
+    Unfolded,
+}
+
+/// What every layer needs to know about normalisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormOptions {
+    pub mode: BatchNormMode,
+    pub eps: f64,
+}
+
+impl Default for NormOptions {
+    fn default() -> Self {
+        Self {
+            mode: BatchNormMode::Folded,
+            eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvBnAct {
+    conv: Conv2d,
+    /// Present only in [`BatchNormMode::Unfolded`].
+    bn: Option<BatchNorm>,
+    relu: bool,
+}
+
+impl ConvBnAct {
+    /// The convolution's tensors come from `conv_vb`, the BatchNorm's from `bn_vb`: PyTorch modules
+    /// name the two by their position in an `nn.Sequential`, which differs from block to block.
+    pub fn new(
+        conv: ConvConfig,
+        relu: bool,
+        norm: NormOptions,
+        conv_vb: VarBuilder,
+        bn_vb: VarBuilder,
+    ) -> Result<Self> {
+        let conv_layer = Conv2d::new(conv, conv_vb)?;
+        let bn_config = BatchNormConfig {
+            eps: norm.eps,
+            ..Default::default()
+        };
+        let bn = batch_norm(conv.out_channels, bn_config, bn_vb)?;
+        Ok(match norm.mode {
+            BatchNormMode::Folded => Self {
+                conv: conv_layer.fold_batch_norm(&bn)?,
+                bn: None,
+                relu,
+            },
+            BatchNormMode::Unfolded => Self {
+                conv: conv_layer,
+                bn: Some(bn),
+                relu,
+            },
+        })
+    }
+
+    /// The common `nn.Sequential(Conv2d, BatchNorm2d[, ReLU])` whose children are named `0` and `1`.
+    pub fn sequential(conv: ConvConfig, relu: bool, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+        Self::new(conv, relu, norm, vb.pp("0"), vb.pp("1"))
+    }
+
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
+    pub fn is_folded(&self) -> bool {
+        self.bn.is_none()
+    }
+}
+
+impl Module for ConvBnAct {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = self.conv.forward(x)?;
+        if let Some(bn) = &self.bn {
+            y = bn.forward_t(&y, false)?;
+        }
+        if self.relu {
+            y = y.relu()?;
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,35 @@
+//! Depthwise-separable convolution: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{ConvBnAct, ConvConfig, NormOptions};
+
+#[derive(Debug, Clone)]
+pub struct DSConv {
+    depthwise: ConvBnAct,
+    pointwise: ConvBnAct,
+}
+
+impl DSConv {
+    /// Reads the reference layout `conv.{0,1,3,4}` (ReLUs at `.2` and `.5` hold no tensors).
+    pub fn new(in_channels: usize, out_channels: usize, stride: usize, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("conv");
+        Ok(Self {
+            depthwise: ConvBnAct::new(ConvConfig::depthwise(in_channels, stride), true, norm, vb.pp("0"), vb.pp("1"))?,
+            pointwise: ConvBnAct::new(
+                ConvConfig::pointwise(in_channels, out_channels),
+                true,
+                norm,
+                vb.pp("3"),
+                vb.pp("4"),
+            )?,
+        })
+    }
+}
+
+impl Module for DSConv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.pointwise.forward(&self.depthwise.forward(x)?)
+    }
+}

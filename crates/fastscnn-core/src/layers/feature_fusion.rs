@@ -1,0 +1,68 @@
+//! Feature fusion: the low-resolution global context brought up to the high-resolution detail
+//! branch and added to it.
+
+use candle_core::{bail, Result, Tensor};
+use candle_nn::{Module, VarBuilder};
+
+use super::{ConvBnAct, ConvConfig, NormOptions};
+use crate::ops::resize_bilinear;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureFusionConfig {
+    pub higher_in_channels: usize,
+    pub lower_in_channels: usize,
+    pub out_channels: usize,
+    /// The reference implementation gives both 1x1 convolutions a bias (folded away with the BN).
+    pub conv_bias: bool,
+    pub align_corners: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FeatureFusion {
+    dwconv: ConvBnAct,
+    conv_lower_res: ConvBnAct,
+    conv_higher_res: ConvBnAct,
+    align_corners: bool,
+}
+
+impl FeatureFusion {
+    /// Reads `dwconv.conv.{0,1}`, `conv_lower_res.{0,1}` and `conv_higher_res.{0,1}`.
+    pub fn new(cfg: &FeatureFusionConfig, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+        if cfg.lower_in_channels != cfg.out_channels {
+            bail!(
+                "feature fusion: the depthwise conv needs lower_in_channels == out_channels, got {} and {}",
+                cfg.lower_in_channels,
+                cfg.out_channels
+            )
+        }
+        let pointwise = |c_in| {
+            let c = ConvConfig::pointwise(c_in, cfg.out_channels);
+            if cfg.conv_bias {
+                c.with_bias()
+            } else {
+                c
+            }
+        };
+        Ok(Self {
+            dwconv: ConvBnAct::sequential(ConvConfig::depthwise(cfg.out_channels, 1), true, norm, vb.pp("dwconv").pp("conv"))?,
+            conv_lower_res: ConvBnAct::sequential(pointwise(cfg.out_channels), false, norm, vb.pp("conv_lower_res"))?,
+            conv_higher_res: ConvBnAct::sequential(
+                pointwise(cfg.higher_in_channels),
+                false,
+                norm,
+                vb.pp("conv_higher_res"),
+            )?,
+            align_corners: cfg.align_corners,
+        })
+    }
+
+    /// The low-resolution branch is resized to the high-resolution branch's actual size, not by a
+    /// fixed x4, so inputs that are not multiples of 32 work.
+    pub fn forward(&self, higher: &Tensor, lower: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = higher.dims4()?;
+        let lower = resize_bilinear(lower, h, w, self.align_corners)?;
+        let lower = self.conv_lower_res.forward(&self.dwconv.forward(&lower)?)?;
+        let higher = self.conv_higher_res.forward(higher)?;
+        (higher + lower)?.relu()
+    }
+}

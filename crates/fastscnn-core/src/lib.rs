@@ -1,0 +1,14 @@
+//! Building blocks of Fast-SCNN (Poudel et al., arXiv 1902.04502) on candle.
+//!
+//! [`layers`] holds the network's modules; [`ops`] the operations candle lacks or runs slowly
+//! (depthwise 3x3 convolution, adaptive average pooling, bilinear resize), as custom ops with direct
+//! CPU kernels and candle-composite fallbacks on other devices.
+
+pub mod layers;
+pub mod ops;
+
+pub use candle_core as candle;
+pub use candle_nn;
+
+#[doc(hidden)]
+pub mod testing;

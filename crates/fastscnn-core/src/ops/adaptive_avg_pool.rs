@@ -1,0 +1,161 @@
+//! Adaptive average pooling with PyTorch's windows.
+//!
+//! Output cell `i` of `out` averages input cells `floor(i*in/out) .. ceil((i+1)*in/out)`. When `in`
+//! is not a multiple of `out` the windows are uneven and overlap (an 8x16 map pooled to 3x3 or 6x6,
+//! as in the pyramid pooling of a 256x512 input), which no fixed-stride pooling reproduces.
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{contiguous_slice, has_cpu_kernel};
+
+/// The input range `start..end` that output cell `i` of `output` cells averages over `input` cells.
+pub fn pool_window(i: usize, input: usize, output: usize) -> (usize, usize) {
+    let start = i * input / output;
+    let end = ((i + 1) * input).div_ceil(output);
+    (start, end)
+}
+
+/// Adaptive average pooling of (N, C, H, W) to (N, C, out_h, out_w).
+pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    check(x, out_h, out_w)?;
+    if has_cpu_kernel(x) {
+        x.contiguous()?
+            .apply_op1_no_bwd(&AdaptiveAvgPool2d { out_h, out_w })
+    } else {
+        adaptive_avg_pool2d_composite(x, out_h, out_w)
+    }
+}
+
+/// The same pooling from candle's narrow/mean/cat: the fallback on other devices and the reference
+/// for the CPU kernel.
+pub fn adaptive_avg_pool2d_composite(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (_, _, h, w) = check(x, out_h, out_w)?;
+    let mut rows = Vec::with_capacity(out_h);
+    for i in 0..out_h {
+        let (y0, y1) = pool_window(i, h, out_h);
+        let band = x.narrow(2, y0, y1 - y0)?;
+        let mut cells = Vec::with_capacity(out_w);
+        for j in 0..out_w {
+            let (x0, x1) = pool_window(j, w, out_w);
+            cells.push(band.narrow(3, x0, x1 - x0)?.mean_keepdim(3)?.mean_keepdim(2)?);
+        }
+        rows.push(Tensor::cat(&cells, 3)?);
+    }
+    Tensor::cat(&rows, 2)
+}
+
+fn check(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, usize, usize)> {
+    let dims = x.dims4()?;
+    if out_h == 0 || out_w == 0 || dims.2 == 0 || dims.3 == 0 {
+        bail!(
+            "adaptive_avg_pool2d: cannot pool {}x{} to {out_h}x{out_w}",
+            dims.2,
+            dims.3
+        )
+    }
+    Ok(dims)
+}
+
+struct AdaptiveAvgPool2d {
+    out_h: usize,
+    out_w: usize,
+}
+
+impl AdaptiveAvgPool2d {
+    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let (oh, ow) = (self.out_h, self.out_w);
+        let mut out = vec![T::zero(); n * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out_plane)| {
+                let input = &x[plane * h * w..(plane + 1) * h * w];
+                for i in 0..oh {
+                    let (y0, y1) = pool_window(i, h, oh);
+                    for j in 0..ow {
+                        let (x0, x1) = pool_window(j, w, ow);
+                        let mut sum = 0f64;
+                        for row in input[y0 * w..y1 * w].chunks_exact(w) {
+                            sum += row[x0..x1].iter().map(|v| v.to_f64()).sum::<f64>();
+                        }
+                        let count = ((y1 - y0) * (x1 - x0)) as f64;
+                        out_plane[i * ow + j] = T::from_f64(sum / count);
+                    }
+                }
+            });
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+impl CustomOp1 for AdaptiveAvgPool2d {
+    fn name(&self) -> &'static str {
+        "adaptive-avg-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => self.run(contiguous_slice::<f32>(s, l, self.name())?, l.shape()),
+            CpuStorage::F64(_) => self.run(contiguous_slice::<f64>(s, l, self.name())?, l.shape()),
+            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    #[test]
+    fn pytorch_windows_are_uneven_for_8_to_3_and_6() {
+        let windows: Vec<_> = (0..3).map(|i| pool_window(i, 8, 3)).collect();
+        assert_eq!(windows, [(0, 3), (2, 6), (5, 8)]);
+        let windows: Vec<_> = (0..6).map(|i| pool_window(i, 8, 6)).collect();
+        assert_eq!(windows, [(0, 2), (1, 3), (2, 4), (4, 6), (5, 7), (6, 8)]);
+        assert_eq!(pool_window(0, 16, 1), (0, 16));
+    }
+
+    #[test]
+    fn hand_checked_means() {
+        // Rows 0..4 of a 4x4 ramp 0..15; to 2x2 each output averages a 2x2 block.
+        let x = Tensor::arange(0f32, 16., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap();
+        let y = adaptive_avg_pool2d(&x, 2, 2).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [2.5, 4.5, 10.5, 12.5]
+        );
+        // To 3 columns of a 1x4 row [0,1,2,3]: windows (0,2), (1,3), (2,4).
+        let row = Tensor::arange(0f32, 4., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let y = adaptive_avg_pool2d(&row, 1, 3).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.5, 1.5, 2.5]);
+    }
+
+    #[test]
+    fn kernel_matches_composite() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (h, w) in [(8, 16), (7, 5), (1, 1), (6, 6), (13, 29)] {
+            let v: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+            for (oh, ow) in [(1, 1), (2, 2), (3, 3), (6, 6), (4, 9)] {
+                let fast = adaptive_avg_pool2d(&x, oh, ow).unwrap();
+                let slow = adaptive_avg_pool2d_composite(&x, oh, ow).unwrap();
+                let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "{h}x{w} -> {oh}x{ow}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_empty_output() {
+        let x = Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(adaptive_avg_pool2d(&x, 0, 2).is_err());
+    }
+}

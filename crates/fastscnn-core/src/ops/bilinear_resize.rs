@@ -1,0 +1,201 @@
+//! Bilinear resize to any size, with PyTorch's `align_corners` semantics.
+//!
+//! The reference Fast-SCNN resizes with `align_corners=True` and OpenMMLab's with `False`; the two
+//! place source samples differently, so both are needed to reproduce either set of weights.
+//! candle's `upsample_bilinear2d` covers integer-free sizes on some devices only and has no
+//! backward, hence this op.
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{contiguous_slice, has_cpu_kernel};
+
+/// Where output index `dst` samples the input: the two neighbouring input indices and the weight of
+/// the second one, exactly as PyTorch's `upsample_bilinear2d` computes them.
+pub fn source_index(dst: usize, input: usize, output: usize, align_corners: bool) -> (usize, usize, f64) {
+    let src = if align_corners {
+        if output > 1 {
+            dst as f64 * (input as f64 - 1.0) / (output as f64 - 1.0)
+        } else {
+            0.0
+        }
+    } else {
+        let scale = input as f64 / output as f64;
+        ((dst as f64 + 0.5) * scale - 0.5).max(0.0)
+    };
+    let i0 = (src as usize).min(input - 1);
+    let i1 = (i0 + 1).min(input - 1);
+    (i0, i1, src - i0 as f64)
+}
+
+/// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
+pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize, align_corners: bool) -> Result<Tensor> {
+    let (_, _, h, w) = check(x, out_h, out_w)?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    if has_cpu_kernel(x) {
+        x.contiguous()?.apply_op1_no_bwd(&BilinearResize {
+            out_h,
+            out_w,
+            align_corners,
+        })
+    } else {
+        resize_bilinear_composite(x, out_h, out_w, align_corners)
+    }
+}
+
+/// The same resize as two matrix products with interpolation matrices, `Ry · x · Rxᵀ`: runs on every
+/// device candle supports, is differentiable through candle's own ops, and is the reference for the
+/// CPU kernel.
+pub fn resize_bilinear_composite(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (_, _, h, w) = check(x, out_h, out_w)?;
+    let ry = interpolation_matrix(h, out_h, align_corners, x)?;
+    let rx_t = interpolation_matrix(w, out_w, align_corners, x)?.t()?;
+    ry.broadcast_matmul(&x.broadcast_matmul(&rx_t)?)
+}
+
+/// The (output × input) matrix whose rows hold each output sample's two bilinear weights.
+fn interpolation_matrix(input: usize, output: usize, align_corners: bool, like: &Tensor) -> Result<Tensor> {
+    let mut m = vec![0f64; output * input];
+    for o in 0..output {
+        let (i0, i1, l) = source_index(o, input, output, align_corners);
+        m[o * input + i0] += 1.0 - l;
+        m[o * input + i1] += l;
+    }
+    Tensor::from_vec(m, (output, input), like.device())?.to_dtype(like.dtype())
+}
+
+fn check(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, usize, usize)> {
+    let dims = x.dims4()?;
+    if out_h == 0 || out_w == 0 || dims.2 == 0 || dims.3 == 0 {
+        bail!("resize_bilinear: cannot resize {}x{} to {out_h}x{out_w}", dims.2, dims.3)
+    }
+    Ok(dims)
+}
+
+struct BilinearResize {
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+}
+
+impl BilinearResize {
+    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let (oh, ow) = (self.out_h, self.out_w);
+        let columns: Vec<(usize, usize, T, T)> = (0..ow)
+            .map(|ox| {
+                let (x0, x1, l) = source_index(ox, w, ow, self.align_corners);
+                (x0, x1, T::from_f64(1.0 - l), T::from_f64(l))
+            })
+            .collect();
+        let mut out = vec![T::zero(); n * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out_plane)| {
+                let input = &x[plane * h * w..(plane + 1) * h * w];
+                for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
+                    let (y0, y1, l) = source_index(oy, h, oh, self.align_corners);
+                    let (wy0, wy1) = (T::from_f64(1.0 - l), T::from_f64(l));
+                    let r0 = &input[y0 * w..(y0 + 1) * w];
+                    let r1 = &input[y1 * w..(y1 + 1) * w];
+                    for (o, &(x0, x1, wx0, wx1)) in out_row.iter_mut().zip(&columns) {
+                        let top = wx0 * r0[x0] + wx1 * r0[x1];
+                        let bottom = wx0 * r1[x0] + wx1 * r1[x1];
+                        *o = wy0 * top + wy1 * bottom;
+                    }
+                }
+            });
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+impl CustomOp1 for BilinearResize {
+    fn name(&self) -> &'static str {
+        "resize-bilinear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => self.run(contiguous_slice::<f32>(s, l, self.name())?, l.shape()),
+            CpuStorage::F64(_) => self.run(contiguous_slice::<f64>(s, l, self.name())?, l.shape()),
+            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn row(values: &[f32]) -> Tensor {
+        Tensor::from_slice(values, (1, 1, 1, values.len()), &Device::Cpu).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn hand_checked_align_corners_true() {
+        // 2 -> 4 with corners aligned samples at 0, 1/3, 2/3, 1.
+        let y = resize_bilinear(&row(&[0.0, 3.0]), 1, 4, true).unwrap();
+        let expected = [0.0, 1.0, 2.0, 3.0];
+        for (a, b) in values(&y).iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn hand_checked_align_corners_false() {
+        // PyTorch: F.interpolate([0, 4], size=4, mode='linear', align_corners=False) = [0, 1, 3, 4]
+        // (sources -0.25→0 clamped, 0.25, 0.75, 1.25→ clamped to the last sample).
+        let y = resize_bilinear(&row(&[0.0, 4.0]), 1, 4, false).unwrap();
+        assert_eq!(values(&y), [0.0, 1.0, 3.0, 4.0]);
+        // Downsampling 4 -> 2 without aligned corners averages neighbouring pairs.
+        let y = resize_bilinear(&row(&[0.0, 2.0, 4.0, 6.0]), 1, 2, false).unwrap();
+        assert_eq!(values(&y), [1.0, 5.0]);
+    }
+
+    #[test]
+    fn single_output_takes_first_sample_with_aligned_corners() {
+        let y = resize_bilinear(&row(&[5.0, 7.0, 9.0]), 1, 1, true).unwrap();
+        assert_eq!(values(&y), [5.0]);
+    }
+
+    #[test]
+    fn kernel_matches_composite_for_odd_sizes() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for (h, w) in [(1, 1), (2, 3), (8, 16), (7, 13), (32, 64)] {
+            let v: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+            for (oh, ow) in [(1, 1), (5, 9), (32, 64), (31, 63), (250, 500), (h, w + 1)] {
+                for align in [true, false] {
+                    let fast = resize_bilinear(&x, oh, ow, align).unwrap();
+                    let slow = resize_bilinear_composite(&x, oh, ow, align).unwrap();
+                    assert_eq!(fast.dims(), &[2, 3, oh, ow]);
+                    let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+                    let diff = diff.to_scalar::<f32>().unwrap();
+                    assert!(diff < 1e-5, "{h}x{w} -> {oh}x{ow} align {align}: {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_is_identity() {
+        let x = row(&[1.0, 2.0, 3.0]);
+        for align in [true, false] {
+            assert_eq!(values(&resize_bilinear(&x, 1, 3, align).unwrap()), [1.0, 2.0, 3.0]);
+            assert_eq!(values(&resize_bilinear_composite(&x, 1, 3, align).unwrap()), [1.0, 2.0, 3.0]);
+        }
+    }
+}

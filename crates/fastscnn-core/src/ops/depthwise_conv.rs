@@ -1,0 +1,263 @@
+//! Depthwise 3x3 convolution, padding 1, stride 1 or 2.
+//!
+//! candle runs a grouped convolution as one im2col convolution per group, which for a depthwise
+//! layer means one tiny GEMM per channel. Every depthwise layer of Fast-SCNN is 3x3 with padding 1,
+//! so a direct kernel over each channel plane is both simpler and much faster.
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{contiguous_slice, has_cpu_kernel};
+
+/// Output side length of a 3x3 convolution with padding 1.
+pub fn depthwise_output_size(input: usize, stride: usize) -> usize {
+    (input + 2 - 3) / stride + 1
+}
+
+/// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
+///
+/// Runs the direct kernel on CPU for f32/f64 and candle's grouped convolution elsewhere.
+pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    check_shapes(x, weight, stride)?;
+    if has_cpu_kernel(x) {
+        let x = x.contiguous()?;
+        let weight = weight.contiguous()?;
+        x.apply_op2_no_bwd(&weight, &DepthwiseConv3x3 { stride })
+    } else {
+        depthwise_conv2d_grouped(x, weight, stride)
+    }
+}
+
+/// The same convolution through candle's grouped conv2d: the fallback on other devices and the
+/// reference the direct kernel is tested against.
+pub fn depthwise_conv2d_grouped(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    check_shapes(x, weight, stride)?;
+    let channels = x.dim(1)?;
+    x.conv2d(weight, 1, stride, 1, channels)
+}
+
+fn check_shapes(x: &Tensor, weight: &Tensor, stride: usize) -> Result<()> {
+    let (_, c, _, _) = x.dims4()?;
+    let (wc, one, kh, kw) = weight.dims4()?;
+    if wc != c || one != 1 || kh != 3 || kw != 3 {
+        bail!(
+            "depthwise_conv2d: weight must be ({c}, 1, 3, 3) for {c} input channels, got {:?}",
+            weight.dims()
+        )
+    }
+    if !(stride == 1 || stride == 2) {
+        bail!("depthwise_conv2d: stride must be 1 or 2, got {stride}")
+    }
+    if x.dtype() != weight.dtype() {
+        bail!(
+            "depthwise_conv2d: input is {:?} but weight is {:?}",
+            x.dtype(),
+            weight.dtype()
+        )
+    }
+    Ok(())
+}
+
+struct DepthwiseConv3x3 {
+    stride: usize,
+}
+
+impl DepthwiseConv3x3 {
+    fn run<T: WithDType>(
+        &self,
+        x: &[T],
+        x_shape: &Shape,
+        w: &[T],
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, wd) = x_shape.dims4()?;
+        let (oh, ow) = (
+            depthwise_output_size(h, self.stride),
+            depthwise_output_size(wd, self.stride),
+        );
+        let mut out = vec![T::zero(); n * c * oh * ow];
+        if oh * ow > 0 {
+            out.par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(plane, out_plane)| {
+                    let ch = plane % c;
+                    let input = &x[plane * h * wd..(plane + 1) * h * wd];
+                    let kernel = &w[ch * 9..ch * 9 + 9];
+                    conv_plane(input, h, wd, kernel, self.stride, out_plane, ow);
+                });
+        }
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// One channel plane: every output row accumulates the up-to-three input rows it overlaps, with a
+/// branch-free loop over the interior columns and checked loops at the two borders.
+fn conv_plane<T: WithDType>(
+    input: &[T],
+    h: usize,
+    w: usize,
+    kernel: &[T],
+    stride: usize,
+    out: &mut [T],
+    ow: usize,
+) {
+    // Output columns whose three taps (ox*stride-1 ..= ox*stride+1) all lie inside the row.
+    let interior_start = 1.min(ow);
+    let interior_end = if w >= 2 { ((w - 2) / stride + 1).min(ow) } else { interior_start };
+    let interior_end = interior_end.max(interior_start);
+    for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+        for ky in 0..3 {
+            let iy = (oy * stride + ky) as isize - 1;
+            if iy < 0 || iy as usize >= h {
+                continue;
+            }
+            let row = &input[iy as usize * w..(iy as usize + 1) * w];
+            let (k0, k1, k2) = (kernel[ky * 3], kernel[ky * 3 + 1], kernel[ky * 3 + 2]);
+            let border = |ox: usize| {
+                let mut acc = T::zero();
+                for (kx, k) in [k0, k1, k2].into_iter().enumerate() {
+                    let ix = (ox * stride + kx) as isize - 1;
+                    if ix >= 0 && (ix as usize) < w {
+                        acc += k * row[ix as usize];
+                    }
+                }
+                acc
+            };
+            for ox in (0..interior_start).chain(interior_end..ow) {
+                out_row[ox] += border(ox);
+            }
+            if interior_start >= interior_end {
+                continue;
+            }
+            if stride == 1 {
+                let dst = &mut out_row[interior_start..interior_end];
+                let (a, b, c) = (&row[..], &row[1..], &row[2..]);
+                for (i, o) in dst.iter_mut().enumerate() {
+                    *o += k0 * a[i] + k1 * b[i] + k2 * c[i];
+                }
+            } else {
+                for ox in interior_start..interior_end {
+                    let base = ox * stride - 1;
+                    out_row[ox] += k0 * row[base] + k1 * row[base + 1] + k2 * row[base + 2];
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp2 for DepthwiseConv3x3 {
+    fn name(&self) -> &'static str {
+        "depthwise-conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => self.run(
+                contiguous_slice::<f32>(s1, l1, self.name())?,
+                l1.shape(),
+                contiguous_slice::<f32>(s2, l2, self.name())?,
+            ),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => self.run(
+                contiguous_slice::<f64>(s1, l1, self.name())?,
+                l1.shape(),
+                contiguous_slice::<f64>(s2, l2, self.name())?,
+            ),
+            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn hand_checked_sum_kernel() {
+        // A 3x3 all-ones kernel over a 3x3 ramp sums each zero-padded neighbourhood.
+        let x = Tensor::arange(1f32, 10., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 3, 3))
+            .unwrap();
+        let w = Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let y = depthwise_conv2d(&x, &w, 1).unwrap();
+        let expected = [[12f32, 21., 16.], [27., 45., 33.], [24., 39., 28.]];
+        assert_eq!(y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap(), expected);
+        let y2 = depthwise_conv2d(&x, &w, 2).unwrap();
+        assert_eq!(
+            y2.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap(),
+            [[12f32, 16.], [24., 28.]]
+        );
+    }
+
+    #[test]
+    fn hand_checked_centre_tap_is_identity_per_channel() {
+        // Channel k gets a kernel with only the centre tap set to k+1.
+        let x = random(&[2, 3, 5, 4], 1);
+        let mut w = vec![0f32; 27];
+        for ch in 0..3 {
+            w[ch * 9 + 4] = (ch + 1) as f32;
+        }
+        let w = Tensor::from_vec(w, (3, 1, 3, 3), &Device::Cpu).unwrap();
+        let y = depthwise_conv2d(&x, &w, 1).unwrap();
+        let scale = Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+        let expected = x.broadcast_mul(&scale).unwrap();
+        let diff = (y - expected).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn matches_grouped_conv_on_random_data() {
+        let sizes = [(1, 1), (1, 2), (2, 2), (3, 3), (5, 7), (8, 8), (9, 16), (17, 31), (32, 64)];
+        for (i, &(h, w)) in sizes.iter().enumerate() {
+            for stride in [1, 2] {
+                let x = random(&[2, 5, h, w], i as u64);
+                let k = random(&[5, 1, 3, 3], 100 + i as u64);
+                let fast = depthwise_conv2d(&x, &k, stride).unwrap();
+                let slow = depthwise_conv2d_grouped(&x, &k, stride).unwrap();
+                assert_eq!(fast.dims(), slow.dims(), "{h}x{w} stride {stride}");
+                assert_eq!(
+                    fast.dims4().unwrap().2,
+                    depthwise_output_size(h, stride),
+                    "{h}x{w} stride {stride}"
+                );
+                let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{h}x{w} stride {stride}: max diff {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn f64_and_strided_inputs() {
+        let x = random(&[1, 4, 6, 9], 7).to_dtype(DType::F64).unwrap();
+        let k = random(&[4, 1, 3, 3], 8).to_dtype(DType::F64).unwrap();
+        // A transposed (non-contiguous) view must give the same result as its contiguous copy.
+        let xt = x.transpose(2, 3).unwrap();
+        let fast = depthwise_conv2d(&xt, &k, 2).unwrap();
+        let slow = depthwise_conv2d_grouped(&xt.contiguous().unwrap(), &k, 2).unwrap();
+        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn rejects_bad_weights_and_strides() {
+        let x = random(&[1, 4, 6, 6], 1);
+        assert!(depthwise_conv2d(&x, &random(&[3, 1, 3, 3], 2), 1).is_err());
+        assert!(depthwise_conv2d(&x, &random(&[4, 1, 5, 5], 2), 1).is_err());
+        assert!(depthwise_conv2d(&x, &random(&[4, 1, 3, 3], 2), 3).is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! Operations that candle lacks or runs slowly, as candle custom ops.
+//!
+//! Each op has a direct CPU kernel (f32 and f64) and, on every other device or dtype, a fallback
+//! composed of candle's own ops, so CUDA and Metal builds work from day one. The composite paths
+//! double as the reference the CPU kernels are tested against.
+
+mod adaptive_avg_pool;
+mod bilinear_resize;
+mod depthwise_conv;
+
+pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, pool_window};
+pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite, source_index};
+pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped, depthwise_output_size};
+
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor, WithDType};
+
+/// The data of a contiguous CPU tensor as a slice; the public wrappers make inputs contiguous, so a
+/// strided layout here is a bug in the caller.
+fn contiguous_slice<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Whether a tensor can take the direct CPU kernels (CPU device, f32 or f64).
+fn has_cpu_kernel(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}

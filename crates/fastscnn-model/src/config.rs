@@ -1,0 +1,100 @@
+//! The network's hyper-parameters and the presets of the public implementations.
+
+use fastscnn_core::layers::{FeatureFusionConfig, PyramidPoolingConfig};
+
+/// Per-channel input normalisation on RGB scaled to [0, 1]: `(v / 255 - mean) / std`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// The ImageNet statistics both public Fast-SCNN implementations train with.
+    pub const IMAGENET: Self = Self {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+}
+
+/// Everything that shapes a Fast-SCNN. The fields that differ between the public implementations
+/// (stem padding, PPM output kernel, fusion biases, `align_corners`, heads) are explicit so that a
+/// second layout is a second preset, not a second network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FastScnnConfig {
+    pub num_classes: usize,
+    pub in_channels: usize,
+    /// Output widths of learning-to-downsample: the stem conv and the two DSConvs.
+    pub downsample_channels: [usize; 3],
+    /// Padding of the 3x3/2 stem conv: 0 in the reference implementation, 1 in OpenMMLab's.
+    pub stem_padding: usize,
+    /// Output width, first stride and block count of each bottleneck group.
+    pub bottleneck_channels: [usize; 3],
+    pub bottleneck_strides: [usize; 3],
+    pub bottleneck_blocks: [usize; 3],
+    pub expansion: usize,
+    pub ppm_bins: Vec<usize>,
+    pub ppm_out_kernel: usize,
+    pub fusion_channels: usize,
+    pub fusion_conv_bias: bool,
+    /// `align_corners` of every bilinear resize, the final upsampling included.
+    pub align_corners: bool,
+    /// Hidden width of the auxiliary head on the learning-to-downsample output.
+    pub aux_hidden_channels: usize,
+    pub bn_eps: f64,
+    pub normalization: Normalization,
+}
+
+impl FastScnnConfig {
+    /// The most widely used public PyTorch implementation, whose state_dict key names this project
+    /// reads directly (`../shared/golden/README.md`, section 1).
+    pub fn reference(num_classes: usize) -> Self {
+        Self {
+            num_classes,
+            in_channels: 3,
+            downsample_channels: [32, 48, 64],
+            stem_padding: 0,
+            bottleneck_channels: [64, 96, 128],
+            bottleneck_strides: [2, 2, 1],
+            bottleneck_blocks: [3, 3, 3],
+            expansion: 6,
+            ppm_bins: vec![1, 2, 3, 6],
+            ppm_out_kernel: 1,
+            fusion_channels: 128,
+            fusion_conv_bias: true,
+            align_corners: true,
+            aux_hidden_channels: 32,
+            bn_eps: 1e-5,
+            normalization: Normalization::IMAGENET,
+        }
+    }
+
+    /// The width of the global feature extractor's output.
+    pub fn global_channels(&self) -> usize {
+        self.bottleneck_channels[2]
+    }
+
+    pub fn higher_res_channels(&self) -> usize {
+        self.downsample_channels[2]
+    }
+
+    pub fn pyramid_pooling(&self) -> PyramidPoolingConfig {
+        PyramidPoolingConfig {
+            in_channels: self.global_channels(),
+            out_channels: self.global_channels(),
+            bins: self.ppm_bins.clone(),
+            out_kernel: self.ppm_out_kernel,
+            align_corners: self.align_corners,
+        }
+    }
+
+    pub fn feature_fusion(&self) -> FeatureFusionConfig {
+        FeatureFusionConfig {
+            higher_in_channels: self.higher_res_channels(),
+            lower_in_channels: self.global_channels(),
+            out_channels: self.fusion_channels,
+            conv_bias: self.fusion_conv_bias,
+            align_corners: self.align_corners,
+        }
+    }
+}

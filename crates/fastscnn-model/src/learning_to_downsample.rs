@@ -1,0 +1,33 @@
+//! Learning to downsample: a 3x3/2 conv and two DSConv 3x3/2, to 1/8 of the input resolution.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use fastscnn_core::layers::{ConvBnAct, ConvConfig, DSConv, NormOptions};
+
+use crate::FastScnnConfig;
+
+#[derive(Debug, Clone)]
+pub struct LearningToDownsample {
+    conv: ConvBnAct,
+    dsconv1: DSConv,
+    dsconv2: DSConv,
+}
+
+impl LearningToDownsample {
+    /// Reads `conv.conv.{0,1}`, `dsconv1` and `dsconv2`.
+    pub fn new(cfg: &FastScnnConfig, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+        let [c1, c2, c3] = cfg.downsample_channels;
+        let stem = ConvConfig::dense(cfg.in_channels, c1, 3, 2, cfg.stem_padding);
+        Ok(Self {
+            conv: ConvBnAct::sequential(stem, true, norm, vb.pp("conv").pp("conv"))?,
+            dsconv1: DSConv::new(c1, c2, 2, norm, vb.pp("dsconv1"))?,
+            dsconv2: DSConv::new(c2, c3, 2, norm, vb.pp("dsconv2"))?,
+        })
+    }
+}
+
+impl Module for LearningToDownsample {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.dsconv2.forward(&self.dsconv1.forward(&self.conv.forward(x)?)?)
+    }
+}

@@ -1,0 +1,32 @@
+//! The Fast-SCNN network (Poudel et al., arXiv 1902.04502) on candle: configuration and presets,
+//! strict loading of PyTorch checkpoints converted to safetensors, and the inference outputs
+//! (logits, probabilities, label map).
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let model = FastScnn::from_safetensors("fastscnn.safetensors", &LoadOptions::default())?;
+//! let image = load_rgb_image("frame.png")?;
+//! let input = image_to_tensor(&image, &model.config().normalization, &Device::Cpu)?;
+//! let labels = model.predict(&input)?; // (1, H, W) u32 class indices
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod fast_scnn;
+mod global_feature_extractor;
+mod learning_to_downsample;
+mod preprocess;
+mod weights;
+
+pub use config::{FastScnnConfig, Normalization};
+pub use error::{ModelError, Result};
+pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
+pub use fastscnn_core::layers::BatchNormMode;
+pub use global_feature_extractor::GlobalFeatureExtractor;
+pub use learning_to_downsample::LearningToDownsample;
+pub use preprocess::{image_to_tensor, load_rgb_image};
+pub use weights::WeightFile;
