@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// message alone tells the user what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{}: cannot read weights: {source}", path.display())]
+    #[error("{}: cannot read weights", path.display())]
     ReadWeights {
         path: PathBuf,
         source: candle_core::Error,
@@ -26,7 +26,7 @@ pub enum ModelError {
     UnexpectedTensors { path: PathBuf, keys: Vec<String> },
     #[error("{}: not a Fast-SCNN checkpoint in a known layout ({reason})", path.display())]
     UnknownLayout { path: PathBuf, reason: String },
-    #[error("{}: cannot read image: {source}", path.display())]
+    #[error("{}: cannot read image", path.display())]
     ReadImage {
         path: PathBuf,
         source: image::ImageError,
