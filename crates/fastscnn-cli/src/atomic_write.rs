@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 pub fn write_atomically(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temporary_path(dest);
     let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, dest).with_context(|| format!("{}: cannot move into place", dest.display()))
+        std::fs::rename(&tmp, dest)
+            .with_context(|| format!("{}: cannot move into place", dest.display()))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -19,7 +20,10 @@ pub fn write_atomically(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 }
 
 fn temporary_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 

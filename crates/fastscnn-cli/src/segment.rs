@@ -49,8 +49,11 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         write_png(&color_path, |p| {
             colorize_train_ids(&labels, width, height).save_with_format(p, ImageFormat::Png)
         })?;
-        let trainid = train_id_image(&labels, width, height).context("label map size differs from the image")?;
-        write_png(&trainid_path, |p| trainid.save_with_format(p, ImageFormat::Png))?;
+        let trainid = train_id_image(&labels, width, height)
+            .context("label map size differs from the image")?;
+        write_png(&trainid_path, |p| {
+            trainid.save_with_format(p, ImageFormat::Png)
+        })?;
         if let Some(logits_path) = &args.save_logits {
             save_logits(logits_path, &logits)?;
         }
@@ -88,12 +91,15 @@ fn output_stems(images: &[PathBuf]) -> Result<Vec<String>> {
 }
 
 fn write_png(dest: &Path, save: impl FnOnce(&Path) -> image::ImageResult<()>) -> Result<()> {
-    write_atomically(dest, |tmp| save(tmp).with_context(|| format!("{}: cannot write", dest.display())))
+    write_atomically(dest, |tmp| {
+        save(tmp).with_context(|| format!("{}: cannot write", dest.display()))
+    })
 }
 
 fn save_logits(dest: &Path, logits: &Tensor) -> Result<()> {
     let tensors = HashMap::from([("logits".to_string(), logits.to_dtype(DType::F32)?)]);
     write_atomically(dest, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp).with_context(|| format!("{}: cannot write", dest.display()))
+        candle_core::safetensors::save(&tensors, tmp)
+            .with_context(|| format!("{}: cannot write", dest.display()))
     })
 }

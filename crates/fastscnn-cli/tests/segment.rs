@@ -22,7 +22,10 @@ fn assert_clean_failure(cmd: &mut Command, needle: &str) {
     assert!(code != 0 && code != 101, "exit code {code}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
-    assert!(stderr.contains(needle), "stderr {stderr:?} lacks {needle:?}");
+    assert!(
+        stderr.contains(needle),
+        "stderr {stderr:?} lacks {needle:?}"
+    );
 }
 
 #[test]
@@ -43,22 +46,48 @@ fn golden_logits_through_the_binary() {
         .success();
 
     let ours = candle_core::safetensors::load(&logits_path, &Device::Cpu).unwrap();
-    let expected = candle_core::safetensors::load(golden.join("seed0_c19_256x512_expected.safetensors"), &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        golden.join("seed0_c19_256x512_expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let (ours, expected) = (&ours["logits"], &expected["logits"]);
     assert_eq!(ours.dims(), &[1, 19, 256, 512]);
-    let diff: f32 = (ours - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let diff: f32 = (ours - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(diff <= 1e-3, "max |diff| {diff}");
 
-    let argmax = |t: &Tensor| t.argmax(1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let argmax = |t: &Tensor| {
+        t.argmax(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+    };
     let (a, b) = (argmax(ours), argmax(expected));
     let agreement = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
     assert!(agreement >= 0.999, "argmax agreement {agreement}");
 
     // The train-id map is the argmax of the saved logits; the colour map follows the palette.
-    let trainid = image::open(dir.path().join("out/seed0_c19_256x512_input0_trainid.png")).unwrap().into_luma8();
+    let trainid = image::open(dir.path().join("out/seed0_c19_256x512_input0_trainid.png"))
+        .unwrap()
+        .into_luma8();
     assert_eq!(trainid.dimensions(), (512, 256));
-    assert!(trainid.as_raw().iter().zip(&a).all(|(&t, &l)| t as u32 == l));
-    let color = image::open(dir.path().join("out/seed0_c19_256x512_input0_color.png")).unwrap().into_rgb8();
+    assert!(trainid
+        .as_raw()
+        .iter()
+        .zip(&a)
+        .all(|(&t, &l)| t as u32 == l));
+    let color = image::open(dir.path().join("out/seed0_c19_256x512_input0_color.png"))
+        .unwrap()
+        .into_rgb8();
     assert_eq!(color.dimensions(), (512, 256));
     for (c, &t) in color.pixels().zip(trainid.as_raw()) {
         assert_eq!(c.0, fastscnn_data::labels::train_id_color(t));
@@ -86,7 +115,9 @@ fn odd_sized_images_keep_their_resolution() {
         .arg(dir.path().join("small_logits.safetensors"))
         .assert()
         .success();
-    let logits = candle_core::safetensors::load(dir.path().join("small_logits.safetensors"), &Device::Cpu).unwrap();
+    let logits =
+        candle_core::safetensors::load(dir.path().join("small_logits.safetensors"), &Device::Cpu)
+            .unwrap();
     assert_eq!(logits["logits"].dims(), &[1, 19, 250, 500]);
     let trainid = image::open(dir.path().join("small_trainid.png")).unwrap();
     assert_eq!((trainid.width(), trainid.height()), (500, 250));
@@ -102,7 +133,13 @@ fn missing_image_is_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.png");
     assert_clean_failure(
-        fastscnn().arg("segment").arg(&missing).arg("--weights").arg(weights_arg(&golden)).arg("--out-dir").arg(dir.path()),
+        fastscnn()
+            .arg("segment")
+            .arg(&missing)
+            .arg("--weights")
+            .arg(weights_arg(&golden))
+            .arg("--out-dir")
+            .arg(dir.path()),
         "nope.png",
     );
 }
@@ -114,7 +151,13 @@ fn text_file_named_png_is_rejected() {
     let fake = dir.path().join("fake.png");
     std::fs::write(&fake, "this is not an image\n").unwrap();
     assert_clean_failure(
-        fastscnn().arg("segment").arg(&fake).arg("--weights").arg(weights_arg(&golden)).arg("--out-dir").arg(dir.path()),
+        fastscnn()
+            .arg("segment")
+            .arg(&fake)
+            .arg("--weights")
+            .arg(weights_arg(&golden))
+            .arg("--out-dir")
+            .arg(dir.path()),
         "fake.png",
     );
     assert!(!dir.path().join("fake_color.png").exists());
@@ -128,7 +171,11 @@ fn bad_weights_are_rejected_with_the_file_named() {
 
     // Missing file.
     assert_clean_failure(
-        fastscnn().arg("segment").arg(&image).arg("--weights").arg(dir.path().join("absent.safetensors")),
+        fastscnn()
+            .arg("segment")
+            .arg(&image)
+            .arg("--weights")
+            .arg(dir.path().join("absent.safetensors")),
         "absent.safetensors",
     );
 
@@ -137,25 +184,49 @@ fn bad_weights_are_rejected_with_the_file_named() {
     let truncated = dir.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     assert_clean_failure(
-        fastscnn().arg("segment").arg(&image).arg("--weights").arg(&truncated).arg("--out-dir").arg(dir.path()),
+        fastscnn()
+            .arg("segment")
+            .arg(&image)
+            .arg("--weights")
+            .arg(&truncated)
+            .arg("--out-dir")
+            .arg(dir.path()),
         "truncated.safetensors",
     );
 
     // Weights that are not Fast-SCNN, and weights with one tensor of the wrong shape.
     let mut tensors = candle_core::safetensors::load(weights_arg(&golden), &Device::Cpu).unwrap();
     let other = dir.path().join("other.safetensors");
-    let unrelated = std::collections::HashMap::from([("fc.weight".to_string(), Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap())]);
+    let unrelated = std::collections::HashMap::from([(
+        "fc.weight".to_string(),
+        Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )]);
     candle_core::safetensors::save(&unrelated, &other).unwrap();
     assert_clean_failure(
-        fastscnn().arg("segment").arg(&image).arg("--weights").arg(&other).arg("--out-dir").arg(dir.path()),
+        fastscnn()
+            .arg("segment")
+            .arg(&image)
+            .arg("--weights")
+            .arg(&other)
+            .arg("--out-dir")
+            .arg(dir.path()),
         "other.safetensors",
     );
     let key = "global_feature_extractor.ppm.out.conv.0.weight";
-    tensors.insert(key.to_string(), Tensor::zeros((128, 128, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        key.to_string(),
+        Tensor::zeros((128, 128, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     let misshapen = dir.path().join("misshapen.safetensors");
     candle_core::safetensors::save(&tensors, &misshapen).unwrap();
     assert_clean_failure(
-        fastscnn().arg("segment").arg(&image).arg("--weights").arg(&misshapen).arg("--out-dir").arg(dir.path()),
+        fastscnn()
+            .arg("segment")
+            .arg(&image)
+            .arg("--weights")
+            .arg(&misshapen)
+            .arg("--out-dir")
+            .arg(dir.path()),
         key,
     );
 }

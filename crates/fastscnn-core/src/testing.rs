@@ -21,6 +21,9 @@ pub fn shared_dir() -> Option<PathBuf> {
         "shared fixtures not found at {} (set FASTSCNN_SHARED); CI=true requires them",
         dir.display()
     );
-    eprintln!("skipping: shared fixtures not found at {} (set FASTSCNN_SHARED)", dir.display());
+    eprintln!(
+        "skipping: shared fixtures not found at {} (set FASTSCNN_SHARED)",
+        dir.display()
+    );
     None
 }

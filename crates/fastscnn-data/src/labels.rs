@@ -48,7 +48,16 @@ const fn label(
 pub const LABELS: [Label; 35] = [
     label("unlabeled", 0, 255, "void", 0, false, true, [0, 0, 0]),
     label("ego vehicle", 1, 255, "void", 0, false, true, [0, 0, 0]),
-    label("rectification border", 2, 255, "void", 0, false, true, [0, 0, 0]),
+    label(
+        "rectification border",
+        2,
+        255,
+        "void",
+        0,
+        false,
+        true,
+        [0, 0, 0],
+    ),
     label("out of roi", 3, 255, "void", 0, false, true, [0, 0, 0]),
     label("static", 4, 255, "void", 0, false, true, [0, 0, 0]),
     label("dynamic", 5, 255, "void", 0, false, true, [111, 74, 0]),
@@ -56,18 +65,117 @@ pub const LABELS: [Label; 35] = [
     label("road", 7, 0, "flat", 1, false, false, [128, 64, 128]),
     label("sidewalk", 8, 1, "flat", 1, false, false, [244, 35, 232]),
     label("parking", 9, 255, "flat", 1, false, true, [250, 170, 160]),
-    label("rail track", 10, 255, "flat", 1, false, true, [230, 150, 140]),
-    label("building", 11, 2, "construction", 2, false, false, [70, 70, 70]),
-    label("wall", 12, 3, "construction", 2, false, false, [102, 102, 156]),
-    label("fence", 13, 4, "construction", 2, false, false, [190, 153, 153]),
-    label("guard rail", 14, 255, "construction", 2, false, true, [180, 165, 180]),
-    label("bridge", 15, 255, "construction", 2, false, true, [150, 100, 100]),
-    label("tunnel", 16, 255, "construction", 2, false, true, [150, 120, 90]),
+    label(
+        "rail track",
+        10,
+        255,
+        "flat",
+        1,
+        false,
+        true,
+        [230, 150, 140],
+    ),
+    label(
+        "building",
+        11,
+        2,
+        "construction",
+        2,
+        false,
+        false,
+        [70, 70, 70],
+    ),
+    label(
+        "wall",
+        12,
+        3,
+        "construction",
+        2,
+        false,
+        false,
+        [102, 102, 156],
+    ),
+    label(
+        "fence",
+        13,
+        4,
+        "construction",
+        2,
+        false,
+        false,
+        [190, 153, 153],
+    ),
+    label(
+        "guard rail",
+        14,
+        255,
+        "construction",
+        2,
+        false,
+        true,
+        [180, 165, 180],
+    ),
+    label(
+        "bridge",
+        15,
+        255,
+        "construction",
+        2,
+        false,
+        true,
+        [150, 100, 100],
+    ),
+    label(
+        "tunnel",
+        16,
+        255,
+        "construction",
+        2,
+        false,
+        true,
+        [150, 120, 90],
+    ),
     label("pole", 17, 5, "object", 3, false, false, [153, 153, 153]),
-    label("polegroup", 18, 255, "object", 3, false, true, [153, 153, 153]),
-    label("traffic light", 19, 6, "object", 3, false, false, [250, 170, 30]),
-    label("traffic sign", 20, 7, "object", 3, false, false, [220, 220, 0]),
-    label("vegetation", 21, 8, "nature", 4, false, false, [107, 142, 35]),
+    label(
+        "polegroup",
+        18,
+        255,
+        "object",
+        3,
+        false,
+        true,
+        [153, 153, 153],
+    ),
+    label(
+        "traffic light",
+        19,
+        6,
+        "object",
+        3,
+        false,
+        false,
+        [250, 170, 30],
+    ),
+    label(
+        "traffic sign",
+        20,
+        7,
+        "object",
+        3,
+        false,
+        false,
+        [220, 220, 0],
+    ),
+    label(
+        "vegetation",
+        21,
+        8,
+        "nature",
+        4,
+        false,
+        false,
+        [107, 142, 35],
+    ),
     label("terrain", 22, 9, "nature", 4, false, false, [152, 251, 152]),
     label("sky", 23, 10, "sky", 5, false, false, [70, 130, 180]),
     label("person", 24, 11, "human", 6, true, false, [220, 20, 60]),
@@ -80,7 +188,16 @@ pub const LABELS: [Label; 35] = [
     label("train", 31, 16, "vehicle", 7, true, false, [0, 80, 100]),
     label("motorcycle", 32, 17, "vehicle", 7, true, false, [0, 0, 230]),
     label("bicycle", 33, 18, "vehicle", 7, true, false, [119, 11, 32]),
-    label("license plate", -1, -1, "vehicle", 7, false, true, [0, 0, 142]),
+    label(
+        "license plate",
+        -1,
+        -1,
+        "vehicle",
+        7,
+        false,
+        true,
+        [0, 0, 142],
+    ),
 ];
 
 /// The evaluated label of each train id, in train id order.
@@ -106,7 +223,10 @@ pub fn train_class_names() -> [&'static str; NUM_TRAIN_CLASSES] {
 /// 255 or -1 map to [`IGNORE_TRAIN_ID`], as cityscapesScripts' `createTrainIdLabelImgs` does.
 pub fn label_id_to_train_id_table() -> [u8; 256] {
     let mut table = [IGNORE_TRAIN_ID; 256];
-    for l in LABELS.iter().filter(|l| l.id >= 0 && (0..NUM_TRAIN_CLASSES as i16).contains(&l.train_id)) {
+    for l in LABELS
+        .iter()
+        .filter(|l| l.id >= 0 && (0..NUM_TRAIN_CLASSES as i16).contains(&l.train_id))
+    {
         table[l.id as usize] = l.train_id as u8;
     }
     table
@@ -121,7 +241,9 @@ pub fn train_id_color(train_id: u8) -> [u8; 3] {
 
 /// The label id a train id stands for in benchmark submissions (`0` for ignore and out of range).
 pub fn train_id_to_label_id(train_id: u8) -> u8 {
-    train_labels().nth(train_id as usize).map_or(0, |l| l.id as u8)
+    train_labels()
+        .nth(train_id as usize)
+        .map_or(0, |l| l.id as u8)
 }
 
 #[cfg(test)]

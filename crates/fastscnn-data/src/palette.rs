@@ -38,6 +38,12 @@ mod tests {
     #[test]
     fn grey_image_needs_matching_size() {
         assert!(train_id_image(&[1, 2, 3], 2, 2).is_none());
-        assert_eq!(train_id_image(&[1, 2, 3, 4], 2, 2).unwrap().get_pixel(1, 1).0, [4]);
+        assert_eq!(
+            train_id_image(&[1, 2, 3, 4], 2, 2)
+                .unwrap()
+                .get_pixel(1, 1)
+                .0,
+            [4]
+        );
     }
 }

@@ -39,7 +39,12 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 fn summarise(keys: &[String]) -> String {
     const SHOWN: usize = 5;
-    let mut s = keys.iter().take(SHOWN).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let mut s = keys
+        .iter()
+        .take(SHOWN)
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if keys.len() > SHOWN {
         s.push_str(&format!(" and {} more", keys.len() - SHOWN));
     }

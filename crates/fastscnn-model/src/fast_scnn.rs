@@ -66,7 +66,12 @@ pub struct FastScnn {
 impl FastScnn {
     /// Builds the network from a `VarBuilder` in the reference key layout; the auxiliary head is
     /// read only when `with_aux_head`.
-    pub fn new(config: &FastScnnConfig, with_aux_head: bool, norm: NormOptions, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        config: &FastScnnConfig,
+        with_aux_head: bool,
+        norm: NormOptions,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let aux_head = if with_aux_head {
             Some(AuxHead::new(
                 config.higher_res_channels(),
@@ -80,10 +85,27 @@ impl FastScnn {
         };
         Ok(Self {
             config: config.clone(),
-            learning_to_downsample: LearningToDownsample::new(config, norm, vb.pp("learning_to_downsample"))?,
-            global_feature_extractor: GlobalFeatureExtractor::new(config, norm, vb.pp("global_feature_extractor"))?,
-            feature_fusion: FeatureFusion::new(&config.feature_fusion(), norm, vb.pp("feature_fusion"))?,
-            classifier: Classifier::new(config.fusion_channels, config.num_classes, norm, vb.pp("classifier"))?,
+            learning_to_downsample: LearningToDownsample::new(
+                config,
+                norm,
+                vb.pp("learning_to_downsample"),
+            )?,
+            global_feature_extractor: GlobalFeatureExtractor::new(
+                config,
+                norm,
+                vb.pp("global_feature_extractor"),
+            )?,
+            feature_fusion: FeatureFusion::new(
+                &config.feature_fusion(),
+                norm,
+                vb.pp("feature_fusion"),
+            )?,
+            classifier: Classifier::new(
+                config.fusion_channels,
+                config.num_classes,
+                norm,
+                vb.pp("classifier"),
+            )?,
             aux_head,
         })
     }
@@ -102,7 +124,9 @@ impl FastScnn {
             mode: options.batch_norm,
             eps: config.bn_eps,
         };
-        weights.build(options.dtype, &options.device, |vb| Self::new(&config, with_aux, norm, vb))
+        weights.build(options.dtype, &options.device, |vb| {
+            Self::new(&config, with_aux, norm, vb)
+        })
     }
 
     pub fn config(&self) -> &FastScnnConfig {
@@ -119,7 +143,11 @@ impl FastScnn {
 
     /// Runs the network on a normalised (N, 3, H, W) batch of any height and width and returns every
     /// intermediate; the auxiliary logits only when `with_aux` and the head was loaded.
-    pub fn forward_stages(&self, x: &Tensor, with_aux: bool) -> candle_core::Result<FastScnnStages> {
+    pub fn forward_stages(
+        &self,
+        x: &Tensor,
+        with_aux: bool,
+    ) -> candle_core::Result<FastScnnStages> {
         let (_, _, h, w) = x.dims4()?;
         let higher_res = self.learning_to_downsample.forward(x)?;
         let global = self.global_feature_extractor.forward(&higher_res)?;
@@ -127,7 +155,12 @@ impl FastScnn {
         let classifier = self.classifier.forward(&fused)?;
         let logits = resize_bilinear(&classifier, h, w, self.config.align_corners)?;
         let aux_logits = match (&self.aux_head, with_aux) {
-            (Some(head), true) => Some(resize_bilinear(&head.forward(&higher_res)?, h, w, self.config.align_corners)?),
+            (Some(head), true) => Some(resize_bilinear(
+                &head.forward(&higher_res)?,
+                h,
+                w,
+                self.config.align_corners,
+            )?),
             _ => None,
         };
         Ok(FastScnnStages {
@@ -160,16 +193,21 @@ impl Module for FastScnn {
 
 /// The reference preset with the class count the file's classifier was trained for.
 fn reference_config_for(weights: &WeightFile) -> Result<FastScnnConfig> {
-    let classifier = weights.get(REFERENCE_CLASSIFIER_KEY).ok_or_else(|| ModelError::UnknownLayout {
-        path: weights.path().to_path_buf(),
-        reason: format!("no `{REFERENCE_CLASSIFIER_KEY}` tensor"),
-    })?;
+    let classifier =
+        weights
+            .get(REFERENCE_CLASSIFIER_KEY)
+            .ok_or_else(|| ModelError::UnknownLayout {
+                path: weights.path().to_path_buf(),
+                reason: format!("no `{REFERENCE_CLASSIFIER_KEY}` tensor"),
+            })?;
     let num_classes = match classifier.dims() {
         [classes, _, 1, 1] if *classes > 0 => *classes,
         dims => {
             return Err(ModelError::UnknownLayout {
                 path: weights.path().to_path_buf(),
-                reason: format!("`{REFERENCE_CLASSIFIER_KEY}` has shape {dims:?}, expected (classes, C, 1, 1)"),
+                reason: format!(
+                    "`{REFERENCE_CLASSIFIER_KEY}` has shape {dims:?}, expected (classes, C, 1, 1)"
+                ),
             })
         }
     };

@@ -23,7 +23,11 @@ impl GlobalFeatureExtractor {
             let group_vb = vb.pp(format!("bottleneck{}", group + 1));
             let out_channels = cfg.bottleneck_channels[group];
             for block in 0..cfg.bottleneck_blocks[group] {
-                let stride = if block == 0 { cfg.bottleneck_strides[group] } else { 1 };
+                let stride = if block == 0 {
+                    cfg.bottleneck_strides[group]
+                } else {
+                    1
+                };
                 bottlenecks.push(LinearBottleneck::new(
                     in_channels,
                     out_channels,

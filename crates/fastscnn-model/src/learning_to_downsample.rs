@@ -28,6 +28,7 @@ impl LearningToDownsample {
 
 impl Module for LearningToDownsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.dsconv2.forward(&self.dsconv1.forward(&self.conv.forward(x)?)?)
+        self.dsconv2
+            .forward(&self.dsconv1.forward(&self.conv.forward(x)?)?)
     }
 }

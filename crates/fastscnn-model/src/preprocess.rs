@@ -32,7 +32,11 @@ pub fn load_rgb_image(path: impl AsRef<Path>) -> Result<RgbImage> {
 
 /// An RGB image as a normalised f32 (1, 3, H, W) tensor: `(v / 255 - mean) / std` per channel,
 /// in the same float operations as torchvision's `ToTensor` + `Normalize`.
-pub fn image_to_tensor(image: &RgbImage, norm: &Normalization, device: &Device) -> candle_core::Result<Tensor> {
+pub fn image_to_tensor(
+    image: &RgbImage,
+    norm: &Normalization,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let (w, h) = image.dimensions();
     let plane = (w * h) as usize;
     let mut data = vec![0f32; 3 * plane];
@@ -74,7 +78,9 @@ mod tests {
         std::fs::write(&fake, b"hello").unwrap();
         let err = load_rgb_image(&fake).unwrap_err().to_string();
         assert!(err.starts_with(&fake.display().to_string()), "{err}");
-        let missing = load_rgb_image(dir.join("missing.png")).unwrap_err().to_string();
+        let missing = load_rgb_image(dir.join("missing.png"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("missing.png"), "{missing}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -91,7 +91,12 @@ impl WeightFile {
         }
         let built = built?;
         let used = tracker.used.into_inner().expect("tracker lock");
-        let mut unexpected: Vec<String> = self.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect();
+        let mut unexpected: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
         if !unexpected.is_empty() {
             unexpected.sort();
             return Err(ModelError::UnexpectedTensors {
@@ -114,13 +119,23 @@ struct Tracker<'a> {
 impl Tracker<'_> {
     fn fail(&self, error: ModelError) -> candle_core::Error {
         let message = error.to_string();
-        self.problem.lock().expect("tracker lock").get_or_insert(error);
+        self.problem
+            .lock()
+            .expect("tracker lock")
+            .get_or_insert(error);
         candle_core::Error::Msg(message)
     }
 }
 
 impl SimpleBackend for &Tracker<'_> {
-    fn get(&self, shape: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let Some(tensor) = self.file.tensors.get(name) else {
             return Err(self.fail(ModelError::MissingTensor {
                 path: self.file.path.clone(),
@@ -136,14 +151,20 @@ impl SimpleBackend for &Tracker<'_> {
                 found: tensor.dims().to_vec(),
             }));
         }
-        self.used.lock().expect("tracker lock").insert(name.to_string());
+        self.used
+            .lock()
+            .expect("tracker lock")
+            .insert(name.to_string());
         tensor.to_dtype(dtype)?.to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.file.tensors.get(name) {
             Some(t) => {
-                self.used.lock().expect("tracker lock").insert(name.to_string());
+                self.used
+                    .lock()
+                    .expect("tracker lock")
+                    .insert(name.to_string());
                 t.to_dtype(dtype)?.to_device(dev)
             }
             None => Err(self.fail(ModelError::MissingTensor {
@@ -166,7 +187,12 @@ mod tests {
     fn file(entries: &[(&str, &[usize])]) -> WeightFile {
         let tensors = entries
             .iter()
-            .map(|(k, s)| (k.to_string(), Tensor::zeros(*s, DType::F32, &Device::Cpu).unwrap()))
+            .map(|(k, s)| {
+                (
+                    k.to_string(),
+                    Tensor::zeros(*s, DType::F32, &Device::Cpu).unwrap(),
+                )
+            })
             .collect();
         WeightFile::from_tensors("w.safetensors", tensors)
     }
@@ -185,8 +211,12 @@ mod tests {
 
     #[test]
     fn missing_key_is_named_with_expected_shape() {
-        let err = file(&[("b", &[2, 3])]).build(DType::F32, &Device::Cpu, load_a).unwrap_err();
-        assert!(matches!(&err, ModelError::MissingTensor { key, expected, .. } if key == "a" && expected == &[2, 3]));
+        let err = file(&[("b", &[2, 3])])
+            .build(DType::F32, &Device::Cpu, load_a)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ModelError::MissingTensor { key, expected, .. } if key == "a" && expected == &[2, 3])
+        );
         assert_eq!(
             err.to_string(),
             "w.safetensors: missing tensor `a` (the model expects shape [2, 3])"
@@ -195,7 +225,9 @@ mod tests {
 
     #[test]
     fn wrong_shape_names_both_shapes() {
-        let err = file(&[("a", &[3, 2])]).build(DType::F32, &Device::Cpu, load_a).unwrap_err();
+        let err = file(&[("a", &[3, 2])])
+            .build(DType::F32, &Device::Cpu, load_a)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "w.safetensors: tensor `a` has shape [3, 2], the model expects [2, 3]"
@@ -207,6 +239,8 @@ mod tests {
         let err = file(&[("a", &[2, 3]), ("extra.weight", &[1])])
             .build(DType::F32, &Device::Cpu, load_a)
             .unwrap_err();
-        assert!(matches!(&err, ModelError::UnexpectedTensors { keys, .. } if keys == &["extra.weight"]));
+        assert!(
+            matches!(&err, ModelError::UnexpectedTensors { keys, .. } if keys == &["extra.weight"])
+        );
     }
 }

@@ -12,12 +12,31 @@ const TOLERANCE: f32 = 1e-3;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn argmax_agreement(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.argmax(1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let b = b.argmax(1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let a = a
+        .argmax(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let b = b
+        .argmax(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
     a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
 }
 
@@ -30,7 +49,11 @@ fn load_model(golden: &Path, batch_norm: BatchNormMode) -> FastScnn {
 }
 
 fn expected(golden: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(golden.join("seed0_c19_256x512_expected.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        golden.join("seed0_c19_256x512_expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn check_parity(batch_norm: BatchNormMode) {
@@ -44,10 +67,16 @@ fn check_parity(batch_norm: BatchNormMode) {
     let image = load_rgb_image(golden.join("seed0_c19_256x512_input0.png")).unwrap();
     let input = image_to_tensor(&image, &model.config().normalization, &Device::Cpu).unwrap();
     let d = max_abs_diff(&input, &expected["input"]);
-    assert!(d <= 1e-6, "preprocessing differs from the fixture's input by {d}");
+    assert!(
+        d <= 1e-6,
+        "preprocessing differs from the fixture's input by {d}"
+    );
 
     let stages = model.forward_stages(&input, true).unwrap();
-    let aux = stages.aux_logits.clone().expect("aux logits were asked for");
+    let aux = stages
+        .aux_logits
+        .clone()
+        .expect("aux logits were asked for");
     for (name, ours) in [
         ("higher_res", &stages.higher_res),
         ("global", &stages.global),
@@ -58,10 +87,16 @@ fn check_parity(batch_norm: BatchNormMode) {
     ] {
         let d = max_abs_diff(ours, &expected[name]);
         eprintln!("{batch_norm:?} {name}: max |diff| = {d:e}");
-        assert!(d <= TOLERANCE, "{name}: max |diff| {d} > {TOLERANCE} ({batch_norm:?})");
+        assert!(
+            d <= TOLERANCE,
+            "{name}: max |diff| {d} > {TOLERANCE} ({batch_norm:?})"
+        );
     }
     let agreement = argmax_agreement(&stages.logits, &expected["logits"]);
-    assert!(agreement >= 0.999, "argmax agreement {agreement} ({batch_norm:?})");
+    assert!(
+        agreement >= 0.999,
+        "argmax agreement {agreement} ({batch_norm:?})"
+    );
 }
 
 #[test]
@@ -87,13 +122,26 @@ fn outputs_are_consistent_and_sizes_need_not_be_multiples_of_32() {
     assert_eq!(labels.dtype(), DType::U32);
     assert_eq!(
         labels.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-        logits.argmax(1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap()
+        logits
+            .argmax(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
     );
 
     let probs = model.probabilities(&input).unwrap();
     assert_eq!(probs.dims(), &[1, 19, 250, 500]);
     let sums = probs.sum(1).unwrap();
-    let off = (sums - 1.0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let off = (sums - 1.0)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(off < 1e-5, "probabilities sum to 1 ± {off}");
 
     // Smaller and odd sizes: the low-resolution branch follows the high-resolution one.

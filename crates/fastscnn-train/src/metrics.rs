@@ -58,7 +58,10 @@ impl ConfusionMatrix {
             }
             for value in [p, l] {
                 if value as usize >= n {
-                    return Err(MetricsError::ClassOutOfRange { value, num_classes: n });
+                    return Err(MetricsError::ClassOutOfRange {
+                        value,
+                        num_classes: n,
+                    });
                 }
             }
             self.counts[l as usize * n + p as usize] += 1;
@@ -68,7 +71,10 @@ impl ConfusionMatrix {
 
     /// Adds another matrix's counts (e.g. from another worker).
     pub fn merge(&mut self, other: &ConfusionMatrix) {
-        assert_eq!(self.num_classes, other.num_classes, "merging matrices of different class counts");
+        assert_eq!(
+            self.num_classes, other.num_classes,
+            "merging matrices of different class counts"
+        );
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
@@ -162,11 +168,17 @@ mod tests {
         let mut m = ConfusionMatrix::new(2, 255);
         assert_eq!(
             m.update(&[0u8], &[0u8, 1]),
-            Err(MetricsError::SizeMismatch { prediction: 1, label: 2 })
+            Err(MetricsError::SizeMismatch {
+                prediction: 1,
+                label: 2
+            })
         );
         assert_eq!(
             m.update(&[5u8], &[0u8]),
-            Err(MetricsError::ClassOutOfRange { value: 5, num_classes: 2 })
+            Err(MetricsError::ClassOutOfRange {
+                value: 5,
+                num_classes: 2
+            })
         );
         assert!(m.mean_iou().is_nan());
     }

@@ -6,7 +6,9 @@ use fastscnn_train::ConfusionMatrix;
 #[test]
 fn ground_truth_against_itself_is_perfect_with_absent_classes_left_out() {
     let Some(shared) = shared_dir() else { return };
-    let path = shared.join("cityscapes-mini/gtFine/val/frankfurt/frankfurt_000001_058914_gtFine_labelTrainIds.png");
+    let path = shared.join(
+        "cityscapes-mini/gtFine/val/frankfurt/frankfurt_000001_058914_gtFine_labelTrainIds.png",
+    );
     let label = image::open(path).unwrap().into_luma8();
     let mut m = ConfusionMatrix::new(19, 255);
     m.update(label.as_raw(), label.as_raw()).unwrap();

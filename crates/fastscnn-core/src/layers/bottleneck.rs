@@ -35,7 +35,12 @@ impl LinearBottleneck {
                 norm,
                 vb.pp("0").pp("conv"),
             )?,
-            depthwise: ConvBnAct::sequential(ConvConfig::depthwise(hidden, stride), true, norm, vb.pp("1").pp("conv"))?,
+            depthwise: ConvBnAct::sequential(
+                ConvConfig::depthwise(hidden, stride),
+                true,
+                norm,
+                vb.pp("1").pp("conv"),
+            )?,
             project: ConvBnAct::new(
                 ConvConfig::pointwise(hidden, out_channels),
                 false,
@@ -54,7 +59,9 @@ impl LinearBottleneck {
 
 impl Module for LinearBottleneck {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.project.forward(&self.depthwise.forward(&self.expand.forward(x)?)?)?;
+        let y = self
+            .project
+            .forward(&self.depthwise.forward(&self.expand.forward(x)?)?)?;
         if self.shortcut {
             y + x
         } else {

@@ -16,18 +16,27 @@ pub struct Classifier {
 
 impl Classifier {
     /// Reads `dsconv1`, `dsconv2` and `conv.1` (`conv.0` is the dropout).
-    pub fn new(channels: usize, num_classes: usize, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        num_classes: usize,
+        norm: NormOptions,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             dsconv1: DSConv::new(channels, channels, 1, norm, vb.pp("dsconv1"))?,
             dsconv2: DSConv::new(channels, channels, 1, norm, vb.pp("dsconv2"))?,
-            conv: Conv2d::new(ConvConfig::pointwise(channels, num_classes).with_bias(), vb.pp("conv").pp("1"))?,
+            conv: Conv2d::new(
+                ConvConfig::pointwise(channels, num_classes).with_bias(),
+                vb.pp("conv").pp("1"),
+            )?,
         })
     }
 }
 
 impl Module for Classifier {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&self.dsconv2.forward(&self.dsconv1.forward(x)?)?)
+        self.conv
+            .forward(&self.dsconv2.forward(&self.dsconv1.forward(x)?)?)
     }
 }
 
@@ -41,10 +50,25 @@ pub struct AuxHead {
 
 impl AuxHead {
     /// Reads the `nn.Sequential` children `0` (conv), `1` (BN) and `4` (classes).
-    pub fn new(in_channels: usize, hidden: usize, num_classes: usize, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_channels: usize,
+        hidden: usize,
+        num_classes: usize,
+        norm: NormOptions,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            conv: ConvBnAct::new(ConvConfig::dense(in_channels, hidden, 3, 1, 1), true, norm, vb.pp("0"), vb.pp("1"))?,
-            classify: Conv2d::new(ConvConfig::pointwise(hidden, num_classes).with_bias(), vb.pp("4"))?,
+            conv: ConvBnAct::new(
+                ConvConfig::dense(in_channels, hidden, 3, 1, 1),
+                true,
+                norm,
+                vb.pp("0"),
+                vb.pp("1"),
+            )?,
+            classify: Conv2d::new(
+                ConvConfig::pointwise(hidden, num_classes).with_bias(),
+                vb.pp("4"),
+            )?,
         })
     }
 }

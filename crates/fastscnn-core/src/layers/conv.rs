@@ -25,7 +25,13 @@ pub struct ConvConfig {
 
 impl ConvConfig {
     /// A dense `kernel`x`kernel` convolution without bias.
-    pub fn dense(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+    pub fn dense(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         Self {
             in_channels,
             out_channels,
@@ -85,12 +91,19 @@ impl Conv2d {
     }
 
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>, config: ConvConfig) -> Result<Self> {
-        if config.depthwise && (config.in_channels != config.out_channels || config.kernel != 3 || config.padding != 1) {
+        if config.depthwise
+            && (config.in_channels != config.out_channels
+                || config.kernel != 3
+                || config.padding != 1)
+        {
             bail!("depthwise convolutions must be 3x3, padding 1, channels in == out: {config:?}")
         }
         let expected = config.weight_shape();
         if weight.dims4()? != expected {
-            bail!("convolution weight has shape {:?}, expected {expected:?}", weight.dims())
+            bail!(
+                "convolution weight has shape {:?}, expected {expected:?}",
+                weight.dims()
+            )
         }
         Ok(Self {
             weight,
@@ -119,7 +132,9 @@ impl Conv2d {
             Some((gamma, beta)) => (scale.mul(gamma)?, beta.clone()),
             None => (scale.clone(), scale.zeros_like()?),
         };
-        let weight = self.weight.broadcast_mul(&scale.reshape((self.config.out_channels, 1, 1, 1))?)?;
+        let weight =
+            self.weight
+                .broadcast_mul(&scale.reshape((self.config.out_channels, 1, 1, 1))?)?;
         let centred = match &self.bias {
             Some(b) => (b - bn.running_mean())?,
             None => bn.running_mean().neg()?,
@@ -165,14 +180,26 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     #[test]
     fn pointwise_path_matches_generic_conv2d() {
         let mut rng = StdRng::seed_from_u64(0);
         let cfg = ConvConfig::pointwise(6, 4).with_bias();
-        let conv = Conv2d::from_parts(random(&[4, 6, 1, 1], &mut rng), Some(random(&[4], &mut rng)), cfg).unwrap();
+        let conv = Conv2d::from_parts(
+            random(&[4, 6, 1, 1], &mut rng),
+            Some(random(&[4], &mut rng)),
+            cfg,
+        )
+        .unwrap();
         let x = random(&[2, 6, 5, 7], &mut rng);
         let reference = x
             .conv2d(conv.weight(), 0, 1, 1, 1)
@@ -193,7 +220,11 @@ mod tests {
             let (o, i, k, _) = cfg.weight_shape();
             let bias = cfg.bias.then(|| random(&[o], &mut rng));
             let conv = Conv2d::from_parts(random(&[o, i, k, k], &mut rng), bias, cfg).unwrap();
-            let var = random(&[o], &mut rng).abs().unwrap().affine(1.0, 0.1).unwrap();
+            let var = random(&[o], &mut rng)
+                .abs()
+                .unwrap()
+                .affine(1.0, 0.1)
+                .unwrap();
             let bn = BatchNorm::new(
                 o,
                 random(&[o], &mut rng),

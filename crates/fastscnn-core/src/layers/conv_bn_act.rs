@@ -72,7 +72,12 @@ impl ConvBnAct {
     }
 
     /// The common `nn.Sequential(Conv2d, BatchNorm2d[, ReLU])` whose children are named `0` and `1`.
-    pub fn sequential(conv: ConvConfig, relu: bool, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+    pub fn sequential(
+        conv: ConvConfig,
+        relu: bool,
+        norm: NormOptions,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Self::new(conv, relu, norm, vb.pp("0"), vb.pp("1"))
     }
 

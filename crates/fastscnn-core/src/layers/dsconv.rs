@@ -13,10 +13,22 @@ pub struct DSConv {
 
 impl DSConv {
     /// Reads the reference layout `conv.{0,1,3,4}` (ReLUs at `.2` and `.5` hold no tensors).
-    pub fn new(in_channels: usize, out_channels: usize, stride: usize, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        stride: usize,
+        norm: NormOptions,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let vb = vb.pp("conv");
         Ok(Self {
-            depthwise: ConvBnAct::new(ConvConfig::depthwise(in_channels, stride), true, norm, vb.pp("0"), vb.pp("1"))?,
+            depthwise: ConvBnAct::new(
+                ConvConfig::depthwise(in_channels, stride),
+                true,
+                norm,
+                vb.pp("0"),
+                vb.pp("1"),
+            )?,
             pointwise: ConvBnAct::new(
                 ConvConfig::pointwise(in_channels, out_channels),
                 true,

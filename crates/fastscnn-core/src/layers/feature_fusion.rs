@@ -44,8 +44,18 @@ impl FeatureFusion {
             }
         };
         Ok(Self {
-            dwconv: ConvBnAct::sequential(ConvConfig::depthwise(cfg.out_channels, 1), true, norm, vb.pp("dwconv").pp("conv"))?,
-            conv_lower_res: ConvBnAct::sequential(pointwise(cfg.out_channels), false, norm, vb.pp("conv_lower_res"))?,
+            dwconv: ConvBnAct::sequential(
+                ConvConfig::depthwise(cfg.out_channels, 1),
+                true,
+                norm,
+                vb.pp("dwconv").pp("conv"),
+            )?,
+            conv_lower_res: ConvBnAct::sequential(
+                pointwise(cfg.out_channels),
+                false,
+                norm,
+                vb.pp("conv_lower_res"),
+            )?,
             conv_higher_res: ConvBnAct::sequential(
                 pointwise(cfg.higher_in_channels),
                 false,

@@ -36,12 +36,23 @@ impl PyramidPooling {
             .enumerate()
             .map(|(i, &bin)| {
                 let conv = ConvConfig::pointwise(cfg.in_channels, inter);
-                let layer = ConvBnAct::sequential(conv, true, norm, vb.pp(format!("conv{}", i + 1)).pp("conv"))?;
+                let layer = ConvBnAct::sequential(
+                    conv,
+                    true,
+                    norm,
+                    vb.pp(format!("conv{}", i + 1)).pp("conv"),
+                )?;
                 Ok((bin, layer))
             })
             .collect::<Result<Vec<_>>>()?;
         let concat = cfg.in_channels + inter * cfg.bins.len();
-        let out_conv = ConvConfig::dense(concat, cfg.out_channels, cfg.out_kernel, 1, cfg.out_kernel / 2);
+        let out_conv = ConvConfig::dense(
+            concat,
+            cfg.out_channels,
+            cfg.out_kernel,
+            1,
+            cfg.out_kernel / 2,
+        );
         Ok(Self {
             branches,
             out: ConvBnAct::sequential(out_conv, true, norm, vb.pp("out").pp("conv"))?,

@@ -38,7 +38,11 @@ pub fn adaptive_avg_pool2d_composite(x: &Tensor, out_h: usize, out_w: usize) -> 
         let mut cells = Vec::with_capacity(out_w);
         for j in 0..out_w {
             let (x0, x1) = pool_window(j, w, out_w);
-            cells.push(band.narrow(3, x0, x1 - x0)?.mean_keepdim(3)?.mean_keepdim(2)?);
+            cells.push(
+                band.narrow(3, x0, x1 - x0)?
+                    .mean_keepdim(3)?
+                    .mean_keepdim(2)?,
+            );
         }
         rows.push(Tensor::cat(&cells, 3)?);
     }
@@ -135,20 +139,28 @@ mod tests {
             .reshape((1, 1, 1, 4))
             .unwrap();
         let y = adaptive_avg_pool2d(&row, 1, 3).unwrap();
-        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.5, 1.5, 2.5]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [0.5, 1.5, 2.5]
+        );
     }
 
     #[test]
     fn kernel_matches_composite() {
         let mut rng = StdRng::seed_from_u64(3);
         for (h, w) in [(8, 16), (7, 5), (1, 1), (6, 6), (13, 29)] {
-            let v: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let v: Vec<f32> = (0..2 * 3 * h * w)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
             for (oh, ow) in [(1, 1), (2, 2), (3, 3), (6, 6), (4, 9)] {
                 let fast = adaptive_avg_pool2d(&x, oh, ow).unwrap();
                 let slow = adaptive_avg_pool2d_composite(&x, oh, ow).unwrap();
                 let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-                assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "{h}x{w} -> {oh}x{ow}");
+                assert!(
+                    diff.to_scalar::<f32>().unwrap() < 1e-6,
+                    "{h}x{w} -> {oh}x{ow}"
+                );
             }
         }
     }

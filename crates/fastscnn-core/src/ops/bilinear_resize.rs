@@ -12,7 +12,12 @@ use super::{contiguous_slice, has_cpu_kernel};
 
 /// Where output index `dst` samples the input: the two neighbouring input indices and the weight of
 /// the second one, exactly as PyTorch's `upsample_bilinear2d` computes them.
-pub fn source_index(dst: usize, input: usize, output: usize, align_corners: bool) -> (usize, usize, f64) {
+pub fn source_index(
+    dst: usize,
+    input: usize,
+    output: usize,
+    align_corners: bool,
+) -> (usize, usize, f64) {
     let src = if align_corners {
         if output > 1 {
             dst as f64 * (input as f64 - 1.0) / (output as f64 - 1.0)
@@ -29,7 +34,12 @@ pub fn source_index(dst: usize, input: usize, output: usize, align_corners: bool
 }
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
-pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize, align_corners: bool) -> Result<Tensor> {
+pub fn resize_bilinear(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
     let (_, _, h, w) = check(x, out_h, out_w)?;
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
@@ -61,7 +71,12 @@ pub fn resize_bilinear_composite(
 }
 
 /// The (output × input) matrix whose rows hold each output sample's two bilinear weights.
-fn interpolation_matrix(input: usize, output: usize, align_corners: bool, like: &Tensor) -> Result<Tensor> {
+fn interpolation_matrix(
+    input: usize,
+    output: usize,
+    align_corners: bool,
+    like: &Tensor,
+) -> Result<Tensor> {
     let mut m = vec![0f64; output * input];
     for o in 0..output {
         let (i0, i1, l) = source_index(o, input, output, align_corners);
@@ -74,7 +89,11 @@ fn interpolation_matrix(input: usize, output: usize, align_corners: bool, like: 
 fn check(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, usize, usize)> {
     let dims = x.dims4()?;
     if out_h == 0 || out_w == 0 || dims.2 == 0 || dims.3 == 0 {
-        bail!("resize_bilinear: cannot resize {}x{} to {out_h}x{out_w}", dims.2, dims.3)
+        bail!(
+            "resize_bilinear: cannot resize {}x{} to {out_h}x{out_w}",
+            dims.2,
+            dims.3
+        )
     }
     Ok(dims)
 }
@@ -175,7 +194,9 @@ mod tests {
     fn kernel_matches_composite_for_odd_sizes() {
         let mut rng = StdRng::seed_from_u64(11);
         for (h, w) in [(1, 1), (2, 3), (8, 16), (7, 13), (32, 64)] {
-            let v: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let v: Vec<f32> = (0..2 * 3 * h * w)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
             for (oh, ow) in [(1, 1), (5, 9), (32, 64), (31, 63), (250, 500), (h, w + 1)] {
                 for align in [true, false] {
@@ -194,8 +215,14 @@ mod tests {
     fn same_size_is_identity() {
         let x = row(&[1.0, 2.0, 3.0]);
         for align in [true, false] {
-            assert_eq!(values(&resize_bilinear(&x, 1, 3, align).unwrap()), [1.0, 2.0, 3.0]);
-            assert_eq!(values(&resize_bilinear_composite(&x, 1, 3, align).unwrap()), [1.0, 2.0, 3.0]);
+            assert_eq!(
+                values(&resize_bilinear(&x, 1, 3, align).unwrap()),
+                [1.0, 2.0, 3.0]
+            );
+            assert_eq!(
+                values(&resize_bilinear_composite(&x, 1, 3, align).unwrap()),
+                [1.0, 2.0, 3.0]
+            );
         }
     }
 }

@@ -63,12 +63,7 @@ struct DepthwiseConv3x3 {
 }
 
 impl DepthwiseConv3x3 {
-    fn run<T: WithDType>(
-        &self,
-        x: &[T],
-        x_shape: &Shape,
-        w: &[T],
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run<T: WithDType>(&self, x: &[T], x_shape: &Shape, w: &[T]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, wd) = x_shape.dims4()?;
         let (oh, ow) = (
             depthwise_output_size(h, self.stride),
@@ -102,7 +97,11 @@ fn conv_plane<T: WithDType>(
 ) {
     // Output columns whose three taps (ox*stride-1 ..= ox*stride+1) all lie inside the row.
     let interior_start = 1.min(ow);
-    let interior_end = if w >= 2 { ((w - 2) / stride + 1).min(ow) } else { interior_start };
+    let interior_end = if w >= 2 {
+        ((w - 2) / stride + 1).min(ow)
+    } else {
+        interior_start
+    };
     let interior_end = interior_end.max(interior_start);
     for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
         for ky in 0..3 {
@@ -128,17 +127,12 @@ fn conv_plane<T: WithDType>(
             if interior_start >= interior_end {
                 continue;
             }
-            if stride == 1 {
-                let dst = &mut out_row[interior_start..interior_end];
-                let (a, b, c) = (&row[..], &row[1..], &row[2..]);
-                for (i, o) in dst.iter_mut().enumerate() {
-                    *o += k0 * a[i] + k1 * b[i] + k2 * c[i];
-                }
-            } else {
-                for ox in interior_start..interior_end {
-                    let base = ox * stride - 1;
-                    out_row[ox] += k0 * row[base] + k1 * row[base + 1] + k2 * row[base + 2];
-                }
+            // Interior output column ox reads taps ox*stride-1 ..= ox*stride+1; the first interior
+            // column is 1, so its window starts at stride-1.
+            let dst = &mut out_row[interior_start..interior_end];
+            let windows = row[stride - 1..].windows(3).step_by(stride);
+            for (o, taps) in dst.iter_mut().zip(windows) {
+                *o += k0 * taps[0] + k1 * taps[1] + k2 * taps[2];
             }
         }
     }
@@ -195,10 +189,23 @@ mod tests {
         let w = Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
         let y = depthwise_conv2d(&x, &w, 1).unwrap();
         let expected = [[12f32, 21., 16.], [27., 45., 33.], [24., 39., 28.]];
-        assert_eq!(y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap(), expected);
+        assert_eq!(
+            y.squeeze(0)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            expected
+        );
         let y2 = depthwise_conv2d(&x, &w, 2).unwrap();
         assert_eq!(
-            y2.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap(),
+            y2.squeeze(0)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
             [[12f32, 16.], [24., 28.]]
         );
     }
@@ -213,7 +220,10 @@ mod tests {
         }
         let w = Tensor::from_vec(w, (3, 1, 3, 3), &Device::Cpu).unwrap();
         let y = depthwise_conv2d(&x, &w, 1).unwrap();
-        let scale = Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+        let scale = Tensor::new(&[1f32, 2., 3.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 1, 1))
+            .unwrap();
         let expected = x.broadcast_mul(&scale).unwrap();
         let diff = (y - expected).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
@@ -221,7 +231,17 @@ mod tests {
 
     #[test]
     fn matches_grouped_conv_on_random_data() {
-        let sizes = [(1, 1), (1, 2), (2, 2), (3, 3), (5, 7), (8, 8), (9, 16), (17, 31), (32, 64)];
+        let sizes = [
+            (1, 1),
+            (1, 2),
+            (2, 2),
+            (3, 3),
+            (5, 7),
+            (8, 8),
+            (9, 16),
+            (17, 31),
+            (32, 64),
+        ];
         for (i, &(h, w)) in sizes.iter().enumerate() {
             for stride in [1, 2] {
                 let x = random(&[2, 5, h, w], i as u64);
