@@ -1,6 +1,6 @@
 //! `cargo xtask`: project chores that need more than one cargo invocation or a fixed set of flags.
 
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -24,16 +24,23 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
-    match Xtask::parse().command {
+fn main() -> ExitCode {
+    let result = match Xtask::parse().command {
         Task::Bench { filter, seconds } => run(bench_command(filter.as_deref(), seconds)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn bench_command(filter: Option<&str>, seconds: Option<u32>) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["bench", "--package", "fastscnn-benches", "--"]);
+    cmd.args(["bench", "--package", "fastscnn-benches", "--benches", "--"]);
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
@@ -72,6 +79,7 @@ mod tests {
                 "bench",
                 "--package",
                 "fastscnn-benches",
+                "--benches",
                 "--",
                 "depthwise",
                 "--measurement-time",
@@ -80,7 +88,7 @@ mod tests {
         );
         assert_eq!(
             args(&bench_command(None, None)),
-            ["bench", "--package", "fastscnn-benches", "--"]
+            ["bench", "--package", "fastscnn-benches", "--benches", "--"]
         );
     }
 
