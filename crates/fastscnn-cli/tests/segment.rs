@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
-use fastscnn_core::testing::shared_dir;
+use fastscnn_core::testing::{max_abs_diff, shared_dir};
 
 fn fastscnn() -> Command {
     Command::cargo_bin("fastscnn").unwrap()
@@ -53,14 +53,7 @@ fn golden_logits_through_the_binary() {
     .unwrap();
     let (ours, expected) = (&ours["logits"], &expected["logits"]);
     assert_eq!(ours.dims(), &[1, 19, 256, 512]);
-    let diff: f32 = (ours - expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs_diff(ours, expected);
     assert!(diff <= 1e-3, "max |diff| {diff}");
 
     let argmax = |t: &Tensor| {

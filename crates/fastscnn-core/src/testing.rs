@@ -27,3 +27,50 @@ pub fn shared_dir() -> Option<PathBuf> {
     );
     None
 }
+
+/// A tensor of `shape` with values uniform in [-1, 1), the same for the same seed on every
+/// platform (xorshift64*, so tests and benches need no RNG crate).
+pub fn random_tensor(shape: &[usize], seed: u64) -> candle_core::Result<candle_core::Tensor> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40; // 24 random bits
+            bits as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
+}
+
+/// The largest absolute element-wise difference of two same-shaped f32 tensors.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let d = (a - b).and_then(|d| {
+        d.abs()?
+            .max_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()
+    });
+    d.expect("difference of two CPU tensors")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_tensors_are_seeded_and_in_range() {
+        let a = random_tensor(&[1000], 7).unwrap().to_vec1::<f32>().unwrap();
+        let b = random_tensor(&[1000], 7).unwrap().to_vec1::<f32>().unwrap();
+        let c = random_tensor(&[1000], 8).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        assert!(mean.abs() < 0.1, "mean {mean}");
+        assert!(a.iter().any(|&v| v < -0.9) && a.iter().any(|&v| v > 0.9));
+    }
+}

@@ -5,22 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use fastscnn_core::testing::shared_dir;
+use fastscnn_core::testing::{max_abs_diff, shared_dir};
 use fastscnn_model::{image_to_tensor, load_rgb_image, BatchNormMode, FastScnn, LoadOptions};
 
 const TOLERANCE: f32 = 1e-3;
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 fn argmax_agreement(a: &Tensor, b: &Tensor) -> f64 {
     let a = a

@@ -169,30 +169,19 @@ impl Module for Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
     use candle_core::{DType, Device};
     use candle_nn::ModuleT;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
 
-    fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+    /// Each call draws the next seed, so successive tensors differ.
+    fn random(shape: &[usize], seed: &mut u64) -> Tensor {
+        *seed += 1;
+        random_tensor(shape, *seed).unwrap()
     }
 
     #[test]
     fn pointwise_path_matches_generic_conv2d() {
-        let mut rng = StdRng::seed_from_u64(0);
+        let mut rng = 0u64;
         let cfg = ConvConfig::pointwise(6, 4).with_bias();
         let conv = Conv2d::from_parts(
             random(&[4, 6, 1, 1], &mut rng),
@@ -206,12 +195,12 @@ mod tests {
             .unwrap()
             .broadcast_add(&conv.bias().unwrap().reshape((1, 4, 1, 1)).unwrap())
             .unwrap();
-        assert!(max_diff(&conv.forward(&x).unwrap(), &reference) < 1e-5);
+        assert!(max_abs_diff(&conv.forward(&x).unwrap(), &reference) < 1e-5);
     }
 
     #[test]
     fn folding_batch_norm_matches_conv_then_bn() {
-        let mut rng = StdRng::seed_from_u64(1);
+        let mut rng = 1000u64;
         for cfg in [
             ConvConfig::dense(3, 8, 3, 2, 0),
             ConvConfig::depthwise(8, 1),
@@ -237,7 +226,7 @@ mod tests {
             let x = random(&[1, cfg.in_channels, 9, 10], &mut rng);
             let unfolded = bn.forward_t(&conv.forward(&x).unwrap(), false).unwrap();
             let folded = conv.fold_batch_norm(&bn).unwrap().forward(&x).unwrap();
-            assert!(max_diff(&unfolded, &folded) < 1e-5, "{cfg:?}");
+            assert!(max_abs_diff(&unfolded, &folded) < 1e-5, "{cfg:?}");
         }
     }
 

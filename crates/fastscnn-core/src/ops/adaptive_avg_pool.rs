@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, has_cpu_kernel};
+use super::{has_cpu_kernel, run_f32_or_f64, PlaneKernel};
 
 /// The input range `start..end` that output cell `i` of `output` cells averages over `input` cells.
 pub fn pool_window(i: usize, input: usize, output: usize) -> (usize, usize) {
@@ -66,7 +66,9 @@ struct AdaptiveAvgPool2d {
     out_w: usize,
 }
 
-impl AdaptiveAvgPool2d {
+impl PlaneKernel for AdaptiveAvgPool2d {
+    const NAME: &'static str = "adaptive-avg-pool2d";
+
     fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
@@ -94,23 +96,19 @@ impl AdaptiveAvgPool2d {
 
 impl CustomOp1 for AdaptiveAvgPool2d {
     fn name(&self) -> &'static str {
-        "adaptive-avg-pool2d"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => self.run(contiguous_slice::<f32>(s, l, self.name())?, l.shape()),
-            CpuStorage::F64(_) => self.run(contiguous_slice::<f64>(s, l, self.name())?, l.shape()),
-            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
-        }
+        run_f32_or_f64(self, s, l)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
     use candle_core::Device;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
     fn pytorch_windows_are_uneven_for_8_to_3_and_6() {
@@ -147,20 +145,15 @@ mod tests {
 
     #[test]
     fn kernel_matches_composite() {
-        let mut rng = StdRng::seed_from_u64(3);
-        for (h, w) in [(8, 16), (7, 5), (1, 1), (6, 6), (13, 29)] {
-            let v: Vec<f32> = (0..2 * 3 * h * w)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+        for (i, (h, w)) in [(8, 16), (7, 5), (1, 1), (6, 6), (13, 29)]
+            .into_iter()
+            .enumerate()
+        {
+            let x = random_tensor(&[2, 3, h, w], i as u64).unwrap();
             for (oh, ow) in [(1, 1), (2, 2), (3, 3), (6, 6), (4, 9)] {
                 let fast = adaptive_avg_pool2d(&x, oh, ow).unwrap();
                 let slow = adaptive_avg_pool2d_composite(&x, oh, ow).unwrap();
-                let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-                assert!(
-                    diff.to_scalar::<f32>().unwrap() < 1e-6,
-                    "{h}x{w} -> {oh}x{ow}"
-                );
+                assert!(max_abs_diff(&fast, &slow) < 1e-6, "{h}x{w} -> {oh}x{ow}");
             }
         }
     }

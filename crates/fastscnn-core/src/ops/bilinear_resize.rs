@@ -8,7 +8,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, has_cpu_kernel};
+use super::{has_cpu_kernel, run_f32_or_f64, PlaneKernel};
 
 /// Where output index `dst` samples the input: the two neighbouring input indices and the weight of
 /// the second one, exactly as PyTorch's `upsample_bilinear2d` computes them.
@@ -104,7 +104,9 @@ struct BilinearResize {
     align_corners: bool,
 }
 
-impl BilinearResize {
+impl PlaneKernel for BilinearResize {
+    const NAME: &'static str = "resize-bilinear";
+
     fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
@@ -137,23 +139,19 @@ impl BilinearResize {
 
 impl CustomOp1 for BilinearResize {
     fn name(&self) -> &'static str {
-        "resize-bilinear"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => self.run(contiguous_slice::<f32>(s, l, self.name())?, l.shape()),
-            CpuStorage::F64(_) => self.run(contiguous_slice::<f64>(s, l, self.name())?, l.shape()),
-            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
-        }
+        run_f32_or_f64(self, s, l)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
     use candle_core::Device;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn row(values: &[f32]) -> Tensor {
         Tensor::from_slice(values, (1, 1, 1, values.len()), &Device::Cpu).unwrap()
@@ -192,19 +190,17 @@ mod tests {
 
     #[test]
     fn kernel_matches_composite_for_odd_sizes() {
-        let mut rng = StdRng::seed_from_u64(11);
-        for (h, w) in [(1, 1), (2, 3), (8, 16), (7, 13), (32, 64)] {
-            let v: Vec<f32> = (0..2 * 3 * h * w)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+        for (i, (h, w)) in [(1, 1), (2, 3), (8, 16), (7, 13), (32, 64)]
+            .into_iter()
+            .enumerate()
+        {
+            let x = random_tensor(&[2, 3, h, w], i as u64).unwrap();
             for (oh, ow) in [(1, 1), (5, 9), (32, 64), (31, 63), (250, 500), (h, w + 1)] {
                 for align in [true, false] {
                     let fast = resize_bilinear(&x, oh, ow, align).unwrap();
                     let slow = resize_bilinear_composite(&x, oh, ow, align).unwrap();
                     assert_eq!(fast.dims(), &[2, 3, oh, ow]);
-                    let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-                    let diff = diff.to_scalar::<f32>().unwrap();
+                    let diff = max_abs_diff(&fast, &slow);
                     assert!(diff < 1e-5, "{h}x{w} -> {oh}x{ow} align {align}: {diff}");
                 }
             }

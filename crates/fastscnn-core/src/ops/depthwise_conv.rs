@@ -178,14 +178,11 @@ impl CustomOp2 for DepthwiseConv3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
     use candle_core::{DType, Device};
-    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        random_tensor(shape, seed).unwrap()
     }
 
     #[test]
@@ -234,8 +231,7 @@ mod tests {
             .reshape((1, 3, 1, 1))
             .unwrap();
         let expected = x.broadcast_mul(&scale).unwrap();
-        let diff = (y - expected).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(max_abs_diff(&y, &expected), 0.0);
     }
 
     #[test]
@@ -263,8 +259,7 @@ mod tests {
                     depthwise_output_size(h, stride),
                     "{h}x{w} stride {stride}"
                 );
-                let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-                let diff = diff.to_scalar::<f32>().unwrap();
+                let diff = max_abs_diff(&fast, &slow);
                 assert!(diff < 1e-5, "{h}x{w} stride {stride}: max diff {diff}");
             }
         }
@@ -278,8 +273,7 @@ mod tests {
         let xt = x.transpose(2, 3).unwrap();
         let fast = depthwise_conv2d(&xt, &k, 2).unwrap();
         let slow = depthwise_conv2d_grouped(&xt.contiguous().unwrap(), &k, 2).unwrap();
-        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        assert!(max_abs_diff(&fast, &slow) < 1e-12);
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, 
 pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite, source_index};
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped, depthwise_output_size};
 
-use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// The data of a contiguous CPU tensor as a slice; the public wrappers make inputs contiguous, so a
 /// strided layout here is a bug in the caller.
@@ -31,4 +31,29 @@ fn contiguous_slice<'a, T: WithDType>(
 /// Whether a tensor can take the direct CPU kernels (CPU device, f32 or f64).
 fn has_cpu_kernel(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// A one-input CPU kernel written once for any float type.
+trait PlaneKernel {
+    const NAME: &'static str;
+    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)>;
+}
+
+/// Runs `kernel` on f32 or f64 storage; the public wrappers send nothing else here.
+fn run_f32_or_f64<K: PlaneKernel>(
+    kernel: &K,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    match storage {
+        CpuStorage::F32(_) => kernel.run(
+            contiguous_slice::<f32>(storage, layout, K::NAME)?,
+            layout.shape(),
+        ),
+        CpuStorage::F64(_) => kernel.run(
+            contiguous_slice::<f64>(storage, layout, K::NAME)?,
+            layout.shape(),
+        ),
+        _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
+    }
 }
