@@ -69,3 +69,43 @@ impl Module for LinearBottleneck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
+    use candle_core::{DType, Device};
+
+    // With all-zero weights (BN scale 0) the residual branch outputs exactly zero, which isolates
+    // the shortcut.
+    fn zero_block(c_in: usize, c_out: usize, stride: usize) -> LinearBottleneck {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        LinearBottleneck::new(c_in, c_out, 6, stride, NormOptions::default(), vb).unwrap()
+    }
+
+    #[test]
+    fn shortcut_only_when_stride_one_and_widths_equal() {
+        let x = random_tensor(&[1, 8, 6, 10], 1).unwrap();
+        let same = zero_block(8, 8, 1);
+        assert!(same.has_shortcut());
+        assert_eq!(max_abs_diff(&same.forward(&x).unwrap(), &x), 0.0);
+
+        let strided = zero_block(8, 8, 2);
+        assert!(!strided.has_shortcut());
+        let y = strided.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 8, 3, 5]);
+        assert_eq!(
+            y.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+
+        let wider = zero_block(8, 12, 1);
+        assert!(!wider.has_shortcut());
+        assert_eq!(wider.forward(&x).unwrap().dims(), &[1, 12, 6, 10]);
+    }
+}

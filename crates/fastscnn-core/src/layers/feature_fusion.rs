@@ -76,3 +76,39 @@ impl FeatureFusion {
         (higher + lower)?.relu()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::random_tensor;
+    use candle_core::{DType, Device};
+
+    fn config(lower: usize) -> FeatureFusionConfig {
+        FeatureFusionConfig {
+            higher_in_channels: 6,
+            lower_in_channels: lower,
+            out_channels: 8,
+            conv_bias: true,
+            align_corners: true,
+        }
+    }
+
+    #[test]
+    fn low_resolution_branch_follows_the_high_resolution_size() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let ffm = FeatureFusion::new(&config(8), NormOptions::default(), vb).unwrap();
+        // A 250x500 input gives a 31x63 high-resolution branch and an 8x16 low one: not a fixed x4.
+        let higher = random_tensor(&[1, 6, 31, 63], 1).unwrap();
+        let lower = random_tensor(&[1, 8, 8, 16], 2).unwrap();
+        assert_eq!(
+            ffm.forward(&higher, &lower).unwrap().dims(),
+            &[1, 8, 31, 63]
+        );
+    }
+
+    #[test]
+    fn depthwise_needs_equal_widths() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        assert!(FeatureFusion::new(&config(4), NormOptions::default(), vb).is_err());
+    }
+}

@@ -73,3 +73,43 @@ impl Module for PyramidPooling {
         self.out.forward(&Tensor::cat(&parts, 1)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::random_tensor;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn reads_a_quarter_width_branch_per_bin_and_keeps_the_size() {
+        for out_kernel in [1, 3] {
+            let cfg = PyramidPoolingConfig {
+                in_channels: 16,
+                out_channels: 12,
+                bins: vec![1, 2, 3, 6],
+                out_kernel,
+                align_corners: true,
+            };
+            let vm = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+            let ppm = PyramidPooling::new(&cfg, NormOptions::default(), vb).unwrap();
+            let shapes: std::collections::HashMap<String, Vec<usize>> = vm
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+                .collect();
+            assert_eq!(shapes["conv4.conv.0.weight"], [4, 16, 1, 1]);
+            assert_eq!(
+                shapes["out.conv.0.weight"],
+                [12, 32, out_kernel, out_kernel]
+            );
+            // An 8x16 map: the 3x3 and 6x6 bins have uneven windows.
+            let y = ppm
+                .forward(&random_tensor(&[2, 16, 8, 16], 1).unwrap())
+                .unwrap();
+            assert_eq!(y.dims(), &[2, 12, 8, 16]);
+        }
+    }
+}
