@@ -2,8 +2,9 @@
 //!
 //! The reference Fast-SCNN resizes with `align_corners=True` and OpenMMLab's with `False`; the two
 //! place source samples differently, so both are needed to reproduce either set of weights.
-//! candle's `upsample_bilinear2d` covers integer-free sizes on some devices only and has no
-//! backward, hence this op.
+//! candle's own `upsample_bilinear2d` has no backward pass, which training needs; this op's
+//! composite path is differentiable through candle's matmul, and its CPU kernel is tested against
+//! both.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -203,6 +204,19 @@ mod tests {
                     let diff = max_abs_diff(&fast, &slow);
                     assert!(diff < 1e-5, "{h}x{w} -> {oh}x{ow} align {align}: {diff}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_matches_candles_upsample_bilinear2d() {
+        let x = random_tensor(&[1, 4, 8, 16], 5).unwrap();
+        for (oh, ow) in [(32, 64), (31, 63), (250, 500), (5, 7)] {
+            for align in [true, false] {
+                let ours = resize_bilinear(&x, oh, ow, align).unwrap();
+                let candle = x.upsample_bilinear2d(oh, ow, align).unwrap();
+                let diff = max_abs_diff(&ours, &candle);
+                assert!(diff < 1e-5, "8x16 -> {oh}x{ow} align {align}: {diff}");
             }
         }
     }
