@@ -4,10 +4,22 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
-use fastscnn_core::testing::{max_abs_diff, shared_dir};
+use fastscnn_core::testing::{argmax_agreement, argmax_labels, max_abs_diff, shared_dir};
 
 fn fastscnn() -> Command {
     Command::cargo_bin("fastscnn").unwrap()
+}
+
+/// `fastscnn segment IMAGE --weights WEIGHTS --out-dir OUT_DIR`, to which a test may add flags.
+fn segment_with(image: &Path, weights: &Path, out_dir: &Path) -> Command {
+    let mut cmd = fastscnn();
+    cmd.arg("segment")
+        .arg(image)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--out-dir")
+        .arg(out_dir);
+    cmd
 }
 
 fn golden() -> Option<PathBuf> {
@@ -33,17 +45,15 @@ fn golden_logits_through_the_binary() {
     let Some(golden) = golden() else { return };
     let dir = tempfile::tempdir().unwrap();
     let logits_path = dir.path().join("logits.safetensors");
-    fastscnn()
-        .arg("segment")
-        .arg(golden.join("seed0_c19_256x512_input0.png"))
-        .arg("--weights")
-        .arg(golden.join("fastscnn_seed0_c19.safetensors"))
-        .arg("--out-dir")
-        .arg(dir.path().join("out"))
-        .arg("--save-logits")
-        .arg(&logits_path)
-        .assert()
-        .success();
+    segment_with(
+        &golden.join("seed0_c19_256x512_input0.png"),
+        &weights_arg(&golden),
+        &dir.path().join("out"),
+    )
+    .arg("--save-logits")
+    .arg(&logits_path)
+    .assert()
+    .success();
 
     let ours = candle_core::safetensors::load(&logits_path, &Device::Cpu).unwrap();
     let expected = candle_core::safetensors::load(
@@ -56,17 +66,9 @@ fn golden_logits_through_the_binary() {
     let diff = max_abs_diff(ours, expected);
     assert!(diff <= 1e-3, "max |diff| {diff}");
 
-    let argmax = |t: &Tensor| {
-        t.argmax(1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap()
-    };
-    let (a, b) = (argmax(ours), argmax(expected));
-    let agreement = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+    let agreement = argmax_agreement(ours, expected);
     assert!(agreement >= 0.999, "argmax agreement {agreement}");
+    let a = argmax_labels(ours);
 
     // The train-id map is the argmax of the saved logits; the colour map follows the palette.
     let trainid = image::open(dir.path().join("out/seed0_c19_256x512_input0_trainid.png"))
@@ -97,17 +99,15 @@ fn odd_sized_images_keep_their_resolution() {
     let img = image::open(golden.join("seed0_c19_256x512_input0.png")).unwrap();
     let small = img.resize_exact(500, 250, image::imageops::FilterType::Triangle);
     small.save(dir.path().join("small.png")).unwrap();
-    fastscnn()
-        .arg("segment")
-        .arg(dir.path().join("small.png"))
-        .arg("--weights")
-        .arg(golden.join("fastscnn_seed0_c19.safetensors"))
-        .arg("--out-dir")
-        .arg(dir.path())
-        .arg("--save-logits")
-        .arg(dir.path().join("small_logits.safetensors"))
-        .assert()
-        .success();
+    segment_with(
+        &dir.path().join("small.png"),
+        &weights_arg(&golden),
+        dir.path(),
+    )
+    .arg("--save-logits")
+    .arg(dir.path().join("small_logits.safetensors"))
+    .assert()
+    .success();
     let logits =
         candle_core::safetensors::load(dir.path().join("small_logits.safetensors"), &Device::Cpu)
             .unwrap();
@@ -126,13 +126,7 @@ fn missing_image_is_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.png");
     assert_clean_failure(
-        fastscnn()
-            .arg("segment")
-            .arg(&missing)
-            .arg("--weights")
-            .arg(weights_arg(&golden))
-            .arg("--out-dir")
-            .arg(dir.path()),
+        &mut segment_with(&missing, &weights_arg(&golden), dir.path()),
         "nope.png",
     );
 }
@@ -144,13 +138,7 @@ fn text_file_named_png_is_rejected() {
     let fake = dir.path().join("fake.png");
     std::fs::write(&fake, "this is not an image\n").unwrap();
     assert_clean_failure(
-        fastscnn()
-            .arg("segment")
-            .arg(&fake)
-            .arg("--weights")
-            .arg(weights_arg(&golden))
-            .arg("--out-dir")
-            .arg(dir.path()),
+        &mut segment_with(&fake, &weights_arg(&golden), dir.path()),
         "fake.png",
     );
     assert!(!dir.path().join("fake_color.png").exists());
@@ -177,13 +165,7 @@ fn bad_weights_are_rejected_with_the_file_named() {
     let truncated = dir.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     assert_clean_failure(
-        fastscnn()
-            .arg("segment")
-            .arg(&image)
-            .arg("--weights")
-            .arg(&truncated)
-            .arg("--out-dir")
-            .arg(dir.path()),
+        &mut segment_with(&image, &truncated, dir.path()),
         "truncated.safetensors",
     );
 
@@ -196,13 +178,7 @@ fn bad_weights_are_rejected_with_the_file_named() {
     )]);
     candle_core::safetensors::save(&unrelated, &other).unwrap();
     assert_clean_failure(
-        fastscnn()
-            .arg("segment")
-            .arg(&image)
-            .arg("--weights")
-            .arg(&other)
-            .arg("--out-dir")
-            .arg(dir.path()),
+        &mut segment_with(&image, &other, dir.path()),
         "other.safetensors",
     );
     let key = "global_feature_extractor.ppm.out.conv.0.weight";
@@ -212,16 +188,7 @@ fn bad_weights_are_rejected_with_the_file_named() {
     );
     let misshapen = dir.path().join("misshapen.safetensors");
     candle_core::safetensors::save(&tensors, &misshapen).unwrap();
-    assert_clean_failure(
-        fastscnn()
-            .arg("segment")
-            .arg(&image)
-            .arg("--weights")
-            .arg(&misshapen)
-            .arg("--out-dir")
-            .arg(dir.path()),
-        key,
-    );
+    assert_clean_failure(&mut segment_with(&image, &misshapen, dir.path()), key);
 }
 
 #[test]

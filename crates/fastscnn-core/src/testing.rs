@@ -57,6 +57,21 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     d.expect("difference of two CPU tensors")
 }
 
+/// The class index of every pixel of (N, C, H, W) scores, flattened.
+pub fn argmax_labels(scores: &candle_core::Tensor) -> Vec<u32> {
+    scores
+        .argmax(1)
+        .and_then(|l| l.flatten_all()?.to_vec1::<u32>())
+        .expect("argmax of a CPU tensor")
+}
+
+/// The fraction of pixels whose argmax class agrees between two score tensors.
+pub fn argmax_agreement(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    let (a, b) = (argmax_labels(a), argmax_labels(b));
+    assert_eq!(a.len(), b.len(), "label counts differ");
+    a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +87,19 @@ mod tests {
         let mean = a.iter().sum::<f32>() / a.len() as f32;
         assert!(mean.abs() < 0.1, "mean {mean}");
         assert!(a.iter().any(|&v| v < -0.9) && a.iter().any(|&v| v > 0.9));
+    }
+
+    #[test]
+    fn argmax_agreement_counts_matching_pixels() {
+        // (1, 2, 1, 4) scores: classes [1, 0, 1, 0] against [1, 1, 1, 0].
+        let t = |v: [f32; 8]| {
+            candle_core::Tensor::from_vec(v.to_vec(), (1, 2, 1, 4), &candle_core::Device::Cpu)
+                .unwrap()
+        };
+        let a = t([0., 1., 0., 1., 1., 0., 1., 0.]);
+        let b = t([0., 0., 0., 1., 1., 1., 1., 0.]);
+        assert_eq!(argmax_labels(&a), [1, 0, 1, 0]);
+        assert_eq!(argmax_labels(&b), [1, 1, 1, 0]);
+        assert_eq!(argmax_agreement(&a, &b), 0.75);
     }
 }

@@ -125,6 +125,21 @@ impl Tracker<'_> {
             .get_or_insert(error);
         candle_core::Error::Msg(message)
     }
+
+    /// Records `name` as used and returns its tensor in the asked dtype and device.
+    fn hand_out(
+        &self,
+        name: &str,
+        tensor: &Tensor,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.used
+            .lock()
+            .expect("tracker lock")
+            .insert(name.to_string());
+        tensor.to_dtype(dtype)?.to_device(dev)
+    }
 }
 
 impl SimpleBackend for &Tracker<'_> {
@@ -151,22 +166,12 @@ impl SimpleBackend for &Tracker<'_> {
                 found: tensor.dims().to_vec(),
             }));
         }
-        self.used
-            .lock()
-            .expect("tracker lock")
-            .insert(name.to_string());
-        tensor.to_dtype(dtype)?.to_device(dev)
+        self.hand_out(name, tensor, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.file.tensors.get(name) {
-            Some(t) => {
-                self.used
-                    .lock()
-                    .expect("tracker lock")
-                    .insert(name.to_string());
-                t.to_dtype(dtype)?.to_device(dev)
-            }
+            Some(tensor) => self.hand_out(name, tensor, dtype, dev),
             None => Err(self.fail(ModelError::MissingTensor {
                 path: self.file.path.clone(),
                 key: name.to_string(),

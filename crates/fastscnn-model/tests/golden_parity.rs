@@ -5,28 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use fastscnn_core::testing::{max_abs_diff, shared_dir};
+use fastscnn_core::testing::{argmax_agreement, argmax_labels, max_abs_diff, shared_dir};
 use fastscnn_model::{image_to_tensor, load_rgb_image, BatchNormMode, FastScnn, LoadOptions};
 
 const TOLERANCE: f32 = 1e-3;
-
-fn argmax_agreement(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .argmax(1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
-    let b = b
-        .argmax(1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
-    a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
-}
 
 fn load_model(golden: &Path, batch_norm: BatchNormMode) -> FastScnn {
     let options = LoadOptions {
@@ -110,13 +92,7 @@ fn outputs_are_consistent_and_sizes_need_not_be_multiples_of_32() {
     assert_eq!(labels.dtype(), DType::U32);
     assert_eq!(
         labels.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-        logits
-            .argmax(1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap()
+        argmax_labels(&logits)
     );
 
     let probs = model.probabilities(&input).unwrap();
