@@ -16,6 +16,8 @@ pub struct Cli {
 pub enum Command {
     /// Segment images: writes a colour map and a train-id map for each.
     Segment(SegmentArgs),
+    /// Write `*_gtFine_labelTrainIds.png` beside every `*_gtFine_labelIds.png` of a Cityscapes copy.
+    Prepare(PrepareArgs),
 }
 
 #[derive(Debug, Args)]
@@ -32,4 +34,14 @@ pub struct SegmentArgs {
     /// Also write the float32 logits (1xCxHxW, key `logits`) of the single input image here.
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_logits: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
+    #[arg(long)]
+    pub dataset_root: PathBuf,
+    /// Splits to prepare (repeatable); default: every split under `gtFine/`.
+    #[arg(long = "split", value_name = "SPLIT")]
+    pub splits: Vec<String>,
 }

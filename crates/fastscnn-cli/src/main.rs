@@ -1,7 +1,8 @@
 //! `fastscnn`: a thin command line over the fastscnn library crates.
 
-mod atomic_write;
 mod cli;
+mod prepare;
+mod progress;
 mod segment;
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => segment::run(&args),
+        Command::Prepare(args) => prepare::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,8 +10,8 @@ use fastscnn_data::{colorize_train_ids, train_id_image};
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
 use image::ImageFormat;
 
-use crate::atomic_write::write_atomically;
 use crate::cli::SegmentArgs;
+use fastscnn_core::atomic_write::write_atomically;
 
 pub fn run(args: &SegmentArgs) -> Result<()> {
     if args.save_logits.is_some() && args.images.len() != 1 {

@@ -6,9 +6,8 @@ use assert_cmd::Command;
 use candle_core::{Device, Tensor};
 use fastscnn_core::testing::{argmax_agreement, argmax_labels, max_abs_diff, shared_dir};
 
-fn fastscnn() -> Command {
-    Command::cargo_bin("fastscnn").unwrap()
-}
+mod common;
+use common::{assert_clean_failure, fastscnn};
 
 /// `fastscnn segment IMAGE --weights WEIGHTS --out-dir OUT_DIR`, to which a test may add flags.
 fn segment_with(image: &Path, weights: &Path, out_dir: &Path) -> Command {
@@ -24,20 +23,6 @@ fn segment_with(image: &Path, weights: &Path, out_dir: &Path) -> Command {
 
 fn golden() -> Option<PathBuf> {
     shared_dir().map(|s| s.join("golden"))
-}
-
-/// Runs the command expecting failure: a non-zero exit that is not a panic (101), and a single
-/// line on stderr containing `needle`.
-fn assert_clean_failure(cmd: &mut Command, needle: &str) {
-    let out = cmd.output().unwrap();
-    let code = out.status.code().unwrap();
-    assert!(code != 0 && code != 101, "exit code {code}");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "stderr {stderr:?} lacks {needle:?}"
-    );
 }
 
 #[test]

@@ -4,8 +4,12 @@
 //! (depthwise 3x3 convolution, adaptive average pooling, bilinear resize), as custom ops with direct
 //! CPU kernels and candle-composite fallbacks on other devices.
 
+pub mod atomic_write;
 pub mod layers;
+mod normalization;
 pub mod ops;
+
+pub use normalization::Normalization;
 
 pub use candle_core as candle;
 pub use candle_nn;

@@ -246,6 +246,36 @@ pub fn train_id_to_label_id(train_id: u8) -> u8 {
         .map_or(0, |l| l.id as u8)
 }
 
+/// The seven evaluated categories, in category id order (1..=7); `void` (0) is not evaluated.
+pub const CATEGORY_NAMES: [&str; 7] = [
+    "flat",
+    "construction",
+    "object",
+    "nature",
+    "sky",
+    "human",
+    "vehicle",
+];
+
+/// For each train id (0..19), the index of its category in [`CATEGORY_NAMES`], for the category
+/// IoU of the Cityscapes benchmark.
+pub fn train_id_categories() -> [usize; NUM_TRAIN_CLASSES] {
+    let mut categories = [0; NUM_TRAIN_CLASSES];
+    for (slot, l) in categories.iter_mut().zip(train_labels()) {
+        *slot = l.category_id as usize - 1;
+    }
+    categories
+}
+
+/// Decodes a `*_gtFine_color.png` pixel into a train id. Colours are not unique in the official
+/// table (`license plate` shares `car`'s, several void labels share black), so the evaluated
+/// classes win and every other colour is [`IGNORE_TRAIN_ID`].
+pub fn color_to_train_id(color: [u8; 3]) -> u8 {
+    train_labels()
+        .position(|l| l.color == color)
+        .map_or(IGNORE_TRAIN_ID, |t| t as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +308,34 @@ mod tests {
         assert_eq!(train_id_color(0), [128, 64, 128]);
         assert_eq!(train_id_color(13), [0, 0, 142]);
         assert_eq!(train_id_color(IGNORE_TRAIN_ID), [0, 0, 0]);
+    }
+    #[test]
+    fn colours_decode_to_train_ids() {
+        for t in 0..NUM_TRAIN_CLASSES as u8 {
+            assert_eq!(color_to_train_id(train_id_color(t)), t);
+        }
+        assert_eq!(color_to_train_id([0, 0, 0]), IGNORE_TRAIN_ID);
+        assert_eq!(
+            color_to_train_id([250, 170, 160]),
+            IGNORE_TRAIN_ID,
+            "parking"
+        );
+        assert_eq!(color_to_train_id([1, 2, 3]), IGNORE_TRAIN_ID);
+    }
+
+    #[test]
+    fn categories_of_train_ids() {
+        let cats = train_id_categories();
+        let name = |t: usize| CATEGORY_NAMES[cats[t]];
+        assert_eq!(name(0), "flat");
+        assert_eq!(name(2), "construction");
+        assert_eq!(name(5), "object");
+        assert_eq!(name(8), "nature");
+        assert_eq!(name(10), "sky");
+        assert_eq!(name(12), "human");
+        assert_eq!(name(18), "vehicle");
+        for c in 0..CATEGORY_NAMES.len() {
+            assert!(cats.contains(&c), "category {c} has an evaluated class");
+        }
     }
 }

@@ -1,8 +1,23 @@
-//! Cityscapes for Fast-SCNN: the official label table (ids, train ids, categories, colours) and the
-//! mappings between them.
+//! Cityscapes for Fast-SCNN: the official label table (ids, train ids, categories, colours) and
+//! its mappings, dataset discovery in the official folder layout, `labelTrainIds` preparation,
+//! the paper's training augmentation, and batches built on worker threads.
 
+pub mod augment;
+pub mod dataset;
+mod error;
+mod image_io;
 pub mod labels;
+pub mod loader;
 pub mod palette;
+pub mod prepare;
+pub mod rng;
 
+pub use augment::{AugmentConfig, Augmentation};
+pub use dataset::{
+    available_splits, discover, DiscoverOptions, Discovery, LabelEncoding, LabelFile, LoadedSample,
+    Sample,
+};
+pub use error::{DataError, Result};
 pub use labels::{Label, IGNORE_TRAIN_ID, LABELS, NUM_TRAIN_CLASSES};
+pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use palette::{colorize_train_ids, train_id_image};

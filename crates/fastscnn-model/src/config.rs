@@ -1,21 +1,7 @@
 //! The network's hyper-parameters and the presets of the public implementations.
 
 use fastscnn_core::layers::{FeatureFusionConfig, PyramidPoolingConfig};
-
-/// Per-channel input normalisation on RGB scaled to [0, 1]: `(v / 255 - mean) / std`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Normalization {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Normalization {
-    /// The ImageNet statistics both public Fast-SCNN implementations train with.
-    pub const IMAGENET: Self = Self {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
-}
+use fastscnn_core::Normalization;
 
 /// Everything that shapes a Fast-SCNN. The fields that differ between the public implementations
 /// (stem padding, PPM output kernel, fusion biases, `align_corners`, heads) are explicit so that a

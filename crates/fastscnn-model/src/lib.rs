@@ -22,10 +22,11 @@ mod learning_to_downsample;
 mod preprocess;
 mod weights;
 
-pub use config::{FastScnnConfig, Normalization};
+pub use config::FastScnnConfig;
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
 pub use fastscnn_core::layers::BatchNormMode;
+pub use fastscnn_core::Normalization;
 pub use global_feature_extractor::GlobalFeatureExtractor;
 pub use learning_to_downsample::LearningToDownsample;
 pub use preprocess::{image_to_tensor, load_rgb_image};

@@ -30,21 +30,15 @@ pub fn load_rgb_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     Ok(image.into_rgb8())
 }
 
-/// An RGB image as a normalised f32 (1, 3, H, W) tensor: `(v / 255 - mean) / std` per channel,
-/// in the same float operations as torchvision's `ToTensor` + `Normalize`.
+/// An RGB image as a normalised f32 (1, 3, H, W) tensor: `(v / 255 - mean) / std` per channel.
 pub fn image_to_tensor(
     image: &RgbImage,
     norm: &Normalization,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let (w, h) = image.dimensions();
-    let plane = (w * h) as usize;
-    let mut data = vec![0f32; 3 * plane];
-    for (i, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            data[c * plane + i] = (pixel.0[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-        }
-    }
+    let mut data = vec![0f32; image.as_raw().len()];
+    norm.rgb_to_planar(image.as_raw(), &mut data);
     Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)
 }
 
@@ -53,21 +47,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalises_each_channel_in_planar_order() {
+    fn image_becomes_one_normalised_planar_batch() {
         let mut img = RgbImage::new(2, 1);
         img.put_pixel(0, 0, image::Rgb([0, 128, 255]));
         img.put_pixel(1, 0, image::Rgb([255, 0, 51]));
-        let norm = Normalization {
-            mean: [0.5, 0.0, 0.2],
-            std: [0.5, 1.0, 0.1],
-        };
-        let t = image_to_tensor(&img, &norm, &Device::Cpu).unwrap();
+        let t = image_to_tensor(&img, &Normalization::IMAGENET, &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[1, 3, 1, 2]);
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let expected = [-1.0, 1.0, 128.0 / 255.0, 0.0, 8.0, 0.0];
-        for (a, b) in v.iter().zip(expected) {
-            assert!((a - b).abs() < 1e-6, "{v:?}");
-        }
+        // Red of the second pixel: (255 / 255 - 0.485) / 0.229.
+        assert!((v[1] - (1.0 - 0.485) / 0.229).abs() < 1e-6, "{v:?}");
     }
 
     #[test]
