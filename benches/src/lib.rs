@@ -11,12 +11,11 @@ use fastscnn_model::{FastScnn, FastScnnConfig};
 /// the time, of a forward pass does not depend on the values.
 pub fn reference_model() -> Result<FastScnn> {
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-    FastScnn::new(
-        &FastScnnConfig::reference(19),
-        false,
-        NormOptions::default(),
-        vb,
-    )
+    let config = FastScnnConfig {
+        aux_heads: vec![],
+        ..FastScnnConfig::reference(19)
+    };
+    FastScnn::new(&config, NormOptions::default(), vb)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         );
     }
     let stems = output_stems(&args.images)?;
-    let model = FastScnn::from_safetensors(&args.weights, &LoadOptions::default())?;
+    let model = FastScnn::from_file(&args.weights, &LoadOptions::default())?;
     if model.num_classes() > 255 {
         bail!(
             "{}: {} classes do not fit an 8-bit train-id map",

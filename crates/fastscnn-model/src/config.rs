@@ -3,17 +3,43 @@
 use fastscnn_core::layers::{FeatureFusionConfig, PyramidPoolingConfig};
 use fastscnn_core::Normalization;
 
+use crate::layout::{WeightLayout, AUX_GLOBAL_PREFIX, AUX_HIGHER_RES_PREFIX};
+
+/// The feature map an auxiliary head classifies during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuxSource {
+    /// The learning-to-downsample output (1/8 resolution, 64 channels).
+    HigherRes,
+    /// The global feature extractor output (1/32 resolution, 128 channels).
+    Global,
+}
+
+impl AuxSource {
+    /// The head's canonical key prefix.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            AuxSource::HigherRes => AUX_HIGHER_RES_PREFIX,
+            AuxSource::Global => AUX_GLOBAL_PREFIX,
+        }
+    }
+}
+
 /// Everything that shapes a Fast-SCNN. The fields that differ between the public implementations
 /// (stem padding, PPM output kernel, fusion biases, `align_corners`, heads) are explicit so that a
 /// second layout is a second preset, not a second network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FastScnnConfig {
+    /// The key names this network reads and writes.
+    pub layout: WeightLayout,
     pub num_classes: usize,
     pub in_channels: usize,
     /// Output widths of learning-to-downsample: the stem conv and the two DSConvs.
     pub downsample_channels: [usize; 3],
     /// Padding of the 3x3/2 stem conv: 0 in the reference implementation, 1 in OpenMMLab's.
     pub stem_padding: usize,
+    /// ReLU after the depthwise half of learning-to-downsample's DSConvs: yes in the reference
+    /// implementation, no in OpenMMLab's (`dw_act_cfg=None`).
+    pub downsample_depthwise_relu: bool,
     /// Output width, first stride and block count of each bottleneck group.
     pub bottleneck_channels: [usize; 3],
     pub bottleneck_strides: [usize; 3],
@@ -23,9 +49,14 @@ pub struct FastScnnConfig {
     pub ppm_out_kernel: usize,
     pub fusion_channels: usize,
     pub fusion_conv_bias: bool,
+    /// ReLU after the depthwise half of the classifier's DSConvs (OpenMMLab's decode head: none).
+    pub classifier_depthwise_relu: bool,
     /// `align_corners` of every bilinear resize, the final upsampling included.
     pub align_corners: bool,
-    /// Hidden width of the auxiliary head on the learning-to-downsample output.
+    /// The auxiliary heads, in the order their logits are returned. Loading keeps those the
+    /// checkpoint has.
+    pub aux_heads: Vec<AuxSource>,
+    /// Hidden width of every auxiliary head.
     pub aux_hidden_channels: usize,
     pub bn_eps: f64,
     pub normalization: Normalization,
@@ -36,10 +67,12 @@ impl FastScnnConfig {
     /// reads directly (`../shared/golden/README.md`, section 1).
     pub fn reference(num_classes: usize) -> Self {
         Self {
+            layout: WeightLayout::Reference,
             num_classes,
             in_channels: 3,
             downsample_channels: [32, 48, 64],
             stem_padding: 0,
+            downsample_depthwise_relu: true,
             bottleneck_channels: [64, 96, 128],
             bottleneck_strides: [2, 2, 1],
             bottleneck_blocks: [3, 3, 3],
@@ -48,10 +81,30 @@ impl FastScnnConfig {
             ppm_out_kernel: 1,
             fusion_channels: 128,
             fusion_conv_bias: true,
+            classifier_depthwise_relu: true,
             align_corners: true,
+            aux_heads: vec![AuxSource::HigherRes],
             aux_hidden_channels: 32,
             bn_eps: 1e-5,
             normalization: Normalization::IMAGENET,
+        }
+    }
+
+    /// mmsegmentation 1.x's Fast-SCNN (`../shared/golden/README.md`, section 3), the architecture
+    /// of the published Cityscapes checkpoints: padded stem, linear depthwise convs in the
+    /// depthwise-separable blocks (`dw_act_cfg=None`), a 3x3 PPM output conv, bias-free fusion convs, `align_corners=False`
+    /// everywhere and `FCNHead` auxiliaries on both the global and the higher-resolution features.
+    pub fn openmmlab(num_classes: usize) -> Self {
+        Self {
+            layout: WeightLayout::OpenMmlab,
+            stem_padding: 1,
+            downsample_depthwise_relu: false,
+            ppm_out_kernel: 3,
+            fusion_conv_bias: false,
+            classifier_depthwise_relu: false,
+            align_corners: false,
+            aux_heads: vec![AuxSource::Global, AuxSource::HigherRes],
+            ..Self::reference(num_classes)
         }
     }
 

@@ -9,6 +9,11 @@ pub enum ModelError {
         path: PathBuf,
         source: candle_core::Error,
     },
+    #[error("{}: cannot write weights", path.display())]
+    WriteWeights {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: missing tensor `{key}` (the model expects shape {expected:?})", path.display())]
     MissingTensor {
         path: PathBuf,

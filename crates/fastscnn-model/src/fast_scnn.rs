@@ -7,16 +7,11 @@ use candle_nn::VarBuilder;
 use fastscnn_core::layers::{AuxHead, BatchNormMode, Classifier, FeatureFusion, NormOptions};
 use fastscnn_core::ops::resize_bilinear;
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::global_feature_extractor::GlobalFeatureExtractor;
 use crate::learning_to_downsample::LearningToDownsample;
 use crate::weights::WeightFile;
-use crate::FastScnnConfig;
-
-/// Key of the classifier's last convolution in the reference layout; its first dimension is the
-/// number of classes.
-const REFERENCE_CLASSIFIER_KEY: &str = "classifier.conv.1.weight";
-const REFERENCE_AUX_PREFIX: &str = "auxlayer.";
+use crate::{AuxSource, FastScnnConfig};
 
 /// How to build the network from weights.
 #[derive(Debug, Clone)]
@@ -49,8 +44,9 @@ pub struct FastScnnStages {
     pub classifier: Tensor,
     /// Class scores at the input resolution.
     pub logits: Tensor,
-    /// Auxiliary head's scores at the input resolution, when asked for and present.
-    pub aux_logits: Option<Tensor>,
+    /// Each auxiliary head's scores at the input resolution, in the config's `aux_heads` order;
+    /// empty unless asked for.
+    pub aux_logits: Vec<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,29 +56,35 @@ pub struct FastScnn {
     global_feature_extractor: GlobalFeatureExtractor,
     feature_fusion: FeatureFusion,
     classifier: Classifier,
-    aux_head: Option<AuxHead>,
+    aux_heads: Vec<(AuxSource, AuxHead)>,
 }
 
 impl FastScnn {
-    /// Builds the network from a `VarBuilder` in the reference key layout; the auxiliary head is
-    /// read only when `with_aux_head`.
+    /// Builds the network, auxiliary heads included, from a `VarBuilder` with canonical (reference
+    /// layout) key names.
     pub fn new(
         config: &FastScnnConfig,
-        with_aux_head: bool,
         norm: NormOptions,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let aux_head = if with_aux_head {
-            Some(AuxHead::new(
-                config.higher_res_channels(),
-                config.aux_hidden_channels,
-                config.num_classes,
-                norm,
-                vb.pp("auxlayer"),
-            )?)
-        } else {
-            None
-        };
+        let aux_heads = config
+            .aux_heads
+            .iter()
+            .map(|&source| {
+                let in_channels = match source {
+                    AuxSource::HigherRes => config.higher_res_channels(),
+                    AuxSource::Global => config.global_channels(),
+                };
+                let head = AuxHead::new(
+                    in_channels,
+                    config.aux_hidden_channels,
+                    config.num_classes,
+                    norm,
+                    vb.pp(source.prefix()),
+                )?;
+                Ok((source, head))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             config: config.clone(),
             learning_to_downsample: LearningToDownsample::new(
@@ -103,29 +105,29 @@ impl FastScnn {
             classifier: Classifier::new(
                 config.fusion_channels,
                 config.num_classes,
+                config.classifier_depthwise_relu,
                 norm,
                 vb.pp("classifier"),
             )?,
-            aux_head,
+            aux_heads,
         })
     }
 
-    /// Loads a safetensors checkpoint with the reference implementation's key names; the number of
-    /// classes and the presence of the auxiliary head come from the file.
-    pub fn from_safetensors(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
-        Self::from_weights(&WeightFile::open_safetensors(path)?, options)
+    /// Loads a checkpoint in either public layout: safetensors or a PyTorch `.pth`/`.pt` file.
+    pub fn from_file(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        Self::from_weights(&WeightFile::open(path)?, options)
     }
 
-    /// Builds the network that `weights` describe, checking every key and shape.
+    /// Builds the network that `weights` describe: the layout from the key names, the number of
+    /// classes from the classifier, the auxiliary heads the file has; every key and shape checked.
     pub fn from_weights(weights: &WeightFile, options: &LoadOptions) -> Result<Self> {
-        let config = reference_config_for(weights)?;
-        let with_aux = weights.keys().any(|k| k.starts_with(REFERENCE_AUX_PREFIX));
+        let config = config_for(weights)?;
         let norm = NormOptions {
             mode: options.batch_norm,
             eps: config.bn_eps,
         };
-        weights.build(options.dtype, &options.device, |vb| {
-            Self::new(&config, with_aux, norm, vb)
+        weights.build(config.layout, options.dtype, &options.device, |vb| {
+            Self::new(&config, norm, vb)
         })
     }
 
@@ -137,12 +139,13 @@ impl FastScnn {
         self.config.num_classes
     }
 
-    pub fn has_aux_head(&self) -> bool {
-        self.aux_head.is_some()
+    /// The auxiliary heads loaded, in the order of [`FastScnnStages::aux_logits`].
+    pub fn aux_heads(&self) -> Vec<AuxSource> {
+        self.aux_heads.iter().map(|(source, _)| *source).collect()
     }
 
     /// Runs the network on a normalised (N, 3, H, W) batch of any height and width and returns every
-    /// intermediate; the auxiliary logits only when `with_aux` and the head was loaded.
+    /// intermediate; the auxiliary logits only when `with_aux`.
     pub fn forward_stages(
         &self,
         x: &Tensor,
@@ -154,15 +157,17 @@ impl FastScnn {
         let fused = self.feature_fusion.forward(&higher_res, &global)?;
         let classifier = self.classifier.forward(&fused)?;
         let logits = resize_bilinear(&classifier, h, w, self.config.align_corners)?;
-        let aux_logits = match (&self.aux_head, with_aux) {
-            (Some(head), true) => Some(resize_bilinear(
-                &head.forward(&higher_res)?,
-                h,
-                w,
-                self.config.align_corners,
-            )?),
-            _ => None,
-        };
+        let mut aux_logits = Vec::new();
+        if with_aux {
+            for (source, head) in &self.aux_heads {
+                let features = match source {
+                    AuxSource::HigherRes => &higher_res,
+                    AuxSource::Global => &global,
+                };
+                let scores = head.forward(features)?;
+                aux_logits.push(resize_bilinear(&scores, h, w, self.config.align_corners)?);
+            }
+        }
         Ok(FastScnnStages {
             higher_res,
             global,
@@ -191,25 +196,13 @@ impl Module for FastScnn {
     }
 }
 
-/// The reference preset with the class count the file's classifier was trained for.
-fn reference_config_for(weights: &WeightFile) -> Result<FastScnnConfig> {
-    let classifier =
-        weights
-            .get(REFERENCE_CLASSIFIER_KEY)
-            .ok_or_else(|| ModelError::UnknownLayout {
-                path: weights.path().to_path_buf(),
-                reason: format!("no `{REFERENCE_CLASSIFIER_KEY}` tensor"),
-            })?;
-    let num_classes = match classifier.dims() {
-        [classes, _, 1, 1] if *classes > 0 => *classes,
-        dims => {
-            return Err(ModelError::UnknownLayout {
-                path: weights.path().to_path_buf(),
-                reason: format!(
-                    "`{REFERENCE_CLASSIFIER_KEY}` has shape {dims:?}, expected (classes, C, 1, 1)"
-                ),
-            })
-        }
-    };
-    Ok(FastScnnConfig::reference(num_classes))
+/// The preset of the file's layout, with the class count its classifier was trained for and the
+/// auxiliary heads it has.
+fn config_for(weights: &WeightFile) -> Result<FastScnnConfig> {
+    let layout = weights.layout()?;
+    let mut config = layout.config(weights.num_classes()?);
+    config.aux_heads.retain(|source| {
+        weights.contains(&layout.file_key(&format!("{}.0.weight", source.prefix())))
+    });
+    Ok(config)
 }

@@ -18,10 +18,11 @@ impl LearningToDownsample {
     pub fn new(cfg: &FastScnnConfig, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
         let [c1, c2, c3] = cfg.downsample_channels;
         let stem = ConvConfig::dense(cfg.in_channels, c1, 3, 2, cfg.stem_padding);
+        let dw_relu = cfg.downsample_depthwise_relu;
         Ok(Self {
             conv: ConvBnAct::sequential(stem, true, norm, vb.pp("conv").pp("conv"))?,
-            dsconv1: DSConv::new(c1, c2, 2, norm, vb.pp("dsconv1"))?,
-            dsconv2: DSConv::new(c2, c3, 2, norm, vb.pp("dsconv2"))?,
+            dsconv1: DSConv::new(c1, c2, 2, dw_relu, norm, vb.pp("dsconv1"))?,
+            dsconv2: DSConv::new(c2, c3, 2, dw_relu, norm, vb.pp("dsconv2"))?,
         })
     }
 }

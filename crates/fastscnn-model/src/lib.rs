@@ -7,7 +7,7 @@
 //! use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let model = FastScnn::from_safetensors("fastscnn.safetensors", &LoadOptions::default())?;
+//! let model = FastScnn::from_file("fastscnn.safetensors", &LoadOptions::default())?;
 //! let image = load_rgb_image("frame.png")?;
 //! let input = image_to_tensor(&image, &model.config().normalization, &Device::Cpu)?;
 //! let labels = model.predict(&input)?; // (1, H, W) u32 class indices
@@ -18,16 +18,18 @@ mod config;
 mod error;
 mod fast_scnn;
 mod global_feature_extractor;
+mod layout;
 mod learning_to_downsample;
 mod preprocess;
 mod weights;
 
-pub use config::FastScnnConfig;
+pub use config::{AuxSource, FastScnnConfig};
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
 pub use fastscnn_core::layers::BatchNormMode;
 pub use fastscnn_core::Normalization;
 pub use global_feature_extractor::GlobalFeatureExtractor;
+pub use layout::WeightLayout;
 pub use learning_to_downsample::LearningToDownsample;
 pub use preprocess::{image_to_tensor, load_rgb_image};
-pub use weights::WeightFile;
+pub use weights::{WeightFile, WeightFormat};

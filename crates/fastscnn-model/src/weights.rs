@@ -2,7 +2,9 @@
 //! and every tensor in the file must be used, so a checkpoint of another model or another layout
 //! fails loudly at load time instead of producing plausible garbage.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -11,28 +13,119 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
 use crate::error::{ModelError, Result};
+use crate::layout::{WeightLayout, CLASSIFIER_KEY};
+use fastscnn_core::atomic_write::write_atomically;
 
 /// BatchNorm's step counter, stored by PyTorch but meaningless for inference.
 const IGNORED_SUFFIXES: &[&str] = &["num_batches_tracked"];
 
-/// The tensors of one checkpoint, keyed by their PyTorch state_dict names.
+/// BatchNorm statistics: stored with the weights but not learned by gradient descent.
+const BUFFER_SUFFIXES: &[&str] = &["running_mean", "running_var"];
+
+/// Where a zip archive starts; PyTorch's `torch.save` writes one since 1.6.
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+/// Pickle protocol 2's opening bytes: PyTorch's legacy (pre-1.6) format.
+const LEGACY_PICKLE_MAGIC: &[u8] = &[0x80, 0x02];
+
+/// How a checkpoint file is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Safetensors,
+    /// A PyTorch `torch.save` zip archive (`.pth`, `.pt`), read without Python.
+    PyTorch,
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightFormat::Safetensors => "safetensors",
+            WeightFormat::PyTorch => "pytorch",
+        })
+    }
+}
+
+/// The tensors of one checkpoint, keyed by their state_dict names.
 #[derive(Debug, Clone)]
 pub struct WeightFile {
     path: PathBuf,
+    format: WeightFormat,
     tensors: HashMap<String, Tensor>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl WeightFile {
-    /// Reads a safetensors file onto the CPU.
+    /// Reads a checkpoint onto the CPU, telling safetensors from a PyTorch archive by its first
+    /// bytes rather than its extension.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let mut head = [0u8; 4];
+        let read = File::open(path)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(|source| read_error(path, source.into()))?;
+        let head = &head[..read];
+        if head.starts_with(ZIP_MAGIC) {
+            Self::open_pytorch(path)
+        } else if head.starts_with(LEGACY_PICKLE_MAGIC) {
+            Err(read_error(
+                path,
+                candle_core::Error::Msg(
+                    "a PyTorch checkpoint in the legacy pre-1.6 format; re-save it with a current \
+                     torch.save"
+                        .into(),
+                ),
+            ))
+        } else {
+            Self::open_safetensors(path)
+        }
+    }
+
+    /// Reads a safetensors file onto the CPU, with its string metadata.
     pub fn open_safetensors(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|source| {
-            ModelError::ReadWeights {
-                path: path.clone(),
-                source,
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| read_error(path, source.into()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|source| read_error(path, source))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|source| read_error(path, source.into()))?;
+        let metadata = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut file = Self::from_tensors(path, tensors);
+        file.metadata = metadata;
+        Ok(file)
+    }
+
+    /// Reads a PyTorch zip checkpoint: a bare state_dict (`torch.save(model.state_dict())`) or a
+    /// dict holding one under `state_dict` or `model` (mmsegmentation, most trainers). A
+    /// `module.` prefix left by `DataParallel` is removed.
+    pub fn open_pytorch(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let mut last_error = None;
+        for key in [None, Some("state_dict"), Some("model")] {
+            match candle_core::pickle::read_all_with_key(path, key) {
+                Ok(tensors) if !tensors.is_empty() => {
+                    let tensors = strip_data_parallel_prefix(tensors.into_iter().collect());
+                    let mut file = Self::from_tensors(path, tensors);
+                    file.format = WeightFormat::PyTorch;
+                    return Ok(file);
+                }
+                Ok(_) => {}
+                Err(error) => last_error = Some(error),
             }
-        })?;
-        Ok(Self::from_tensors(path, tensors))
+        }
+        Err(read_error(
+            path,
+            last_error.unwrap_or_else(|| {
+                candle_core::Error::Msg(
+                    "no tensors found (neither a state_dict nor a dict with `state_dict` or \
+                     `model`)"
+                        .into(),
+                )
+            }),
+        ))
     }
 
     /// Wraps tensors that came from elsewhere; `origin` is the name errors will use.
@@ -43,12 +136,106 @@ impl WeightFile {
             .collect();
         Self {
             path: origin.into(),
+            format: WeightFormat::Safetensors,
             tensors,
+            metadata: BTreeMap::new(),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// The safetensors header's string metadata (empty for PyTorch files).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The key layout, from the key names.
+    pub fn layout(&self) -> Result<WeightLayout> {
+        WeightLayout::detect(self.keys()).ok_or_else(|| ModelError::UnknownLayout {
+            path: self.path.clone(),
+            reason: "its keys match neither the reference layout (`learning_to_downsample.*`) \
+                     nor OpenMMLab's (`backbone.*`)"
+                .into(),
+        })
+    }
+
+    /// The number of classes the classifier was trained for: the first dimension of its last
+    /// convolution's weight.
+    pub fn num_classes(&self) -> Result<usize> {
+        let layout = self.layout()?;
+        let key = layout.file_key(CLASSIFIER_KEY);
+        let unknown = |reason: String| ModelError::UnknownLayout {
+            path: self.path.clone(),
+            reason,
+        };
+        let classifier = self
+            .get(&key)
+            .ok_or_else(|| unknown(format!("{layout} layout without a `{key}` tensor")))?;
+        match classifier.dims() {
+            [classes, _, 1, 1] if *classes > 0 => Ok(*classes),
+            dims => Err(unknown(format!(
+                "`{key}` has shape {dims:?}, expected (classes, C, 1, 1)"
+            ))),
+        }
+    }
+
+    /// Writes these tensors as safetensors (step counters already dropped) with metadata naming
+    /// the layout, the class count and the file they came from, through a temporary file renamed
+    /// into place.
+    pub fn save_safetensors(&self, dest: impl AsRef<Path>) -> Result<()> {
+        let dest = dest.as_ref();
+        let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        metadata.insert("layout".into(), self.layout()?.name().into());
+        metadata.insert("classes".into(), self.num_classes()?.to_string());
+        if !metadata.contains_key("source") {
+            let source = self.path.file_name().unwrap_or(self.path.as_os_str());
+            metadata.insert("source".into(), source.to_string_lossy().into_owned());
+        }
+        let mut tensors = self
+            .tensors
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = safetensors::serialize(tensors, Some(metadata))
+            .map_err(|e| ModelError::Candle(e.into()))?;
+        write_atomically(dest, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| {
+            ModelError::WriteWeights {
+                path: dest.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// The number of learned values: every tensor except BatchNorm's running statistics.
+    pub fn parameter_count(&self) -> usize {
+        self.count_parameters(|_| true)
+    }
+
+    /// The learned values of the auxiliary heads, which only training uses: the paper's 1.11M
+    /// parameters are the rest.
+    pub fn auxiliary_parameter_count(&self) -> Result<usize> {
+        let layout = self.layout()?;
+        Ok(self.count_parameters(|key| layout.is_auxiliary(key)))
+    }
+
+    fn count_parameters(&self, include: impl Fn(&str) -> bool) -> usize {
+        self.tensors
+            .iter()
+            .filter(|(k, _)| !BUFFER_SUFFIXES.iter().any(|s| k.ends_with(s)) && include(k))
+            .map(|(_, t)| t.elem_count())
+            .sum()
+    }
+
+    /// Every tensor, by key, for writing elsewhere.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
     }
 
     pub fn get(&self, key: &str) -> Option<&Tensor> {
@@ -71,16 +258,19 @@ impl WeightFile {
         self.tensors.is_empty()
     }
 
-    /// Runs `build` with a `VarBuilder` over these tensors and turns its first missing or misshapen
-    /// tensor, or any tensor it left unused, into a [`ModelError`] naming the key.
+    /// Runs `build` with a `VarBuilder` over these tensors, which asks for canonical names and
+    /// reads them under their `layout` names, and turns its first missing or misshapen tensor, or
+    /// any tensor it left unused, into a [`ModelError`] naming the key as the file has it.
     pub fn build<T>(
         &self,
+        layout: WeightLayout,
         dtype: DType,
         device: &Device,
         build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
     ) -> Result<T> {
         let tracker = Tracker {
             file: self,
+            layout,
             used: Mutex::new(BTreeSet::new()),
             problem: Mutex::new(None),
         };
@@ -112,6 +302,7 @@ impl WeightFile {
 /// problem met, since candle's error type cannot carry ours.
 struct Tracker<'a> {
     file: &'a WeightFile,
+    layout: WeightLayout,
     used: Mutex<BTreeSet<String>>,
     problem: Mutex<Option<ModelError>>,
 }
@@ -151,6 +342,7 @@ impl SimpleBackend for &Tracker<'_> {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        let name = &self.layout.file_key(name);
         let Some(tensor) = self.file.tensors.get(name) else {
             return Err(self.fail(ModelError::MissingTensor {
                 path: self.file.path.clone(),
@@ -170,6 +362,7 @@ impl SimpleBackend for &Tracker<'_> {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let name = &self.layout.file_key(name);
         match self.file.tensors.get(name) {
             Some(tensor) => self.hand_out(name, tensor, dtype, dev),
             None => Err(self.fail(ModelError::MissingTensor {
@@ -181,8 +374,27 @@ impl SimpleBackend for &Tracker<'_> {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.file.contains(name)
+        self.file.contains(&self.layout.file_key(name))
     }
+}
+
+fn read_error(path: &Path, source: candle_core::Error) -> ModelError {
+    ModelError::ReadWeights {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `torch.nn.DataParallel` saves every key under `module.`; drop it when all keys have it.
+fn strip_data_parallel_prefix(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    const PREFIX: &str = "module.";
+    if tensors.is_empty() || !tensors.keys().all(|k| k.starts_with(PREFIX)) {
+        return tensors;
+    }
+    tensors
+        .into_iter()
+        .map(|(k, v)| (k[PREFIX.len()..].to_string(), v))
+        .collect()
 }
 
 #[cfg(test)]
@@ -210,14 +422,16 @@ mod tests {
     fn loads_exact_match_and_skips_step_counters() {
         let f = file(&[("a", &[2, 3]), ("bn.num_batches_tracked", &[])]);
         assert_eq!(f.len(), 1);
-        let t = f.build(DType::F32, &Device::Cpu, load_a).unwrap();
+        let t = f
+            .build(WeightLayout::Reference, DType::F32, &Device::Cpu, load_a)
+            .unwrap();
         assert_eq!(t.dims(), &[2, 3]);
     }
 
     #[test]
     fn missing_key_is_named_with_expected_shape() {
         let err = file(&[("b", &[2, 3])])
-            .build(DType::F32, &Device::Cpu, load_a)
+            .build(WeightLayout::Reference, DType::F32, &Device::Cpu, load_a)
             .unwrap_err();
         assert!(
             matches!(&err, ModelError::MissingTensor { key, expected, .. } if key == "a" && expected == &[2, 3])
@@ -231,7 +445,7 @@ mod tests {
     #[test]
     fn wrong_shape_names_both_shapes() {
         let err = file(&[("a", &[3, 2])])
-            .build(DType::F32, &Device::Cpu, load_a)
+            .build(WeightLayout::Reference, DType::F32, &Device::Cpu, load_a)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -240,9 +454,50 @@ mod tests {
     }
 
     #[test]
+    fn layout_renames_what_the_builder_asks_for() {
+        let f = file(&[("backbone.learning_to_downsample.conv.bn.bias", &[4])]);
+        let t = f
+            .build(WeightLayout::OpenMmlab, DType::F32, &Device::Cpu, |vb| {
+                vb.get(4, "learning_to_downsample.conv.conv.1.bias")
+            })
+            .unwrap();
+        assert_eq!(t.dims(), &[4]);
+        let err = f
+            .build(WeightLayout::OpenMmlab, DType::F32, &Device::Cpu, |vb| {
+                vb.get(4, "learning_to_downsample.conv.conv.1.weight")
+            })
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("missing tensor `backbone.learning_to_downsample.conv.bn.weight`"));
+    }
+
+    #[test]
+    fn data_parallel_prefix_is_dropped_only_when_every_key_has_it() {
+        let t = || Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let all = HashMap::from([("module.a".to_string(), t()), ("module.b".to_string(), t())]);
+        let mut keys: Vec<_> = strip_data_parallel_prefix(all).into_keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "b"]);
+        let some = HashMap::from([("module.a".to_string(), t()), ("b".to_string(), t())]);
+        assert!(strip_data_parallel_prefix(some).contains_key("module.a"));
+    }
+
+    #[test]
+    fn parameters_exclude_batch_norm_statistics() {
+        let f = file(&[
+            ("conv.weight", &[4, 2, 3, 3]),
+            ("bn.weight", &[4]),
+            ("bn.running_mean", &[4]),
+            ("bn.running_var", &[4]),
+        ]);
+        assert_eq!(f.parameter_count(), 72 + 4);
+    }
+
+    #[test]
     fn unused_tensors_are_reported() {
         let err = file(&[("a", &[2, 3]), ("extra.weight", &[1])])
-            .build(DType::F32, &Device::Cpu, load_a)
+            .build(WeightLayout::Reference, DType::F32, &Device::Cpu, load_a)
             .unwrap_err();
         assert!(
             matches!(&err, ModelError::UnexpectedTensors { keys, .. } if keys == &["extra.weight"])

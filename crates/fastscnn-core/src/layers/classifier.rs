@@ -19,12 +19,14 @@ impl Classifier {
     pub fn new(
         channels: usize,
         num_classes: usize,
+        depthwise_relu: bool,
         norm: NormOptions,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let dsconv = |name| DSConv::new(channels, channels, 1, depthwise_relu, norm, vb.pp(name));
         Ok(Self {
-            dsconv1: DSConv::new(channels, channels, 1, norm, vb.pp("dsconv1"))?,
-            dsconv2: DSConv::new(channels, channels, 1, norm, vb.pp("dsconv2"))?,
+            dsconv1: dsconv("dsconv1")?,
+            dsconv2: dsconv("dsconv2")?,
             conv: Conv2d::new(
                 ConvConfig::pointwise(channels, num_classes).with_bias(),
                 vb.pp("conv").pp("1"),
@@ -40,8 +42,9 @@ impl Module for Classifier {
     }
 }
 
-/// The reference implementation's auxiliary head on the learning-to-downsample output, used for the
-/// 0.4-weighted auxiliary loss in training: 3x3 conv + BN + ReLU, dropout, 1x1 to the classes.
+/// An auxiliary head for the 0.4-weighted auxiliary loss in training: 3x3 conv + BN + ReLU,
+/// dropout, 1x1 to the classes. The reference implementation has one on the learning-to-downsample
+/// output; OpenMMLab's `FCNHead`s are the same block, one there and one on the global features.
 #[derive(Debug, Clone)]
 pub struct AuxHead {
     conv: ConvBnAct,

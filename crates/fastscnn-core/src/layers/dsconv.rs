@@ -1,4 +1,4 @@
-//! Depthwise-separable convolution: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU.
+//! Depthwise-separable convolution: depthwise 3x3 + BN (+ ReLU), then pointwise 1x1 + BN + ReLU.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -13,10 +13,13 @@ pub struct DSConv {
 
 impl DSConv {
     /// Reads the reference layout `conv.{0,1,3,4}` (ReLUs at `.2` and `.5` hold no tensors).
+    /// `depthwise_relu` is false where OpenMMLab's learning-to-downsample leaves the depthwise
+    /// output linear (`dw_act_cfg=None`); the reference implementation always has it.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
         stride: usize,
+        depthwise_relu: bool,
         norm: NormOptions,
         vb: VarBuilder,
     ) -> Result<Self> {
@@ -24,7 +27,7 @@ impl DSConv {
         Ok(Self {
             depthwise: ConvBnAct::new(
                 ConvConfig::depthwise(in_channels, stride),
-                true,
+                depthwise_relu,
                 norm,
                 vb.pp("0"),
                 vb.pp("1"),
