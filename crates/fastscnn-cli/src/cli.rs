@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::device::DeviceArg;
 
 /// Real-time semantic segmentation of street scenes with Fast-SCNN.
 #[derive(Debug, Parser)]
@@ -14,26 +16,95 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Segment images: writes a colour map and a train-id map for each.
+    /// Segment images: colour maps, overlays, train-id or label-id maps, probabilities.
     Segment(SegmentArgs),
+    /// Score weights on a labelled Cityscapes split: IoU per class and category, mIoU, accuracy.
+    Eval(EvalArgs),
+    /// Describe a checkpoint: layout, classes, parameters, tensors, size.
+    Info(InfoArgs),
     /// Write `*_gtFine_labelTrainIds.png` beside every `*_gtFine_labelIds.png` of a Cityscapes copy.
     Prepare(PrepareArgs),
 }
 
+/// Where the weights come from.
+#[derive(Debug, Args)]
+pub struct WeightsArgs {
+    /// Checkpoint: safetensors or a PyTorch .pth/.pt, in the reference or the OpenMMLab layout
+    /// (told apart by the key names).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// `<stem>_color.png`: the Cityscapes palette.
+    Color,
+    /// `<stem>_overlay.png`: the palette blended over the image (see --overlay-alpha).
+    Overlay,
+    /// `<stem>_trainid.png`: train ids 0..18 as 8-bit grey.
+    Trainid,
+    /// `<stem>_labelid.png`: Cityscapes label ids, the benchmark submission format.
+    Labelid,
+    /// All of the above.
+    All,
+}
+
 #[derive(Debug, Args)]
 pub struct SegmentArgs {
-    /// Images to segment (any format the `image` crate reads), at their own resolution.
-    #[arg(required = true)]
-    pub images: Vec<PathBuf>,
-    /// Fast-SCNN weights as safetensors, with the reference PyTorch key names.
-    #[arg(long)]
-    pub weights: PathBuf,
-    /// Where `<stem>_color.png` and `<stem>_trainid.png` are written; created if missing.
+    /// Images, folders (every .png/.jpg/.jpeg inside) or glob patterns such as 'frames/*.png'.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// Where outputs are written; created if missing.
     #[arg(long, default_value = ".")]
     pub out_dir: PathBuf,
-    /// Also write the float32 logits (1xCxHxW, key `logits`) of the single input image here.
+    /// What to write per image (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["color", "trainid"])]
+    pub format: Vec<OutputFormat>,
+    /// Weight of the colours in the overlay, 0 (photo only) to 1 (colours only).
+    #[arg(long, default_value_t = 0.5, value_parser = unit_interval)]
+    pub overlay_alpha: f32,
+    /// Run the network on the image scaled by this factor (1, 0.5, 0.25: the paper's faster
+    /// modes); predictions are resized back to the image's size.
+    #[arg(long, default_value_t = 1.0, value_parser = input_scale)]
+    pub input_scale: f32,
+    /// Also write the softmax probabilities (1xCxHxW float32, key `probs`) of the single input.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub probs: Option<PathBuf>,
+    /// Also write the float32 logits (1xCxHxW, key `logits`) of the single input.
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_logits: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
+    #[arg(long)]
+    pub dataset_root: PathBuf,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Run the network on images scaled by this factor; scores stay at full label resolution.
+    #[arg(long, default_value_t = 1.0, value_parser = input_scale)]
+    pub input_scale: f32,
+    /// Also write the scores as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Threads decoding images ahead of the network.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub weights: WeightsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -44,4 +115,59 @@ pub struct PrepareArgs {
     /// Splits to prepare (repeatable); default: every split under `gtFine/`.
     #[arg(long = "split", value_name = "SPLIT")]
     pub splits: Vec<String>,
+}
+
+fn unit_interval(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+fn input_scale(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in (0, 1]; use 1, 0.5 or 0.25"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_interface_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn formats_default_to_colour_and_train_ids_and_split_on_commas() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["fastscnn", "segment", "a.png", "--weights", "w"];
+            args.extend(extra);
+            match Cli::parse_from(args).command {
+                Command::Segment(s) => s.format,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse(&[]), [OutputFormat::Color, OutputFormat::Trainid]);
+        assert_eq!(
+            parse(&["--format", "overlay,labelid"]),
+            [OutputFormat::Overlay, OutputFormat::Labelid]
+        );
+    }
+
+    #[test]
+    fn scales_and_alphas_are_checked() {
+        assert_eq!(input_scale("0.5"), Ok(0.5));
+        assert!(input_scale("0").is_err());
+        assert!(input_scale("2").is_err());
+        assert!(unit_interval("1.5").is_err());
+        assert!(unit_interval("x").is_err());
+    }
 }

@@ -1,9 +1,14 @@
 //! `fastscnn`: a thin command line over the fastscnn library crates.
 
 mod cli;
+mod device;
+mod eval;
+mod info;
+mod inputs;
 mod prepare;
 mod progress;
 mod segment;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -15,6 +20,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => segment::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Info(args) => info::run(&args),
         Command::Prepare(args) => prepare::run(&args),
     };
     match result {

@@ -193,3 +193,121 @@ fn save_logits_needs_exactly_one_image() {
         "--save-logits",
     );
 }
+
+#[test]
+fn openmmlab_checkpoint_with_every_format_and_probabilities() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let probs_path = dir.path().join("probs.safetensors");
+    segment_with(
+        &golden.join("seed0_c19_256x512_input0.png"),
+        &golden.join("mmseg_fastscnn_c19.pth"),
+        dir.path(),
+    )
+    .args(["--format", "all", "--overlay-alpha", "1"])
+    .arg("--probs")
+    .arg(&probs_path)
+    .assert()
+    .success();
+
+    let probs = candle_core::safetensors::load(&probs_path, &Device::Cpu).unwrap();
+    let probs = &probs["probs"];
+    assert_eq!(probs.dims(), &[1, 19, 256, 512]);
+    let expected = candle_core::safetensors::load(
+        golden.join("mmseg_c19_256x512_expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let agreement = argmax_agreement(probs, &expected["logits"]);
+    assert!(agreement >= 0.999, "argmax agreement {agreement}");
+
+    let stem = "seed0_c19_256x512_input0";
+    let open = |kind: &str| image::open(dir.path().join(format!("{stem}_{kind}.png"))).unwrap();
+    let trainid = open("trainid").into_luma8();
+    let labelid = open("labelid").into_luma8();
+    let color = open("color").into_rgb8();
+    let overlay = open("overlay").into_rgb8();
+    assert_eq!(
+        trainid.as_raw(),
+        &argmax_labels(probs)
+            .iter()
+            .map(|&l| l as u8)
+            .collect::<Vec<_>>()
+    );
+    for (&t, &l) in trainid.as_raw().iter().zip(labelid.as_raw()) {
+        assert_eq!(l, fastscnn_data::labels::train_id_to_label_id(t));
+    }
+    // With alpha 1 the overlay is the colour map itself.
+    assert_eq!(overlay, color);
+}
+
+#[test]
+fn folders_and_patterns_expand_to_their_images() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    let img = image::open(golden.join("seed0_c19_256x512_input0.png")).unwrap();
+    let small = img.resize_exact(128, 64, image::imageops::FilterType::Triangle);
+    for name in ["a.png", "b.png", "c.jpg"] {
+        small.save(frames.join(name)).unwrap();
+    }
+    std::fs::write(frames.join("readme.txt"), "not an image").unwrap();
+
+    let out = dir.path().join("from-folder");
+    fastscnn()
+        .arg("segment")
+        .arg(&frames)
+        .arg("--weights")
+        .arg(weights_arg(&golden))
+        .arg("--out-dir")
+        .arg(&out)
+        .args(["--format", "trainid"])
+        .assert()
+        .success();
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["a_trainid.png", "b_trainid.png", "c_trainid.png"]);
+
+    let out = dir.path().join("from-pattern");
+    fastscnn()
+        .arg("segment")
+        .arg(frames.join("*.png").to_string_lossy().as_ref())
+        .arg("--weights")
+        .arg(weights_arg(&golden))
+        .arg("--out-dir")
+        .arg(&out)
+        .args(["--format", "labelid"])
+        .assert()
+        .success();
+    assert!(out.join("a_labelid.png").exists() && out.join("b_labelid.png").exists());
+    assert!(!out.join("c_labelid.png").exists());
+
+    assert_clean_failure(
+        fastscnn()
+            .arg("segment")
+            .arg(frames.join("*.bmp").to_string_lossy().as_ref())
+            .arg("--weights")
+            .arg(weights_arg(&golden)),
+        "matches no file",
+    );
+}
+
+#[test]
+fn reduced_input_scale_keeps_the_image_size() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let image = golden.join("seed0_c19_256x512_input0.png");
+    for scale in ["0.5", "0.25"] {
+        let out = dir.path().join(scale);
+        segment_with(&image, &weights_arg(&golden), &out)
+            .args(["--input-scale", scale, "--format", "trainid"])
+            .assert()
+            .success();
+        let trainid = image::open(out.join("seed0_c19_256x512_input0_trainid.png")).unwrap();
+        assert_eq!((trainid.width(), trainid.height()), (512, 256));
+    }
+}

@@ -178,6 +178,33 @@ impl FastScnn {
         })
     }
 
+    /// Logits resized to `(height, width)`: for inputs scaled down for speed (the paper's ½ and ¼
+    /// resolutions) whose predictions are wanted at the original size.
+    pub fn logits_at(
+        &self,
+        x: &Tensor,
+        height: usize,
+        width: usize,
+    ) -> candle_core::Result<Tensor> {
+        let logits = self.forward(x)?;
+        let (_, _, h, w) = logits.dims4()?;
+        if (h, w) == (height, width) {
+            Ok(logits)
+        } else {
+            resize_bilinear(&logits, height, width, self.config.align_corners)
+        }
+    }
+
+    /// The label map (N, height, width) of class indices as u32, for an input of any size.
+    pub fn predict_at(
+        &self,
+        x: &Tensor,
+        height: usize,
+        width: usize,
+    ) -> candle_core::Result<Tensor> {
+        self.logits_at(x, height, width)?.argmax(1)
+    }
+
     /// The label map (N, H, W) of class indices as u32: the paper's "cls" output.
     pub fn predict(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward(x)?.argmax(1)

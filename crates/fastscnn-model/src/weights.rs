@@ -58,24 +58,30 @@ impl WeightFile {
     /// bytes rather than its extension.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut head = [0u8; 4];
-        let read = File::open(path)
-            .and_then(|mut f| f.read(&mut head))
-            .map_err(|source| read_error(path, source.into()))?;
+        // Safetensors: an 8-byte header length, then the JSON header's `{`.
+        let mut head = [0u8; 9];
+        let mut read = 0;
+        let mut file = File::open(path).map_err(|source| read_error(path, source.into()))?;
+        while read < head.len() {
+            match file.read(&mut head[read..]) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(source) => return Err(read_error(path, source.into())),
+            }
+        }
         let head = &head[..read];
+        let refuse = |why: &str| Err(read_error(path, candle_core::Error::Msg(why.into())));
         if head.starts_with(ZIP_MAGIC) {
             Self::open_pytorch(path)
         } else if head.starts_with(LEGACY_PICKLE_MAGIC) {
-            Err(read_error(
-                path,
-                candle_core::Error::Msg(
-                    "a PyTorch checkpoint in the legacy pre-1.6 format; re-save it with a current \
-                     torch.save"
-                        .into(),
-                ),
-            ))
-        } else {
+            refuse(
+                "a PyTorch checkpoint in the legacy pre-1.6 format; re-save it with a current \
+                 torch.save",
+            )
+        } else if head.len() == 9 && head[8] == b'{' {
             Self::open_safetensors(path)
+        } else {
+            refuse("neither safetensors nor a PyTorch (zip) checkpoint")
         }
     }
 

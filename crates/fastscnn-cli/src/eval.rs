@@ -1,0 +1,142 @@
+//! `fastscnn eval`: the Cityscapes benchmark's numbers for a checkpoint on a labelled split.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use fastscnn_core::atomic_write::write_atomically;
+use fastscnn_data::{discover, DiscoverOptions, Loader, LoaderConfig, NUM_TRAIN_CLASSES};
+use fastscnn_train::{evaluate, Evaluation};
+use serde_json::{json, Map, Value};
+
+use crate::cli::EvalArgs;
+use crate::{device, progress, weights};
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let device = device::select(args.device)?;
+    let (model, weights_path) = weights::load_model(&args.weights, &device)?;
+    if model.num_classes() != NUM_TRAIN_CLASSES {
+        anyhow::bail!(
+            "{}: the weights classify {} classes, Cityscapes is scored on {NUM_TRAIN_CLASSES}",
+            weights_path.display(),
+            model.num_classes()
+        );
+    }
+    let discovery = discover(&args.dataset_root, &args.split, DiscoverOptions::default())?;
+    let images = discovery.samples.len();
+    let config = LoaderConfig {
+        workers: args.workers,
+        normalization: model.config().normalization,
+        ..LoaderConfig::evaluation(1, args.input_scale)
+    };
+    let loader = Loader::new(discovery.samples, config)?;
+
+    let bar = progress::bar(images, "images");
+    bar.set_message(format!("eval {}", args.split));
+    let evaluation = evaluate(&model, &loader, &device, || bar.inc(1))
+        .with_context(|| weights_path.display().to_string())?;
+    bar.finish_and_clear();
+
+    print!("{}", table(&evaluation));
+    if let Some(dest) = &args.json {
+        let report = report(&evaluation, &args.split, args.input_scale, &weights_path);
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        write_atomically(dest, |tmp| {
+            std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", dest.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// An IoU as the benchmark prints it: a percentage, or `n/a` for a class in neither ground truth
+/// nor prediction.
+fn percent(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.2}", 100.0 * v)
+    }
+}
+
+fn table(e: &Evaluation) -> String {
+    let mut out = String::new();
+    let mut row = |name: &str, value: String| out.push_str(&format!("{name:<16}{value:>8}\n"));
+    row("class", "IoU".into());
+    for (name, iou) in e.named_class_iou() {
+        row(name, percent(iou));
+    }
+    row("mIoU", percent(e.mean_iou()));
+    row("", String::new());
+    row("category", "IoU".into());
+    for (name, iou) in e.named_category_iou() {
+        row(name, percent(iou));
+    }
+    row("category mIoU", percent(e.category_mean_iou()));
+    row("", String::new());
+    row("pixel accuracy", percent(e.pixel_accuracy()));
+    row("images", e.images.to_string());
+    row("fps", format!("{:.2}", e.fps()));
+    out
+}
+
+/// NaN (a class in neither ground truth nor prediction) becomes `null`.
+fn number(v: f64) -> Value {
+    if v.is_nan() {
+        Value::Null
+    } else {
+        json!(v)
+    }
+}
+
+fn named(values: Vec<(&str, f64)>) -> Value {
+    Value::Object(
+        values
+            .into_iter()
+            .map(|(name, v)| (name.to_string(), number(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn report(e: &Evaluation, split: &str, input_scale: f32, weights: &Path) -> Value {
+    json!({
+        "miou": number(e.mean_iou()),
+        "category_miou": number(e.category_mean_iou()),
+        "pixel_accuracy": number(e.pixel_accuracy()),
+        "per_class_iou": named(e.named_class_iou()),
+        "per_category_iou": named(e.named_category_iou()),
+        "images": e.images,
+        "fps": e.fps(),
+        "split": split,
+        "input_scale": input_scale,
+        "weights": weights.display().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastscnn_train::ConfusionMatrix;
+    use std::time::Duration;
+
+    fn road_only() -> Evaluation {
+        let mut confusion = ConfusionMatrix::new(NUM_TRAIN_CLASSES, 255);
+        confusion.update(&[0u8, 0, 1], &[0u8, 0, 0]).unwrap();
+        Evaluation {
+            confusion,
+            images: 1,
+            model_time: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn absent_classes_are_null_in_json_and_na_in_the_table() {
+        let report = report(&road_only(), "val", 1.0, Path::new("w.safetensors"));
+        assert!((report["miou"].as_f64().unwrap() - (2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert_eq!(report["per_class_iou"]["sidewalk"], json!(0.0));
+        assert!(report["per_class_iou"]["train"].is_null());
+        assert_eq!(report["per_category_iou"]["flat"], json!(1.0));
+        assert!(report["per_category_iou"]["sky"].is_null());
+        let table = table(&road_only());
+        assert!(table.contains("road               66.67"), "{table}");
+        assert!(table.contains("train                n/a"), "{table}");
+    }
+}
