@@ -26,13 +26,33 @@ pub enum Command {
     Prepare(PrepareArgs),
 }
 
-/// Where the weights come from.
+/// Where the weights come from: a local file, or a Hugging Face Hub repository.
 #[derive(Debug, Args)]
 pub struct WeightsArgs {
     /// Checkpoint: safetensors or a PyTorch .pth/.pt, in the reference or the OpenMMLab layout
     /// (told apart by the key names).
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "hf_repo",
+        conflicts_with = "hf_repo"
+    )]
+    pub weights: Option<PathBuf>,
+    /// Take the weights from this Hugging Face Hub model repository, through the local Hub cache
+    /// (honours HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE).
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub hf_repo: Option<String>,
+    /// The file in --hf-repo.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "hf_repo",
+        default_value = "model.safetensors"
+    )]
+    pub hf_file: String,
+    /// Branch, tag or commit of --hf-repo.
+    #[arg(long, value_name = "REV", requires = "hf_repo", default_value = "main")]
+    pub revision: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,6 +3,7 @@
 mod cli;
 mod device;
 mod eval;
+mod hub;
 mod info;
 mod inputs;
 mod prepare;

@@ -1,16 +1,22 @@
-//! `--weights FILE`: finding and loading the checkpoint every model command needs.
+//! `--weights FILE` or `--hf-repo OWNER/NAME`: finding and loading the checkpoint every model
+//! command needs.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::Device;
 use fastscnn_model::{FastScnn, LoadOptions};
 
 use crate::cli::WeightsArgs;
+use crate::hub;
 
-/// The local file the arguments name.
+/// The local file the arguments name, fetched from the Hub first if need be.
 pub fn resolve(args: &WeightsArgs) -> Result<PathBuf> {
-    Ok(args.weights.clone())
+    match (&args.weights, &args.hf_repo) {
+        (Some(path), _) => Ok(path.clone()),
+        (None, Some(repo)) => hub::fetch(repo, &args.hf_file, &args.revision),
+        (None, None) => bail!("no weights: pass --weights FILE or --hf-repo OWNER/NAME"),
+    }
 }
 
 /// The network the checkpoint describes, BatchNorm folded, on `device`.

@@ -1,0 +1,45 @@
+//! Weights from the Hugging Face Hub, through the hf-hub crate and its cache, so files fetched
+//! once are shared with every other Hub tool on the machine.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+/// The variable huggingface_hub uses to forbid network access.
+const OFFLINE_VAR: &str = "HF_HUB_OFFLINE";
+
+fn offline() -> bool {
+    std::env::var(OFFLINE_VAR).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// The local path of `file` at `revision` of the model repository `repo_id`: from the cache
+/// when it is there, otherwise downloaded into it (unless offline).
+pub fn fetch(repo_id: &str, file: &str, revision: &str) -> Result<PathBuf> {
+    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
+    let cache = Cache::from_env();
+    if offline() {
+        return cache.repo(repo).get(file).ok_or_else(|| {
+            anyhow!(
+                "{repo_id}: `{file}` at `{revision}` is not in the Hugging Face cache ({}) and \
+                 {OFFLINE_VAR} is set; run once with network access, or pass --weights FILE",
+                cache.path().display()
+            )
+        });
+    }
+    let api = ApiBuilder::from_env()
+        .with_progress(std::io::stderr().is_terminal())
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
+    let repo = api.repo(repo);
+    let url = repo.url(file);
+    repo.get(file)
+        .map_err(|e| anyhow!("{repo_id}: cannot fetch `{file}` from {url}: {e}"))
+}
