@@ -7,6 +7,10 @@ use fastscnn_core::layers::NormOptions;
 pub use fastscnn_core::testing::random_tensor;
 use fastscnn_model::{FastScnn, FastScnnConfig};
 
+/// The input sizes (height, width) of the paper's Table 7: Cityscapes at full, half and quarter
+/// resolution.
+pub const MODEL_SIZES: [(usize, usize); 3] = [(1024, 2048), (512, 1024), (256, 512)];
+
 /// The reference Fast-SCNN (19 classes, BN folded) with constant weights: the arithmetic, and so
 /// the time, of a forward pass does not depend on the values.
 pub fn reference_model() -> Result<FastScnn> {

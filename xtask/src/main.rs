@@ -1,5 +1,10 @@
 //! `cargo xtask`: project chores that need more than one cargo invocation or a fixed set of flags.
 
+mod bench_table;
+mod convert;
+mod download;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +19,8 @@ struct Xtask {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run the criterion benchmarks (release build), optionally only those matching FILTER.
+    /// Run the criterion benchmarks (release build), optionally only those matching FILTER, then
+    /// print the whole-model table (ms and fps at 1024x2048, 512x1024, 256x512).
     Bench {
         /// Criterion benchmark name filter (a regular expression).
         filter: Option<String>,
@@ -22,13 +28,45 @@ enum Task {
         #[arg(long)]
         seconds: Option<u32>,
     },
+    /// Time each module of one forward pass (release build).
+    Profile {
+        /// Input size, HEIGHTxWIDTH.
+        #[arg(long, default_value = "1024x2048")]
+        size: String,
+        /// Timed runs; each stage's median is shown.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Weights to load instead of the constant-weight reference network.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+    /// Convert a checkpoint (PyTorch .pth/.pt or safetensors, either layout) to safetensors with
+    /// metadata (layout, classes, source).
+    Convert { input: PathBuf, output: PathBuf },
+    /// Fetch published weights, check their sha256, convert them and install them where
+    /// `fastscnn` finds them without --weights. Default: OpenMMLab's Cityscapes Fast-SCNN.
+    Download {
+        /// Direct URL of a PyTorch or safetensors checkpoint.
+        #[arg(long, conflicts_with = "hf_repo")]
+        url: Option<String>,
+        /// A Hugging Face Hub model repository instead (honours HF_HOME and HF_ENDPOINT).
+        #[arg(long, value_name = "OWNER/NAME")]
+        hf_repo: Option<String>,
+        #[arg(long, requires = "hf_repo", default_value = "model.safetensors")]
+        hf_file: String,
+        #[arg(long, requires = "hf_repo", default_value = "main")]
+        revision: String,
+        /// Expected sha256 (in full or its first 8+ hex digits); OpenMMLab file names carry one.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Where to install; default `$FASTSCNN_HOME/default.safetensors`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    let result = match Xtask::parse().command {
-        Task::Bench { filter, seconds } => run(bench_command(filter.as_deref(), seconds)),
-    };
-    match result {
+    match run_task(Xtask::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -37,9 +75,59 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_task(task: Task) -> Result<()> {
+    match task {
+        Task::Bench { filter, seconds } => {
+            run(bench_command(filter.as_deref(), seconds))?;
+            println!("{}", bench_table::render(&criterion_dir())?);
+            Ok(())
+        }
+        Task::Profile {
+            size,
+            runs,
+            weights,
+        } => run(profile_command(&size, runs, weights.as_deref())),
+        Task::Convert { input, output } => {
+            let weights = convert::convert(&input, &output, None)?;
+            println!(
+                "{}",
+                convert::summary(&weights, &input.display().to_string(), &output)?
+            );
+            Ok(())
+        }
+        Task::Download {
+            url,
+            hf_repo,
+            hf_file,
+            revision,
+            sha256,
+            out,
+        } => {
+            let origin = match hf_repo {
+                Some(repo) => download::Origin::Hub {
+                    repo,
+                    file: hf_file,
+                    revision,
+                },
+                None => download::Origin::Url(url.unwrap_or(download::PUBLISHED_URL.into())),
+            };
+            let out = match out {
+                Some(out) => out,
+                None => fastscnn_model::default_weights_path()
+                    .context("no home folder known: pass --out or set FASTSCNN_HOME")?,
+            };
+            println!("{}", download::download(&origin, sha256.as_deref(), &out)?);
+            Ok(())
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
 fn bench_command(filter: Option<&str>, seconds: Option<u32>) -> Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     cmd.args(["bench", "--package", "fastscnn-benches", "--benches", "--"]);
     if let Some(filter) = filter {
         cmd.arg(filter);
@@ -48,6 +136,36 @@ fn bench_command(filter: Option<&str>, seconds: Option<u32>) -> Command {
         cmd.args(["--measurement-time", &seconds.to_string()]);
     }
     cmd
+}
+
+fn profile_command(size: &str, runs: usize, weights: Option<&Path>) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "fastscnn-benches",
+        "--bin",
+        "profile",
+        "--",
+        "--size",
+        size,
+        "--runs",
+        &runs.to_string(),
+    ]);
+    if let Some(weights) = weights {
+        cmd.arg("--weights").arg(weights);
+    }
+    cmd
+}
+
+/// Where criterion writes its results: `target/criterion` of this workspace.
+fn criterion_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("criterion")
 }
 
 fn run(mut cmd: Command) -> Result<()> {
@@ -90,6 +208,21 @@ mod tests {
             args(&bench_command(None, None)),
             ["bench", "--package", "fastscnn-benches", "--benches", "--"]
         );
+    }
+
+    #[test]
+    fn profile_runs_the_release_profiler() {
+        let cmd = profile_command("512x1024", 5, Some(Path::new("w.pth")));
+        let args = args(&cmd);
+        assert!(args.starts_with(&["run".to_string(), "--quiet".into(), "--release".into()]));
+        assert!(args.ends_with(&[
+            "--size".to_string(),
+            "512x1024".into(),
+            "--runs".into(),
+            "5".into(),
+            "--weights".into(),
+            "w.pth".into()
+        ]));
     }
 
     #[test]

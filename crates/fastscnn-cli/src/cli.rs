@@ -30,13 +30,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct WeightsArgs {
     /// Checkpoint: safetensors or a PyTorch .pth/.pt, in the reference or the OpenMMLab layout
-    /// (told apart by the key names).
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "hf_repo",
-        conflicts_with = "hf_repo"
-    )]
+    /// (told apart by the key names). Default: the weights `cargo xtask download` installed
+    /// (`$FASTSCNN_HOME/default.safetensors`).
+    #[arg(long, value_name = "FILE", conflicts_with = "hf_repo")]
     pub weights: Option<PathBuf>,
     /// Take the weights from this Hugging Face Hub model repository, through the local Hub cache
     /// (honours HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE).
@@ -168,7 +164,7 @@ mod tests {
     #[test]
     fn formats_default_to_colour_and_train_ids_and_split_on_commas() {
         let parse = |extra: &[&str]| {
-            let mut args = vec!["fastscnn", "segment", "a.png", "--weights", "w"];
+            let mut args = vec!["fastscnn", "segment", "a.png"];
             args.extend(extra);
             match Cli::parse_from(args).command {
                 Command::Segment(s) => s.format,

@@ -73,3 +73,25 @@ fn files_that_are_not_checkpoints_fail_in_one_line() {
     );
     assert_clean_failure(&mut info(&renamed), "auxlayer.4.bias");
 }
+
+#[test]
+fn without_weights_the_installed_default_is_used() {
+    let Some(golden) = golden() else { return };
+    let home = tempfile::tempdir().unwrap();
+    assert_clean_failure(
+        fastscnn().arg("info").env("FASTSCNN_HOME", home.path()),
+        "cargo xtask download",
+    );
+    std::fs::copy(
+        golden.join("fastscnn_seed0_c19.safetensors"),
+        home.path().join("default.safetensors"),
+    )
+    .unwrap();
+    let out = fastscnn()
+        .arg("info")
+        .env("FASTSCNN_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default.safetensors"));
+}

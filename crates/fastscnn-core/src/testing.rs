@@ -1,7 +1,10 @@
-//! Locating the shared test fixtures (`../shared` beside the checkout). For this workspace's tests;
-//! not part of the supported API.
+//! Locating the shared test fixtures (`../shared` beside the checkout), seeded tensors and a fake
+//! download server. For this workspace's tests; not part of the supported API.
 
 use std::path::PathBuf;
+
+mod fake_hub;
+pub use fake_hub::FakeHub;
 
 /// The shared fixtures folder: `$FASTSCNN_SHARED`, else `../shared` beside the workspace root.
 ///

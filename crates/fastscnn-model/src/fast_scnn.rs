@@ -1,6 +1,7 @@
 //! The whole network.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -203,6 +204,49 @@ impl FastScnn {
         width: usize,
     ) -> candle_core::Result<Tensor> {
         self.logits_at(x, height, width)?.argmax(1)
+    }
+
+    /// The label map, as [`FastScnn::predict`], timing each stage: `record` gets each stage's
+    /// name and wall time, the device synchronised after every stage so the time is its own.
+    pub fn predict_profiled(
+        &self,
+        x: &Tensor,
+        mut record: impl FnMut(&'static str, Duration),
+    ) -> candle_core::Result<Tensor> {
+        let device = x.device().clone();
+        let mut timed =
+            |name: &'static str, run: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
+                let start = Instant::now();
+                let out = run()?;
+                device.synchronize()?;
+                record(name, start.elapsed());
+                Ok::<_, candle_core::Error>(out)
+            };
+        let (_, _, h, w) = x.dims4()?;
+        let higher = timed("learning to downsample", &mut || {
+            self.learning_to_downsample.forward(x)
+        })?;
+        let gfe = &self.global_feature_extractor;
+        const GROUPS: [&str; 3] = [
+            "bottleneck group 1",
+            "bottleneck group 2",
+            "bottleneck group 3",
+        ];
+        let mut lower = higher.clone();
+        for (index, name) in GROUPS.iter().enumerate().take(gfe.group_count()) {
+            lower = timed(name, &mut || gfe.forward_group(index, &lower))?;
+        }
+        let global = timed("pyramid pooling", &mut || {
+            gfe.forward_pyramid_pooling(&lower)
+        })?;
+        let fused = timed("feature fusion", &mut || {
+            self.feature_fusion.forward(&higher, &global)
+        })?;
+        let scores = timed("classifier", &mut || self.classifier.forward(&fused))?;
+        let logits = timed("resize to input", &mut || {
+            resize_bilinear(&scores, h, w, self.config.align_corners)
+        })?;
+        timed("argmax", &mut || logits.argmax(1))
     }
 
     /// The label map (N, H, W) of class indices as u32: the paper's "cls" output.

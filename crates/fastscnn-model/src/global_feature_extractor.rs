@@ -9,7 +9,8 @@ use crate::FastScnnConfig;
 
 #[derive(Debug, Clone)]
 pub struct GlobalFeatureExtractor {
-    bottlenecks: Vec<LinearBottleneck>,
+    /// The three bottleneck groups, in order.
+    groups: Vec<Vec<LinearBottleneck>>,
     ppm: PyramidPooling,
 }
 
@@ -17,9 +18,10 @@ impl GlobalFeatureExtractor {
     /// Reads `bottleneck{1,2,3}.{i}` and `ppm`. Only the first block of a group strides or changes
     /// width; the others keep both and so carry the residual shortcut.
     pub fn new(cfg: &FastScnnConfig, norm: NormOptions, vb: VarBuilder) -> Result<Self> {
-        let mut bottlenecks = Vec::new();
+        let mut groups = Vec::new();
         let mut in_channels = cfg.higher_res_channels();
         for group in 0..3 {
+            let mut bottlenecks = Vec::new();
             let group_vb = vb.pp(format!("bottleneck{}", group + 1));
             let out_channels = cfg.bottleneck_channels[group];
             for block in 0..cfg.bottleneck_blocks[group] {
@@ -38,19 +40,40 @@ impl GlobalFeatureExtractor {
                 )?);
                 in_channels = out_channels;
             }
+            groups.push(bottlenecks);
         }
         Ok(Self {
-            bottlenecks,
+            groups,
             ppm: PyramidPooling::new(&cfg.pyramid_pooling(), norm, vb.pp("ppm"))?,
         })
+    }
+}
+
+impl GlobalFeatureExtractor {
+    /// The number of bottleneck groups (three in every preset).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Runs bottleneck group `index` alone, for per-stage timing.
+    pub fn forward_group(&self, index: usize, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for block in &self.groups[index] {
+            x = block.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    pub fn forward_pyramid_pooling(&self, x: &Tensor) -> Result<Tensor> {
+        self.ppm.forward(x)
     }
 }
 
 impl Module for GlobalFeatureExtractor {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
-        for block in &self.bottlenecks {
-            x = block.forward(&x)?;
+        for index in 0..self.groups.len() {
+            x = self.forward_group(index, &x)?;
         }
         self.ppm.forward(&x)
     }

@@ -1,5 +1,6 @@
-//! The Fast-SCNN network (Poudel et al., arXiv 1902.04502) on candle: configuration and presets,
-//! strict loading of PyTorch checkpoints converted to safetensors, and the inference outputs
+//! The Fast-SCNN network (Poudel et al., arXiv 1902.04502) on candle: configuration and the presets
+//! of both public implementations (reference and OpenMMLab), strict loading of their checkpoints
+//! (safetensors or PyTorch `.pth`, layout told from the key names), and the inference outputs
 //! (logits, probabilities, label map).
 //!
 //! ```no_run
@@ -15,6 +16,7 @@
 //! ```
 
 mod config;
+mod default_weights;
 mod error;
 mod fast_scnn;
 mod global_feature_extractor;
@@ -24,6 +26,7 @@ mod preprocess;
 mod weights;
 
 pub use config::{AuxSource, FastScnnConfig};
+pub use default_weights::{default_weights_path, fastscnn_home};
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
 pub use fastscnn_core::layers::BatchNormMode;

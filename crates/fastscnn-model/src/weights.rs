@@ -156,6 +156,12 @@ impl WeightFile {
         self.format
     }
 
+    /// Adds or replaces one metadata entry, written by [`WeightFile::save_safetensors`].
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
     /// The safetensors header's string metadata (empty for PyTorch files).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata

@@ -225,3 +225,36 @@ fn outputs_are_consistent_and_sizes_need_not_be_multiples_of_32() {
         assert_eq!(model.forward(&x).unwrap().dims(), &[2, 19, h, w]);
     }
 }
+
+#[test]
+fn profiled_prediction_is_the_prediction_with_every_stage_timed() {
+    let Some(golden) = golden() else { return };
+    let model = load_model(
+        &golden.join("mmseg_fastscnn_c19.pth"),
+        BatchNormMode::Folded,
+    );
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 128, 256), &Device::Cpu).unwrap();
+    let mut stages = Vec::new();
+    let profiled = model
+        .predict_profiled(&x, |name, _| stages.push(name))
+        .unwrap();
+    let plain = model.predict(&x).unwrap();
+    assert_eq!(
+        profiled.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+        plain.flatten_all().unwrap().to_vec1::<u32>().unwrap()
+    );
+    assert_eq!(
+        stages,
+        [
+            "learning to downsample",
+            "bottleneck group 1",
+            "bottleneck group 2",
+            "bottleneck group 3",
+            "pyramid pooling",
+            "feature fusion",
+            "classifier",
+            "resize to input",
+            "argmax"
+        ]
+    );
+}
