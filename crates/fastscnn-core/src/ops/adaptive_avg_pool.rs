@@ -21,7 +21,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Ten
     check(x, out_h, out_w)?;
     if has_cpu_kernel(x) {
         x.contiguous()?
-            .apply_op1_no_bwd(&AdaptiveAvgPool2d { out_h, out_w })
+            .apply_op1(AdaptiveAvgPool2d { out_h, out_w })
     } else {
         adaptive_avg_pool2d_composite(x, out_h, out_w)
     }
@@ -95,6 +95,85 @@ impl PlaneKernel for AdaptiveAvgPool2d {
 }
 
 impl CustomOp1 for AdaptiveAvgPool2d {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run_f32_or_f64(self, s, l)
+    }
+
+    /// Each output's gradient spread evenly over its window; overlapping windows add up.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, in_h, in_w) = arg.dims4()?;
+        let grad = grad_res.contiguous()?;
+        let grad_arg = if has_cpu_kernel(&grad) {
+            grad.apply_op1_no_bwd(&AdaptiveAvgPool2dGrad { in_h, in_w })?
+        } else {
+            adaptive_avg_pool2d_grad_composite(&grad, in_h, in_w)?
+        };
+        Ok(Some(grad_arg))
+    }
+}
+
+/// The gradient of the pooling on devices without the CPU kernel: the transpose of the pooling
+/// matrices, `Pyᵀ · g · Px`.
+fn adaptive_avg_pool2d_grad_composite(grad: &Tensor, in_h: usize, in_w: usize) -> Result<Tensor> {
+    let (_, _, out_h, out_w) = grad.dims4()?;
+    let matrix = |input: usize, output: usize| {
+        let mut m = vec![0f64; output * input];
+        for o in 0..output {
+            let (start, end) = pool_window(o, input, output);
+            for i in start..end {
+                m[o * input + i] = 1.0 / (end - start) as f64;
+            }
+        }
+        Tensor::from_vec(m, (output, input), grad.device())?.to_dtype(grad.dtype())
+    };
+    let py_t = matrix(in_h, out_h)?.t()?;
+    let px = matrix(in_w, out_w)?;
+    py_t.broadcast_matmul(&grad.broadcast_matmul(&px)?)
+}
+
+/// Backward of [`AdaptiveAvgPool2d`]: (N, C, out_h, out_w) gradients to (N, C, in_h, in_w).
+struct AdaptiveAvgPool2dGrad {
+    in_h: usize,
+    in_w: usize,
+}
+
+impl PlaneKernel for AdaptiveAvgPool2dGrad {
+    const NAME: &'static str = "adaptive-avg-pool2d-grad";
+
+    fn run<T: WithDType>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = shape.dims4()?;
+        let (h, w) = (self.in_h, self.in_w);
+        let mut out = vec![T::zero(); n * c * h * w];
+        if h * w > 0 {
+            out.par_chunks_mut(h * w)
+                .enumerate()
+                .for_each(|(plane, grad_plane)| {
+                    let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
+                    for i in 0..oh {
+                        let (y0, y1) = pool_window(i, h, oh);
+                        for j in 0..ow {
+                            let (x0, x1) = pool_window(j, w, ow);
+                            let share = T::from_f64(
+                                g[i * ow + j].to_f64() / ((y1 - y0) * (x1 - x0)) as f64,
+                            );
+                            for row in grad_plane[y0 * w..y1 * w].chunks_exact_mut(w) {
+                                for v in &mut row[x0..x1] {
+                                    *v += share;
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
+    }
+}
+
+impl CustomOp1 for AdaptiveAvgPool2dGrad {
     fn name(&self) -> &'static str {
         Self::NAME
     }

@@ -46,7 +46,7 @@ pub fn resize_bilinear(
         return Ok(x.clone());
     }
     if has_cpu_kernel(x) {
-        x.contiguous()?.apply_op1_no_bwd(&BilinearResize {
+        x.contiguous()?.apply_op1(BilinearResize {
             out_h,
             out_w,
             align_corners,
@@ -139,6 +139,75 @@ impl PlaneKernel for BilinearResize {
 }
 
 impl CustomOp1 for BilinearResize {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run_f32_or_f64(self, s, l)
+    }
+
+    /// Each output's gradient sent back to its four source pixels with the forward's weights.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, in_h, in_w) = arg.dims4()?;
+        let grad = grad_res.contiguous()?;
+        let grad_arg = if has_cpu_kernel(&grad) {
+            grad.apply_op1_no_bwd(&BilinearResizeGrad {
+                in_h,
+                in_w,
+                align_corners: self.align_corners,
+            })?
+        } else {
+            // The transpose of the composite: Ryᵀ · g · Rx.
+            let ry_t = interpolation_matrix(in_h, self.out_h, self.align_corners, &grad)?.t()?;
+            let rx = interpolation_matrix(in_w, self.out_w, self.align_corners, &grad)?;
+            ry_t.broadcast_matmul(&grad.broadcast_matmul(&rx)?)?
+        };
+        Ok(Some(grad_arg))
+    }
+}
+
+/// Backward of [`BilinearResize`]: (N, C, out_h, out_w) gradients to (N, C, in_h, in_w).
+struct BilinearResizeGrad {
+    in_h: usize,
+    in_w: usize,
+    align_corners: bool,
+}
+
+impl PlaneKernel for BilinearResizeGrad {
+    const NAME: &'static str = "resize-bilinear-grad";
+
+    fn run<T: WithDType>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = shape.dims4()?;
+        let (h, w) = (self.in_h, self.in_w);
+        let columns: Vec<(usize, usize, T, T)> = (0..ow)
+            .map(|ox| {
+                let (x0, x1, l) = source_index(ox, w, ow, self.align_corners);
+                (x0, x1, T::from_f64(1.0 - l), T::from_f64(l))
+            })
+            .collect();
+        let mut out = vec![T::zero(); n * c * h * w];
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, grad_plane)| {
+                let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
+                for (oy, g_row) in g.chunks_exact(ow).enumerate() {
+                    let (y0, y1, l) = source_index(oy, h, oh, self.align_corners);
+                    let (wy0, wy1) = (T::from_f64(1.0 - l), T::from_f64(l));
+                    for (&gv, &(x0, x1, wx0, wx1)) in g_row.iter().zip(&columns) {
+                        for (y, wy) in [(y0, wy0), (y1, wy1)] {
+                            let row = &mut grad_plane[y * w..(y + 1) * w];
+                            row[x0] += gv * wy * wx0;
+                            row[x1] += gv * wy * wx1;
+                        }
+                    }
+                }
+            });
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
+    }
+}
+
+impl CustomOp1 for BilinearResizeGrad {
     fn name(&self) -> &'static str {
         Self::NAME
     }

@@ -22,7 +22,7 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Te
     if has_cpu_kernel(x) {
         let x = x.contiguous()?;
         let weight = weight.contiguous()?;
-        x.apply_op2_no_bwd(&weight, &DepthwiseConv3x3 { stride })
+        x.apply_op2(&weight, DepthwiseConv3x3 { stride })
     } else {
         depthwise_conv2d_grouped(x, weight, stride)
     }
@@ -172,6 +172,199 @@ impl CustomOp2 for DepthwiseConv3x3 {
             ),
             _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
         }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, w) = x.dims4()?;
+        let grad = grad_res.contiguous()?;
+        let grad_x = grad.apply_op2_no_bwd(
+            weight,
+            &DepthwiseConv3x3InputGrad {
+                stride: self.stride,
+                h,
+                w,
+            },
+        )?;
+        let grad_weight = x.apply_op2_no_bwd(
+            &grad,
+            &DepthwiseConv3x3WeightGrad {
+                stride: self.stride,
+            },
+        )?;
+        Ok((Some(grad_x), Some(grad_weight)))
+    }
+}
+
+/// Runs a two-input kernel on matching f32 or f64 storages.
+fn run_pair<K: PairKernel>(
+    kernel: &K,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    match (s1, s2) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => kernel.run(
+            contiguous_slice::<f32>(s1, l1, K::NAME)?,
+            l1.shape(),
+            contiguous_slice::<f32>(s2, l2, K::NAME)?,
+            l2.shape(),
+        ),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => kernel.run(
+            contiguous_slice::<f64>(s1, l1, K::NAME)?,
+            l1.shape(),
+            contiguous_slice::<f64>(s2, l2, K::NAME)?,
+            l2.shape(),
+        ),
+        _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
+    }
+}
+
+trait PairKernel {
+    const NAME: &'static str;
+    fn run<T: WithDType>(
+        &self,
+        a: &[T],
+        a_shape: &Shape,
+        b: &[T],
+        b_shape: &Shape,
+    ) -> Result<(CpuStorage, Shape)>;
+}
+
+/// The input taps `(output index, kernel tap, input index)` of one axis: output `o` reads input
+/// `o*stride + k - 1` for `k` in 0..3 when that lies inside `0..input`.
+fn taps(output: usize, input: usize, stride: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..output).flat_map(move |o| {
+        (0..3).filter_map(move |k| {
+            let i = (o * stride + k).checked_sub(1)?;
+            (i < input).then_some((o, k, i))
+        })
+    })
+}
+
+/// Gradient of the depthwise convolution with respect to its input: every output gradient sent
+/// back through the kernel taps that produced it. Arguments: (grad_out, weight).
+struct DepthwiseConv3x3InputGrad {
+    stride: usize,
+    h: usize,
+    w: usize,
+}
+
+impl PairKernel for DepthwiseConv3x3InputGrad {
+    const NAME: &'static str = "depthwise-conv3x3-input-grad";
+
+    fn run<T: WithDType>(
+        &self,
+        g: &[T],
+        g_shape: &Shape,
+        k: &[T],
+        _: &Shape,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = g_shape.dims4()?;
+        let (h, w) = (self.h, self.w);
+        let rows: Vec<_> = taps(oh, h, self.stride).collect();
+        let cols: Vec<_> = taps(ow, w, self.stride).collect();
+        let mut out = vec![T::zero(); n * c * h * w];
+        if h * w > 0 {
+            out.par_chunks_mut(h * w)
+                .enumerate()
+                .for_each(|(plane, grad_plane)| {
+                    let kernel = &k[(plane % c) * 9..(plane % c) * 9 + 9];
+                    let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
+                    for &(oy, ky, iy) in &rows {
+                        let g_row = &g[oy * ow..(oy + 1) * ow];
+                        let dst = &mut grad_plane[iy * w..(iy + 1) * w];
+                        for &(ox, kx, ix) in &cols {
+                            dst[ix] += kernel[ky * 3 + kx] * g_row[ox];
+                        }
+                    }
+                });
+        }
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
+    }
+}
+
+impl CustomOp2 for DepthwiseConv3x3InputGrad {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run_pair(self, s1, l1, s2, l2)
+    }
+}
+
+/// Gradient of the depthwise convolution with respect to its (C, 1, 3, 3) weight: per channel,
+/// each tap's correlation of input and output gradient over the batch. Arguments: (x, grad_out).
+struct DepthwiseConv3x3WeightGrad {
+    stride: usize,
+}
+
+impl PairKernel for DepthwiseConv3x3WeightGrad {
+    const NAME: &'static str = "depthwise-conv3x3-weight-grad";
+
+    fn run<T: WithDType>(
+        &self,
+        x: &[T],
+        x_shape: &Shape,
+        g: &[T],
+        g_shape: &Shape,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = x_shape.dims4()?;
+        let (_, _, oh, ow) = g_shape.dims4()?;
+        let rows: Vec<_> = taps(oh, h, self.stride).collect();
+        let cols: Vec<_> = taps(ow, w, self.stride).collect();
+        let mut out = vec![T::zero(); c * 9];
+        // One channel per task, batch summed in a fixed order: the same bits on every run.
+        out.par_chunks_mut(9)
+            .enumerate()
+            .for_each(|(ch, grad_kernel)| {
+                let mut acc = [0f64; 9];
+                for b in 0..n {
+                    let plane = b * c + ch;
+                    let x = &x[plane * h * w..(plane + 1) * h * w];
+                    let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
+                    for &(oy, ky, iy) in &rows {
+                        let g_row = &g[oy * ow..(oy + 1) * ow];
+                        let x_row = &x[iy * w..(iy + 1) * w];
+                        for &(ox, kx, ix) in &cols {
+                            acc[ky * 3 + kx] += (g_row[ox] * x_row[ix]).to_f64();
+                        }
+                    }
+                }
+                for (o, a) in grad_kernel.iter_mut().zip(acc) {
+                    *o = T::from_f64(a);
+                }
+            });
+        Ok((T::to_cpu_storage_owned(out), Shape::from((c, 1, 3, 3))))
+    }
+}
+
+impl CustomOp2 for DepthwiseConv3x3WeightGrad {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run_pair(self, s1, l1, s2, l2)
     }
 }
 
