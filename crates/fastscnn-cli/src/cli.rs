@@ -24,6 +24,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Write `*_gtFine_labelTrainIds.png` beside every `*_gtFine_labelIds.png` of a Cityscapes copy.
     Prepare(PrepareArgs),
+    /// Train Fast-SCNN with the paper's recipe (every value overridable); resumable.
+    Train(TrainArgs),
 }
 
 /// Where the weights come from: a local file, or a Hugging Face Hub repository.
@@ -133,6 +135,92 @@ pub struct PrepareArgs {
     pub splits: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
+    #[arg(long)]
+    pub dataset_root: PathBuf,
+    /// The run folder: checkpoints (last, best), train.log, metrics.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint, with its saved configuration.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
+    #[arg(long, default_value = "val")]
+    pub val_split: String,
+    /// Do not validate (checkpoints are still written every --val-every iterations).
+    #[arg(long)]
+    pub no_val: bool,
+    /// Length of the run in iterations.
+    #[arg(long, conflicts_with = "epochs")]
+    pub iters: Option<u64>,
+    /// Length of the run in passes over the training split.
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Stop (with a checkpoint) once this many iterations are done, to split a run; the schedule
+    /// still spans the whole run.
+    #[arg(long)]
+    pub stop_at: Option<u64>,
+    /// Images per batch [paper: 12].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Training crop, HEIGHTxWIDTH [paper: 1024x1024].
+    #[arg(long, value_parser = size_pair)]
+    pub crop: Option<(usize, usize)>,
+    /// Random scale range, MIN-MAX [paper: 0.5-2].
+    #[arg(long, value_parser = scale_range)]
+    pub scale_range: Option<(f32, f32)>,
+    /// Base learning rate of the poly schedule [paper: 0.045].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warm-up iterations before the poly decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_iters: u64,
+    /// Online hard example mining (pixels with p(true class) ≤ 0.7, at least 100000 kept).
+    #[arg(long)]
+    pub ohem: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validate and checkpoint every K iterations (and at the end) [default 1000].
+    #[arg(long, value_name = "K")]
+    pub val_every: Option<u64>,
+    /// Log a line to train.log and metrics.jsonl every N iterations.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Network preset and checkpoint key layout: reference or openmmlab.
+    #[arg(long, default_value = "reference")]
+    pub layout: String,
+    /// Start from these weights (same layout; missing auxiliary heads start fresh).
+    #[arg(long, value_name = "WEIGHTS")]
+    pub init: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+fn size_pair(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once('x')
+        .ok_or_else(|| format!("`{s}` is not HEIGHTxWIDTH"))?;
+    match (h.parse(), w.parse()) {
+        (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(format!("`{s}` is not HEIGHTxWIDTH with positive sides")),
+    }
+}
+
+fn scale_range(s: &str) -> Result<(f32, f32), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not MIN-MAX"))?;
+    match (lo.parse::<f32>(), hi.parse::<f32>()) {
+        (Ok(lo), Ok(hi)) if lo > 0.0 && lo <= hi => Ok((lo, hi)),
+        _ => Err(format!("`{s}` is not MIN-MAX with 0 < MIN <= MAX")),
+    }
+}
+
 fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if (0.0..=1.0).contains(&v) {
@@ -176,6 +264,16 @@ mod tests {
             parse(&["--format", "overlay,labelid"]),
             [OutputFormat::Overlay, OutputFormat::Labelid]
         );
+    }
+
+    #[test]
+    fn crops_and_scale_ranges_parse() {
+        assert_eq!(size_pair("256x512"), Ok((256, 512)));
+        assert!(size_pair("256").is_err());
+        assert!(size_pair("0x5").is_err());
+        assert_eq!(scale_range("1-1"), Ok((1.0, 1.0)));
+        assert_eq!(scale_range("0.5-2"), Ok((0.5, 2.0)));
+        assert!(scale_range("2-1").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod inputs;
 mod prepare;
 mod progress;
 mod segment;
+mod train;
 mod weights;
 
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Prepare(args) => prepare::run(&args),
+        Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use fastscnn_core::layers::{AuxHead, BatchNormMode, Classifier, FeatureFusion, NormOptions};
+use fastscnn_core::layers::{
+    AuxHead, BatchNormMode, Classifier, FeatureFusion, Mode, NormOptions,
+};
 use fastscnn_core::ops::resize_bilinear;
 
 use crate::error::Result;
@@ -152,20 +154,44 @@ impl FastScnn {
         x: &Tensor,
         with_aux: bool,
     ) -> candle_core::Result<FastScnnStages> {
+        self.forward_stages_mode(x, with_aux, Mode::Inference)
+    }
+
+    /// A training forward pass: batch statistics in every BatchNorm (whose running statistics are
+    /// updated; the network must have been built with [`BatchNormMode::Unfolded`]), dropout drawn
+    /// from `dropout_seed`, and every auxiliary head's logits.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        dropout_seed: u64,
+    ) -> candle_core::Result<FastScnnStages> {
+        self.forward_stages_mode(x, true, Mode::Training { dropout_seed })
+    }
+
+    fn forward_stages_mode(
+        &self,
+        x: &Tensor,
+        with_aux: bool,
+        mode: Mode,
+    ) -> candle_core::Result<FastScnnStages> {
         let (_, _, h, w) = x.dims4()?;
-        let higher_res = self.learning_to_downsample.forward(x)?;
-        let global = self.global_feature_extractor.forward(&higher_res)?;
-        let fused = self.feature_fusion.forward(&higher_res, &global)?;
-        let classifier = self.classifier.forward(&fused)?;
+        let higher_res = self.learning_to_downsample.forward_mode(x, mode)?;
+        let global = self
+            .global_feature_extractor
+            .forward_mode(&higher_res, mode)?;
+        let fused = self
+            .feature_fusion
+            .forward_mode(&higher_res, &global, mode)?;
+        let classifier = self.classifier.forward_mode(&fused, mode)?;
         let logits = resize_bilinear(&classifier, h, w, self.config.align_corners)?;
         let mut aux_logits = Vec::new();
         if with_aux {
-            for (source, head) in &self.aux_heads {
+            for (site, (source, head)) in (1..).zip(&self.aux_heads) {
                 let features = match source {
                     AuxSource::HigherRes => &higher_res,
                     AuxSource::Global => &global,
                 };
-                let scores = head.forward(features)?;
+                let scores = head.forward_mode(features, mode, site)?;
                 aux_logits.push(resize_bilinear(&scores, h, w, self.config.align_corners)?);
             }
         }
@@ -234,10 +260,10 @@ impl FastScnn {
         ];
         let mut lower = higher.clone();
         for (index, name) in GROUPS.iter().enumerate().take(gfe.group_count()) {
-            lower = timed(name, &mut || gfe.forward_group(index, &lower))?;
+            lower = timed(name, &mut || gfe.forward_group(index, &lower, Mode::Inference))?;
         }
         let global = timed("pyramid pooling", &mut || {
-            gfe.forward_pyramid_pooling(&lower)
+            gfe.forward_pyramid_pooling(&lower, Mode::Inference)
         })?;
         let fused = timed("feature fusion", &mut || {
             self.feature_fusion.forward(&higher, &global)

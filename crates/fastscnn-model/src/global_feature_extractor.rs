@@ -3,7 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use fastscnn_core::layers::{LinearBottleneck, NormOptions, PyramidPooling};
+use fastscnn_core::layers::{LinearBottleneck, Mode, NormOptions, PyramidPooling};
 
 use crate::FastScnnConfig;
 
@@ -56,25 +56,29 @@ impl GlobalFeatureExtractor {
     }
 
     /// Runs bottleneck group `index` alone, for per-stage timing.
-    pub fn forward_group(&self, index: usize, x: &Tensor) -> Result<Tensor> {
+    pub fn forward_group(&self, index: usize, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = x.clone();
         for block in &self.groups[index] {
-            x = block.forward(&x)?;
+            x = block.forward_mode(&x, mode)?;
         }
         Ok(x)
     }
 
-    pub fn forward_pyramid_pooling(&self, x: &Tensor) -> Result<Tensor> {
-        self.ppm.forward(x)
+    pub fn forward_pyramid_pooling(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.ppm.forward_mode(x, mode)
+    }
+
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = x.clone();
+        for index in 0..self.groups.len() {
+            x = self.forward_group(index, &x, mode)?;
+        }
+        self.ppm.forward_mode(&x, mode)
     }
 }
 
 impl Module for GlobalFeatureExtractor {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for index in 0..self.groups.len() {
-            x = self.forward_group(index, &x)?;
-        }
-        self.ppm.forward(&x)
+        self.forward_mode(x, Mode::Inference)
     }
 }

@@ -2,7 +2,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use fastscnn_core::layers::{ConvBnAct, ConvConfig, DSConv, NormOptions};
+use fastscnn_core::layers::{ConvBnAct, ConvConfig, DSConv, Mode, NormOptions};
 
 use crate::FastScnnConfig;
 
@@ -27,9 +27,16 @@ impl LearningToDownsample {
     }
 }
 
+impl LearningToDownsample {
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = self.conv.forward_mode(x, mode)?;
+        let x = self.dsconv1.forward_mode(&x, mode)?;
+        self.dsconv2.forward_mode(&x, mode)
+    }
+}
+
 impl Module for LearningToDownsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.dsconv2
-            .forward(&self.dsconv1.forward(&self.conv.forward(x)?)?)
+        self.forward_mode(x, Mode::Inference)
     }
 }

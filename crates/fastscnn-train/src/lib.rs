@@ -1,9 +1,23 @@
-//! Training and evaluation of Fast-SCNN. So far: the evaluation metrics (confusion matrix, per-class
-//! and category IoU, mIoU, pixel accuracy) and the scoring of a model on a labelled split, shared
-//! by validation during training and `fastscnn eval`.
+//! Training and evaluation of Fast-SCNN: the paper's recipe (cross-entropy with auxiliary losses,
+//! optional OHEM, SGD with momentum and selective weight decay, poly learning rate), checkpoints
+//! that resume bit for bit, and the evaluation metrics and loop shared by validation and
+//! `fastscnn eval`.
 
+pub mod checkpoint;
+mod error;
 pub mod evaluation;
+pub mod loss;
 pub mod metrics;
+pub mod optimizer;
+pub mod schedule;
+pub mod trainable;
+pub mod trainer;
 
+pub use error::{Result, TrainError};
 pub use evaluation::{evaluate, EvalError, Evaluation};
+pub use loss::{cross_entropy, Ohem, SegmentationLoss};
 pub use metrics::{ConfusionMatrix, MetricsError};
+pub use optimizer::Sgd;
+pub use schedule::PolyLr;
+pub use trainable::TrainableModel;
+pub use trainer::{Event, Runtime, StepReport, TrainConfig, Trainer};

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, NormOptions};
+use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
 
 #[derive(Debug, Clone)]
 pub struct LinearBottleneck {
@@ -57,16 +57,22 @@ impl LinearBottleneck {
     }
 }
 
-impl Module for LinearBottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self
-            .project
-            .forward(&self.depthwise.forward(&self.expand.forward(x)?)?)?;
+impl LinearBottleneck {
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let hidden = self.expand.forward_mode(x, mode)?;
+        let hidden = self.depthwise.forward_mode(&hidden, mode)?;
+        let y = self.project.forward_mode(&hidden, mode)?;
         if self.shortcut {
             y + x
         } else {
             Ok(y)
         }
+    }
+}
+
+impl Module for LinearBottleneck {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, Mode::Inference)
     }
 }
 

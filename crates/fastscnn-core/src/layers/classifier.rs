@@ -3,10 +3,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{Conv2d, ConvBnAct, ConvConfig, DSConv, NormOptions};
+use super::{dropout, Conv2d, ConvBnAct, ConvConfig, DSConv, Mode, NormOptions};
 
-/// The paper's classifier: two DSConv and a 1x1 convolution to the classes (dropout before it is a
-/// no-op at inference).
+/// The paper's classifier: two DSConv, dropout (training only) and a 1x1 convolution to the
+/// classes.
 #[derive(Debug, Clone)]
 pub struct Classifier {
     dsconv1: DSConv,
@@ -35,10 +35,20 @@ impl Classifier {
     }
 }
 
+/// Dropout before every classifying 1x1 conv, as in both public implementations.
+pub const HEAD_DROPOUT: f32 = 0.1;
+
+impl Classifier {
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = self.dsconv1.forward_mode(x, mode)?;
+        let x = self.dsconv2.forward_mode(&x, mode)?;
+        self.conv.forward(&dropout(&x, HEAD_DROPOUT, mode, 0)?)
+    }
+}
+
 impl Module for Classifier {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv
-            .forward(&self.dsconv2.forward(&self.dsconv1.forward(x)?)?)
+        self.forward_mode(x, Mode::Inference)
     }
 }
 
@@ -76,8 +86,17 @@ impl AuxHead {
     }
 }
 
+impl AuxHead {
+    /// `site` keeps the dropout masks of several heads apart.
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode, site: u64) -> Result<Tensor> {
+        let hidden = self.conv.forward_mode(x, mode)?;
+        self.classify
+            .forward(&dropout(&hidden, HEAD_DROPOUT, mode, site)?)
+    }
+}
+
 impl Module for AuxHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.classify.forward(&self.conv.forward(x)?)
+        self.forward_mode(x, Mode::Inference, 0)
     }
 }

@@ -4,6 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
+use super::Mode;
 
 /// How BatchNorm is run at inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,15 +91,23 @@ impl ConvBnAct {
     }
 }
 
-impl Module for ConvBnAct {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl ConvBnAct {
+    /// In [`Mode::Training`] an unfolded BatchNorm uses batch statistics and updates its running
+    /// ones; a folded one has no statistics left to train.
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut y = self.conv.forward(x)?;
         if let Some(bn) = &self.bn {
-            y = bn.forward_t(&y, false)?;
+            y = bn.forward_t(&y, mode.is_training())?;
         }
         if self.relu {
             y = y.relu()?;
         }
         Ok(y)
+    }
+}
+
+impl Module for ConvBnAct {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, Mode::Inference)
     }
 }

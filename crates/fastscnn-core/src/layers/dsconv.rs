@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, NormOptions};
+use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
 
 #[derive(Debug, Clone)]
 pub struct DSConv {
@@ -43,8 +43,15 @@ impl DSConv {
     }
 }
 
+impl DSConv {
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.pointwise
+            .forward_mode(&self.depthwise.forward_mode(x, mode)?, mode)
+    }
+}
+
 impl Module for DSConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.pointwise.forward(&self.depthwise.forward(x)?)
+        self.forward_mode(x, Mode::Inference)
     }
 }

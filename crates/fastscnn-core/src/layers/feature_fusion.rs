@@ -2,9 +2,9 @@
 //! branch and added to it.
 
 use candle_core::{bail, Result, Tensor};
-use candle_nn::{Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, NormOptions};
+use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
 use crate::ops::resize_bilinear;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,10 +69,15 @@ impl FeatureFusion {
     /// The low-resolution branch is resized to the high-resolution branch's actual size, not by a
     /// fixed x4, so inputs that are not multiples of 32 work.
     pub fn forward(&self, higher: &Tensor, lower: &Tensor) -> Result<Tensor> {
+        self.forward_mode(higher, lower, Mode::Inference)
+    }
+
+    pub fn forward_mode(&self, higher: &Tensor, lower: &Tensor, mode: Mode) -> Result<Tensor> {
         let (_, _, h, w) = higher.dims4()?;
         let lower = resize_bilinear(lower, h, w, self.align_corners)?;
-        let lower = self.conv_lower_res.forward(&self.dwconv.forward(&lower)?)?;
-        let higher = self.conv_higher_res.forward(higher)?;
+        let lower = self.dwconv.forward_mode(&lower, mode)?;
+        let lower = self.conv_lower_res.forward_mode(&lower, mode)?;
+        let higher = self.conv_higher_res.forward_mode(higher, mode)?;
         (higher + lower)?.relu()
     }
 }

@@ -7,6 +7,7 @@ mod conv;
 mod conv_bn_act;
 mod dsconv;
 mod feature_fusion;
+mod mode;
 mod pyramid_pooling;
 
 pub use bottleneck::LinearBottleneck;
@@ -15,4 +16,5 @@ pub use conv::{Conv2d, ConvConfig};
 pub use conv_bn_act::{BatchNormMode, ConvBnAct, NormOptions};
 pub use dsconv::DSConv;
 pub use feature_fusion::{FeatureFusion, FeatureFusionConfig};
+pub use mode::{dropout, Mode};
 pub use pyramid_pooling::{PyramidPooling, PyramidPoolingConfig};

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, NormOptions};
+use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
 use crate::ops::{adaptive_avg_pool2d, resize_bilinear};
 
 /// The choices in which the public Fast-SCNN implementations differ.
@@ -61,16 +61,22 @@ impl PyramidPooling {
     }
 }
 
-impl Module for PyramidPooling {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl PyramidPooling {
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let mut parts = Vec::with_capacity(self.branches.len() + 1);
         parts.push(x.clone());
         for (bin, conv) in &self.branches {
-            let pooled = conv.forward(&adaptive_avg_pool2d(x, *bin, *bin)?)?;
+            let pooled = conv.forward_mode(&adaptive_avg_pool2d(x, *bin, *bin)?, mode)?;
             parts.push(resize_bilinear(&pooled, h, w, self.align_corners)?);
         }
-        self.out.forward(&Tensor::cat(&parts, 1)?)
+        self.out.forward_mode(&Tensor::cat(&parts, 1)?, mode)
+    }
+}
+
+impl Module for PyramidPooling {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, Mode::Inference)
     }
 }
 

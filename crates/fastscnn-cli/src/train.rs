@@ -1,0 +1,95 @@
+//! `fastscnn train`: the paper's recipe on a Cityscapes copy, with a progress bar, logs in the run
+//! folder and checkpoints that `segment` and `eval` load directly.
+
+use anyhow::{bail, Result};
+use fastscnn_data::{discover, DiscoverOptions};
+use fastscnn_train::{Event, Runtime, TrainConfig, Trainer};
+
+use crate::cli::TrainArgs;
+use crate::{device, progress};
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let runtime = Runtime {
+        dataset_root: args.dataset_root.clone(),
+        run_dir: args.out.clone(),
+        device: device::select(args.device)?,
+        workers: args.workers,
+    };
+    let mut trainer = if args.resume {
+        let trainer = Trainer::resume(runtime)?;
+        eprintln!(
+            "resuming {} at iteration {} of {} with its saved configuration",
+            args.out.display(),
+            trainer.step(),
+            trainer.config().iters
+        );
+        trainer
+    } else {
+        Trainer::start(config(args)?, runtime)?
+    };
+
+    let total = trainer.config().iters;
+    let bar = progress::bar(total as usize, "iterations");
+    bar.set_position(trainer.step());
+    bar.set_message("train");
+    trainer.run(args.stop_at, &mut |event| match event {
+        Event::Step(report) => {
+            bar.set_position(report.step);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.5} {:.1} img/s",
+                report.loss, report.lr, report.images_per_s
+            ));
+        }
+        Event::Validation { step, evaluation } => bar.suspend(|| {
+            println!(
+                "iteration {step}: val mIoU {:.2}%, pixel accuracy {:.2}%",
+                100.0 * evaluation.mean_iou(),
+                100.0 * evaluation.pixel_accuracy()
+            )
+        }),
+        Event::Checkpoint { step, path } => {
+            bar.suspend(|| println!("iteration {step}: saved {}", path.display()))
+        }
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "{} iterations done; weights in {}",
+        trainer.step(),
+        args.out.join(fastscnn_train::checkpoint::LAST).display()
+    );
+    Ok(())
+}
+
+/// The run configuration from the flags: the paper's recipe with the user's overrides.
+fn config(args: &TrainArgs) -> Result<TrainConfig> {
+    let paper = TrainConfig::paper(1);
+    let batch_size = args.batch_size.unwrap_or(paper.batch_size);
+    let iters = match (args.iters, args.epochs) {
+        (Some(iters), _) => iters,
+        (None, Some(epochs)) => {
+            let train = discover(&args.dataset_root, &args.train_split, DiscoverOptions::default())?;
+            // Training drops the last partial batch of every epoch (a split smaller than one batch
+            // is repeated to fill one).
+            let per_epoch = (train.samples.len() / batch_size.max(1)).max(1) as u64;
+            epochs * per_epoch
+        }
+        (None, None) => bail!("give the length of the run: --iters N or --epochs E"),
+    };
+    Ok(TrainConfig {
+        layout: args.layout.clone(),
+        train_split: args.train_split.clone(),
+        val_split: (!args.no_val).then(|| args.val_split.clone()),
+        iters,
+        batch_size,
+        crop: args.crop.unwrap_or(paper.crop),
+        scale_range: args.scale_range.unwrap_or(paper.scale_range),
+        lr: args.lr.unwrap_or(paper.lr),
+        warmup_iters: args.warmup_iters,
+        ohem: args.ohem.then_some((0.7, 100_000)),
+        seed: args.seed,
+        val_every: args.val_every.unwrap_or(paper.val_every),
+        log_every: args.log_every,
+        init: args.init.clone(),
+        ..paper
+    })
+}

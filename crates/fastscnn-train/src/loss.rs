@@ -1,0 +1,199 @@
+//! The segmentation loss: per-pixel cross-entropy over the labelled pixels, optionally only the
+//! hardest ones (OHEM), plus the auxiliary heads' losses at a fixed weight.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Online hard example mining: keep the pixels whose probability of the true class is at most
+/// `threshold`, but never fewer than `min_kept` (the least confident ones), as the reference
+/// implementation's `MixSoftmaxCrossEntropyOHEMLoss` and OpenMMLab's `OHEMPixelSampler` do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ohem {
+    pub threshold: f32,
+    pub min_kept: usize,
+}
+
+impl Default for Ohem {
+    fn default() -> Self {
+        Self {
+            threshold: 0.7,
+            min_kept: 100_000,
+        }
+    }
+}
+
+/// Cross-entropy averaged over the pixels whose label is not `ignore`: `logits` (N, C, H, W),
+/// `labels` (N, H, W) integer class ids. NaN-free when every pixel is ignored (the loss is 0).
+pub fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore: u32,
+    ohem: Option<Ohem>,
+) -> Result<Tensor> {
+    let (n, c, h, w) = logits.dims4()?;
+    let labels: Vec<u32> = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    if labels.len() != n * h * w {
+        candle_core::bail!(
+            "cross_entropy: {} labels for logits of {n}x{c}x{h}x{w}",
+            labels.len()
+        );
+    }
+    let mut valid: Vec<bool> = labels.iter().map(|&l| l != ignore).collect();
+    if let Some(&bad) = labels
+        .iter()
+        .zip(&valid)
+        .find_map(|(l, v)| (*v && *l as usize >= c).then_some(l))
+    {
+        candle_core::bail!("cross_entropy: label {bad} out of range for {c} classes");
+    }
+    let targets: Vec<u32> = labels
+        .iter()
+        .zip(&valid)
+        .map(|(&l, &v)| if v { l } else { 0 })
+        .collect();
+    let targets = Tensor::from_vec(targets, (n, 1, h, w), logits.device())?;
+    // (N, 1, H, W) log-probability of each pixel's class.
+    let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
+    let picked = log_probs.gather(&targets, 1)?;
+    if let Some(ohem) = ohem {
+        let probs: Vec<f32> = picked
+            .detach()
+            .exp()?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        keep_hardest(&mut valid, &probs, ohem);
+    }
+    let count = valid.iter().filter(|v| **v).count();
+    let mask: Vec<f32> = valid.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (n, 1, h, w), logits.device())?.to_dtype(logits.dtype())?;
+    let total = (picked * mask)?.sum_all()?;
+    total.affine(-1.0 / count.max(1) as f64, 0.0)
+}
+
+/// Narrows `valid` to the OHEM selection, given each pixel's probability of its true class.
+fn keep_hardest(valid: &mut [bool], probs: &[f32], ohem: Ohem) {
+    let mut candidates: Vec<f32> = probs
+        .iter()
+        .zip(valid.iter())
+        .filter_map(|(&p, &v)| v.then_some(p))
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let k = ohem.min_kept.min(candidates.len());
+    let threshold = if k == 0 {
+        ohem.threshold
+    } else {
+        let (_, kth, _) = candidates.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+        ohem.threshold.max(*kth)
+    };
+    for (v, &p) in valid.iter_mut().zip(probs) {
+        *v = *v && p <= threshold;
+    }
+}
+
+/// The paper's objective: the main loss plus `aux_weight` times each auxiliary head's loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SegmentationLoss {
+    pub ignore: u32,
+    pub aux_weight: f64,
+    pub ohem: Option<Ohem>,
+}
+
+impl Default for SegmentationLoss {
+    fn default() -> Self {
+        Self {
+            ignore: 255,
+            aux_weight: 0.4,
+            ohem: None,
+        }
+    }
+}
+
+impl SegmentationLoss {
+    pub fn compute(&self, logits: &Tensor, aux_logits: &[Tensor], labels: &Tensor) -> Result<Tensor> {
+        let mut loss = cross_entropy(logits, labels, self.ignore, self.ohem)?;
+        for aux in aux_logits {
+            let aux_loss = cross_entropy(aux, labels, self.ignore, self.ohem)?;
+            loss = (loss + aux_loss.affine(self.aux_weight, 0.0)?)?;
+        }
+        Ok(loss)
+    }
+}
+
+/// The softmax probabilities' argmax agrees with `labels` on this fraction of labelled pixels.
+pub fn pixel_accuracy(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<f64> {
+    let predictions: Vec<u32> = logits.argmax(1)?.flatten_all()?.to_vec1()?;
+    let labels: Vec<u32> = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    let (mut right, mut total) = (0usize, 0usize);
+    for (p, l) in predictions.iter().zip(&labels) {
+        if *l != ignore {
+            total += 1;
+            right += (p == l) as usize;
+        }
+    }
+    Ok(right as f64 / total.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn logits_2x1x2() -> Tensor {
+        // Two classes, one image of 1x2 pixels.
+        Tensor::new(&[[[[2.0f64, 0.0]], [[0.0, 1.0]]]], &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn hand_checked_cross_entropy_with_ignored_pixels() {
+        let labels = Tensor::new(&[[[0u8, 255]]], &Device::Cpu).unwrap();
+        let loss = cross_entropy(&logits_2x1x2(), &labels, 255, None).unwrap();
+        let expected = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
+        assert!((loss.to_scalar::<f64>().unwrap() - expected).abs() < 1e-12);
+
+        let both = Tensor::new(&[[[0u8, 1]]], &Device::Cpu).unwrap();
+        let loss = cross_entropy(&logits_2x1x2(), &both, 255, None).unwrap();
+        let second = -(1f64.exp() / (1f64.exp() + 1.0)).ln();
+        assert!((loss.to_scalar::<f64>().unwrap() - (expected + second) / 2.0).abs() < 1e-12);
+
+        let none = Tensor::new(&[[[255u8, 255]]], &Device::Cpu).unwrap();
+        assert_eq!(cross_entropy(&logits_2x1x2(), &none, 255, None).unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        let bad = Tensor::new(&[[[0u8, 7]]], &Device::Cpu).unwrap();
+        assert!(cross_entropy(&logits_2x1x2(), &bad, 255, None).is_err());
+    }
+
+    #[test]
+    fn gradient_is_softmax_minus_one_hot_over_the_count() {
+        let var = Var::from_tensor(&logits_2x1x2()).unwrap();
+        let labels = Tensor::new(&[[[0u8, 1]]], &Device::Cpu).unwrap();
+        let loss = cross_entropy(var.as_tensor(), &labels, 255, None).unwrap();
+        let grad = loss.backward().unwrap().get(&var).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let p0 = 2f64.exp() / (2f64.exp() + 1.0);
+        // d/dz of class 0 at pixel 0: (p - 1) / 2.
+        assert!((grad[0] - (p0 - 1.0) / 2.0).abs() < 1e-12, "{grad:?}");
+    }
+
+    #[test]
+    fn ohem_keeps_the_hardest_pixels() {
+        let mut valid = vec![true, true, true, false];
+        keep_hardest(&mut valid, &[0.9, 0.2, 0.6, 0.1], Ohem { threshold: 0.7, min_kept: 1 });
+        assert_eq!(valid, [false, true, true, false]);
+        // min_kept raises the threshold to the k-th smallest probability.
+        let mut valid = vec![true; 3];
+        keep_hardest(&mut valid, &[0.95, 0.8, 0.9], Ohem { threshold: 0.7, min_kept: 2 });
+        assert_eq!(valid, [false, true, true]);
+    }
+
+    #[test]
+    fn auxiliary_losses_are_weighted() {
+        let labels = Tensor::new(&[[[0u8, 1]]], &Device::Cpu).unwrap();
+        let main = cross_entropy(&logits_2x1x2(), &labels, 255, None).unwrap().to_scalar::<f64>().unwrap();
+        let total = SegmentationLoss::default()
+            .compute(&logits_2x1x2(), &[logits_2x1x2(), logits_2x1x2()], &labels)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!((total - main * 1.8).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,130 @@
+//! A Fast-SCNN whose tensors are variables: BatchNorm kept separate (batch statistics in
+//! training), weights initialised as OpenMMLab does or taken from a checkpoint.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use fastscnn_core::layers::{BatchNormMode, NormOptions};
+use fastscnn_model::{FastScnn, FastScnnConfig, WeightFile};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::optimizer::{decays, Param};
+
+/// BatchNorm statistics: variables updated by the forward pass, not by the optimiser.
+fn is_statistic(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+pub struct TrainableModel {
+    pub model: FastScnn,
+    varmap: VarMap,
+}
+
+impl TrainableModel {
+    /// Builds `config` on `device` (f32) with fresh weights drawn from `seed`: convolution weights
+    /// Kaiming-normal (fan-out, ReLU gain), biases 0, BatchNorm scale 1 and shift 0.
+    pub fn new(config: &FastScnnConfig, device: &Device, seed: u64) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let norm = NormOptions {
+            mode: BatchNormMode::Unfolded,
+            eps: config.bn_eps,
+        };
+        let model = FastScnn::new(config, norm, vb)?;
+        let trainable = Self { model, varmap };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (name, var) in trainable.sorted_vars() {
+            if let [c_out, _, kh, kw] = var.dims() {
+                if name.ends_with(".weight") {
+                    let fan_out = (c_out * kh * kw) as f32;
+                    let normal = Normal::new(0f32, (2.0 / fan_out).sqrt()).expect("positive std");
+                    let values: Vec<f32> =
+                        (0..var.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+                    var.set(&Tensor::from_vec(values, var.dims(), device)?)?;
+                }
+            }
+        }
+        Ok(trainable)
+    }
+
+    /// Every variable by canonical name, sorted, so that iteration order never depends on a hash.
+    pub fn sorted_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// What the optimiser updates, each with its weight-decay decision.
+    pub fn params(&self) -> Vec<Param> {
+        self.sorted_vars()
+            .into_iter()
+            .filter(|(name, _)| !is_statistic(name))
+            .map(|(name, var)| Param {
+                decay: decays(&name, var.dims()),
+                name,
+                var,
+            })
+            .collect()
+    }
+
+    /// The current tensors under the names of the model's layout, as `fastscnn` loads them.
+    pub fn layout_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let layout = self.model.config().layout;
+        self.sorted_vars()
+            .into_iter()
+            .map(|(name, var)| Ok((layout.file_key(&name), var.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// Overwrites variables with a checkpoint's tensors (read under the checkpoint's own layout,
+    /// which must be this model's). Variables the file lacks keep their values when
+    /// `allow_missing` (e.g. auxiliary heads absent from published weights); a shape mismatch is
+    /// always an error.
+    pub fn load(&self, weights: &WeightFile, allow_missing: bool) -> crate::Result<usize> {
+        let file_layout = weights.layout()?;
+        let layout = self.model.config().layout;
+        if file_layout != layout {
+            return Err(checkpoint_error(
+                weights,
+                format!("{file_layout} layout, the model being trained is {layout}"),
+            ));
+        }
+        let mut loaded = 0;
+        for (name, var) in self.sorted_vars() {
+            let key = layout.file_key(&name);
+            match weights.get(&key) {
+                Some(t) if t.dims() == var.dims() => {
+                    var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+                    loaded += 1;
+                }
+                Some(t) => {
+                    return Err(checkpoint_error(
+                        weights,
+                        format!(
+                            "`{key}` has shape {:?}, the model expects {:?}",
+                            t.dims(),
+                            var.dims()
+                        ),
+                    ))
+                }
+                None if allow_missing => {}
+                None => {
+                    return Err(checkpoint_error(weights, format!("missing tensor `{key}`")))
+                }
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+fn checkpoint_error(weights: &WeightFile, why: String) -> crate::TrainError {
+    crate::TrainError::Checkpoint {
+        path: weights.path().to_path_buf(),
+        why,
+    }
+}

@@ -1,0 +1,511 @@
+//! The training loop: the paper's recipe over the data crate's batches, validation with the
+//! evaluation shared by `fastscnn eval`, checkpoints that resume bit for bit.
+//!
+//! Every random draw is a function of the seed and the step (batch order and augmentation per
+//! (seed, epoch, sample), dropout per (seed, step)), and the state saved at a checkpoint is the
+//! weights, the BatchNorm statistics and the momentum buffers, so stopping and resuming changes
+//! nothing.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use fastscnn_data::{
+    discover, AugmentConfig, Batches, DiscoverOptions, Loader, LoaderConfig, IGNORE_TRAIN_ID,
+    NUM_TRAIN_CLASSES,
+};
+use fastscnn_model::{FastScnnConfig, WeightFile, WeightLayout};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, BEST, LAST};
+use crate::error::{Result, TrainError};
+use crate::evaluation::{evaluate, Evaluation};
+use crate::loss::{Ohem, SegmentationLoss};
+use crate::optimizer::Sgd;
+use crate::schedule::PolyLr;
+use crate::trainable::TrainableModel;
+
+/// Everything that decides what a run computes; saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// `reference` or `openmmlab`: the network preset and the key names checkpoints use.
+    pub layout: String,
+    pub train_split: String,
+    /// Validation split; `None` trains without validating.
+    pub val_split: Option<String>,
+    pub iters: u64,
+    pub batch_size: usize,
+    /// Crop (height, width).
+    pub crop: (usize, usize),
+    pub scale_range: (f32, f32),
+    pub lr: f64,
+    pub power: f64,
+    pub warmup_iters: u64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub aux_weight: f64,
+    /// OHEM (threshold, minimum kept pixels), off by default.
+    pub ohem: Option<(f32, usize)>,
+    pub seed: u64,
+    /// Validate and checkpoint every this many iterations (and at the end).
+    pub val_every: u64,
+    /// Log a line every this many iterations.
+    pub log_every: u64,
+    /// Weights the run started from, if any.
+    pub init: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// The paper's recipe: batch 12, 1024x1024 crops, scale 0.5–2, SGD momentum 0.9, weight
+    /// decay 4e-5, poly LR 0.045 with power 0.9, auxiliary weight 0.4.
+    pub fn paper(iters: u64) -> Self {
+        Self {
+            layout: WeightLayout::Reference.name().into(),
+            train_split: "train".into(),
+            val_split: Some("val".into()),
+            iters,
+            batch_size: 12,
+            crop: (1024, 1024),
+            scale_range: (0.5, 2.0),
+            lr: 0.045,
+            power: 0.9,
+            warmup_iters: 0,
+            momentum: 0.9,
+            weight_decay: 4e-5,
+            aux_weight: 0.4,
+            ohem: None,
+            seed: 0,
+            val_every: 1000,
+            log_every: 10,
+            init: None,
+        }
+    }
+
+    fn validate(&self) -> Result<WeightLayout> {
+        let invalid = |why: String| Err(TrainError::Config(why));
+        let layout = self
+            .layout
+            .parse::<WeightLayout>()
+            .map_err(TrainError::Config)?;
+        if self.iters == 0 {
+            return invalid("the run needs at least one iteration".into());
+        }
+        if self.batch_size == 0 {
+            return invalid("the batch size must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return invalid(format!("learning rate {} must be positive", self.lr));
+        }
+        if self.val_every == 0 || self.log_every == 0 {
+            return invalid("--val-every and the log interval must be at least 1".into());
+        }
+        Ok(layout)
+    }
+
+    fn augmentation(&self) -> AugmentConfig {
+        AugmentConfig {
+            scale_range: self.scale_range,
+            ..AugmentConfig::paper(self.crop.0, self.crop.1)
+        }
+    }
+}
+
+/// Where and how a run executes; may differ between a run and its resumption.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub dataset_root: PathBuf,
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub workers: usize,
+}
+
+/// One logged training step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// Iterations done (1-based: the first step reports 1).
+    pub step: u64,
+    pub total: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub images_per_s: f64,
+}
+
+/// What the loop tells its caller about.
+pub enum Event<'a> {
+    Step(&'a StepReport),
+    Validation { step: u64, evaluation: &'a Evaluation },
+    Checkpoint { step: u64, path: &'a Path },
+}
+
+pub struct Trainer {
+    config: TrainConfig,
+    runtime: Runtime,
+    model: TrainableModel,
+    optimizer: Sgd,
+    loader: Loader,
+    val_loader: Option<Loader>,
+    loss: SegmentationLoss,
+    schedule: PolyLr,
+    step: u64,
+    best_miou: Option<f64>,
+    last_checkpoint: u64,
+}
+
+impl Trainer {
+    /// A new run in `runtime.run_dir` (created; refused if it already holds a checkpoint).
+    pub fn start(config: TrainConfig, runtime: Runtime) -> Result<Self> {
+        if runtime.run_dir.join(LAST).exists() {
+            return Err(TrainError::Checkpoint {
+                path: runtime.run_dir.clone(),
+                why: "already holds a run; pass --resume to continue it or choose another --out"
+                    .into(),
+            });
+        }
+        let trainer = Self::build(config, runtime)?;
+        if let Some(init) = trainer.config.init.clone() {
+            let weights = WeightFile::open(&init)?;
+            trainer.model.load(&weights, true)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Continues the run in `runtime.run_dir` from its last checkpoint, with its saved
+    /// configuration.
+    pub fn resume(runtime: Runtime) -> Result<Self> {
+        let saved = checkpoint::load_last(&runtime.run_dir, &runtime.device)?;
+        let mut trainer = Self::build(saved.config, runtime)?;
+        trainer.model.load(&saved.weights, false)?;
+        trainer
+            .optimizer
+            .load_buffers(saved.buffers)
+            .map_err(|e| TrainError::Checkpoint {
+                path: trainer.runtime.run_dir.join(checkpoint::LAST_STATE),
+                why: e.to_string(),
+            })?;
+        trainer.step = saved.step;
+        trainer.last_checkpoint = saved.step;
+        trainer.best_miou = saved.best_miou;
+        Ok(trainer)
+    }
+
+    fn build(config: TrainConfig, runtime: Runtime) -> Result<Self> {
+        let layout = config.validate()?;
+        std::fs::create_dir_all(&runtime.run_dir).map_err(|source| TrainError::Write {
+            path: runtime.run_dir.clone(),
+            source,
+        })?;
+        // Training uses every auxiliary head of the preset.
+        let model_config: FastScnnConfig = layout.config(NUM_TRAIN_CLASSES);
+        let model = TrainableModel::new(&model_config, &runtime.device, config.seed)?;
+        let optimizer = Sgd::new(model.params(), config.momentum, config.weight_decay);
+
+        let train = discover(&runtime.dataset_root, &config.train_split, DiscoverOptions::default())?;
+        let loader = Loader::new(
+            fill_one_batch(train.samples, config.batch_size),
+            LoaderConfig {
+                workers: runtime.workers,
+                normalization: model_config.normalization,
+                ..LoaderConfig::training(config.batch_size, config.augmentation(), config.seed)
+            },
+        )?;
+        let val_loader = match &config.val_split {
+            Some(split) => {
+                let val = discover(&runtime.dataset_root, split, DiscoverOptions::default())?;
+                Some(Loader::new(
+                    val.samples,
+                    LoaderConfig {
+                        workers: runtime.workers,
+                        normalization: model_config.normalization,
+                        ..LoaderConfig::evaluation(1, 1.0)
+                    },
+                )?)
+            }
+            None => None,
+        };
+        let loss = SegmentationLoss {
+            ignore: IGNORE_TRAIN_ID as u32,
+            aux_weight: config.aux_weight,
+            ohem: config.ohem.map(|(threshold, min_kept)| Ohem {
+                threshold,
+                min_kept,
+            }),
+        };
+        let schedule = PolyLr {
+            base: config.lr,
+            power: config.power,
+            total_iters: config.iters,
+            warmup_iters: config.warmup_iters,
+            warmup_ratio: 0.1,
+        };
+        Ok(Self {
+            config,
+            runtime,
+            model,
+            optimizer,
+            loader,
+            val_loader,
+            loss,
+            schedule,
+            step: 0,
+            best_miou: None,
+            last_checkpoint: 0,
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Iterations done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn model(&self) -> &TrainableModel {
+        &self.model
+    }
+
+    /// Trains until the configured total, or until `stop_at` iterations are done (to split a
+    /// run), checkpointing at every validation and at the end.
+    pub fn run(&mut self, stop_at: Option<u64>, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        let end = stop_at.unwrap_or(self.config.iters).min(self.config.iters);
+        let per_epoch = self.loader.batches_per_epoch() as u64;
+        let mut epoch = self.step / per_epoch;
+        let mut batches: Batches = self
+            .loader
+            .epoch_from(epoch, (self.step % per_epoch) as usize);
+        let mut window = (Instant::now(), 0usize);
+        while self.step < end {
+            let batch = match batches.next() {
+                Some(batch) => batch?,
+                None => {
+                    epoch += 1;
+                    batches = self.loader.epoch(epoch);
+                    continue;
+                }
+            };
+            let lr = self.schedule.lr(self.step);
+            let images = batch.images.to_device(&self.runtime.device)?;
+            let labels = batch
+                .train_ids
+                .as_ref()
+                .ok_or_else(|| TrainError::Config("training samples need labels".into()))?
+                .to_device(&self.runtime.device)?;
+            let stages = self
+                .model
+                .model
+                .forward_train(&images, dropout_seed(self.config.seed, self.step))?;
+            let loss = self
+                .loss
+                .compute(&stages.logits, &stages.aux_logits, &labels)?;
+            let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !loss_value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    loss: loss_value,
+                    last_checkpoint: self.last_checkpoint,
+                });
+            }
+            let grads = loss.backward()?;
+            self.optimizer.step(&grads, lr)?;
+            self.step += 1;
+            window.1 += batch.indices.len();
+
+            if self.step % self.config.log_every == 0 || self.step == end {
+                let seconds = window.0.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+                let report = StepReport {
+                    step: self.step,
+                    total: self.config.iters,
+                    loss: loss_value,
+                    lr,
+                    images_per_s: window.1 as f64 / seconds,
+                };
+                self.log(&report)?;
+                on_event(Event::Step(&report));
+                window = (Instant::now(), 0);
+            }
+            if self.step % self.config.val_every == 0 || self.step == end {
+                self.validate_and_checkpoint(on_event)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_and_checkpoint(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        // Never replace a good checkpoint with weights that have already blown up.
+        for param in self.optimizer.params() {
+            let sum = param
+                .var
+                .as_tensor()
+                .abs()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            if !sum.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: self.step,
+                    loss: sum,
+                    last_checkpoint: self.last_checkpoint,
+                });
+            }
+        }
+        let run_dir = self.runtime.run_dir.clone();
+        let layout = self.model.model.config().layout;
+        let mut miou = None;
+        if let Some(val) = &self.val_loader {
+            let evaluation = evaluate(&self.model.model, val, &self.runtime.device, || {})?;
+            let value = evaluation.mean_iou();
+            self.log_validation(&evaluation)?;
+            on_event(Event::Validation {
+                step: self.step,
+                evaluation: &evaluation,
+            });
+            if !value.is_nan() && self.best_miou.is_none_or(|best| value > best) {
+                self.best_miou = Some(value);
+                checkpoint::save_weights(
+                    &run_dir,
+                    BEST,
+                    self.model.layout_tensors()?,
+                    layout.name(),
+                    NUM_TRAIN_CLASSES,
+                    self.step,
+                    &[("miou", format!("{value}"))],
+                )?;
+            }
+            miou = Some(value);
+        }
+        checkpoint::save_state(
+            &run_dir,
+            &self.config,
+            self.step,
+            self.best_miou,
+            self.optimizer.buffers(),
+        )?;
+        let mut extra = Vec::new();
+        if let Some(miou) = miou {
+            extra.push(("miou", format!("{miou}")));
+        }
+        let path = checkpoint::save_weights(
+            &run_dir,
+            LAST,
+            self.model.layout_tensors()?,
+            layout.name(),
+            NUM_TRAIN_CLASSES,
+            self.step,
+            &extra,
+        )?;
+        self.last_checkpoint = self.step;
+        on_event(Event::Checkpoint {
+            step: self.step,
+            path: &path,
+        });
+        Ok(())
+    }
+
+    fn append(&self, file: &str, line: &str) -> Result<()> {
+        let path = self.runtime.run_dir.join(file);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .map_err(|source| TrainError::Write { path, source })
+    }
+
+    fn log(&self, report: &StepReport) -> Result<()> {
+        self.append(
+            "train.log",
+            &format!(
+                "step {}/{} loss {:.4} lr {:.6} {:.2} images/s",
+                report.step, report.total, report.loss, report.lr, report.images_per_s
+            ),
+        )?;
+        let json = serde_json::json!({ "kind": "train", "step": report.step, "loss": report.loss,
+            "lr": report.lr, "images_per_s": report.images_per_s });
+        self.append("metrics.jsonl", &json.to_string())
+    }
+
+    fn log_validation(&self, e: &Evaluation) -> Result<()> {
+        let per_class: serde_json::Map<String, serde_json::Value> = e
+            .named_class_iou()
+            .into_iter()
+            .map(|(name, v)| (name.to_string(), finite_or_null(v)))
+            .collect();
+        self.append(
+            "train.log",
+            &format!(
+                "step {} validation: mIoU {:.4}, pixel accuracy {:.4} over {} images",
+                self.step,
+                e.mean_iou(),
+                e.pixel_accuracy(),
+                e.images
+            ),
+        )?;
+        let json = serde_json::json!({ "kind": "validation", "step": self.step,
+            "miou": finite_or_null(e.mean_iou()), "pixel_accuracy": finite_or_null(e.pixel_accuracy()),
+            "per_class_iou": per_class, "images": e.images });
+        self.append("metrics.jsonl", &json.to_string())
+    }
+}
+
+/// A split smaller than one batch is repeated until it fills one, so tiny datasets (a few frames
+/// to overfit, a smoke test) train instead of yielding no batch at all; each copy still gets its
+/// own augmentation.
+fn fill_one_batch<T: Clone>(samples: Vec<T>, batch_size: usize) -> Vec<T> {
+    if samples.is_empty() || samples.len() >= batch_size {
+        return samples;
+    }
+    samples.iter().cycle().take(batch_size).cloned().collect()
+}
+
+fn finite_or_null(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// The dropout masks of step `step`: a fixed function of the run seed and the step.
+fn dropout_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paper_recipe_is_the_default_and_is_checked() {
+        let c = TrainConfig::paper(1000);
+        assert_eq!((c.batch_size, c.crop, c.lr, c.momentum), (12, (1024, 1024), 0.045, 0.9));
+        assert_eq!((c.weight_decay, c.aux_weight, c.power), (4e-5, 0.4, 0.9));
+        assert!(c.validate().is_ok());
+        for bad in [
+            TrainConfig { iters: 0, ..c.clone() },
+            TrainConfig { lr: f64::NAN, ..c.clone() },
+            TrainConfig { layout: "caffe".into(), ..c.clone() },
+        ] {
+            assert!(bad.validate().is_err());
+        }
+    }
+
+    #[test]
+    fn small_splits_fill_one_batch() {
+        assert_eq!(fill_one_batch(vec![1], 3), [1, 1, 1]);
+        assert_eq!(fill_one_batch(vec![1, 2], 3), [1, 2, 1]);
+        assert_eq!(fill_one_batch(vec![1, 2, 3, 4], 3), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn dropout_seeds_differ_by_step_and_seed() {
+        assert_ne!(dropout_seed(0, 1), dropout_seed(0, 2));
+        assert_ne!(dropout_seed(1, 1), dropout_seed(0, 1));
+        assert_eq!(dropout_seed(3, 4), dropout_seed(3, 4));
+    }
+}
