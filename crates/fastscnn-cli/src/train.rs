@@ -67,7 +67,11 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
     let iters = match (args.iters, args.epochs) {
         (Some(iters), _) => iters,
         (None, Some(epochs)) => {
-            let train = discover(&args.dataset_root, &args.train_split, DiscoverOptions::default())?;
+            let train = discover(
+                &args.dataset_root,
+                &args.train_split,
+                DiscoverOptions::default(),
+            )?;
             // Training drops the last partial batch of every epoch (a split smaller than one batch
             // is repeated to fill one).
             let per_epoch = (train.samples.len() / batch_size.max(1)).max(1) as u64;

@@ -17,10 +17,11 @@ const FRAME: &str = "frankfurt_000001_058914";
 /// 512x256 (image bilinear, labels nearest).
 fn one_frame_dataset(shared: &Path, root: &Path) {
     let mini = shared.join("cityscapes-mini");
-    let image = image::open(mini.join(format!("leftImg8bit/val/frankfurt/{FRAME}_leftImg8bit.png")))
-        .unwrap()
-        .resize_exact(512, 256, FilterType::Triangle)
-        .into_rgb8();
+    let image =
+        image::open(mini.join(format!("leftImg8bit/val/frankfurt/{FRAME}_leftImg8bit.png")))
+            .unwrap()
+            .resize_exact(512, 256, FilterType::Triangle)
+            .into_rgb8();
     let labels = image::open(mini.join(format!(
         "gtFine/val/frankfurt/{FRAME}_gtFine_labelTrainIds.png"
     )))
@@ -32,7 +33,9 @@ fn one_frame_dataset(shared: &Path, root: &Path) {
         let gt = root.join(format!("gtFine/{split}/frankfurt"));
         std::fs::create_dir_all(&images).unwrap();
         std::fs::create_dir_all(&gt).unwrap();
-        image.save(images.join(format!("{FRAME}_leftImg8bit.png"))).unwrap();
+        image
+            .save(images.join(format!("{FRAME}_leftImg8bit.png")))
+            .unwrap();
         labels
             .save(gt.join(format!("{FRAME}_gtFine_labelTrainIds.png")))
             .unwrap();
@@ -48,7 +51,14 @@ fn train(root: &Path, out: &Path) -> Command {
         .arg(root)
         .arg("--out")
         .arg(out)
-        .args(["--batch-size", "2", "--crop", "256x512", "--scale-range", "1-1"])
+        .args([
+            "--batch-size",
+            "2",
+            "--crop",
+            "256x512",
+            "--scale-range",
+            "1-1",
+        ])
         .args(["--workers", "0"]);
     cmd
 }
@@ -80,8 +90,13 @@ fn learns_one_frame_with_the_default_recipe() {
         .success();
     let validations = validation_lines(&out);
     assert_eq!(validations.len(), 3);
-    let accuracy = validations.last().unwrap()["pixel_accuracy"].as_f64().unwrap();
-    assert!(accuracy >= 0.85, "pixel accuracy {accuracy} after 300 iterations");
+    let accuracy = validations.last().unwrap()["pixel_accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        accuracy >= 0.85,
+        "pixel accuracy {accuracy} after 300 iterations"
+    );
     // The checkpoint is ordinary weights: `segment` loads it as it is.
     let image = root.join(format!("leftImg8bit/val/frankfurt/{FRAME}_leftImg8bit.png"));
     fastscnn()
@@ -119,7 +134,11 @@ fn resuming_gives_the_same_weights_bit_for_bit() {
     let b = candle_core::safetensors::load(split.join("last.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(a.len(), b.len());
     for (key, tensor) in &a {
-        assert_eq!(max_abs_diff(tensor, &b[key]), 0.0, "{key} differs after resuming");
+        assert_eq!(
+            max_abs_diff(tensor, &b[key]),
+            0.0,
+            "{key} differs after resuming"
+        );
     }
 }
 
@@ -128,7 +147,15 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     let Some((dir, root)) = setup() else { return };
     let out = dir.path().join("huge");
     assert_clean_failure(
-        train(&root, &out).args(["--iters", "20", "--lr", "1e12", "--no-val", "--val-every", "1"]),
+        train(&root, &out).args([
+            "--iters",
+            "20",
+            "--lr",
+            "1e12",
+            "--no-val",
+            "--val-every",
+            "1",
+        ]),
         "not finite",
     );
     // Whatever was saved before the blow-up is whole, finite and loadable.
@@ -137,9 +164,46 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
         let step: u64 = weights.metadata()["step"].parse().unwrap();
         assert!(step < 20);
         for (key, tensor) in weights.tensors() {
-            let sum = tensor.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let sum = tensor
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(sum.is_finite(), "{key} saved non-finite");
         }
         fastscnn_model::FastScnn::from_weights(&weights, &Default::default()).unwrap();
     }
+}
+
+#[test]
+fn starts_from_given_weights_of_the_same_layout() {
+    let Some((dir, root)) = setup() else { return };
+    let golden = shared_dir().unwrap().join("golden");
+    let out = dir.path().join("finetune");
+    train(&root, &out)
+        .args(["--iters", "1", "--no-val", "--lr", "1e-4"])
+        .arg("--init")
+        .arg(golden.join("fastscnn_seed0_c19.pth"))
+        .assert()
+        .success();
+    let start =
+        candle_core::safetensors::load(golden.join("fastscnn_seed0_c19.safetensors"), &Device::Cpu)
+            .unwrap();
+    let after = candle_core::safetensors::load(out.join("last.safetensors"), &Device::Cpu).unwrap();
+    let key = "classifier.conv.1.weight";
+    let moved = max_abs_diff(&start[key], &after[key]);
+    assert!(
+        moved > 0.0 && moved < 1e-2,
+        "one small step from the given weights: {moved}"
+    );
+
+    assert_clean_failure(
+        train(&root, &dir.path().join("mismatch"))
+            .args(["--iters", "1", "--no-val"])
+            .arg("--init")
+            .arg(golden.join("mmseg_fastscnn_c19.pth")),
+        "openmmlab layout",
+    );
 }

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use fastscnn_core::layers::{
-    AuxHead, BatchNormMode, Classifier, FeatureFusion, Mode, NormOptions,
-};
+use fastscnn_core::layers::{AuxHead, BatchNormMode, Classifier, FeatureFusion, Mode, NormOptions};
 use fastscnn_core::ops::resize_bilinear;
 
 use crate::error::Result;
@@ -260,7 +258,9 @@ impl FastScnn {
         ];
         let mut lower = higher.clone();
         for (index, name) in GROUPS.iter().enumerate().take(gfe.group_count()) {
-            lower = timed(name, &mut || gfe.forward_group(index, &lower, Mode::Inference))?;
+            lower = timed(name, &mut || {
+                gfe.forward_group(index, &lower, Mode::Inference)
+            })?;
         }
         let global = timed("pyramid pooling", &mut || {
             gfe.forward_pyramid_pooling(&lower, Mode::Inference)

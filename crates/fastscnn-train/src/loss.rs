@@ -111,7 +111,12 @@ impl Default for SegmentationLoss {
 }
 
 impl SegmentationLoss {
-    pub fn compute(&self, logits: &Tensor, aux_logits: &[Tensor], labels: &Tensor) -> Result<Tensor> {
+    pub fn compute(
+        &self,
+        logits: &Tensor,
+        aux_logits: &[Tensor],
+        labels: &Tensor,
+    ) -> Result<Tensor> {
         let mut loss = cross_entropy(logits, labels, self.ignore, self.ohem)?;
         for aux in aux_logits {
             let aux_loss = cross_entropy(aux, labels, self.ignore, self.ohem)?;
@@ -158,7 +163,13 @@ mod tests {
         assert!((loss.to_scalar::<f64>().unwrap() - (expected + second) / 2.0).abs() < 1e-12);
 
         let none = Tensor::new(&[[[255u8, 255]]], &Device::Cpu).unwrap();
-        assert_eq!(cross_entropy(&logits_2x1x2(), &none, 255, None).unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        assert_eq!(
+            cross_entropy(&logits_2x1x2(), &none, 255, None)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            0.0
+        );
         let bad = Tensor::new(&[[[0u8, 7]]], &Device::Cpu).unwrap();
         assert!(cross_entropy(&logits_2x1x2(), &bad, 255, None).is_err());
     }
@@ -168,7 +179,15 @@ mod tests {
         let var = Var::from_tensor(&logits_2x1x2()).unwrap();
         let labels = Tensor::new(&[[[0u8, 1]]], &Device::Cpu).unwrap();
         let loss = cross_entropy(var.as_tensor(), &labels, 255, None).unwrap();
-        let grad = loss.backward().unwrap().get(&var).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let p0 = 2f64.exp() / (2f64.exp() + 1.0);
         // d/dz of class 0 at pixel 0: (p - 1) / 2.
         assert!((grad[0] - (p0 - 1.0) / 2.0).abs() < 1e-12, "{grad:?}");
@@ -177,18 +196,35 @@ mod tests {
     #[test]
     fn ohem_keeps_the_hardest_pixels() {
         let mut valid = vec![true, true, true, false];
-        keep_hardest(&mut valid, &[0.9, 0.2, 0.6, 0.1], Ohem { threshold: 0.7, min_kept: 1 });
+        keep_hardest(
+            &mut valid,
+            &[0.9, 0.2, 0.6, 0.1],
+            Ohem {
+                threshold: 0.7,
+                min_kept: 1,
+            },
+        );
         assert_eq!(valid, [false, true, true, false]);
         // min_kept raises the threshold to the k-th smallest probability.
         let mut valid = vec![true; 3];
-        keep_hardest(&mut valid, &[0.95, 0.8, 0.9], Ohem { threshold: 0.7, min_kept: 2 });
+        keep_hardest(
+            &mut valid,
+            &[0.95, 0.8, 0.9],
+            Ohem {
+                threshold: 0.7,
+                min_kept: 2,
+            },
+        );
         assert_eq!(valid, [false, true, true]);
     }
 
     #[test]
     fn auxiliary_losses_are_weighted() {
         let labels = Tensor::new(&[[[0u8, 1]]], &Device::Cpu).unwrap();
-        let main = cross_entropy(&logits_2x1x2(), &labels, 255, None).unwrap().to_scalar::<f64>().unwrap();
+        let main = cross_entropy(&logits_2x1x2(), &labels, 255, None)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         let total = SegmentationLoss::default()
             .compute(&logits_2x1x2(), &[logits_2x1x2(), logits_2x1x2()], &labels)
             .unwrap()

@@ -103,8 +103,14 @@ mod tests {
     #[test]
     fn decay_skips_depthwise_norm_and_bias() {
         assert!(decays("classifier.conv.1.weight", &[19, 128, 1, 1]));
-        assert!(decays("learning_to_downsample.conv.conv.0.weight", &[32, 3, 3, 3]));
-        assert!(!decays("feature_fusion.dwconv.conv.0.weight", &[128, 1, 3, 3]));
+        assert!(decays(
+            "learning_to_downsample.conv.conv.0.weight",
+            &[32, 3, 3, 3]
+        ));
+        assert!(!decays(
+            "feature_fusion.dwconv.conv.0.weight",
+            &[128, 1, 3, 3]
+        ));
         assert!(!decays("feature_fusion.dwconv.conv.1.weight", &[128]));
         assert!(!decays("classifier.conv.1.bias", &[19]));
     }
@@ -113,7 +119,11 @@ mod tests {
     fn two_steps_follow_pytorch_sgd() {
         // p = 1, constant gradient 0.5, lr 0.1, momentum 0.9, weight decay 0.1.
         let var = Var::from_tensor(&Tensor::new(&[1f64], &Device::Cpu).unwrap()).unwrap();
-        let param = Param { name: "w".into(), var: var.clone(), decay: true };
+        let param = Param {
+            name: "w".into(),
+            var: var.clone(),
+            decay: true,
+        };
         let mut sgd = Sgd::new(vec![param], 0.9, 0.1);
         let step = |sgd: &mut Sgd| {
             let loss = (var.as_tensor() * 0.5).unwrap().sum_all().unwrap();

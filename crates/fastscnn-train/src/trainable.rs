@@ -41,8 +41,9 @@ impl TrainableModel {
                 if name.ends_with(".weight") {
                     let fan_out = (c_out * kh * kw) as f32;
                     let normal = Normal::new(0f32, (2.0 / fan_out).sqrt()).expect("positive std");
-                    let values: Vec<f32> =
-                        (0..var.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+                    let values: Vec<f32> = (0..var.elem_count())
+                        .map(|_| normal.sample(&mut rng))
+                        .collect();
                     var.set(&Tensor::from_vec(values, var.dims(), device)?)?;
                 }
             }
@@ -113,9 +114,7 @@ impl TrainableModel {
                     ))
                 }
                 None if allow_missing => {}
-                None => {
-                    return Err(checkpoint_error(weights, format!("missing tensor `{key}`")))
-                }
+                None => return Err(checkpoint_error(weights, format!("missing tensor `{key}`"))),
             }
         }
         Ok(loaded)

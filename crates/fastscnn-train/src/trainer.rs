@@ -135,8 +135,14 @@ pub struct StepReport {
 /// What the loop tells its caller about.
 pub enum Event<'a> {
     Step(&'a StepReport),
-    Validation { step: u64, evaluation: &'a Evaluation },
-    Checkpoint { step: u64, path: &'a Path },
+    Validation {
+        step: u64,
+        evaluation: &'a Evaluation,
+    },
+    Checkpoint {
+        step: u64,
+        path: &'a Path,
+    },
 }
 
 pub struct Trainer {
@@ -201,7 +207,11 @@ impl Trainer {
         let model = TrainableModel::new(&model_config, &runtime.device, config.seed)?;
         let optimizer = Sgd::new(model.params(), config.momentum, config.weight_decay);
 
-        let train = discover(&runtime.dataset_root, &config.train_split, DiscoverOptions::default())?;
+        let train = discover(
+            &runtime.dataset_root,
+            &config.train_split,
+            DiscoverOptions::default(),
+        )?;
         let loader = Loader::new(
             fill_one_batch(train.samples, config.batch_size),
             LoaderConfig {
@@ -314,7 +324,11 @@ impl Trainer {
             window.1 += batch.indices.len();
 
             if self.step % self.config.log_every == 0 || self.step == end {
-                let seconds = window.0.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+                let seconds = window
+                    .0
+                    .elapsed()
+                    .max(Duration::from_micros(1))
+                    .as_secs_f64();
                 let report = StepReport {
                     step: self.step,
                     total: self.config.iters,
@@ -483,13 +497,25 @@ mod tests {
     #[test]
     fn the_paper_recipe_is_the_default_and_is_checked() {
         let c = TrainConfig::paper(1000);
-        assert_eq!((c.batch_size, c.crop, c.lr, c.momentum), (12, (1024, 1024), 0.045, 0.9));
+        assert_eq!(
+            (c.batch_size, c.crop, c.lr, c.momentum),
+            (12, (1024, 1024), 0.045, 0.9)
+        );
         assert_eq!((c.weight_decay, c.aux_weight, c.power), (4e-5, 0.4, 0.9));
         assert!(c.validate().is_ok());
         for bad in [
-            TrainConfig { iters: 0, ..c.clone() },
-            TrainConfig { lr: f64::NAN, ..c.clone() },
-            TrainConfig { layout: "caffe".into(), ..c.clone() },
+            TrainConfig {
+                iters: 0,
+                ..c.clone()
+            },
+            TrainConfig {
+                lr: f64::NAN,
+                ..c.clone()
+            },
+            TrainConfig {
+                layout: "caffe".into(),
+                ..c.clone()
+            },
         ] {
             assert!(bad.validate().is_err());
         }

@@ -111,3 +111,54 @@ impl Module for ConvBnAct {
         self.forward_mode(x, Mode::Inference)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn training_mode_normalises_by_the_batch_and_updates_running_statistics_like_pytorch() {
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        let norm = NormOptions {
+            mode: BatchNormMode::Unfolded,
+            eps: 1e-5,
+        };
+        let layer = ConvBnAct::sequential(ConvConfig::pointwise(1, 1), false, norm, vb).unwrap();
+        varmap
+            .set_one(
+                "0.weight",
+                Tensor::ones((1, 1, 1, 1), DType::F64, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        // One channel, values 1..=4 over a batch of 2 images of 1x2.
+        let x = Tensor::new(&[[[[1f64, 2.]]], [[[3., 4.]]]], &Device::Cpu).unwrap();
+        let y = layer
+            .forward_mode(&x, Mode::Training { dropout_seed: 0 })
+            .unwrap();
+        let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+        // Batch mean 2.5, biased variance 1.25 for the normalisation.
+        let expected: Vec<f64> = [1., 2., 3., 4.]
+            .iter()
+            .map(|v| (v - 2.5) / (1.25f64 + 1e-5).sqrt())
+            .collect();
+        for (a, b) in y.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-12, "{y:?}");
+        }
+        let stat = |name: &str| {
+            varmap.data().lock().unwrap()[name]
+                .as_tensor()
+                .to_vec1::<f64>()
+                .unwrap()[0]
+        };
+        // Momentum 0.1, unbiased variance 5/3 for the running estimate.
+        assert!((stat("1.running_mean") - 0.25).abs() < 1e-12);
+        assert!((stat("1.running_var") - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-12);
+        // Inference uses the running statistics and leaves them alone.
+        let before = stat("1.running_mean");
+        layer.forward(&x).unwrap();
+        assert_eq!(stat("1.running_mean"), before);
+    }
+}

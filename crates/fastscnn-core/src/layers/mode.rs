@@ -37,7 +37,13 @@ pub fn dropout(x: &Tensor, p: f32, mode: Mode, site: u64) -> Result<Tensor> {
     let keep = 1.0 - p;
     let scale = 1.0 / keep;
     let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 })
+        .map(|_| {
+            if rng.random::<f32>() < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
@@ -55,14 +61,31 @@ mod tests {
         assert_eq!(same.sum_all().unwrap().to_scalar::<f32>().unwrap(), 4000.0);
 
         let train = Mode::Training { dropout_seed: 7 };
-        let a: Vec<f32> = dropout(&x, 0.1, train, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = dropout(&x, 0.1, train, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let other_site: Vec<f32> =
-            dropout(&x, 0.1, train, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = dropout(&x, 0.1, train, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = dropout(&x, 0.1, train, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let other_site: Vec<f32> = dropout(&x, 0.1, train, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, other_site);
         let zeros = a.iter().filter(|v| **v == 0.0).count();
-        assert!((300..500).contains(&zeros), "{zeros} of 4000 dropped at p = 0.1");
+        assert!(
+            (300..500).contains(&zeros),
+            "{zeros} of 4000 dropped at p = 0.1"
+        );
         let kept = a.iter().find(|v| **v != 0.0).unwrap();
         assert!((kept - 1.0 / 0.9).abs() < 1e-6);
     }
