@@ -4,8 +4,9 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use fastscnn_core::ops::{
-    adaptive_avg_pool2d, adaptive_avg_pool2d_composite, depthwise_conv2d, depthwise_conv2d_grouped,
-    resize_bilinear, resize_bilinear_composite,
+    adaptive_avg_pool2d, adaptive_avg_pool2d_composite, batch_norm_train,
+    batch_norm_train_composite, depthwise_conv2d, depthwise_conv2d_grouped, resize_bilinear,
+    resize_bilinear_composite,
 };
 use fastscnn_core::testing::{max_abs_diff, random_tensor};
 
@@ -204,5 +205,32 @@ fn pooling_gradients_match_finite_differences_and_the_composite() {
             relative_error(&ours[0], &composite[0]) < 1e-12,
             "bins {bins}"
         );
+    }
+}
+
+#[test]
+fn training_batch_norm_gradients_match_finite_differences_and_the_composite() {
+    let x = random64(&[2, 3, 4, 5], 11).affine(2.0, 0.5).unwrap();
+    let gamma = random64(&[3], 12);
+    let beta = random64(&[3], 13);
+    let inputs = [x, gamma, beta];
+    check_against_finite_differences(
+        "batch norm (training)",
+        &|xs| batch_norm_train(&xs[0], &xs[1], &xs[2], 1e-5),
+        &inputs,
+    );
+    let ours = autograd(
+        &|xs| batch_norm_train(&xs[0], &xs[1], &xs[2], 1e-5),
+        &inputs,
+        14,
+    );
+    let composite = autograd(
+        &|xs| batch_norm_train_composite(&xs[0], &xs[1], &xs[2], 1e-5),
+        &inputs,
+        14,
+    );
+    for (i, (a, b)) in ours.iter().zip(&composite).enumerate() {
+        let err = relative_error(a, b);
+        assert!(err < 1e-10, "input {i}: {err}");
     }
 }

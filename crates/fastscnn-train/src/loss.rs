@@ -2,6 +2,7 @@
 //! hardest ones (OHEM), plus the auxiliary heads' losses at a fixed weight.
 
 use candle_core::{DType, Result, Tensor};
+use fastscnn_core::ops::{softmax_cross_entropy, target_probabilities};
 
 /// Online hard example mining: keep the pixels whose probability of the true class is at most
 /// `threshold`, but never fewer than `min_kept` (the least confident ones), as the reference
@@ -45,29 +46,11 @@ pub fn cross_entropy(
     {
         candle_core::bail!("cross_entropy: label {bad} out of range for {c} classes");
     }
-    let targets: Vec<u32> = labels
-        .iter()
-        .zip(&valid)
-        .map(|(&l, &v)| if v { l } else { 0 })
-        .collect();
-    let targets = Tensor::from_vec(targets, (n, 1, h, w), logits.device())?;
-    // (N, 1, H, W) log-probability of each pixel's class.
-    let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
-    let picked = log_probs.gather(&targets, 1)?;
     if let Some(ohem) = ohem {
-        let probs: Vec<f32> = picked
-            .detach()
-            .exp()?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let probs = target_probabilities(logits, &labels)?;
         keep_hardest(&mut valid, &probs, ohem);
     }
-    let count = valid.iter().filter(|v| **v).count();
-    let mask: Vec<f32> = valid.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, (n, 1, h, w), logits.device())?.to_dtype(logits.dtype())?;
-    let total = (picked * mask)?.sum_all()?;
-    total.affine(-1.0 / count.max(1) as f64, 0.0)
+    softmax_cross_entropy(logits, &labels, &valid)
 }
 
 /// Narrows `valid` to the OHEM selection, given each pixel's probability of its true class.

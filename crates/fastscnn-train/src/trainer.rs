@@ -348,10 +348,9 @@ impl Trainer {
     }
 
     fn validate_and_checkpoint(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
-        // Never replace a good checkpoint with weights that have already blown up.
-        for param in self.optimizer.params() {
-            let sum = param
-                .var
+        // Never replace a good checkpoint with weights or statistics that have already blown up.
+        for (_, var) in self.model.sorted_vars() {
+            let sum = var
                 .as_tensor()
                 .abs()?
                 .sum_all()?

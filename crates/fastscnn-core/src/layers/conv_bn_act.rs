@@ -1,10 +1,11 @@
 //! Convolution + BatchNorm + optional ReLU, the unit every Fast-SCNN block is made of.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
 use super::Mode;
+use crate::ops::{batch_norm_train, channel_mean_var};
 
 /// How BatchNorm is run at inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,13 +98,36 @@ impl ConvBnAct {
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut y = self.conv.forward(x)?;
         if let Some(bn) = &self.bn {
-            y = bn.forward_t(&y, mode.is_training())?;
+            y = if mode.is_training() {
+                batch_norm_training(bn, &y)?
+            } else {
+                bn.forward_t(&y, false)?
+            };
         }
         if self.relu {
             y = y.relu()?;
         }
         Ok(y)
     }
+}
+
+/// BatchNorm in training mode through the fused op, with PyTorch's running-statistics update:
+/// momentum 0.1 (candle's default, as PyTorch's) and the unbiased batch variance.
+fn batch_norm_training(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+    let Some((gamma, beta)) = bn.weight_and_bias() else {
+        return bn.forward_t(x, true);
+    };
+    let y = batch_norm_train(x, gamma, beta, bn.eps())?;
+    let (n, _, h, w) = x.dims4()?;
+    let count = (n * h * w) as f64;
+    let (mean, var) = channel_mean_var(x)?;
+    let unbiased = var.affine(count / (count - 1.0).max(1.0), 0.0)?;
+    let m = bn.momentum();
+    for (running, batch) in [(bn.running_mean(), mean), (bn.running_var(), unbiased)] {
+        let updated = (running.affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
+        Var::from_tensor(running)?.set(&updated.to_dtype(running.dtype())?)?;
+    }
+    Ok(y)
 }
 
 impl Module for ConvBnAct {

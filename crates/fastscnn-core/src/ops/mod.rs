@@ -5,11 +5,17 @@
 //! double as the reference the CPU kernels are tested against.
 
 mod adaptive_avg_pool;
+mod batch_norm;
 mod bilinear_resize;
+mod cross_entropy;
 mod depthwise_conv;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, pool_window};
+pub use batch_norm::{batch_norm_train, batch_norm_train_composite, channel_mean_var};
 pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite, source_index};
+pub use cross_entropy::{
+    softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
+};
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped, depthwise_output_size};
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};

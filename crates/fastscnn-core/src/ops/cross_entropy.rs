@@ -1,0 +1,290 @@
+//! Softmax cross-entropy over the class axis of (N, C, H, W) logits, fused.
+//!
+//! Composed from candle's ops (log-softmax, gather, mask) the loss of one 2x19x512x1024 batch
+//! costs several full passes and a scatter in the backward pass; fused, the forward is one pass
+//! and the gradient `(softmax − onehot) / count` another.
+
+use std::sync::Arc;
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{has_cpu_kernel, run_f32_or_f64, PlaneKernel};
+
+/// Pixels per parallel task: large enough to amortise, small enough to spread over cores.
+const BLOCK: usize = 4096;
+
+/// Mean over the pixels where `mask` is set of `−log softmax(logits)[target]`; `targets` and
+/// `mask` hold one entry per pixel of the (N, H, W) grid. Zero when no pixel is set.
+pub fn softmax_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> Result<Tensor> {
+    let (n, c, h, w) = logits.dims4()?;
+    if targets.len() != n * h * w || mask.len() != targets.len() {
+        bail!(
+            "softmax_cross_entropy: {} targets and {} mask entries for {n}x{h}x{w} pixels",
+            targets.len(),
+            mask.len()
+        )
+    }
+    if let Some(t) = targets
+        .iter()
+        .zip(mask)
+        .find_map(|(&t, &m)| (m && t as usize >= c).then_some(t))
+    {
+        bail!("softmax_cross_entropy: target {t} out of range for {c} classes")
+    }
+    let count = mask.iter().filter(|m| **m).count();
+    if has_cpu_kernel(logits) {
+        logits.contiguous()?.apply_op1(SoftmaxCrossEntropy {
+            targets: Arc::new(targets.to_vec()),
+            mask: Arc::new(mask.to_vec()),
+            count,
+        })
+    } else {
+        softmax_cross_entropy_composite(logits, targets, mask)
+    }
+}
+
+/// The same loss from candle's own ops: the fallback on other devices and the reference for the
+/// kernel.
+pub fn softmax_cross_entropy_composite(
+    logits: &Tensor,
+    targets: &[u32],
+    mask: &[bool],
+) -> Result<Tensor> {
+    let (n, _, h, w) = logits.dims4()?;
+    let device = logits.device();
+    let safe: Vec<u32> = targets
+        .iter()
+        .zip(mask)
+        .map(|(&t, &m)| if m { t } else { 0 })
+        .collect();
+    let targets = Tensor::from_vec(safe, (n, 1, h, w), device)?;
+    let weights: Vec<f32> = mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+    let weights = Tensor::from_vec(weights, (n, 1, h, w), device)?.to_dtype(logits.dtype())?;
+    let count = mask.iter().filter(|m| **m).count().max(1);
+    let picked = candle_nn::ops::log_softmax(logits, 1)?.gather(&targets, 1)?;
+    (picked * weights)?
+        .sum_all()?
+        .affine(-1.0 / count as f64, 0.0)
+}
+
+/// The probability softmax gives each pixel's target class, (N·H·W) values; for hard-example
+/// mining, no gradient.
+pub fn target_probabilities(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    let (n, c, h, w) = logits.dims4()?;
+    if targets.len() != n * h * w {
+        bail!(
+            "target_probabilities: {} targets for {n}x{h}x{w} pixels",
+            targets.len()
+        )
+    }
+    let logits: Vec<f32> = logits
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let plane = h * w;
+    Ok(targets
+        .par_iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let (b, p) = (i / plane, i % plane);
+            let at = |k: usize| logits[(b * c + k) * plane + p];
+            let max = (0..c).map(at).fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = (0..c).map(|k| (at(k) - max).exp()).sum();
+            ((at((t as usize).min(c - 1)) - max).exp()) / sum
+        })
+        .collect())
+}
+
+struct SoftmaxCrossEntropy {
+    targets: Arc<Vec<u32>>,
+    mask: Arc<Vec<bool>>,
+    count: usize,
+}
+
+/// Visits every masked pixel of one block as (image, pixel in plane, target).
+fn for_block(
+    block: usize,
+    plane: usize,
+    targets: &[u32],
+    mask: &[bool],
+    mut visit: impl FnMut(usize, usize, usize),
+) {
+    let start = block * BLOCK;
+    let end = (start + BLOCK).min(targets.len());
+    for i in start..end {
+        if mask[i] {
+            visit(i / plane, i % plane, targets[i] as usize);
+        }
+    }
+}
+
+impl PlaneKernel for SoftmaxCrossEntropy {
+    const NAME: &'static str = "softmax-cross-entropy";
+
+    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = shape.dims4()?;
+        let plane = h * w;
+        let blocks = self.targets.len().div_ceil(BLOCK);
+        // Per-block sums added in block order: the same bits on every run.
+        let partial: Vec<f64> = (0..blocks)
+            .into_par_iter()
+            .map(|block| {
+                let mut sum = 0f64;
+                for_block(block, plane, &self.targets, &self.mask, |b, p, t| {
+                    let at = |k: usize| x[(b * c + k) * plane + p].to_f64();
+                    let max = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
+                    let log_sum = (0..c).map(|k| (at(k) - max).exp()).sum::<f64>().ln();
+                    sum += log_sum + max - at(t);
+                });
+                sum
+            })
+            .collect();
+        let loss = partial.iter().sum::<f64>() / self.count.max(1) as f64;
+        Ok((
+            T::to_cpu_storage_owned(vec![T::from_f64(loss)]),
+            Shape::from(()),
+        ))
+    }
+}
+
+impl CustomOp1 for SoftmaxCrossEntropy {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run_f32_or_f64(self, s, l)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op1_no_bwd(&SoftmaxCrossEntropyGrad {
+            targets: self.targets.clone(),
+            mask: self.mask.clone(),
+            count: self.count,
+        })?;
+        Ok(Some(grad.broadcast_mul(grad_res)?))
+    }
+}
+
+/// `(softmax − onehot(target)) / count` at masked pixels, 0 elsewhere.
+struct SoftmaxCrossEntropyGrad {
+    targets: Arc<Vec<u32>>,
+    mask: Arc<Vec<bool>>,
+    count: usize,
+}
+
+impl PlaneKernel for SoftmaxCrossEntropyGrad {
+    const NAME: &'static str = "softmax-cross-entropy-grad";
+
+    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let plane = h * w;
+        let scale = 1.0 / self.count.max(1) as f64;
+        // Each image's (C, H·W) block is written by the tasks of its own pixels only.
+        let mut out = vec![T::zero(); n * c * plane];
+        out.par_chunks_mut(c * plane)
+            .enumerate()
+            .for_each(|(b, image)| {
+                let mut probs = vec![0f64; c];
+                for p in 0..plane {
+                    let i = b * plane + p;
+                    if !self.mask[i] {
+                        continue;
+                    }
+                    let at = |k: usize| x[(b * c + k) * plane + p].to_f64();
+                    let max = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
+                    let mut sum = 0f64;
+                    for (k, prob) in probs.iter_mut().enumerate() {
+                        *prob = (at(k) - max).exp();
+                        sum += *prob;
+                    }
+                    let target = self.targets[i] as usize;
+                    for (k, prob) in probs.iter().enumerate() {
+                        let onehot = if k == target { 1.0 } else { 0.0 };
+                        image[k * plane + p] = T::from_f64((prob / sum - onehot) * scale);
+                    }
+                }
+            });
+        Ok((T::to_cpu_storage_owned(out), shape.clone()))
+    }
+}
+
+impl CustomOp1 for SoftmaxCrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run_f32_or_f64(self, s, l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
+    use candle_core::{DType, Var};
+
+    fn case() -> (Tensor, Vec<u32>, Vec<bool>) {
+        let logits = random_tensor(&[2, 5, 3, 7], 1)
+            .unwrap()
+            .affine(3.0, 0.0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let targets: Vec<u32> = (0..42).map(|i| (i * 7 % 5) as u32).collect();
+        let mask: Vec<bool> = (0..42).map(|i| i % 4 != 0).collect();
+        (logits, targets, mask)
+    }
+
+    #[test]
+    fn loss_and_gradient_match_the_composite() {
+        let (logits, targets, mask) = case();
+        let grad_of = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let var = Var::from_tensor(&logits).unwrap();
+            let loss = f(var.as_tensor());
+            let grad = loss.backward().unwrap().get(&var).unwrap().clone();
+            (loss.to_scalar::<f64>().unwrap(), grad)
+        };
+        let (fused, fused_grad) = grad_of(&|x| {
+            softmax_cross_entropy(x, &targets, &mask)
+                .unwrap()
+                .affine(2.0, 0.0)
+                .unwrap()
+        });
+        let (plain, plain_grad) = grad_of(&|x| {
+            softmax_cross_entropy_composite(x, &targets, &mask)
+                .unwrap()
+                .affine(2.0, 0.0)
+                .unwrap()
+        });
+        assert!((fused - plain).abs() < 1e-12, "{fused} vs {plain}");
+        assert!(max_abs_diff(&fused_grad, &plain_grad) < 1e-12);
+    }
+
+    #[test]
+    fn target_probabilities_are_softmax_entries() {
+        let (logits, targets, _) = case();
+        let probs = target_probabilities(&logits, &targets).unwrap();
+        let softmax: Vec<f64> = candle_nn::ops::softmax(&logits, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Pixel 8 of image 1 (row 1, column 1), and its target.
+        let (b, p, plane) = (1, 8, 21);
+        let t = targets[b * plane + p] as usize;
+        let expected = softmax[(b * 5 + t) * plane + p];
+        assert!((probs[b * plane + p] as f64 - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rejects_bad_targets_and_sizes() {
+        let (logits, mut targets, mask) = case();
+        assert!(softmax_cross_entropy(&logits, &targets[1..], &mask[1..]).is_err());
+        targets[1] = 9;
+        assert!(softmax_cross_entropy(&logits, &targets, &mask).is_err());
+    }
+}
