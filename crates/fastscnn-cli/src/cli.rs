@@ -26,6 +26,41 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Train Fast-SCNN with the paper's recipe (every value overridable); resumable.
     Train(TrainArgs),
+    /// Time the network on one frame size: median and min ms per frame, fps.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Class scores at the input resolution.
+    Logits,
+    /// The label map (the paper's "cls" output).
+    Labels,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// Frame size, HEIGHTxWIDTH.
+    #[arg(long, value_parser = size_pair, default_value = "1024x2048")]
+    pub size: (usize, usize),
+    #[arg(long, value_enum, default_value = "labels")]
+    pub mode: BenchMode,
+    /// Timed runs.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also write `median_ms`, `min_ms` and `fps` (and the setup) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
 }
 
 /// Where the weights come from: a local file, or a Hugging Face Hub repository.

@@ -1,5 +1,6 @@
 //! `fastscnn`: a thin command line over the fastscnn library crates.
 
+mod bench;
 mod cli;
 mod device;
 mod eval;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,12 +61,18 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             &image
         };
         let input = image_to_tensor(network_input, &model.config().normalization, &device)?;
-        let logits = model.logits_at(&input, height as usize, width as usize)?;
-        let labels: Vec<u8> = logits
-            .argmax(1)?
-            .to_dtype(DType::U8)?
-            .flatten_all()?
-            .to_vec1()?;
+        let (h, w) = (height as usize, width as usize);
+        // Logits are only kept at full resolution when they are to be written.
+        let logits = if args.probs.is_some() || args.save_logits.is_some() {
+            Some(model.logits_at(&input, h, w)?)
+        } else {
+            None
+        };
+        let labels = match &logits {
+            Some(logits) => logits.argmax(1)?,
+            None => model.predict_at(&input, h, w)?,
+        };
+        let labels: Vec<u8> = labels.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
 
         let mut written = Vec::new();
         for format in &formats {
@@ -74,13 +80,13 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             write_label_image(&dest, *format, &image, &labels, args.overlay_alpha)?;
             written.push(dest);
         }
-        if let Some(dest) = &args.probs {
-            let probs = candle_nn::ops::softmax(&logits, 1)?;
+        if let (Some(dest), Some(logits)) = (&args.probs, &logits) {
+            let probs = candle_nn::ops::softmax(logits, 1)?;
             save_tensor(dest, "probs", &probs)?;
             written.push(dest.clone());
         }
-        if let Some(dest) = &args.save_logits {
-            save_tensor(dest, "logits", &logits)?;
+        if let (Some(dest), Some(logits)) = (&args.save_logits, &logits) {
+            save_tensor(dest, "logits", logits)?;
             written.push(dest.clone());
         }
         let written: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();

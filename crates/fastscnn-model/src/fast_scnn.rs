@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use fastscnn_core::layers::{AuxHead, BatchNormMode, Classifier, FeatureFusion, Mode, NormOptions};
-use fastscnn_core::ops::resize_bilinear;
+use fastscnn_core::ops::{resize_argmax, resize_bilinear};
 
 use crate::error::Result;
 use crate::global_feature_extractor::GlobalFeatureExtractor;
@@ -220,14 +220,21 @@ impl FastScnn {
         }
     }
 
-    /// The label map (N, height, width) of class indices as u32, for an input of any size.
+    /// The label map (N, height, width) of class indices as u32, for an input of any size. At
+    /// the input's own size this is [`FastScnn::predict`]; otherwise the logits at the input size
+    /// are resized again, as OpenMMLab's inference does for a rescaled input.
     pub fn predict_at(
         &self,
         x: &Tensor,
         height: usize,
         width: usize,
     ) -> candle_core::Result<Tensor> {
-        self.logits_at(x, height, width)?.argmax(1)
+        let (_, _, h, w) = x.dims4()?;
+        if (h, w) == (height, width) {
+            self.predict(x)
+        } else {
+            resize_argmax(&self.forward(x)?, height, width, self.config.align_corners)
+        }
     }
 
     /// The label map, as [`FastScnn::predict`], timing each stage: `record` gets each stage's
@@ -269,15 +276,26 @@ impl FastScnn {
             self.feature_fusion.forward(&higher, &global)
         })?;
         let scores = timed("classifier", &mut || self.classifier.forward(&fused))?;
-        let logits = timed("resize to input", &mut || {
-            resize_bilinear(&scores, h, w, self.config.align_corners)
-        })?;
-        timed("argmax", &mut || logits.argmax(1))
+        timed("resize + argmax", &mut || {
+            resize_argmax(&scores, h, w, self.config.align_corners)
+        })
     }
 
-    /// The label map (N, H, W) of class indices as u32: the paper's "cls" output.
+    /// The label map (N, H, W) of class indices as u32: the paper's "cls" output. The classifier's
+    /// 1/8-resolution scores go through one fused resize + argmax, so the logits are never
+    /// stored at full resolution.
     pub fn predict(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward(x)?.argmax(1)
+        let (_, _, h, w) = x.dims4()?;
+        let scores = self.classifier_scores(x)?;
+        resize_argmax(&scores, h, w, self.config.align_corners)
+    }
+
+    /// The classifier's output before upsampling (N, C, H/8, W/8).
+    fn classifier_scores(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let higher_res = self.learning_to_downsample.forward(x)?;
+        let global = self.global_feature_extractor.forward(&higher_res)?;
+        let fused = self.feature_fusion.forward(&higher_res, &global)?;
+        self.classifier.forward(&fused)
     }
 
     /// Per-pixel class probabilities (N, C, H, W): the paper's "prob" output.

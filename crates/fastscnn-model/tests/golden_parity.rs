@@ -253,8 +253,7 @@ fn profiled_prediction_is_the_prediction_with_every_stage_timed() {
             "pyramid pooling",
             "feature fusion",
             "classifier",
-            "resize to input",
-            "argmax"
+            "resize + argmax"
         ]
     );
 }

@@ -9,6 +9,7 @@ mod batch_norm;
 mod bilinear_resize;
 mod cross_entropy;
 mod depthwise_conv;
+mod resize_argmax;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, pool_window};
 pub use batch_norm::{batch_norm_train, batch_norm_train_composite, channel_mean_var};
@@ -17,6 +18,7 @@ pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
 };
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped, depthwise_output_size};
+pub use resize_argmax::resize_argmax;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 

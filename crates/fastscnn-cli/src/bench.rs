@@ -1,0 +1,91 @@
+//! `fastscnn bench`: the time of one frame, so anyone can compare against another engine on the
+//! same machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Module, Tensor};
+use fastscnn_core::atomic_write::write_atomically;
+
+use crate::cli::{BenchArgs, BenchMode};
+use crate::{device, weights};
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // candle's matrix products read the variable, the direct kernels use rayon's pool.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("cannot size the thread pool")?;
+    }
+    let threads = rayon::current_num_threads();
+    let device = device::select(args.device)?;
+    let (model, path) = weights::load_model(&args.weights, &device)?;
+    let (h, w) = args.size;
+    // The values do not change the work; a fixed input keeps runs comparable.
+    let input = Tensor::randn(0f32, 1.0, (1, 3, h, w), &device)?;
+    let run_once = || -> Result<()> {
+        match args.mode {
+            BenchMode::Logits => {
+                // Reading one value back waits for an asynchronous device.
+                model
+                    .forward(&input)?
+                    .flatten_all()?
+                    .get(0)?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?;
+            }
+            BenchMode::Labels => {
+                model
+                    .predict(&input)?
+                    .flatten_all()?
+                    .get(0)?
+                    .to_scalar::<u32>()?;
+            }
+        }
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        run_once()?;
+    }
+    let mut times: Vec<Duration> = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let start = Instant::now();
+        run_once()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let median_ms = ms(times[times.len() / 2]);
+    let min_ms = ms(times[0]);
+    let fps = 1e3 / median_ms;
+    let mode = match args.mode {
+        BenchMode::Logits => "logits",
+        BenchMode::Labels => "labels",
+    };
+    println!(
+        "{mode} at {h}x{w}, {} ({} layout), {threads} threads, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps",
+        path.display(),
+        model.config().layout,
+        args.iters
+    );
+    if let Some(dest) = &args.json {
+        let report = serde_json::json!({
+            "median_ms": median_ms, "min_ms": min_ms, "fps": fps, "mode": mode,
+            "height": h, "width": w, "iters": args.iters, "threads": threads,
+            "weights": path.display().to_string(),
+        });
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        write_atomically(dest, |tmp| {
+            std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", dest.display()))
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `fastscnn bench`: the figures it promises, in its text and its JSON.
+
+mod common;
+use common::{fastscnn, golden};
+
+#[test]
+fn reports_median_min_and_fps() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    for mode in ["logits", "labels"] {
+        let out = fastscnn()
+            .arg("bench")
+            .arg("--weights")
+            .arg(golden.join("mmseg_fastscnn_c19.pth"))
+            .args([
+                "--size",
+                "64x128",
+                "--iters",
+                "3",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--mode",
+                mode,
+            ])
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.starts_with(&format!("{mode} at 64x128")), "{text}");
+        assert!(text.contains("1 threads, 3 runs"), "{text}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let (median, min, fps) = (
+            report["median_ms"].as_f64().unwrap(),
+            report["min_ms"].as_f64().unwrap(),
+            report["fps"].as_f64().unwrap(),
+        );
+        assert!(min > 0.0 && median >= min);
+        assert!((fps - 1e3 / median).abs() < 1e-9);
+        assert_eq!(report["mode"], mode);
+    }
+}

@@ -1,0 +1,141 @@
+//! The label map straight from low-resolution class scores: bilinear upsampling and the argmax over
+//! classes in one pass, so the (C, H, W) logits at full resolution are never stored (the paper's
+//! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back.
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{has_cpu_kernel, resize_bilinear, run_f32_or_f64, source_index, PlaneKernel};
+
+/// `argmax` over classes of `resize_bilinear(scores, out_h, out_w, align_corners)`, as (N, out_h,
+/// out_w) u32, with the same arithmetic as the resize (so the same labels) and the first class
+/// winning ties, as `argmax` does.
+pub fn resize_argmax(
+    scores: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (_, c, h, w) = scores.dims4()?;
+    if c == 0 || h == 0 || w == 0 || out_h == 0 || out_w == 0 {
+        bail!("resize_argmax: cannot take {c} classes of {h}x{w} to {out_h}x{out_w}")
+    }
+    if has_cpu_kernel(scores) {
+        scores.contiguous()?.apply_op1_no_bwd(&ResizeArgmax {
+            out_h,
+            out_w,
+            align_corners,
+        })
+    } else {
+        resize_bilinear(scores, out_h, out_w, align_corners)?.argmax(1)
+    }
+}
+
+struct ResizeArgmax {
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+}
+
+impl PlaneKernel for ResizeArgmax {
+    const NAME: &'static str = "resize-argmax";
+
+    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let (oh, ow) = (self.out_h, self.out_w);
+        let columns: Vec<(usize, usize, T, T)> = (0..ow)
+            .map(|ox| {
+                let (x0, x1, l) = source_index(ox, w, ow, self.align_corners);
+                (x0, x1, T::from_f64(1.0 - l), T::from_f64(l))
+            })
+            .collect();
+        let mut labels = vec![0u32; n * oh * ow];
+        labels
+            .par_chunks_mut(ow)
+            .enumerate()
+            .for_each(|(row, out_row)| {
+                let (b, oy) = (row / oh, row % oh);
+                let (y0, y1, l) = source_index(oy, h, oh, self.align_corners);
+                let (wy0, wy1) = (T::from_f64(1.0 - l), T::from_f64(l));
+                let mut best = vec![T::zero(); ow];
+                for class in 0..c {
+                    let plane = &x[(b * c + class) * h * w..(b * c + class + 1) * h * w];
+                    let r0 = &plane[y0 * w..(y0 + 1) * w];
+                    let r1 = &plane[y1 * w..(y1 + 1) * w];
+                    for ((&(x0, x1, wx0, wx1), best), label) in
+                        columns.iter().zip(best.iter_mut()).zip(out_row.iter_mut())
+                    {
+                        // The resize kernel's order of operations, so the values are identical.
+                        let top = wx0 * r0[x0] + wx1 * r0[x1];
+                        let bottom = wx0 * r1[x0] + wx1 * r1[x1];
+                        let v = wy0 * top + wy1 * bottom;
+                        if class == 0 || v > *best {
+                            *best = v;
+                            *label = class as u32;
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::U32(labels), Shape::from((n, oh, ow))))
+    }
+}
+
+impl CustomOp1 for ResizeArgmax {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run_f32_or_f64(self, s, l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::random_tensor;
+
+    #[test]
+    fn equals_resize_then_argmax_for_any_sizes() {
+        for align_corners in [true, false] {
+            for ((h, w), (oh, ow)) in [((8, 16), (64, 128)), ((5, 7), (13, 3)), ((4, 4), (4, 4))] {
+                let scores = random_tensor(&[2, 19, h, w], 3).unwrap();
+                let fused: Vec<u32> = resize_argmax(&scores, oh, ow, align_corners)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let two_step: Vec<u32> = resize_bilinear(&scores, oh, ow, align_corners)
+                    .unwrap()
+                    .argmax(1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(
+                    fused, two_step,
+                    "{h}x{w} -> {oh}x{ow} align_corners={align_corners}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn first_class_wins_ties() {
+        let scores = Tensor::zeros(
+            (1, 3, 2, 2),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let labels: Vec<u32> = resize_argmax(&scores, 3, 3, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(labels.iter().all(|&l| l == 0));
+    }
+}
