@@ -6,19 +6,12 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use candle_core::Device;
-use fastscnn_core::testing::{argmax_agreement, max_abs_diff, shared_dir, FakeHub};
+use fastscnn_core::testing::{argmax_agreement, max_abs_diff, shared_dir, FakeHub, PROXY_VARS};
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions, WeightFile};
 
 fn xtask() -> Command {
     let mut cmd = Command::cargo_bin("xtask").unwrap();
-    for proxy in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
+    for proxy in PROXY_VARS {
         cmd.env_remove(proxy);
     }
     cmd

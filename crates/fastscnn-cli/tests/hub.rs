@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use assert_cmd::Command;
-use fastscnn_core::testing::FakeHub;
+use fastscnn_core::testing::{FakeHub, PROXY_VARS};
 
 mod common;
 use common::{assert_clean_failure, fastscnn, golden};
@@ -28,14 +28,7 @@ fn info_from_hub(endpoint: &str, home: &Path, file: &str) -> Command {
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", home)
         .env_remove("HF_HUB_OFFLINE");
-    for proxy in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
+    for proxy in PROXY_VARS {
         cmd.env_remove(proxy);
     }
     cmd

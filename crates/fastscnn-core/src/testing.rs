@@ -6,6 +6,17 @@ use std::path::PathBuf;
 mod fake_hub;
 pub use fake_hub::FakeHub;
 
+/// Proxy variables a download client honours; tests that talk to a [`FakeHub`] on 127.0.0.1
+/// remove them from the child's environment so that a proxy set in CI is never asked.
+pub const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// The shared fixtures folder: `$FASTSCNN_SHARED`, else `../shared` beside the workspace root.
 ///
 /// Returns `None` (after saying so on stderr) when it is absent, so a test can skip; under

@@ -123,24 +123,57 @@ impl candle_core::CustomOp1 for ChannelMeanVar {
     }
 }
 
-fn slices3<'a, T: WithDType>(
-    name: &str,
-    (s1, l1): (&'a CpuStorage, &Layout),
-    (s2, l2): (&'a CpuStorage, &Layout),
-    (s3, l3): (&'a CpuStorage, &Layout),
-) -> Result<(&'a [T], &'a [T], &'a [T])> {
-    Ok((
-        contiguous_slice::<T>(s1, l1, name)?,
-        contiguous_slice::<T>(s2, l2, name)?,
-        contiguous_slice::<T>(s3, l3, name)?,
-    ))
+/// A three-input CPU kernel written once for f32 and f64.
+trait TripleKernel {
+    const NAME: &'static str;
+    fn run<T: WithDType>(
+        &self,
+        a: &[T],
+        shape: &Shape,
+        b: &[T],
+        c: &[T],
+    ) -> Result<(CpuStorage, Shape)>;
+}
+
+/// Runs `kernel` on three f32 or three f64 storages, the first one's shape given.
+fn run_triple<K: TripleKernel>(
+    kernel: &K,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    fn slices<'a, T: WithDType>(
+        name: &str,
+        parts: [(&'a CpuStorage, &Layout); 3],
+    ) -> Result<[&'a [T]; 3]> {
+        let [a, b, c] = parts;
+        Ok([
+            contiguous_slice::<T>(a.0, a.1, name)?,
+            contiguous_slice::<T>(b.0, b.1, name)?,
+            contiguous_slice::<T>(c.0, c.1, name)?,
+        ])
+    }
+    let parts = [(s1, l1), (s2, l2), (s3, l3)];
+    match s1 {
+        CpuStorage::F32(_) => {
+            let [a, b, c] = slices::<f32>(K::NAME, parts)?;
+            kernel.run(a, l1.shape(), b, c)
+        }
+        CpuStorage::F64(_) => {
+            let [a, b, c] = slices::<f64>(K::NAME, parts)?;
+            kernel.run(a, l1.shape(), b, c)
+        }
+        _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
+    }
 }
 
 struct BatchNormTrain {
     eps: f64,
 }
 
-impl BatchNormTrain {
+impl TripleKernel for BatchNormTrain {
+    const NAME: &'static str = "batch-norm-train";
+
     fn run<T: WithDType>(
         &self,
         x: &[T],
@@ -170,7 +203,7 @@ impl BatchNormTrain {
 
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
-        "batch-norm-train"
+        <Self as TripleKernel>::NAME
     }
 
     fn cpu_fwd(
@@ -182,17 +215,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => {
-                let (x, g, b) = slices3::<f32>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                self.run(x, l1.shape(), g, b)
-            }
-            CpuStorage::F64(_) => {
-                let (x, g, b) = slices3::<f64>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                self.run(x, l1.shape(), g, b)
-            }
-            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
-        }
+        run_triple(self, (s1, l1), (s2, l2), (s3, l3))
     }
 
     /// With x̂ the normalised input and M the count per channel:
@@ -232,8 +255,16 @@ struct BatchNormGradSums {
     eps: f64,
 }
 
-impl BatchNormGradSums {
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape, dy: &[T]) -> Result<(CpuStorage, Shape)> {
+impl TripleKernel for BatchNormGradSums {
+    const NAME: &'static str = "batch-norm-grad-sums";
+
+    fn run<T: WithDType>(
+        &self,
+        x: &[T],
+        shape: &Shape,
+        dy: &[T],
+        _: &[T],
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let stats = channel_stats(x, n, c, plane, self.eps);
@@ -261,7 +292,7 @@ impl BatchNormGradSums {
 
 impl CustomOp3 for BatchNormGradSums {
     fn name(&self) -> &'static str {
-        "batch-norm-grad-sums"
+        <Self as TripleKernel>::NAME
     }
 
     fn cpu_fwd(
@@ -273,17 +304,7 @@ impl CustomOp3 for BatchNormGradSums {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => {
-                let (x, dy, _) = slices3::<f32>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                self.run(x, l1.shape(), dy)
-            }
-            CpuStorage::F64(_) => {
-                let (x, dy, _) = slices3::<f64>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                self.run(x, l1.shape(), dy)
-            }
-            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
-        }
+        run_triple(self, (s1, l1), (s2, l2), (s3, l3))
     }
 }
 
@@ -295,8 +316,16 @@ struct BatchNormGradInput {
     sums: Vec<f64>,
 }
 
-impl BatchNormGradInput {
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape, dy: &[T]) -> Result<(CpuStorage, Shape)> {
+impl TripleKernel for BatchNormGradInput {
+    const NAME: &'static str = "batch-norm-grad-input";
+
+    fn run<T: WithDType>(
+        &self,
+        x: &[T],
+        shape: &Shape,
+        dy: &[T],
+        _: &[T],
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let count = (n * plane) as f64;
@@ -322,7 +351,7 @@ impl BatchNormGradInput {
 
 impl CustomOp3 for BatchNormGradInput {
     fn name(&self) -> &'static str {
-        "batch-norm-grad-input"
+        <Self as TripleKernel>::NAME
     }
 
     fn cpu_fwd(
@@ -334,16 +363,6 @@ impl CustomOp3 for BatchNormGradInput {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => {
-                let (x, dy, _) = slices3::<f32>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                self.run(x, l1.shape(), dy)
-            }
-            CpuStorage::F64(_) => {
-                let (x, dy, _) = slices3::<f64>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                self.run(x, l1.shape(), dy)
-            }
-            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
-        }
+        run_triple(self, (s1, l1), (s2, l2), (s3, l3))
     }
 }

@@ -62,8 +62,16 @@ struct DepthwiseConv3x3 {
     stride: usize,
 }
 
-impl DepthwiseConv3x3 {
-    fn run<T: WithDType>(&self, x: &[T], x_shape: &Shape, w: &[T]) -> Result<(CpuStorage, Shape)> {
+impl PairKernel for DepthwiseConv3x3 {
+    const NAME: &'static str = "depthwise-conv3x3";
+
+    fn run<T: WithDType>(
+        &self,
+        x: &[T],
+        x_shape: &Shape,
+        w: &[T],
+        _: &Shape,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, wd) = x_shape.dims4()?;
         let (oh, ow) = (
             depthwise_output_size(h, self.stride),
@@ -149,7 +157,7 @@ fn conv_plane<T: WithDType>(
 
 impl CustomOp2 for DepthwiseConv3x3 {
     fn name(&self) -> &'static str {
-        "depthwise-conv3x3"
+        <Self as PairKernel>::NAME
     }
 
     fn cpu_fwd(
@@ -159,19 +167,7 @@ impl CustomOp2 for DepthwiseConv3x3 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => self.run(
-                contiguous_slice::<f32>(s1, l1, self.name())?,
-                l1.shape(),
-                contiguous_slice::<f32>(s2, l2, self.name())?,
-            ),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => self.run(
-                contiguous_slice::<f64>(s1, l1, self.name())?,
-                l1.shape(),
-                contiguous_slice::<f64>(s2, l2, self.name())?,
-            ),
-            _ => bail!("{}: only f32 and f64 have a CPU kernel", self.name()),
-        }
+        run_pair(self, s1, l1, s2, l2)
     }
 
     fn bwd(
