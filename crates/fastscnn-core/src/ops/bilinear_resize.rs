@@ -34,6 +34,21 @@ pub fn source_index(
     (i0, i1, src - i0 as f64)
 }
 
+/// For every output index along one axis, its two source indices and their weights in `T`: the
+/// table the resize kernels (forward, backward, fused argmax) share.
+pub(crate) fn taps<T: WithDType>(
+    input: usize,
+    output: usize,
+    align_corners: bool,
+) -> Vec<(usize, usize, T, T)> {
+    (0..output)
+        .map(|o| {
+            let (i0, i1, l) = source_index(o, input, output, align_corners);
+            (i0, i1, T::from_f64(1.0 - l), T::from_f64(l))
+        })
+        .collect()
+}
+
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
     x: &Tensor,
@@ -111,12 +126,7 @@ impl PlaneKernel for BilinearResize {
     fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
-        let columns: Vec<(usize, usize, T, T)> = (0..ow)
-            .map(|ox| {
-                let (x0, x1, l) = source_index(ox, w, ow, self.align_corners);
-                (x0, x1, T::from_f64(1.0 - l), T::from_f64(l))
-            })
-            .collect();
+        let columns = taps::<T>(w, ow, self.align_corners);
         let mut out = vec![T::zero(); n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
             .enumerate()
@@ -180,12 +190,7 @@ impl PlaneKernel for BilinearResizeGrad {
     fn run<T: WithDType>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
-        let columns: Vec<(usize, usize, T, T)> = (0..ow)
-            .map(|ox| {
-                let (x0, x1, l) = source_index(ox, w, ow, self.align_corners);
-                (x0, x1, T::from_f64(1.0 - l), T::from_f64(l))
-            })
-            .collect();
+        let columns = taps::<T>(w, ow, self.align_corners);
         let mut out = vec![T::zero(); n * c * h * w];
         out.par_chunks_mut(h * w)
             .enumerate()

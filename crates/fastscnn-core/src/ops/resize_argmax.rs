@@ -5,6 +5,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::bilinear_resize::taps;
 use super::{has_cpu_kernel, resize_bilinear, run_f32_or_f64, source_index, PlaneKernel};
 
 /// `argmax` over classes of `resize_bilinear(scores, out_h, out_w, align_corners)`, as (N, out_h,
@@ -43,12 +44,7 @@ impl PlaneKernel for ResizeArgmax {
     fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
-        let columns: Vec<(usize, usize, T, T)> = (0..ow)
-            .map(|ox| {
-                let (x0, x1, l) = source_index(ox, w, ow, self.align_corners);
-                (x0, x1, T::from_f64(1.0 - l), T::from_f64(l))
-            })
-            .collect();
+        let columns = taps::<T>(w, ow, self.align_corners);
         let mut labels = vec![0u32; n * oh * ow];
         labels
             .par_chunks_mut(ow)
