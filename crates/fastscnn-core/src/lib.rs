@@ -2,9 +2,11 @@
 //!
 //! [`layers`] holds the network's modules; [`ops`] the operations candle lacks or runs slowly
 //! (depthwise 3x3 convolution, adaptive average pooling, bilinear resize), as custom ops with direct
-//! CPU kernels and candle-composite fallbacks on other devices.
+//! CPU kernels and candle-composite fallbacks on other devices. [`cpu`] runs inference on plain
+//! buffers with kernels fused for Fast-SCNN's shapes.
 
 pub mod atomic_write;
+pub mod cpu;
 pub mod layers;
 mod normalization;
 pub mod ops;

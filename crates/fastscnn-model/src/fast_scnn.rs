@@ -1,6 +1,7 @@
 //! The whole network.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -8,6 +9,7 @@ use candle_nn::VarBuilder;
 use fastscnn_core::layers::{AuxHead, BatchNormMode, Classifier, FeatureFusion, Mode, NormOptions};
 use fastscnn_core::ops::{resize_argmax, resize_bilinear};
 
+use crate::cpu_inference::CpuInference;
 use crate::error::Result;
 use crate::global_feature_extractor::GlobalFeatureExtractor;
 use crate::learning_to_downsample::LearningToDownsample;
@@ -58,6 +60,9 @@ pub struct FastScnn {
     feature_fusion: FeatureFusion,
     classifier: Classifier,
     aux_heads: Vec<(AuxSource, AuxHead)>,
+    /// The fused CPU path `forward` and `predict` take for f32 CPU inputs; built from the weights
+    /// above, so absent while they can still change (training, unfolded BatchNorm).
+    cpu: Option<Arc<CpuInference>>,
 }
 
 impl FastScnn {
@@ -111,6 +116,7 @@ impl FastScnn {
                 vb.pp("classifier"),
             )?,
             aux_heads,
+            cpu: None,
         })
     }
 
@@ -127,9 +133,47 @@ impl FastScnn {
             mode: options.batch_norm,
             eps: config.bn_eps,
         };
-        weights.build(config.layout, options.dtype, &options.device, |vb| {
+        let model = weights.build(config.layout, options.dtype, &options.device, |vb| {
             Self::new(&config, norm, vb)
-        })
+        })?;
+        let fast_path = options.device.is_cpu()
+            && options.dtype == DType::F32
+            && options.batch_norm == BatchNormMode::Folded;
+        model.with_cpu_kernels(fast_path)
+    }
+
+    /// Turns the fused CPU inference path on or off (on by default for f32 CPU models loaded with
+    /// folded BatchNorm); off, `forward` and `predict` run through candle's ops, as training does.
+    /// Turning it on snapshots the current weights: turn it on again after changing them.
+    pub fn with_cpu_kernels(mut self, enabled: bool) -> Result<Self> {
+        self.cpu = if enabled {
+            Some(Arc::new(CpuInference::new(
+                &self.learning_to_downsample,
+                &self.global_feature_extractor,
+                &self.feature_fusion,
+                &self.classifier,
+                self.config.align_corners,
+            )?))
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// Whether every BatchNorm was folded into its convolution at load time.
+    pub fn is_batch_norm_folded(&self) -> bool {
+        self.learning_to_downsample.stem().is_folded()
+    }
+
+    pub fn uses_cpu_kernels(&self) -> bool {
+        self.cpu.is_some()
+    }
+
+    /// The fused CPU path, when it is on and `x` can take it.
+    fn cpu_path(&self, x: &Tensor) -> Option<&CpuInference> {
+        self.cpu
+            .as_deref()
+            .filter(|_| x.device().is_cpu() && x.dtype() == DType::F32)
     }
 
     pub fn config(&self) -> &FastScnnConfig {
@@ -244,6 +288,9 @@ impl FastScnn {
         x: &Tensor,
         mut record: impl FnMut(&'static str, Duration),
     ) -> candle_core::Result<Tensor> {
+        if let Some(cpu) = self.cpu_path(x) {
+            return cpu.labels_profiled(x, &mut record);
+        }
         let device = x.device().clone();
         let mut timed =
             |name: &'static str, run: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
@@ -285,6 +332,9 @@ impl FastScnn {
     /// 1/8-resolution scores go through one fused resize + argmax, so the logits are never
     /// stored at full resolution.
     pub fn predict(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(cpu) = self.cpu_path(x) {
+            return cpu.labels(x);
+        }
         let (_, _, h, w) = x.dims4()?;
         let scores = self.classifier_scores(x)?;
         resize_argmax(&scores, h, w, self.config.align_corners)
@@ -307,6 +357,9 @@ impl FastScnn {
 impl Module for FastScnn {
     /// Logits (N, C, H, W) at the input resolution.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(cpu) = self.cpu_path(x) {
+            return cpu.logits(x);
+        }
         Ok(self.forward_stages(x, false)?.logits)
     }
 }

@@ -51,6 +51,14 @@ impl GlobalFeatureExtractor {
 
 impl GlobalFeatureExtractor {
     /// The number of bottleneck groups (three in every preset).
+    pub fn groups(&self) -> &[Vec<LinearBottleneck>] {
+        &self.groups
+    }
+
+    pub fn pyramid_pooling(&self) -> &PyramidPooling {
+        &self.ppm
+    }
+
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }

@@ -28,6 +28,18 @@ impl LearningToDownsample {
 }
 
 impl LearningToDownsample {
+    pub fn stem(&self) -> &ConvBnAct {
+        &self.conv
+    }
+
+    pub fn dsconv1(&self) -> &DSConv {
+        &self.dsconv1
+    }
+
+    pub fn dsconv2(&self) -> &DSConv {
+        &self.dsconv2
+    }
+
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = self.conv.forward_mode(x, mode)?;
         let x = self.dsconv1.forward_mode(&x, mode)?;

@@ -16,6 +16,7 @@
 //! ```
 
 mod config;
+mod cpu_inference;
 mod default_weights;
 mod error;
 mod fast_scnn;
@@ -26,6 +27,7 @@ mod preprocess;
 mod weights;
 
 pub use config::{AuxSource, FastScnnConfig};
+pub use cpu_inference::CpuInference;
 pub use default_weights::{default_weights_path, fastscnn_home};
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};

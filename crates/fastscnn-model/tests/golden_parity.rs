@@ -60,6 +60,36 @@ fn check_stages(
     }
     let agreement = argmax_agreement(&stages.logits, &expected["logits"]);
     assert!(agreement >= 0.999, "{label}: argmax agreement {agreement}");
+
+    // Folded models take the fused CPU path in `forward` and `predict`: the same bar.
+    assert_eq!(
+        model.uses_cpu_kernels(),
+        model.is_batch_norm_folded(),
+        "{label}"
+    );
+    if model.uses_cpu_kernels() {
+        let logits = model.forward(&input).unwrap();
+        let d = max_abs_diff(&logits, &expected["logits"]);
+        eprintln!("{label} logits (CPU kernels): max |diff| = {d:e}");
+        assert!(
+            d <= TOLERANCE,
+            "{label} CPU kernels: max |diff| {d} > {TOLERANCE}"
+        );
+        let labels = model.predict(&input).unwrap();
+        let agreement = label_agreement(&labels, &expected["logits"]);
+        assert!(
+            agreement >= 0.999,
+            "{label} CPU kernels: argmax agreement {agreement}"
+        );
+    }
+}
+
+/// The share of pixels where `labels` equals the argmax of `logits`.
+fn label_agreement(labels: &Tensor, logits: &Tensor) -> f64 {
+    let ours = labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let theirs = argmax_labels(logits);
+    let same = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+    same as f64 / theirs.len() as f64
 }
 
 fn check_reference_parity(weights: &str, batch_norm: BatchNormMode) {
@@ -223,6 +253,28 @@ fn outputs_are_consistent_and_sizes_need_not_be_multiples_of_32() {
     for (h, w) in [(97, 131), (64, 64), (33, 47)] {
         let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap();
         assert_eq!(model.forward(&x).unwrap().dims(), &[2, 19, h, w]);
+    }
+}
+
+#[test]
+fn cpu_kernels_match_candle_ops_at_odd_sizes_in_batches_for_both_layouts() {
+    let Some(golden) = golden() else { return };
+    for file in ["fastscnn_seed0_c19.safetensors", "mmseg_fastscnn_c19.pth"] {
+        let fast = load_model(&golden.join(file), BatchNormMode::Folded);
+        assert!(fast.uses_cpu_kernels(), "{file}");
+        let plain = fast.clone().with_cpu_kernels(false).unwrap();
+        assert!(!plain.uses_cpu_kernels());
+        for (n, h, w) in [(2, 97, 131), (1, 256, 512), (1, 33, 47)] {
+            let x = Tensor::randn(0f32, 1.0, (n, 3, h, w), &Device::Cpu).unwrap();
+            let expected = plain.forward(&x).unwrap();
+            let d = max_abs_diff(&fast.forward(&x).unwrap(), &expected);
+            assert!(d <= TOLERANCE, "{file} {n}x{h}x{w}: max |diff| {d}");
+            let agreement = label_agreement(&fast.predict(&x).unwrap(), &expected);
+            assert!(
+                agreement >= 0.999,
+                "{file} {n}x{h}x{w}: agreement {agreement}"
+            );
+        }
     }
 }
 

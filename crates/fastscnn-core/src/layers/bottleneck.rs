@@ -55,6 +55,18 @@ impl LinearBottleneck {
     pub fn has_shortcut(&self) -> bool {
         self.shortcut
     }
+
+    pub fn expand(&self) -> &ConvBnAct {
+        &self.expand
+    }
+
+    pub fn depthwise(&self) -> &ConvBnAct {
+        &self.depthwise
+    }
+
+    pub fn project(&self) -> &ConvBnAct {
+        &self.project
+    }
 }
 
 impl LinearBottleneck {

@@ -39,6 +39,18 @@ impl Classifier {
 pub const HEAD_DROPOUT: f32 = 0.1;
 
 impl Classifier {
+    pub fn dsconv1(&self) -> &DSConv {
+        &self.dsconv1
+    }
+
+    pub fn dsconv2(&self) -> &DSConv {
+        &self.dsconv2
+    }
+
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = self.dsconv1.forward_mode(x, mode)?;
         let x = self.dsconv2.forward_mode(&x, mode)?;

@@ -90,6 +90,10 @@ impl ConvBnAct {
     pub fn is_folded(&self) -> bool {
         self.bn.is_none()
     }
+
+    pub fn relu(&self) -> bool {
+        self.relu
+    }
 }
 
 impl ConvBnAct {

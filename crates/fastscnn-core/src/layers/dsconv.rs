@@ -44,6 +44,14 @@ impl DSConv {
 }
 
 impl DSConv {
+    pub fn depthwise(&self) -> &ConvBnAct {
+        &self.depthwise
+    }
+
+    pub fn pointwise(&self) -> &ConvBnAct {
+        &self.pointwise
+    }
+
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.pointwise
             .forward_mode(&self.depthwise.forward_mode(x, mode)?, mode)

@@ -68,6 +68,22 @@ impl FeatureFusion {
 
     /// The low-resolution branch is resized to the high-resolution branch's actual size, not by a
     /// fixed x4, so inputs that are not multiples of 32 work.
+    pub fn dwconv(&self) -> &ConvBnAct {
+        &self.dwconv
+    }
+
+    pub fn conv_lower_res(&self) -> &ConvBnAct {
+        &self.conv_lower_res
+    }
+
+    pub fn conv_higher_res(&self) -> &ConvBnAct {
+        &self.conv_higher_res
+    }
+
+    pub fn align_corners(&self) -> bool {
+        self.align_corners
+    }
+
     pub fn forward(&self, higher: &Tensor, lower: &Tensor) -> Result<Tensor> {
         self.forward_mode(higher, lower, Mode::Inference)
     }

@@ -62,6 +62,19 @@ impl PyramidPooling {
 }
 
 impl PyramidPooling {
+    /// Each branch's bin count and its 1x1 conv.
+    pub fn branches(&self) -> &[(usize, ConvBnAct)] {
+        &self.branches
+    }
+
+    pub fn out(&self) -> &ConvBnAct {
+        &self.out
+    }
+
+    pub fn align_corners(&self) -> bool {
+        self.align_corners
+    }
+
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let mut parts = Vec::with_capacity(self.branches.len() + 1);

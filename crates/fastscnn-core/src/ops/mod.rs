@@ -13,6 +13,7 @@ mod resize_argmax;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, pool_window};
 pub use batch_norm::{batch_norm_train, batch_norm_train_composite, channel_mean_var};
+pub(crate) use bilinear_resize::taps;
 pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite, source_index};
 pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,

@@ -1,0 +1,380 @@
+//! Fast-SCNN's blocks on plain buffers, each built from its candle layer with BatchNorm folded.
+//!
+//! Every `run` takes one image's (C, H, W) input and returns its output in a buffer from the
+//! [`BufferPool`], handing its intermediates back to the pool as soon as they are read.
+
+use candle_core::{bail, DType, Result, Tensor};
+
+use super::resize::resize_planes;
+use super::{BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
+use crate::layers::{self, Conv2d, ConvBnAct};
+use crate::ops::pool_window;
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+}
+
+/// The weight and the bias (zeros when the conv has none) of `conv`.
+fn parts(conv: &Conv2d) -> Result<(Vec<f32>, Vec<f32>)> {
+    let bias = match conv.bias() {
+        Some(b) => to_vec(b)?,
+        None => vec![0.0; conv.config().out_channels],
+    };
+    Ok((to_vec(conv.weight())?, bias))
+}
+
+/// The conv of a layer whose BatchNorm was folded at load time.
+fn folded(layer: &ConvBnAct) -> Result<&Conv2d> {
+    if !layer.is_folded() {
+        bail!("CPU inference needs the BatchNorm folded into the convolutions (BatchNormMode::Folded)")
+    }
+    Ok(layer.conv())
+}
+
+impl PointwiseConv {
+    pub fn from_conv(conv: &Conv2d, relu: bool) -> Result<Self> {
+        let c = conv.config();
+        if c.depthwise || c.kernel != 1 || c.stride != 1 || c.padding != 0 {
+            bail!("not a pointwise convolution: {c:?}")
+        }
+        let (weight, bias) = parts(conv)?;
+        Ok(Self::new(weight, bias, c.in_channels, c.out_channels, relu))
+    }
+
+    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
+        Self::from_conv(folded(layer)?, layer.relu())
+    }
+}
+
+impl DepthwiseConv {
+    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
+        let conv = folded(layer)?;
+        let c = conv.config();
+        if !c.depthwise || !(c.stride == 1 || c.stride == 2) {
+            bail!("not a depthwise 3x3 convolution of stride 1 or 2: {c:?}")
+        }
+        let (weight, bias) = parts(conv)?;
+        Ok(Self::new(
+            weight,
+            bias,
+            c.in_channels,
+            c.stride,
+            layer.relu(),
+        ))
+    }
+}
+
+impl DenseConv {
+    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
+        let conv = folded(layer)?;
+        let c = conv.config();
+        if c.depthwise {
+            bail!("not a dense convolution: {c:?}")
+        }
+        let (weight, bias) = parts(conv)?;
+        Ok(Self {
+            weight,
+            bias,
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            relu: layer.relu(),
+        })
+    }
+}
+
+/// A dense conv routed to the pointwise kernel when it is 1x1.
+#[derive(Debug, Clone)]
+pub enum AnyConv {
+    Pointwise(PointwiseConv),
+    Dense(DenseConv),
+}
+
+impl AnyConv {
+    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
+        let c = folded(layer)?.config();
+        Ok(
+            if c.kernel == 1 && c.stride == 1 && c.padding == 0 && !c.depthwise {
+                AnyConv::Pointwise(PointwiseConv::from_layer(layer)?)
+            } else {
+                AnyConv::Dense(DenseConv::from_layer(layer)?)
+            },
+        )
+    }
+
+    pub fn out_channels(&self) -> usize {
+        match self {
+            AnyConv::Pointwise(c) => c.out_channels,
+            AnyConv::Dense(c) => c.out_channels,
+        }
+    }
+
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        match self {
+            AnyConv::Pointwise(_) => (h, w),
+            AnyConv::Dense(c) => c.output_size(h, w),
+        }
+    }
+
+    pub fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Vec<f32>, usize, usize) {
+        let (oh, ow) = self.output_size(h, w);
+        let mut out = pool.take(self.out_channels() * oh * ow);
+        match self {
+            AnyConv::Pointwise(c) => c.run(x, h * w, &mut out, Seed::Bias),
+            AnyConv::Dense(c) => c.run(x, h, w, &mut out),
+        }
+        (out, oh, ow)
+    }
+}
+
+/// Depthwise 3x3 then pointwise 1x1 (DSConv).
+#[derive(Debug, Clone)]
+pub struct SeparableConv {
+    pub depthwise: DepthwiseConv,
+    pub pointwise: PointwiseConv,
+}
+
+impl SeparableConv {
+    pub fn from_layer(layer: &layers::DSConv) -> Result<Self> {
+        Ok(Self {
+            depthwise: DepthwiseConv::from_layer(layer.depthwise())?,
+            pointwise: PointwiseConv::from_layer(layer.pointwise())?,
+        })
+    }
+
+    pub fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Vec<f32>, usize, usize) {
+        let (oh, ow) = self.depthwise.output_size(h, w);
+        let mut hidden = pool.take(self.depthwise.channels * oh * ow);
+        self.depthwise.run(x, h, w, &mut hidden);
+        let mut out = pool.take(self.pointwise.out_channels * oh * ow);
+        self.pointwise.run(&hidden, oh * ow, &mut out, Seed::Bias);
+        pool.give(hidden);
+        (out, oh, ow)
+    }
+}
+
+/// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
+#[derive(Debug, Clone)]
+pub struct Bottleneck {
+    pub expand: PointwiseConv,
+    pub depthwise: DepthwiseConv,
+    pub project: PointwiseConv,
+    pub shortcut: bool,
+}
+
+impl Bottleneck {
+    pub fn from_layer(layer: &layers::LinearBottleneck) -> Result<Self> {
+        Ok(Self {
+            expand: PointwiseConv::from_layer(layer.expand())?,
+            depthwise: DepthwiseConv::from_layer(layer.depthwise())?,
+            project: PointwiseConv::from_layer(layer.project())?,
+            shortcut: layer.has_shortcut(),
+        })
+    }
+
+    pub fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Vec<f32>, usize, usize) {
+        let mut expanded = pool.take(self.expand.out_channels * h * w);
+        self.expand.run(x, h * w, &mut expanded, Seed::Bias);
+        let (oh, ow) = self.depthwise.output_size(h, w);
+        let mut filtered = pool.take(self.depthwise.channels * oh * ow);
+        self.depthwise.run(&expanded, h, w, &mut filtered);
+        pool.give(expanded);
+        let mut out = pool.take(self.project.out_channels * oh * ow);
+        let seed = if self.shortcut {
+            Seed::BiasPlus(x)
+        } else {
+            Seed::Bias
+        };
+        self.project.run(&filtered, oh * ow, &mut out, seed);
+        pool.give(filtered);
+        (out, oh, ow)
+    }
+}
+
+/// Pyramid pooling: the input, and each bin's pooled, projected and upsampled features, concatenated
+/// and fused by the output conv.
+#[derive(Debug, Clone)]
+pub struct PyramidPooling {
+    pub branches: Vec<(usize, PointwiseConv)>,
+    pub out: AnyConv,
+    pub align_corners: bool,
+}
+
+impl PyramidPooling {
+    pub fn from_layer(layer: &layers::PyramidPooling) -> Result<Self> {
+        Ok(Self {
+            branches: layer
+                .branches()
+                .iter()
+                .map(|(bin, conv)| Ok((*bin, PointwiseConv::from_layer(conv)?)))
+                .collect::<Result<_>>()?,
+            out: AnyConv::from_layer(layer.out())?,
+            align_corners: layer.align_corners(),
+        })
+    }
+
+    pub fn run(
+        &self,
+        x: &[f32],
+        c: usize,
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Vec<f32>, usize, usize) {
+        let plane = h * w;
+        let concat_channels = c + self
+            .branches
+            .iter()
+            .map(|(_, b)| b.out_channels)
+            .sum::<usize>();
+        let mut concat = pool.take(concat_channels * plane);
+        concat[..c * plane].copy_from_slice(x);
+        let mut offset = c * plane;
+        for (bin, conv) in &self.branches {
+            let pooled = adaptive_avg_pool(x, c, h, w, *bin);
+            let mut projected = vec![0f32; conv.out_channels * bin * bin];
+            conv.run(&pooled, bin * bin, &mut projected, Seed::Bias);
+            let end = offset + conv.out_channels * plane;
+            resize_planes(
+                &projected,
+                conv.out_channels,
+                *bin,
+                *bin,
+                &mut concat[offset..end],
+                h,
+                w,
+                self.align_corners,
+            );
+            offset = end;
+        }
+        let out = self.out.run(&concat, h, w, pool);
+        pool.give(concat);
+        out
+    }
+}
+
+/// PyTorch's adaptive average pooling of (c, h, w) to (c, bin, bin).
+fn adaptive_avg_pool(x: &[f32], c: usize, h: usize, w: usize, bin: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(c * bin * bin);
+    for plane in x.chunks_exact(h * w).take(c) {
+        for by in 0..bin {
+            let (y0, y1) = pool_window(by, h, bin);
+            for bx in 0..bin {
+                let (x0, x1) = pool_window(bx, w, bin);
+                let sum: f32 = (y0..y1)
+                    .map(|y| plane[y * w + x0..y * w + x1].iter().sum::<f32>())
+                    .sum();
+                out.push(sum / ((y1 - y0) * (x1 - x0)) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// Feature fusion: the global features upsampled, depthwise-filtered and projected, plus the
+/// projected higher-resolution features, rectified.
+#[derive(Debug, Clone)]
+pub struct FeatureFusion {
+    pub depthwise: DepthwiseConv,
+    pub lower: PointwiseConv,
+    /// Carries the ReLU of the sum, applied after its product is added to the lower branch's.
+    pub higher: PointwiseConv,
+    pub align_corners: bool,
+}
+
+impl FeatureFusion {
+    pub fn from_layer(layer: &layers::FeatureFusion) -> Result<Self> {
+        let mut higher = PointwiseConv::from_layer(layer.conv_higher_res())?;
+        higher.relu = true;
+        let mut lower = PointwiseConv::from_layer(layer.conv_lower_res())?;
+        lower.relu = false;
+        Ok(Self {
+            depthwise: DepthwiseConv::from_layer(layer.dwconv())?,
+            lower,
+            higher,
+            align_corners: layer.align_corners(),
+        })
+    }
+
+    /// `higher` is (c_h, h, w), `lower` (c_l, lh, lw); the output is (out, h, w).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        higher: &[f32],
+        h: usize,
+        w: usize,
+        lower: &[f32],
+        lh: usize,
+        lw: usize,
+        pool: &mut BufferPool,
+    ) -> Vec<f32> {
+        let channels = self.depthwise.channels;
+        let mut upsampled = pool.take(channels * h * w);
+        resize_planes(
+            lower,
+            channels,
+            lh,
+            lw,
+            &mut upsampled,
+            h,
+            w,
+            self.align_corners,
+        );
+        let mut filtered = pool.take(channels * h * w);
+        self.depthwise.run(&upsampled, h, w, &mut filtered);
+        pool.give(upsampled);
+        let mut out = pool.take(self.lower.out_channels * h * w);
+        self.lower.run(&filtered, h * w, &mut out, Seed::Bias);
+        pool.give(filtered);
+        self.higher.run(higher, h * w, &mut out, Seed::Accumulate);
+        out
+    }
+}
+
+/// Two DSConvs and the 1x1 conv to class scores (dropout is the identity at inference).
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    pub dsconv1: SeparableConv,
+    pub dsconv2: SeparableConv,
+    pub conv: PointwiseConv,
+}
+
+impl Classifier {
+    pub fn from_layer(layer: &layers::Classifier) -> Result<Self> {
+        Ok(Self {
+            dsconv1: SeparableConv::from_layer(layer.dsconv1())?,
+            dsconv2: SeparableConv::from_layer(layer.dsconv2())?,
+            conv: PointwiseConv::from_conv(layer.conv(), false)?,
+        })
+    }
+
+    pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Vec<f32> {
+        let (a, h, w) = self.dsconv1.run(x, h, w, pool);
+        let (b, h, w) = self.dsconv2.run(&a, h, w, pool);
+        pool.give(a);
+        let mut out = pool.take(self.conv.out_channels * h * w);
+        self.conv.run(&b, h * w, &mut out, Seed::Bias);
+        pool.give(b);
+        out
+    }
+}

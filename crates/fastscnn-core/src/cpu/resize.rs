@@ -1,0 +1,224 @@
+//! Bilinear resize of channel planes, and the fused resize + argmax, as two separable passes.
+//!
+//! Upsampling by 8 reads each input row for eight output rows. Interpolating every input row
+//! horizontally once, then blending pairs of those rows vertically, turns the per-pixel gather of
+//! four samples into a gather over 1/8 of the rows and a vector blend over the rest. The
+//! arithmetic is the one of [`crate::ops::resize_bilinear`]'s kernel (horizontal, then vertical,
+//! no fused multiply-adds), so labels equal those of resizing then taking the argmax.
+
+use rayon::prelude::*;
+
+use super::simd::{dispatch, MulAdd};
+use crate::ops::{source_index, taps};
+
+/// Every row of `plane` (h, w) interpolated horizontally to width `ow`, into `out` (h, ow).
+fn horizontal(plane: &[f32], w: usize, columns: &[(usize, usize, f32, f32)], out: &mut [f32]) {
+    let ow = columns.len();
+    for (row, out_row) in plane.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
+        for (o, &(x0, x1, wx0, wx1)) in out_row.iter_mut().zip(columns) {
+            *o = wx0 * row[x0] + wx1 * row[x1];
+        }
+    }
+}
+
+#[inline(always)]
+fn blend_body<M: MulAdd>(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &mut [f32]) {
+    for ((o, &t), &b) in out.iter_mut().zip(top).zip(bottom) {
+        *o = wy0 * t + wy1 * b;
+    }
+}
+
+dispatch!(fn blend(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &mut [f32]) => blend_body);
+
+/// Resizes `planes` planes of `input` (planes, h, w) to `out` (planes, oh, ow).
+#[allow(clippy::too_many_arguments)]
+pub fn resize_planes(
+    input: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    oh: usize,
+    ow: usize,
+    align_corners: bool,
+) {
+    assert_eq!(input.len(), planes * h * w, "resize input");
+    assert_eq!(out.len(), planes * oh * ow, "resize output");
+    if (h, w) == (oh, ow) {
+        out.copy_from_slice(input);
+        return;
+    }
+    let columns = taps::<f32>(w, ow, align_corners);
+    let rows: Vec<(usize, usize, f32, f32)> = (0..oh)
+        .map(|oy| {
+            let (y0, y1, l) = source_index(oy, h, oh, align_corners);
+            (y0, y1, (1.0 - l) as f32, l as f32)
+        })
+        .collect();
+    out.par_chunks_mut(oh * ow)
+        .zip(input.par_chunks(h * w))
+        .for_each_init(
+            || vec![0f32; h * ow],
+            |scratch, (out, plane)| {
+                horizontal(plane, w, &columns, scratch);
+                for (out_row, &(y0, y1, wy0, wy1)) in out.chunks_exact_mut(ow).zip(&rows) {
+                    blend(
+                        &scratch[y0 * ow..][..ow],
+                        &scratch[y1 * ow..][..ow],
+                        wy0,
+                        wy1,
+                        out_row,
+                    );
+                }
+            },
+        );
+}
+
+#[inline(always)]
+fn argmax_row_body<M: MulAdd>(
+    horizontal: &[f32],
+    classes: usize,
+    plane: usize,
+    y0: usize,
+    y1: usize,
+    wy0: f32,
+    wy1: f32,
+    best: &mut [f32],
+    labels: &mut [u32],
+) {
+    let ow = labels.len();
+    for class in 0..classes {
+        let base = &horizontal[class * plane..(class + 1) * plane];
+        let (top, bottom) = (&base[y0 * ow..][..ow], &base[y1 * ow..][..ow]);
+        if class == 0 {
+            for ((b, &t), &d) in best.iter_mut().zip(top).zip(bottom) {
+                *b = wy0 * t + wy1 * d;
+            }
+            labels.fill(0);
+            continue;
+        }
+        let id = class as u32;
+        for (((b, l), &t), &d) in best.iter_mut().zip(labels.iter_mut()).zip(top).zip(bottom) {
+            let v = wy0 * t + wy1 * d;
+            let wins = v > *b;
+            *b = if wins { v } else { *b };
+            *l = if wins { id } else { *l };
+        }
+    }
+}
+
+dispatch!(
+    #[allow(clippy::too_many_arguments)]
+    fn argmax_row(
+        horizontal: &[f32],
+        classes: usize,
+        plane: usize,
+        y0: usize,
+        y1: usize,
+        wy0: f32,
+        wy1: f32,
+        best: &mut [f32],
+        labels: &mut [u32],
+    ) => argmax_row_body
+);
+
+/// The argmax over classes of `resize_planes(scores)` at `oh`x`ow`, into `labels` (oh, ow), the
+/// first class winning ties; `scratch` holds the horizontally interpolated scores and is grown
+/// as needed (kept by the caller, so repeated frames allocate nothing).
+#[allow(clippy::too_many_arguments)]
+pub fn resize_argmax_planes(
+    scores: &[f32],
+    classes: usize,
+    h: usize,
+    w: usize,
+    labels: &mut [u32],
+    oh: usize,
+    ow: usize,
+    align_corners: bool,
+    scratch: &mut Vec<f32>,
+) {
+    assert!(classes > 0, "resize_argmax: no classes");
+    assert_eq!(scores.len(), classes * h * w, "resize_argmax scores");
+    assert_eq!(labels.len(), oh * ow, "resize_argmax labels");
+    let columns = taps::<f32>(w, ow, align_corners);
+    let plane = h * ow;
+    if scratch.len() < classes * plane {
+        scratch.resize(classes * plane, 0.0);
+    }
+    let horizontal_scores = &mut scratch[..classes * plane];
+    horizontal_scores
+        .par_chunks_mut(plane)
+        .zip(scores.par_chunks(h * w))
+        .for_each(|(out, class_plane)| horizontal(class_plane, w, &columns, out));
+    let horizontal_scores = &*horizontal_scores;
+    labels.par_chunks_mut(ow).enumerate().for_each_init(
+        || vec![0f32; ow],
+        |best, (oy, row)| {
+            let (y0, y1, l) = source_index(oy, h, oh, align_corners);
+            let (wy0, wy1) = ((1.0 - l) as f32, l as f32);
+            argmax_row(
+                horizontal_scores,
+                classes,
+                plane,
+                y0,
+                y1,
+                wy0,
+                wy1,
+                best,
+                row,
+            );
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{resize_argmax, resize_bilinear};
+    use crate::testing::random_tensor;
+
+    #[test]
+    fn equal_the_resize_and_argmax_ops_exactly() {
+        for align_corners in [true, false] {
+            for ((h, w), (oh, ow)) in [
+                ((8, 16), (64, 128)),
+                ((5, 7), (13, 3)),
+                ((4, 4), (4, 4)),
+                ((3, 5), (1, 1)),
+            ] {
+                let c = 19;
+                let x = random_tensor(&[1, c, h, w], 7).unwrap();
+                let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let mut out = vec![0f32; c * oh * ow];
+                resize_planes(&data, c, h, w, &mut out, oh, ow, align_corners);
+                let expected: Vec<f32> = resize_bilinear(&x, oh, ow, align_corners)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(out, expected, "{h}x{w} -> {oh}x{ow}");
+                let mut labels = vec![0u32; oh * ow];
+                let mut scratch = Vec::new();
+                resize_argmax_planes(
+                    &data,
+                    c,
+                    h,
+                    w,
+                    &mut labels,
+                    oh,
+                    ow,
+                    align_corners,
+                    &mut scratch,
+                );
+                let expected: Vec<u32> = resize_argmax(&x, oh, ow, align_corners)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(labels, expected, "{h}x{w} -> {oh}x{ow}");
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Which vector instructions the kernels are compiled for, chosen once at run time.
+//!
+//! The default Rust target for x86-64 stops at SSE2, so a kernel written as plain loops would use
+//! a quarter of an AVX-512 machine's vector width and no fused multiply-add. Each kernel body is
+//! written once, generic over [`MulAdd`], inlined into copies compiled with `target_feature`
+//! for AVX-512 and AVX2+FMA, and the copy to run is picked from what the processor reports. On
+//! aarch64 NEON and FMA are part of the base target, so the portable copy already uses them.
+
+use std::sync::OnceLock;
+
+/// The instruction sets a kernel has a compiled copy for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512F (512-bit vectors) and FMA.
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// Whatever the build target offers: SSE2 on x86-64, NEON on aarch64.
+    Portable,
+}
+
+impl Isa {
+    /// What this processor supports; `FASTSCNN_ISA=portable|avx2|avx512` narrows it (for
+    /// benchmarks and tests of the fallbacks), never widens it past what the processor has.
+    pub fn detected() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Self::best_supported();
+            match std::env::var("FASTSCNN_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") if best != Isa::Portable => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    fn best_supported() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// `a * b + c`, fused into one instruction where the compiled copy has FMA, two otherwise (a fused
+/// multiply-add without hardware support is a slow library call).
+pub trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding: the FMA instruction.
+pub struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Two roundings: a multiply then an add.
+pub struct Unfused;
+
+impl MulAdd for Unfused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// The [`MulAdd`] of the portable copy: fused where the base target has FMA (aarch64).
+#[cfg(target_arch = "aarch64")]
+pub type PortableMulAdd = Fused;
+#[cfg(not(target_arch = "aarch64"))]
+pub type PortableMulAdd = Unfused;
+
+/// Defines `$name(args)` that runs `$body::<M>(args)` compiled for the best [`Isa`] available.
+/// `$body` must be `#[inline(always)]` so each copy is vectorised for its own instruction set.
+macro_rules! dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body::<$crate::cpu::simd::Fused>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body::<$crate::cpu::simd::Fused>($($arg),*)
+                }
+                match $crate::cpu::simd::Isa::detected() {
+                    // SAFETY: `Isa::detected` reports only features the processor has.
+                    $crate::cpu::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::cpu::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::cpu::simd::Isa::Portable => {}
+                }
+            }
+            $body::<$crate::cpu::simd::PortableMulAdd>($($arg),*)
+        }
+    };
+}
+
+pub(crate) use dispatch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(always)]
+    fn axpy_body<M: MulAdd>(a: f32, x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = M::mul_add(a, x, *y);
+        }
+    }
+
+    dispatch!(fn axpy(a: f32, x: &[f32], y: &mut [f32]) => axpy_body);
+
+    #[test]
+    fn every_copy_computes_the_same_thing() {
+        let x: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
+        let mut y = vec![1.0; 37];
+        axpy(2.0, &x, &mut y);
+        let expected: Vec<f32> = x.iter().map(|v| 2.0 * v + 1.0).collect();
+        assert_eq!(y, expected);
+        assert!(matches!(
+            Isa::detected(),
+            Isa::Avx512 | Isa::Avx2 | Isa::Portable
+        ));
+    }
+}

@@ -1,0 +1,223 @@
+//! The whole network on the CPU kernels of [`fastscnn_core::cpu`], built once from a loaded model.
+//!
+//! The candle network stays the one source of truth (loading, training, other devices); this is
+//! its inference path on the CPU, with every BatchNorm folded, fused layers and buffers kept from
+//! one frame to the next. [`crate::FastScnn`] routes `forward` and `predict` here when it can.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
+use fastscnn_core::cpu::{
+    resize_argmax_planes, resize_planes, Bottleneck, BufferPool, Classifier, DenseConv,
+    FeatureFusion, PyramidPooling, SeparableConv,
+};
+
+use crate::global_feature_extractor::GlobalFeatureExtractor;
+use crate::learning_to_downsample::LearningToDownsample;
+
+/// What a forward pass ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Class scores at the input resolution.
+    Logits,
+    /// The label map, never storing full-resolution scores.
+    Labels,
+}
+
+#[derive(Debug)]
+pub struct CpuInference {
+    stem: DenseConv,
+    dsconv1: SeparableConv,
+    dsconv2: SeparableConv,
+    groups: Vec<Vec<Bottleneck>>,
+    ppm: PyramidPooling,
+    fusion: FeatureFusion,
+    classifier: Classifier,
+    align_corners: bool,
+    pool: Mutex<BufferPool>,
+}
+
+impl CpuInference {
+    pub(crate) fn new(
+        ltd: &LearningToDownsample,
+        gfe: &GlobalFeatureExtractor,
+        fusion: &fastscnn_core::layers::FeatureFusion,
+        classifier: &fastscnn_core::layers::Classifier,
+        align_corners: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            stem: DenseConv::from_layer(ltd.stem())?,
+            dsconv1: SeparableConv::from_layer(ltd.dsconv1())?,
+            dsconv2: SeparableConv::from_layer(ltd.dsconv2())?,
+            groups: gfe
+                .groups()
+                .iter()
+                .map(|g| g.iter().map(Bottleneck::from_layer).collect())
+                .collect::<Result<_>>()?,
+            ppm: PyramidPooling::from_layer(gfe.pyramid_pooling())?,
+            fusion: FeatureFusion::from_layer(fusion)?,
+            classifier: Classifier::from_layer(classifier)?,
+            align_corners,
+            pool: Mutex::new(BufferPool::default()),
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.classifier.conv.out_channels
+    }
+
+    /// Logits (N, C, H, W) for an (N, 3, H, W) f32 CPU tensor.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, Output::Logits, &mut |_, _| {})
+    }
+
+    /// The label map (N, H, W) u32.
+    pub fn labels(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, Output::Labels, &mut |_, _| {})
+    }
+
+    /// [`Self::labels`], reporting the time of every stage.
+    pub fn labels_profiled(
+        &self,
+        x: &Tensor,
+        record: &mut dyn FnMut(&'static str, Duration),
+    ) -> Result<Tensor> {
+        self.run(x, Output::Labels, record)
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        output: Output,
+        record: &mut dyn FnMut(&'static str, Duration),
+    ) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            bail!("CPU inference takes f32 tensors on the CPU")
+        }
+        if c != self.stem.in_channels {
+            bail!(
+                "the network takes {} input channels, got {c}",
+                self.stem.in_channels
+            )
+        }
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            bail!("CPU inference takes f32 tensors on the CPU")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("CPU inference needs a contiguous input")
+        };
+        let data = &data[start..end];
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let classes = self.num_classes();
+        let image_len = c * h * w;
+        match output {
+            Output::Logits => {
+                let mut logits = vec![0f32; n * classes * h * w];
+                for (image, out) in data
+                    .chunks_exact(image_len)
+                    .zip(logits.chunks_exact_mut(classes * h * w))
+                {
+                    let (scores, sh, sw) = self.scores(image, h, w, &mut pool, record)?;
+                    let start = Instant::now();
+                    resize_planes(&scores, classes, sh, sw, out, h, w, self.align_corners);
+                    record("resize", start.elapsed());
+                    pool.give(scores);
+                }
+                Tensor::from_vec(logits, (n, classes, h, w), x.device())
+            }
+            Output::Labels => {
+                let mut labels = vec![0u32; n * h * w];
+                let mut scratch = pool.take(0);
+                for (image, out) in data
+                    .chunks_exact(image_len)
+                    .zip(labels.chunks_exact_mut(h * w))
+                {
+                    let (scores, sh, sw) = self.scores(image, h, w, &mut pool, record)?;
+                    let start = Instant::now();
+                    resize_argmax_planes(
+                        &scores,
+                        classes,
+                        sh,
+                        sw,
+                        out,
+                        h,
+                        w,
+                        self.align_corners,
+                        &mut scratch,
+                    );
+                    record("resize + argmax", start.elapsed());
+                    pool.give(scores);
+                }
+                pool.give(scratch);
+                Tensor::from_vec(labels, (n, h, w), x.device())
+            }
+        }
+    }
+
+    /// The classifier's scores (classes, H/8, W/8) for one image.
+    fn scores(
+        &self,
+        image: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+        record: &mut dyn FnMut(&'static str, Duration),
+    ) -> Result<(Vec<f32>, usize, usize)> {
+        if h < 3 || w < 3 {
+            bail!("CPU inference needs at least 3x3 pixels, got {h}x{w}")
+        }
+        let mut clock = Instant::now();
+        let mut lap = |name: &'static str, record: &mut dyn FnMut(&'static str, Duration)| {
+            record(name, clock.elapsed());
+            clock = Instant::now();
+        };
+        let (sh, sw) = self.stem.output_size(h, w);
+        let mut stem = pool.take(self.stem.out_channels * sh * sw);
+        self.stem.run(image, h, w, &mut stem);
+        let (a, ah, aw) = self.dsconv1.run(&stem, sh, sw, pool);
+        pool.give(stem);
+        let (higher, hh, hw) = self.dsconv2.run(&a, ah, aw, pool);
+        pool.give(a);
+        lap("learning to downsample", record);
+
+        const GROUPS: [&str; 3] = [
+            "bottleneck group 1",
+            "bottleneck group 2",
+            "bottleneck group 3",
+        ];
+        let (mut lower, mut lh, mut lw) = (None::<Vec<f32>>, hh, hw);
+        for (index, group) in self.groups.iter().enumerate() {
+            for block in group {
+                let input = lower.as_deref().unwrap_or(&higher);
+                let (out, oh, ow) = block.run(input, lh, lw, pool);
+                if let Some(old) = lower.replace(out) {
+                    pool.give(old);
+                }
+                (lh, lw) = (oh, ow);
+            }
+            lap(
+                GROUPS.get(index).copied().unwrap_or("bottleneck group"),
+                record,
+            );
+        }
+        let lower = lower.unwrap_or_else(|| higher.clone());
+        let lower_channels = lower.len() / (lh * lw);
+        let (global, gh, gw) = self.ppm.run(&lower, lower_channels, lh, lw, pool);
+        pool.give(lower);
+        lap("pyramid pooling", record);
+
+        let fused = self.fusion.run(&higher, hh, hw, &global, gh, gw, pool);
+        pool.give(global);
+        pool.give(higher);
+        lap("feature fusion", record);
+
+        let scores = self.classifier.run(&fused, hh, hw, pool);
+        pool.give(fused);
+        lap("classifier", record);
+        Ok((scores, hh, hw))
+    }
+}
