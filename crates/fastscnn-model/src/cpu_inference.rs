@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_core::cpu::{
-    resize_argmax_planes, resize_planes, Bottleneck, BufferPool, Classifier, DenseConv,
-    FeatureFusion, PyramidPooling, SeparableConv,
+    resize_argmax_planes, resize_planes, zeroed_vec, Bottleneck, Buffer, BufferPool, Classifier,
+    DenseConv, FeatureFusion, PyramidPooling, SeparableConv,
 };
 
 use crate::global_feature_extractor::GlobalFeatureExtractor;
@@ -116,7 +116,7 @@ impl CpuInference {
         let image_len = c * h * w;
         match output {
             Output::Logits => {
-                let mut logits = vec![0f32; n * classes * h * w];
+                let mut logits = zeroed_vec::<f32>(n * classes * h * w);
                 for (image, out) in data
                     .chunks_exact(image_len)
                     .zip(logits.chunks_exact_mut(classes * h * w))
@@ -130,14 +130,14 @@ impl CpuInference {
                 Tensor::from_vec(logits, (n, classes, h, w), x.device())
             }
             Output::Labels => {
-                let mut labels = vec![0u32; n * h * w];
-                let mut scratch = pool.take(0);
+                let mut labels = zeroed_vec::<u32>(n * h * w);
                 for (image, out) in data
                     .chunks_exact(image_len)
                     .zip(labels.chunks_exact_mut(h * w))
                 {
                     let (scores, sh, sw) = self.scores(image, h, w, &mut pool, record)?;
                     let start = Instant::now();
+                    let mut scratch = pool.take(classes * sh * w);
                     resize_argmax_planes(
                         &scores,
                         classes,
@@ -151,8 +151,8 @@ impl CpuInference {
                     );
                     record("resize + argmax", start.elapsed());
                     pool.give(scores);
+                    pool.give(scratch);
                 }
-                pool.give(scratch);
                 Tensor::from_vec(labels, (n, h, w), x.device())
             }
         }
@@ -166,7 +166,7 @@ impl CpuInference {
         w: usize,
         pool: &mut BufferPool,
         record: &mut dyn FnMut(&'static str, Duration),
-    ) -> Result<(Vec<f32>, usize, usize)> {
+    ) -> Result<(Buffer, usize, usize)> {
         if h < 3 || w < 3 {
             bail!("CPU inference needs at least 3x3 pixels, got {h}x{w}")
         }
@@ -189,7 +189,7 @@ impl CpuInference {
             "bottleneck group 2",
             "bottleneck group 3",
         ];
-        let (mut lower, mut lh, mut lw) = (None::<Vec<f32>>, hh, hw);
+        let (mut lower, mut lh, mut lw) = (None::<Buffer>, hh, hw);
         for (index, group) in self.groups.iter().enumerate() {
             for block in group {
                 let input = lower.as_deref().unwrap_or(&higher);
@@ -204,10 +204,12 @@ impl CpuInference {
                 record,
             );
         }
-        let lower = lower.unwrap_or_else(|| higher.clone());
-        let lower_channels = lower.len() / (lh * lw);
-        let (global, gh, gw) = self.ppm.run(&lower, lower_channels, lh, lw, pool);
-        pool.give(lower);
+        let lower_input = lower.as_deref().unwrap_or(&higher);
+        let lower_channels = lower_input.len() / (lh * lw);
+        let (global, gh, gw) = self.ppm.run(lower_input, lower_channels, lh, lw, pool);
+        if let Some(lower) = lower {
+            pool.give(lower);
+        }
         lap("pyramid pooling", record);
 
         let fused = self.fusion.run(&higher, hh, hw, &global, gh, gw, pool);

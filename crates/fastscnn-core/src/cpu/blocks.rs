@@ -6,7 +6,7 @@
 use candle_core::{bail, DType, Result, Tensor};
 
 use super::resize::resize_planes;
-use super::{BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
+use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
 use crate::layers::{self, Conv2d, ConvBnAct};
 use crate::ops::pool_window;
 
@@ -124,7 +124,7 @@ impl AnyConv {
         h: usize,
         w: usize,
         pool: &mut BufferPool,
-    ) -> (Vec<f32>, usize, usize) {
+    ) -> (Buffer, usize, usize) {
         let (oh, ow) = self.output_size(h, w);
         let mut out = pool.take(self.out_channels() * oh * ow);
         match self {
@@ -156,7 +156,7 @@ impl SeparableConv {
         h: usize,
         w: usize,
         pool: &mut BufferPool,
-    ) -> (Vec<f32>, usize, usize) {
+    ) -> (Buffer, usize, usize) {
         let (oh, ow) = self.depthwise.output_size(h, w);
         let mut hidden = pool.take(self.depthwise.channels * oh * ow);
         self.depthwise.run(x, h, w, &mut hidden);
@@ -192,7 +192,7 @@ impl Bottleneck {
         h: usize,
         w: usize,
         pool: &mut BufferPool,
-    ) -> (Vec<f32>, usize, usize) {
+    ) -> (Buffer, usize, usize) {
         let mut expanded = pool.take(self.expand.out_channels * h * w);
         self.expand.run(x, h * w, &mut expanded, Seed::Bias);
         let (oh, ow) = self.depthwise.output_size(h, w);
@@ -240,7 +240,7 @@ impl PyramidPooling {
         h: usize,
         w: usize,
         pool: &mut BufferPool,
-    ) -> (Vec<f32>, usize, usize) {
+    ) -> (Buffer, usize, usize) {
         let plane = h * w;
         let concat_channels = c + self
             .branches
@@ -327,7 +327,7 @@ impl FeatureFusion {
         lh: usize,
         lw: usize,
         pool: &mut BufferPool,
-    ) -> Vec<f32> {
+    ) -> Buffer {
         let channels = self.depthwise.channels;
         let mut upsampled = pool.take(channels * h * w);
         resize_planes(
@@ -368,7 +368,7 @@ impl Classifier {
         })
     }
 
-    pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Vec<f32> {
+    pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (a, h, w) = self.dsconv1.run(x, h, w, pool);
         let (b, h, w) = self.dsconv2.run(&a, h, w, pool);
         pool.give(a);

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::epilogue::finish_row;
 use super::SendPtr;
 
 /// A dense convolution with its BatchNorm folded in: `weight` is (out, in, k, k) row-major.
@@ -57,9 +58,6 @@ impl DenseConv {
                 // size checks above.
                 unsafe {
                     let dst = dst.get().add(y0 * ow);
-                    for c in 0..cout {
-                        std::slice::from_raw_parts_mut(dst.add(c * pixels), n).fill(self.bias[c]);
-                    }
                     gemm::gemm(
                         cout,
                         n,
@@ -67,7 +65,7 @@ impl DenseConv {
                         dst,
                         1,
                         pixels as isize,
-                        true,
+                        false,
                         self.weight.as_ptr(),
                         1,
                         depth as isize,
@@ -81,12 +79,9 @@ impl DenseConv {
                         false,
                         gemm::Parallelism::None,
                     );
-                    if self.relu {
-                        for c in 0..cout {
-                            for v in std::slice::from_raw_parts_mut(dst.add(c * pixels), n) {
-                                *v = v.max(0.0);
-                            }
-                        }
+                    for c in 0..cout {
+                        let row = std::slice::from_raw_parts_mut(dst.add(c * pixels), n);
+                        finish_row(row, self.bias[c], None, self.relu);
                     }
                 }
             },

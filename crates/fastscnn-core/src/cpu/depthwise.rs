@@ -146,7 +146,7 @@ fn stride1_body<M: MulAdd>(
         }
         if relu {
             for v in out_row.iter_mut() {
-                *v = v.max(0.0);
+                *v = if *v > 0.0 { *v } else { 0.0 };
             }
         }
     }
@@ -180,7 +180,7 @@ fn stride2_body<M: MulAdd>(
         }
         if relu {
             for v in out_row.iter_mut() {
-                *v = v.max(0.0);
+                *v = if *v > 0.0 { *v } else { 0.0 };
             }
         }
     }

@@ -14,12 +14,13 @@ mod blocks;
 mod buffers;
 mod dense;
 mod depthwise;
+mod epilogue;
 mod pointwise;
 mod resize;
 pub(crate) mod simd;
 
 pub use blocks::{AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling, SeparableConv};
-pub use buffers::BufferPool;
+pub use buffers::{zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
 pub use pointwise::{PointwiseConv, Seed};

@@ -1,13 +1,13 @@
 //! 1x1 convolution as one matrix product on the NCHW layout, with bias, residual and ReLU fused.
 //!
 //! A channel-major (C, H·W) plane is already the right-hand matrix of `W · X`, so a pointwise conv
-//! needs no im2col and no transposes. The output is cut into column panels, one per task: each
-//! panel is seeded with the bias (and the residual), multiplied into by `gemm` single-threaded,
-//! and rectified while it is still in cache, so bias, shortcut and ReLU cost no extra pass over
-//! memory.
+//! needs no im2col and no transposes. The output is cut into column panels, one per task: `gemm`
+//! writes a panel single-threaded, and bias, shortcut and ReLU are applied to it in one pass while
+//! it is still in cache, so they cost no extra trip to memory.
 
 use rayon::prelude::*;
 
+use super::epilogue::finish_row;
 use super::SendPtr;
 
 /// A 1x1 convolution with its BatchNorm folded in: `weight` is (out, in) row-major.
@@ -69,24 +69,6 @@ impl PointwiseConv {
             // bounds (checked above); `input` is read-only and (cin, pixels).
             unsafe {
                 let dst = dst.get();
-                for row in 0..cout {
-                    let out_row =
-                        std::slice::from_raw_parts_mut(dst.add(row * pixels + start), width);
-                    match seed {
-                        Seed::Bias => out_row.fill(self.bias[row]),
-                        Seed::BiasPlus(residual) => {
-                            let res = &residual[row * pixels + start..][..width];
-                            for (o, &r) in out_row.iter_mut().zip(res) {
-                                *o = r + self.bias[row];
-                            }
-                        }
-                        Seed::Accumulate => {
-                            for o in out_row.iter_mut() {
-                                *o += self.bias[row];
-                            }
-                        }
-                    }
-                }
                 gemm::gemm(
                     cout,
                     width,
@@ -94,7 +76,7 @@ impl PointwiseConv {
                     dst.add(start),
                     1,
                     pixels as isize,
-                    true,
+                    matches!(seed, Seed::Accumulate),
                     self.weight.as_ptr(),
                     1,
                     cin as isize,
@@ -108,14 +90,14 @@ impl PointwiseConv {
                     false,
                     gemm::Parallelism::None,
                 );
-                if self.relu {
-                    for row in 0..cout {
-                        let out_row =
-                            std::slice::from_raw_parts_mut(dst.add(row * pixels + start), width);
-                        for v in out_row {
-                            *v = v.max(0.0);
-                        }
-                    }
+                for row in 0..cout {
+                    let offset = row * pixels + start;
+                    let out_row = std::slice::from_raw_parts_mut(dst.add(offset), width);
+                    let residual = match seed {
+                        Seed::BiasPlus(residual) => Some(&residual[offset..offset + width]),
+                        Seed::Bias | Seed::Accumulate => None,
+                    };
+                    finish_row(out_row, self.bias[row], residual, self.relu);
                 }
             }
         });

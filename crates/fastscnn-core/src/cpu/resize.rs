@@ -123,8 +123,8 @@ dispatch!(
 );
 
 /// The argmax over classes of `resize_planes(scores)` at `oh`x`ow`, into `labels` (oh, ow), the
-/// first class winning ties; `scratch` holds the horizontally interpolated scores and is grown
-/// as needed (kept by the caller, so repeated frames allocate nothing).
+/// first class winning ties; `scratch`, at least `classes * h * ow` long, holds the horizontally
+/// interpolated scores (kept by the caller, so repeated frames allocate nothing).
 #[allow(clippy::too_many_arguments)]
 pub fn resize_argmax_planes(
     scores: &[f32],
@@ -135,16 +135,14 @@ pub fn resize_argmax_planes(
     oh: usize,
     ow: usize,
     align_corners: bool,
-    scratch: &mut Vec<f32>,
+    scratch: &mut [f32],
 ) {
     assert!(classes > 0, "resize_argmax: no classes");
     assert_eq!(scores.len(), classes * h * w, "resize_argmax scores");
     assert_eq!(labels.len(), oh * ow, "resize_argmax labels");
     let columns = taps::<f32>(w, ow, align_corners);
     let plane = h * ow;
-    if scratch.len() < classes * plane {
-        scratch.resize(classes * plane, 0.0);
-    }
+    assert!(scratch.len() >= classes * plane, "resize_argmax scratch");
     let horizontal_scores = &mut scratch[..classes * plane];
     horizontal_scores
         .par_chunks_mut(plane)
@@ -199,7 +197,7 @@ mod tests {
                     .unwrap();
                 assert_eq!(out, expected, "{h}x{w} -> {oh}x{ow}");
                 let mut labels = vec![0u32; oh * ow];
-                let mut scratch = Vec::new();
+                let mut scratch = vec![0f32; c * h * ow];
                 resize_argmax_planes(
                     &data,
                     c,
