@@ -323,7 +323,7 @@ impl Trainer {
             self.step += 1;
             window.1 += batch.indices.len();
 
-            if self.step % self.config.log_every == 0 || self.step == end {
+            if self.step.is_multiple_of(self.config.log_every) || self.step == end {
                 let seconds = window
                     .0
                     .elapsed()
@@ -340,7 +340,7 @@ impl Trainer {
                 on_event(Event::Step(&report));
                 window = (Instant::now(), 0);
             }
-            if self.step % self.config.val_every == 0 || self.step == end {
+            if self.step.is_multiple_of(self.config.val_every) || self.step == end {
                 self.validate_and_checkpoint(on_event)?;
             }
         }

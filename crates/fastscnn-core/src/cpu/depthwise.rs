@@ -1,8 +1,8 @@
 //! Depthwise 3x3 convolution (padding 1, stride 1 or 2) with bias and ReLU fused, vectorised.
 //!
-//! Each channel plane is first copied into a zero-bordered scratch plane, so the inner loops have
-//! no edge cases: an output row is nine multiply-adds of contiguous, equally long input rows,
-//! which the compiler turns into full-width vector FMAs. For stride 2 the scratch rows are stored
+//! An output row is nine multiply-adds of contiguous, equally long input rows, which the compiler
+//! turns into full-width vector FMAs; at stride 1 they are read straight from the input (the two
+//! border columns apart), at stride 2 from a scratch copy of the plane whose rows are
 //! de-interleaved (even columns, then odd), which makes the strided taps contiguous too.
 
 use rayon::prelude::*;
@@ -53,120 +53,140 @@ impl DepthwiseConv {
         let (oh, ow) = self.output_size(h, w);
         assert_eq!(input.len(), self.channels * h * w, "depthwise input");
         assert_eq!(out.len(), self.channels * oh * ow, "depthwise output");
-        // Padded width, rounded up to even so the de-interleaved halves have equal lengths.
-        let pw = (w + 2).next_multiple_of(2);
+        // Stride 2 de-interleaves each input row into a zero-bordered scratch row: the padded
+        // row's even columns, then its odd ones, `half` each (the last tap reads `even[ow]`).
+        let half = ow + 1;
+        let scratch_len = if self.stride == 2 {
+            (h + 2) * 2 * half
+        } else {
+            0
+        };
         out.par_chunks_mut(oh * ow)
             .zip(input.par_chunks(h * w))
             .enumerate()
             .for_each_init(
-                || vec![0f32; (h + 2) * pw],
+                || vec![0f32; scratch_len],
                 |scratch, (c, (out, plane))| {
                     let taps: &[f32; 9] = self.weight[c * 9..c * 9 + 9].try_into().unwrap();
-                    let geometry = Geometry { h, w, pw, ow };
+                    let (bias, relu) = (self.bias[c], self.relu);
                     if self.stride == 1 {
-                        pad_plane(plane, geometry, scratch);
-                        stride1(scratch, geometry, taps, self.bias[c], self.relu, out);
+                        stride1(plane, h, w, taps, bias, relu, out);
                     } else {
-                        pad_plane_deinterleaved(plane, geometry, scratch);
-                        stride2(scratch, geometry, taps, self.bias[c], self.relu, out);
+                        deinterleave_plane(plane, h, w, half, scratch);
+                        stride2(scratch, half, ow, taps, bias, relu, out);
                     }
                 },
             );
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    h: usize,
-    w: usize,
-    /// Width of a scratch row.
-    pw: usize,
-    ow: usize,
-}
-
-/// Scratch row `y + 1` holds input row `y` at columns `1..=w`; row 0, the last row and the border
-/// columns are zero.
-fn pad_plane(plane: &[f32], g: Geometry, scratch: &mut [f32]) {
-    scratch[..g.pw].fill(0.0);
-    scratch[(g.h + 1) * g.pw..].fill(0.0);
-    for (y, row) in plane.chunks_exact(g.w).enumerate() {
-        let dst = &mut scratch[(y + 1) * g.pw..(y + 2) * g.pw];
-        dst[0] = 0.0;
-        dst[1..=g.w].copy_from_slice(row);
-        dst[g.w + 1..].fill(0.0);
+/// `out += t0·row[x-1] + t1·row[x] + t2·row[x+1]` over one output row at stride 1, zero outside.
+#[inline(always)]
+fn taps_row<M: MulAdd>(row: &[f32], t: [f32; 3], out: &mut [f32]) {
+    let w = row.len();
+    if w == 1 {
+        out[0] = M::mul_add(t[1], row[0], out[0]);
+        return;
     }
-}
-
-/// As [`pad_plane`], each scratch row then split into its even padded columns (first half) and
-/// its odd ones (second half).
-fn pad_plane_deinterleaved(plane: &[f32], g: Geometry, scratch: &mut [f32]) {
-    let half = g.pw / 2;
-    scratch[..g.pw].fill(0.0);
-    scratch[(g.h + 1) * g.pw..].fill(0.0);
-    for (y, row) in plane.chunks_exact(g.w).enumerate() {
-        let dst = &mut scratch[(y + 1) * g.pw..(y + 2) * g.pw];
-        let (even, odd) = dst.split_at_mut(half);
-        even.fill(0.0);
-        odd.fill(0.0);
-        // Padded column p = x + 1: even p lands in `even[p / 2]`, odd p in `odd[p / 2]`.
-        for (x, &v) in row.iter().enumerate() {
-            let p = x + 1;
-            if p % 2 == 0 {
-                even[p / 2] = v;
-            } else {
-                odd[p / 2] = v;
-            }
-        }
+    out[0] = M::mul_add(t[2], row[1], M::mul_add(t[1], row[0], out[0]));
+    out[w - 1] = M::mul_add(t[1], row[w - 1], M::mul_add(t[0], row[w - 2], out[w - 1]));
+    let inner = &mut out[1..w - 1];
+    let (a, b, c) = (&row[..w - 2], &row[1..w - 1], &row[2..]);
+    for i in 0..inner.len() {
+        inner[i] = M::mul_add(
+            t[2],
+            c[i],
+            M::mul_add(t[1], b[i], M::mul_add(t[0], a[i], inner[i])),
+        );
     }
 }
 
 #[inline(always)]
+fn rectify(row: &mut [f32]) {
+    for v in row.iter_mut() {
+        *v = if *v > 0.0 { *v } else { 0.0 };
+    }
+}
+
+/// Stride 1 straight from the input plane: rows above and below the plane contribute nothing.
+#[inline(always)]
 fn stride1_body<M: MulAdd>(
-    scratch: &[f32],
-    g: Geometry,
+    plane: &[f32],
+    h: usize,
+    w: usize,
     taps: &[f32; 9],
     bias: f32,
     relu: bool,
     out: &mut [f32],
 ) {
-    let ow = g.ow;
-    for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+    for (oy, out_row) in out.chunks_exact_mut(w).enumerate() {
         out_row.fill(bias);
         for ky in 0..3 {
-            let row = &scratch[(oy + ky) * g.pw..][..ow + 2];
-            let (a, b, c) = (&row[..ow], &row[1..ow + 1], &row[2..ow + 2]);
-            let [w0, w1, w2] = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
-            for i in 0..ow {
-                out_row[i] = M::mul_add(
-                    w2,
-                    c[i],
-                    M::mul_add(w1, b[i], M::mul_add(w0, a[i], out_row[i])),
-                );
-            }
+            let Some(iy) = (oy + ky).checked_sub(1).filter(|&iy| iy < h) else {
+                continue;
+            };
+            let t = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
+            taps_row::<M>(&plane[iy * w..(iy + 1) * w], t, out_row);
         }
         if relu {
-            for v in out_row.iter_mut() {
-                *v = if *v > 0.0 { *v } else { 0.0 };
-            }
+            rectify(out_row);
         }
     }
 }
 
+/// Scratch row `y + 1` (of `h + 2`, the first and last zero) holds input row `y` padded by one
+/// zero on each side and split by column parity: padded column `2j` at `j`, `2j + 1` at
+/// `half + j`. Padded column `p` is input column `p - 1`.
+#[inline(always)]
+fn deinterleave_plane_body<M: MulAdd>(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    half: usize,
+    scratch: &mut [f32],
+) {
+    let width = 2 * half;
+    scratch[..width].fill(0.0);
+    scratch[(h + 1) * width..].fill(0.0);
+    for (row, dst) in plane
+        .chunks_exact(w)
+        .zip(scratch[width..].chunks_exact_mut(width))
+    {
+        let (even, odd) = dst.split_at_mut(half);
+        even[0] = 0.0;
+        for (i, pair) in row.chunks_exact(2).enumerate() {
+            odd[i] = pair[0];
+            even[i + 1] = pair[1];
+        }
+        let pairs = w / 2;
+        if w % 2 == 1 {
+            odd[pairs] = row[w - 1];
+            even[pairs + 1..].fill(0.0);
+            odd[pairs + 1..].fill(0.0);
+        } else {
+            even[pairs + 1..].fill(0.0);
+            odd[pairs..].fill(0.0);
+        }
+    }
+}
+
+/// Output column `x` reads padded columns `2x`, `2x + 1`, `2x + 2`: `even[x]`, `odd[x]`,
+/// `even[x + 1]`, all contiguous.
 #[inline(always)]
 fn stride2_body<M: MulAdd>(
     scratch: &[f32],
-    g: Geometry,
+    half: usize,
+    ow: usize,
     taps: &[f32; 9],
     bias: f32,
     relu: bool,
     out: &mut [f32],
 ) {
-    let (ow, half) = (g.ow, g.pw / 2);
+    let width = 2 * half;
     for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
         out_row.fill(bias);
         for ky in 0..3 {
-            // Output column x reads padded columns 2x, 2x + 1 and 2x + 2.
-            let row = &scratch[(2 * oy + ky) * g.pw..][..g.pw];
+            let row = &scratch[(2 * oy + ky) * width..][..width];
             let (even, odd) = row.split_at(half);
             let (a, b, c) = (&even[..ow], &odd[..ow], &even[1..ow + 1]);
             let [w0, w1, w2] = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
@@ -179,15 +199,14 @@ fn stride2_body<M: MulAdd>(
             }
         }
         if relu {
-            for v in out_row.iter_mut() {
-                *v = if *v > 0.0 { *v } else { 0.0 };
-            }
+            rectify(out_row);
         }
     }
 }
 
-dispatch!(fn stride1(scratch: &[f32], g: Geometry, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride1_body);
-dispatch!(fn stride2(scratch: &[f32], g: Geometry, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride2_body);
+dispatch!(fn stride1(plane: &[f32], h: usize, w: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride1_body);
+dispatch!(fn deinterleave_plane(plane: &[f32], h: usize, w: usize, half: usize, scratch: &mut [f32]) => deinterleave_plane_body);
+dispatch!(fn stride2(scratch: &[f32], half: usize, ow: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride2_body);
 
 #[cfg(test)]
 mod tests {
@@ -220,7 +239,7 @@ mod tests {
     #[test]
     fn matches_the_naive_convolution_for_both_strides_and_odd_sizes() {
         let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
-        for (h, w) in [(1, 1), (2, 3), (5, 8), (9, 17), (16, 33)] {
+        for (h, w) in [(1, 1), (2, 3), (5, 8), (9, 17), (16, 33), (7, 64), (6, 95)] {
             for stride in [1, 2] {
                 for relu in [false, true] {
                     let c = 3;

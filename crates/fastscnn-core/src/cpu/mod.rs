@@ -15,6 +15,7 @@ mod buffers;
 mod dense;
 mod depthwise;
 mod epilogue;
+mod gemm_avx512;
 mod pointwise;
 mod resize;
 pub(crate) mod simd;
@@ -23,6 +24,7 @@ pub use blocks::{AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling,
 pub use buffers::{zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
+pub use gemm_avx512::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use resize::{resize_argmax_planes, resize_planes};
 pub use simd::Isa;

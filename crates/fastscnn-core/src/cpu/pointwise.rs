@@ -8,6 +8,10 @@
 use rayon::prelude::*;
 
 use super::epilogue::finish_row;
+use super::gemm_avx512::PackedWeights;
+#[cfg(target_arch = "x86_64")]
+use super::gemm_avx512::{conv1x1, Epilogue, TILE_PIXELS};
+use super::simd::Isa;
 use super::SendPtr;
 
 /// A 1x1 convolution with its BatchNorm folded in: `weight` is (out, in) row-major.
@@ -18,6 +22,8 @@ pub struct PointwiseConv {
     pub in_channels: usize,
     pub out_channels: usize,
     pub relu: bool,
+    /// The weights packed for the AVX-512 kernel, when the processor has it.
+    packed: Option<PackedWeights>,
 }
 
 /// What the output holds before the product is added to it.
@@ -42,13 +48,23 @@ impl PointwiseConv {
     ) -> Self {
         assert_eq!(weight.len(), in_channels * out_channels, "pointwise weight");
         assert_eq!(bias.len(), out_channels, "pointwise bias");
+        let packed = (Isa::detected() == Isa::Avx512)
+            .then(|| PackedWeights::new(&weight, out_channels, in_channels));
         Self {
             weight,
             bias,
             in_channels,
             out_channels,
             relu,
+            packed,
         }
+    }
+
+    /// The same convolution run by the `gemm` crate, whatever the processor: what runs without
+    /// AVX-512, and the reference the AVX-512 kernel is tested against.
+    pub fn without_avx512(mut self) -> Self {
+        self.packed = None;
+        self
     }
 
     /// `out = relu?(W · input + seed)` for one image: `input` is (in, pixels), `out` (out, pixels).
@@ -58,6 +74,10 @@ impl PointwiseConv {
         assert_eq!(out.len(), cout * pixels, "pointwise output");
         if let Seed::BiasPlus(residual) = seed {
             assert_eq!(residual.len(), out.len(), "pointwise residual");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.packed {
+            return self.run_avx512(packed, input, pixels, out, seed);
         }
         let panel = panel_width(cout, pixels);
         let panels = pixels.div_ceil(panel);
@@ -101,6 +121,70 @@ impl PointwiseConv {
                 }
             }
         });
+    }
+}
+
+impl PointwiseConv {
+    #[cfg(target_arch = "x86_64")]
+    fn run_avx512(
+        &self,
+        packed: &PackedWeights,
+        input: &[f32],
+        pixels: usize,
+        out: &mut [f32],
+        seed: Seed,
+    ) {
+        // Per task, the input columns (in x panel) about a quarter of a core's L2.
+        let by_cache =
+            (64 * 1024 / self.in_channels.max(1)).max(TILE_PIXELS) / TILE_PIXELS * TILE_PIXELS;
+        let by_threads = pixels
+            .div_ceil(4 * rayon::current_num_threads())
+            .div_ceil(TILE_PIXELS)
+            * TILE_PIXELS;
+        let panel = by_cache.min(by_threads).max(TILE_PIXELS);
+        let dst = SendPtr(out.as_mut_ptr());
+        let epilogue = Epilogue {
+            bias: &self.bias,
+            residual: match seed {
+                Seed::BiasPlus(residual) => Some(residual.as_ptr()),
+                Seed::Bias | Seed::Accumulate => None,
+            },
+            accumulate: matches!(seed, Seed::Accumulate),
+            relu: self.relu,
+        };
+        let epilogue = SendEpilogue(epilogue);
+        (0..pixels.div_ceil(panel)).into_par_iter().for_each(|p| {
+            let start = p * panel;
+            let end = (start + panel).min(pixels);
+            // SAFETY: `PointwiseConv::new` packs weights only when AVX-512F is present; tasks write
+            // disjoint column ranges; `run` checked every length.
+            unsafe {
+                conv1x1(
+                    packed,
+                    input.as_ptr(),
+                    pixels,
+                    dst.get(),
+                    pixels,
+                    start,
+                    end,
+                    epilogue.get(),
+                );
+            }
+        });
+    }
+}
+
+/// The epilogue's raw residual pointer, shared read-only by the tasks.
+#[derive(Clone, Copy)]
+struct SendEpilogue<'a>(Epilogue<'a>);
+
+// SAFETY: the residual is only read, and outlives the parallel loop.
+unsafe impl Send for SendEpilogue<'_> {}
+unsafe impl Sync for SendEpilogue<'_> {}
+
+impl<'a> SendEpilogue<'a> {
+    fn get(self) -> Epilogue<'a> {
+        self.0
     }
 }
 
@@ -152,16 +236,18 @@ mod tests {
         for (cin, cout, pixels, relu) in
             [(3, 5, 1, false), (64, 96, 1000, true), (17, 33, 4099, true)]
         {
-            let conv = PointwiseConv::new(values(cin * cout, 1), values(cout, 2), cin, cout, relu);
-            let x = values(cin * pixels, 3);
-            let residual = values(cout * pixels, 4);
-            let mut out = vec![f32::NAN; cout * pixels];
-            conv.run(&x, pixels, &mut out, Seed::Bias);
-            let expected = naive(&conv, &x, pixels, None);
-            assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
-            conv.run(&x, pixels, &mut out, Seed::BiasPlus(&residual));
-            let expected = naive(&conv, &x, pixels, Some(&residual));
-            assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
+            let fast = PointwiseConv::new(values(cin * cout, 1), values(cout, 2), cin, cout, relu);
+            for conv in [fast.clone(), fast.without_avx512()] {
+                let x = values(cin * pixels, 3);
+                let residual = values(cout * pixels, 4);
+                let mut out = vec![f32::NAN; cout * pixels];
+                conv.run(&x, pixels, &mut out, Seed::Bias);
+                let expected = naive(&conv, &x, pixels, None);
+                assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
+                conv.run(&x, pixels, &mut out, Seed::BiasPlus(&residual));
+                let expected = naive(&conv, &x, pixels, Some(&residual));
+                assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
+            }
         }
     }
 

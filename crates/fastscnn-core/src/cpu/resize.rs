@@ -75,6 +75,7 @@ pub fn resize_planes(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn argmax_row_body<M: MulAdd>(
     horizontal: &[f32],
     classes: usize,

@@ -1,0 +1,147 @@
+//! Each fused CPU kernel (`fastscnn_core::cpu`) against the candle-op path it replaced, at the
+//! shapes of a 768x1536 input (1/8 resolution: 96x192): the pointwise expansion of the first
+//! bottleneck, its stride-2 depthwise conv, a whole stride-1 bottleneck, and the final resize +
+//! argmax. Run with `cargo bench -p fastscnn-benches --bench kernels`.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use criterion::{criterion_group, criterion_main, Criterion};
+use fastscnn_benches::random_tensor;
+use fastscnn_core::cpu::{
+    resize_argmax_planes, Bottleneck, BufferPool, DepthwiseConv, PointwiseConv, Seed,
+};
+use fastscnn_core::layers::{Conv2d, ConvConfig, LinearBottleneck, NormOptions};
+use fastscnn_core::ops::{depthwise_conv2d, resize_argmax};
+
+const H: usize = 96;
+const W: usize = 192;
+
+fn data(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn conv(config: ConvConfig, seed: u64) -> Conv2d {
+    let (o, i, k, _) = config.weight_shape();
+    let weight = random_tensor(&[o, i, k, k], seed).unwrap();
+    let bias = random_tensor(&[o], seed + 1).unwrap();
+    Conv2d::from_parts(weight, Some(bias), config.with_bias()).unwrap()
+}
+
+fn pointwise(c: &mut Criterion) {
+    let layer = conv(ConvConfig::pointwise(64, 384), 1);
+    let x = random_tensor(&[1, 64, H, W], 3).unwrap();
+    let input = data(&x);
+    let fused = PointwiseConv::from_conv(&layer, true).unwrap();
+    let gemm_crate = fused.clone().without_avx512();
+    let mut out = vec![0f32; 384 * H * W];
+    let mut group = c.benchmark_group("pointwise_64to384_96x192_relu");
+    group.bench_function("candle_matmul_bias_relu", |b| {
+        b.iter(|| layer.forward(&x).unwrap().relu().unwrap())
+    });
+    group.bench_function("fused_gemm_crate", |b| {
+        b.iter(|| gemm_crate.run(&input, H * W, &mut out, Seed::Bias))
+    });
+    group.bench_function("fused_avx512", |b| {
+        b.iter(|| fused.run(&input, H * W, &mut out, Seed::Bias))
+    });
+    group.finish();
+
+    // The projection back: deep and narrow, at the stride-2 block's output size.
+    let (h, w) = (H / 2, W / 2);
+    let layer = conv(ConvConfig::pointwise(384, 64), 12);
+    let x = random_tensor(&[1, 384, h, w], 13).unwrap();
+    let input = data(&x);
+    let fused = PointwiseConv::from_conv(&layer, false).unwrap();
+    let gemm_crate = fused.clone().without_avx512();
+    let mut out = vec![0f32; 64 * h * w];
+    let mut group = c.benchmark_group("pointwise_384to64_48x96");
+    group.bench_function("candle_matmul_bias", |b| {
+        b.iter(|| layer.forward(&x).unwrap())
+    });
+    group.bench_function("fused_gemm_crate", |b| {
+        b.iter(|| gemm_crate.run(&input, h * w, &mut out, Seed::Bias))
+    });
+    group.bench_function("fused_avx512", |b| {
+        b.iter(|| fused.run(&input, h * w, &mut out, Seed::Bias))
+    });
+    group.finish();
+}
+
+fn depthwise(c: &mut Criterion) {
+    // Stride 2: the first bottleneck's 6x-wide tensor; stride 1: the classifier's (128 channels).
+    for (channels, stride) in [(384, 2), (128, 1)] {
+        let layer = conv(ConvConfig::depthwise(channels, stride), 5);
+        let x = random_tensor(&[1, channels, H, W], 7).unwrap();
+        let input = data(&x);
+        let bias = layer.bias().unwrap().reshape((1, channels, 1, 1)).unwrap();
+        let weight = layer.weight().clone();
+        let fused = DepthwiseConv::new(
+            data(&weight),
+            data(layer.bias().unwrap()),
+            channels,
+            stride,
+            true,
+        );
+        let (oh, ow) = fused.output_size(H, W);
+        let mut out = vec![0f32; channels * oh * ow];
+        let mut group = c.benchmark_group(format!(
+            "depthwise3x3_{channels}ch_96x192_stride{stride}_relu"
+        ));
+        group.bench_function("candle_custom_op_bias_relu", |b| {
+            b.iter(|| {
+                depthwise_conv2d(&x, &weight, stride)
+                    .unwrap()
+                    .broadcast_add(&bias)
+                    .unwrap()
+                    .relu()
+                    .unwrap()
+            })
+        });
+        group.bench_function("fused", |b| b.iter(|| fused.run(&input, H, W, &mut out)));
+        group.finish();
+    }
+}
+
+fn bottleneck(c: &mut Criterion) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let layer = LinearBottleneck::new(64, 64, 6, 1, NormOptions::default(), vb).unwrap();
+    let x = random_tensor(&[1, 64, H, W], 9).unwrap();
+    let input = data(&x);
+    let fused = Bottleneck::from_layer(&layer).unwrap();
+    let mut pool = BufferPool::default();
+    let mut group = c.benchmark_group("bottleneck_64_expand6_96x192_stride1");
+    group.bench_function("candle_layers", |b| b.iter(|| layer.forward(&x).unwrap()));
+    group.bench_function("fused", |b| {
+        b.iter(|| {
+            let (out, _, _) = fused.run(&input, H, W, &mut pool);
+            pool.give(out);
+        })
+    });
+    group.finish();
+}
+
+fn resize_then_argmax(c: &mut Criterion) {
+    let (oh, ow) = (8 * H, 8 * W);
+    let scores = random_tensor(&[1, 19, H, W], 11).unwrap();
+    let input = data(&scores);
+    let mut labels = vec![0u32; oh * ow];
+    let mut scratch = vec![0f32; 19 * H * ow];
+    let mut group = c.benchmark_group("resize_argmax_19x96x192_to_768x1536");
+    group.bench_function("candle_custom_op", |b| {
+        b.iter(|| resize_argmax(&scores, oh, ow, true).unwrap())
+    });
+    group.bench_function("separable", |b| {
+        b.iter(|| resize_argmax_planes(&input, 19, H, W, &mut labels, oh, ow, true, &mut scratch))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    pointwise,
+    depthwise,
+    bottleneck,
+    resize_then_argmax
+);
+criterion_main!(benches);

@@ -1,0 +1,167 @@
+//! An AVX-512 kernel for `out = W · X` where X is channel-major (K, pixels): the pointwise convs and
+//! the im2col'd stem, with bias, shortcut, accumulation and ReLU applied to the registers before
+//! the only store.
+//!
+//! A general GEMM packs both operands and writes its result before any epilogue can run. Here the
+//! weights are packed once at load time, eight output channels at a time ([`PackedWeights`]),
+//! and X is read in place: a tile of 8 channels x 48 pixels keeps its 24 accumulators in
+//! registers, and each step over K loads three vectors of one X row and broadcasts eight weights
+//! (24 FMAs for 11 loads). Tails are handled with masked loads and stores.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Output channels per tile.
+pub(crate) const TILE_CHANNELS: usize = 8;
+/// Pixels per tile: three 16-float vectors.
+pub(crate) const TILE_PIXELS: usize = 48;
+
+/// (out, K) weights as panels of [`TILE_CHANNELS`] rows stored k-major, the last panel padded with
+/// zero rows: the eight weights a step broadcasts are adjacent.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    data: Vec<f32>,
+    out_channels: usize,
+    depth: usize,
+}
+
+impl PackedWeights {
+    pub fn new(weight: &[f32], out_channels: usize, depth: usize) -> Self {
+        assert_eq!(weight.len(), out_channels * depth, "packed weights");
+        let panels = out_channels.div_ceil(TILE_CHANNELS);
+        let mut data = vec![0f32; panels * depth * TILE_CHANNELS];
+        for c in 0..out_channels {
+            let (panel, row) = (c / TILE_CHANNELS, c % TILE_CHANNELS);
+            for k in 0..depth {
+                data[(panel * depth + k) * TILE_CHANNELS + row] = weight[c * depth + k];
+            }
+        }
+        Self {
+            data,
+            out_channels,
+            depth,
+        }
+    }
+}
+
+/// What happens to a tile's sums before they are stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    /// Added to the sums; laid out as the output (same row stride).
+    pub residual: Option<*const f32>,
+    /// Add what the output already holds.
+    pub accumulate: bool,
+    pub relu: bool,
+}
+
+/// `out[c][p] = epilogue(Σ_k W[c][k] · x[k][p])` for every channel and pixels `p0..p1`.
+///
+/// # Safety
+/// The processor must support AVX-512F. `x` must be valid for reads of rows `0..depth` at stride
+/// `x_stride` over columns `p0..p1`; `out` (and `residual`) valid for reads and writes of rows
+/// `0..out_channels` at stride `out_stride` over the same columns, not overlapping `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn conv1x1(
+    w: &PackedWeights,
+    x: *const f32,
+    x_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    p0: usize,
+    p1: usize,
+    epilogue: Epilogue,
+) {
+    let panels = w.out_channels.div_ceil(TILE_CHANNELS);
+    for panel in 0..panels {
+        let rows = TILE_CHANNELS.min(w.out_channels - panel * TILE_CHANNELS);
+        let weights = w.data.as_ptr().add(panel * w.depth * TILE_CHANNELS);
+        let mut p = p0;
+        while p < p1 {
+            let width = TILE_PIXELS.min(p1 - p);
+            tile(
+                weights,
+                w.depth,
+                x.add(p),
+                x_stride,
+                out.add(panel * TILE_CHANNELS * out_stride + p),
+                out_stride,
+                rows,
+                width,
+                panel * TILE_CHANNELS,
+                p,
+                epilogue,
+            );
+            p += width;
+        }
+    }
+}
+
+/// The lanes of vector `j` (of three) that hold one of `width` pixels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lane_mask(width: usize, j: usize) -> __mmask16 {
+    let n = width.saturating_sub(16 * j).min(16);
+    ((1u32 << n) - 1) as __mmask16
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    weights: *const f32,
+    depth: usize,
+    x: *const f32,
+    x_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    rows: usize,
+    width: usize,
+    first_channel: usize,
+    first_pixel: usize,
+    epilogue: Epilogue,
+) {
+    let masks = [
+        lane_mask(width, 0),
+        lane_mask(width, 1),
+        lane_mask(width, 2),
+    ];
+    let mut acc = [[_mm512_setzero_ps(); 3]; TILE_CHANNELS];
+    for k in 0..depth {
+        let row = x.add(k * x_stride);
+        let xv = [
+            _mm512_maskz_loadu_ps(masks[0], row),
+            _mm512_maskz_loadu_ps(masks[1], row.add(16)),
+            _mm512_maskz_loadu_ps(masks[2], row.add(32)),
+        ];
+        let wk = weights.add(k * TILE_CHANNELS);
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            let wv = _mm512_set1_ps(*wk.add(r));
+            for j in 0..3 {
+                acc_row[j] = _mm512_fmadd_ps(wv, xv[j], acc_row[j]);
+            }
+        }
+    }
+    let zero = _mm512_setzero_ps();
+    for (r, acc_row) in acc.iter().enumerate().take(rows) {
+        let bias = _mm512_set1_ps(epilogue.bias[first_channel + r]);
+        let out_row = out.add(r * out_stride);
+        for j in 0..3 {
+            let mut v = _mm512_add_ps(acc_row[j], bias);
+            if epilogue.accumulate {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[j], out_row.add(16 * j)));
+            }
+            if let Some(residual) = epilogue.residual {
+                let res = residual.add((first_channel + r) * out_stride + first_pixel + 16 * j);
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[j], res));
+            }
+            if epilogue.relu {
+                v = _mm512_max_ps(v, zero);
+            }
+            _mm512_mask_storeu_ps(out_row.add(16 * j), masks[j], v);
+        }
+    }
+}
