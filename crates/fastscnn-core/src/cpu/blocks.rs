@@ -5,10 +5,16 @@
 
 use candle_core::{bail, DType, Result, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+use super::gemm_avx512::Epilogue;
 use super::resize::resize_planes;
+#[cfg(target_arch = "x86_64")]
+use super::SendPtr;
 use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
 use crate::layers::{self, Conv2d, ConvBnAct};
 use crate::ops::pool_window;
+#[cfg(target_arch = "x86_64")]
+use rayon::prelude::*;
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
@@ -157,6 +163,10 @@ impl SeparableConv {
         w: usize,
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.pointwise.has_avx512() {
+            return self.run_fused(x, h, w, pool);
+        }
         let (oh, ow) = self.depthwise.output_size(h, w);
         let mut hidden = pool.take(self.depthwise.channels * oh * ow);
         self.depthwise.run(x, h, w, &mut hidden);
@@ -165,6 +175,75 @@ impl SeparableConv {
         pool.give(hidden);
         (out, oh, ow)
     }
+
+    /// Band by band of output rows: the depthwise output of a band, all channels, stays in cache
+    /// for the pointwise product instead of going to memory and back.
+    #[cfg(target_arch = "x86_64")]
+    fn run_fused(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let (dw, pw) = (&self.depthwise, &self.pointwise);
+        let (oh, ow) = dw.output_size(h, w);
+        let channels = dw.channels;
+        assert_eq!(x.len(), channels * h * w, "separable conv input");
+        let mut out = pool.take(pw.out_channels * oh * ow);
+        let band = band_rows(channels * ow, oh);
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(filtered, scratch): &mut (Vec<f32>, Vec<f32>), b| {
+                let oy0 = b * band;
+                let n = band.min(oh - oy0) * ow;
+                filtered.resize(channels * n, 0.0);
+                for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
+                    dw.run_rows(
+                        c,
+                        &x[c * h * w..(c + 1) * h * w],
+                        0,
+                        h,
+                        w,
+                        oy0,
+                        rows,
+                        scratch,
+                    );
+                }
+                let epilogue = Epilogue {
+                    bias: &pw.bias,
+                    residual: None,
+                    accumulate: false,
+                    relu: pw.relu,
+                };
+                // SAFETY: `has_avx512` was checked; bands write disjoint pixel ranges of every
+                // output plane; `filtered` is (channels, n).
+                unsafe {
+                    pw.gemm_slice(
+                        0..pw.out_channels,
+                        0..channels,
+                        filtered.as_ptr(),
+                        n,
+                        dst.get().add(oy0 * ow),
+                        oh * ow,
+                        n,
+                        epilogue,
+                    );
+                }
+            },
+        );
+        (out, oh, ow)
+    }
+}
+
+/// Output rows per band of a fused block: the band's intermediate (`floats_per_row` per output
+/// row) about 256 KiB, and enough bands for every thread to get several.
+#[cfg(target_arch = "x86_64")]
+fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
+    let by_cache = (64 * 1024 / floats_per_row.max(1)).max(1);
+    let by_threads = out_rows.div_ceil(4 * rayon::current_num_threads()).max(1);
+    by_cache.min(by_threads)
 }
 
 /// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
@@ -193,6 +272,13 @@ impl Bottleneck {
         w: usize,
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.expand.has_avx512()
+            && self.project.has_avx512()
+            && self.expand.out_channels * h * w >= FUSE_ABOVE
+        {
+            return self.run_fused(x, h, w, pool);
+        }
         let mut expanded = pool.take(self.expand.out_channels * h * w);
         self.expand.run(x, h * w, &mut expanded, Seed::Bias);
         let (oh, ow) = self.depthwise.output_size(h, w);
@@ -209,7 +295,111 @@ impl Bottleneck {
         pool.give(filtered);
         (out, oh, ow)
     }
+
+    /// Band by band of output rows, and within a band [`HIDDEN_CHUNK`] hidden channels at a time:
+    /// expand the input rows the band reads, filter them depthwise, and add their share of the
+    /// projection to the band's output. The 6x-wide hidden tensor never exists in full; what
+    /// exists of it stays in cache. The price is recomputing the expansion of the one or two
+    /// input rows two bands share.
+    #[cfg(target_arch = "x86_64")]
+    fn run_fused(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let (expand, dw, project) = (&self.expand, &self.depthwise, &self.project);
+        let (oh, ow) = dw.output_size(h, w);
+        let (cin, hidden, cout, stride) = (
+            expand.in_channels,
+            expand.out_channels,
+            project.out_channels,
+            dw.stride,
+        );
+        assert_eq!(x.len(), cin * h * w, "bottleneck input");
+        let mut out = pool.take(cout * oh * ow);
+        // A band's expanded chunk: HIDDEN_CHUNK x (band·stride + 2) rows x w.
+        let band = band_rows(HIDDEN_CHUNK * w * stride, oh);
+        let dst = SendPtr(out.as_mut_ptr());
+        let zeros = vec![0f32; cout];
+        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(expanded, filtered, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>), b| {
+                let oy0 = b * band;
+                let oy1 = (oy0 + band).min(oh);
+                let n = (oy1 - oy0) * ow;
+                let iy0 = (oy0 * stride).saturating_sub(1);
+                let iy1 = ((oy1 - 1) * stride + 2).min(h);
+                let m = (iy1 - iy0) * w;
+                for c0 in (0..hidden).step_by(HIDDEN_CHUNK) {
+                    let c1 = (c0 + HIDDEN_CHUNK).min(hidden);
+                    expanded.resize((c1 - c0) * m, 0.0);
+                    filtered.resize((c1 - c0) * n, 0.0);
+                    let expand_epilogue = Epilogue {
+                        bias: &expand.bias,
+                        residual: None,
+                        accumulate: false,
+                        relu: expand.relu,
+                    };
+                    let first = c0 == 0;
+                    let project_epilogue = Epilogue {
+                        bias: if first { &project.bias } else { &zeros },
+                        residual: (first && self.shortcut).then(|| x[oy0 * ow..].as_ptr()),
+                        accumulate: !first,
+                        relu: false,
+                    };
+                    // SAFETY: `has_avx512` holds for both convs; `x` has the input rows
+                    // iy0..iy1 of every input channel at stride h·w; `expanded` is
+                    // (c1 - c0, m), `filtered` (c1 - c0, n); bands write disjoint pixel ranges of
+                    // every output plane, and a shortcut means stride 1 with cin == cout, so the
+                    // residual shares the output's layout.
+                    unsafe {
+                        expand.gemm_slice(
+                            c0..c1,
+                            0..cin,
+                            x[iy0 * w..].as_ptr(),
+                            h * w,
+                            expanded.as_mut_ptr(),
+                            m,
+                            m,
+                            expand_epilogue,
+                        );
+                    }
+                    for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
+                        let plane = &expanded[c * m..(c + 1) * m];
+                        dw.run_rows(c0 + c, plane, iy0, h, w, oy0, rows, scratch);
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        project.gemm_slice(
+                            0..cout,
+                            c0..c1,
+                            filtered.as_ptr(),
+                            n,
+                            dst.get().add(oy0 * ow),
+                            oh * ow,
+                            n,
+                            project_epilogue,
+                        );
+                    }
+                }
+            },
+        );
+        (out, oh, ow)
+    }
 }
+
+/// Hidden tensors (in floats) worth fusing: smaller ones stay in the last-level cache between
+/// the three convs anyway, and their bands would be so thin that recomputing the shared input
+/// rows costs more than the memory traffic saved.
+#[cfg(target_arch = "x86_64")]
+const FUSE_ABOVE: usize = 1 << 20;
+
+/// Hidden channels a fused bottleneck expands at a time (a multiple of the AVX-512 kernel's
+/// eight-channel tile).
+#[cfg(target_arch = "x86_64")]
+const HIDDEN_CHUNK: usize = 64;
 
 /// Pyramid pooling: the input, and each bin's pooled, projected and upsampled features, concatenated
 /// and fused by the output conv.
@@ -376,5 +566,86 @@ impl Classifier {
         self.conv.run(&b, h * w, &mut out, Seed::Bias);
         pool.give(b);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use crate::layers::NormOptions;
+    use crate::testing::random_tensor;
+
+    fn random_vb(varmap: &VarMap) -> VarBuilder<'_> {
+        VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu)
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// The fused paths (AVX-512 machines) against the layer-by-layer ones, which run everywhere.
+    #[test]
+    fn fused_blocks_equal_the_layer_by_layer_path() {
+        let mut pool = BufferPool::default();
+        // Big enough for the bottleneck's hidden tensor to pass FUSE_ABOVE, odd-sized.
+        let (h, w) = (97, 131);
+        for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2), (16, 24, 1)] {
+            let varmap = VarMap::new();
+            let layer = layers::LinearBottleneck::new(
+                cin,
+                cout,
+                6,
+                stride,
+                NormOptions::default(),
+                random_vb(&varmap),
+            )
+            .unwrap();
+            let fused = Bottleneck::from_layer(&layer).unwrap();
+            let plain = Bottleneck {
+                expand: fused.expand.clone().without_avx512(),
+                project: fused.project.clone().without_avx512(),
+                ..fused.clone()
+            };
+            let x: Vec<f32> = random_tensor(&[cin * h * w], 3).unwrap().to_vec1().unwrap();
+            let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
+            let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
+            assert_eq!((ah, aw), (bh, bw));
+            let d = max_diff(&a, &b);
+            assert!(d < 1e-4, "bottleneck {cin}->{cout} stride {stride}: {d}");
+            pool.give(a);
+            pool.give(b);
+        }
+        for stride in [1, 2] {
+            let varmap = VarMap::new();
+            let layer = layers::DSConv::new(
+                24,
+                40,
+                stride,
+                true,
+                NormOptions::default(),
+                random_vb(&varmap),
+            )
+            .unwrap();
+            let fused = SeparableConv::from_layer(&layer).unwrap();
+            let plain = SeparableConv {
+                pointwise: fused.pointwise.clone().without_avx512(),
+                ..fused.clone()
+            };
+            let x: Vec<f32> = random_tensor(&[24 * 33 * 47], 5)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (a, _, _) = fused.run(&x, 33, 47, &mut pool);
+            let (b, _, _) = plain.run(&x, 33, 47, &mut pool);
+            let d = max_diff(&a, &b);
+            assert!(d < 1e-4, "separable stride {stride}: {d}");
+        }
     }
 }

@@ -53,30 +53,70 @@ impl DepthwiseConv {
         let (oh, ow) = self.output_size(h, w);
         assert_eq!(input.len(), self.channels * h * w, "depthwise input");
         assert_eq!(out.len(), self.channels * oh * ow, "depthwise output");
-        // Stride 2 de-interleaves each input row into a zero-bordered scratch row: the padded
-        // row's even columns, then its odd ones, `half` each (the last tap reads `even[ow]`).
-        let half = ow + 1;
-        let scratch_len = if self.stride == 2 {
-            (h + 2) * 2 * half
-        } else {
-            0
-        };
         out.par_chunks_mut(oh * ow)
             .zip(input.par_chunks(h * w))
             .enumerate()
-            .for_each_init(
-                || vec![0f32; scratch_len],
-                |scratch, (c, (out, plane))| {
-                    let taps: &[f32; 9] = self.weight[c * 9..c * 9 + 9].try_into().unwrap();
-                    let (bias, relu) = (self.bias[c], self.relu);
-                    if self.stride == 1 {
-                        stride1(plane, h, w, taps, bias, relu, out);
-                    } else {
-                        deinterleave_plane(plane, h, w, half, scratch);
-                        stride2(scratch, half, ow, taps, bias, relu, out);
-                    }
-                },
-            );
+            .for_each_init(Vec::new, |scratch, (c, (out, plane))| {
+                self.run_rows(c, plane, 0, h, w, 0, out, scratch)
+            });
+    }
+
+    /// Output rows `oy0..oy0 + out.len() / ow` of channel `c` of an `h`x`w` image, from `plane`,
+    /// which holds image rows `r0..` (at least the ones those output rows read): the unit the
+    /// fused blocks run on a band of rows whose input they computed themselves. `scratch` is
+    /// grown as needed and can be reused across calls.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_rows(
+        &self,
+        c: usize,
+        plane: &[f32],
+        r0: usize,
+        h: usize,
+        w: usize,
+        oy0: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let (_, ow) = self.output_size(h, w);
+        let taps: &[f32; 9] = self.weight[c * 9..c * 9 + 9].try_into().unwrap();
+        let (bias, relu) = (self.bias[c], self.relu);
+        let band = Band { plane, r0, h, w };
+        if self.stride == 1 {
+            stride1(band, oy0, taps, bias, relu, out);
+        } else {
+            // Padded rows 2·oy0 ..= 2·oy1 (padded row p is image row p - 1), de-interleaved: the
+            // padded row's even columns, then its odd ones, `half` each (the last tap reads
+            // `even[ow]`).
+            let half = ow + 1;
+            let rows = 2 * (out.len() / ow) + 1;
+            if scratch.len() < rows * 2 * half {
+                scratch.resize(rows * 2 * half, 0.0);
+            }
+            let scratch = &mut scratch[..rows * 2 * half];
+            deinterleave(band, 2 * oy0, half, scratch);
+            stride2(scratch, half, ow, taps, bias, relu, out);
+        }
+    }
+}
+
+/// Image rows `r0..r0 + plane.len() / w` of one channel of an `h`x`w` image.
+#[derive(Debug, Clone, Copy)]
+struct Band<'a> {
+    plane: &'a [f32],
+    r0: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Band<'_> {
+    /// Image row `y`, when it is inside the image (`None` is zero padding).
+    #[inline(always)]
+    fn row(&self, y: isize) -> Option<&[f32]> {
+        if y < 0 || y as usize >= self.h {
+            return None;
+        }
+        let start = (y as usize - self.r0) * self.w;
+        Some(&self.plane[start..start + self.w])
     }
 }
 
@@ -108,25 +148,24 @@ fn rectify(row: &mut [f32]) {
     }
 }
 
-/// Stride 1 straight from the input plane: rows above and below the plane contribute nothing.
+/// Stride 1 straight from the input rows: rows above and below the image contribute nothing.
 #[inline(always)]
 fn stride1_body<M: MulAdd>(
-    plane: &[f32],
-    h: usize,
-    w: usize,
+    band: Band,
+    oy0: usize,
     taps: &[f32; 9],
     bias: f32,
     relu: bool,
     out: &mut [f32],
 ) {
-    for (oy, out_row) in out.chunks_exact_mut(w).enumerate() {
+    for (i, out_row) in out.chunks_exact_mut(band.w).enumerate() {
         out_row.fill(bias);
+        let oy = (oy0 + i) as isize;
         for ky in 0..3 {
-            let Some(iy) = (oy + ky).checked_sub(1).filter(|&iy| iy < h) else {
-                continue;
-            };
-            let t = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
-            taps_row::<M>(&plane[iy * w..(iy + 1) * w], t, out_row);
+            if let Some(row) = band.row(oy + ky as isize - 1) {
+                let t = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
+                taps_row::<M>(row, t, out_row);
+            }
         }
         if relu {
             rectify(out_row);
@@ -134,29 +173,22 @@ fn stride1_body<M: MulAdd>(
     }
 }
 
-/// Scratch row `y + 1` (of `h + 2`, the first and last zero) holds input row `y` padded by one
-/// zero on each side and split by column parity: padded column `2j` at `j`, `2j + 1` at
-/// `half + j`. Padded column `p` is input column `p - 1`.
+/// Scratch row `j` holds padded row `p0 + j`, i.e. image row `p0 + j - 1` padded by one zero on
+/// each side (all zero outside the image), split by column parity: padded column `2k` at `k`,
+/// `2k + 1` at `half + k`. Padded column `q` is input column `q - 1`.
 #[inline(always)]
-fn deinterleave_plane_body<M: MulAdd>(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    half: usize,
-    scratch: &mut [f32],
-) {
-    let width = 2 * half;
-    scratch[..width].fill(0.0);
-    scratch[(h + 1) * width..].fill(0.0);
-    for (row, dst) in plane
-        .chunks_exact(w)
-        .zip(scratch[width..].chunks_exact_mut(width))
-    {
+fn deinterleave_body<M: MulAdd>(band: Band, p0: usize, half: usize, scratch: &mut [f32]) {
+    let w = band.w;
+    for (j, dst) in scratch.chunks_exact_mut(2 * half).enumerate() {
+        let Some(row) = band.row((p0 + j) as isize - 1) else {
+            dst.fill(0.0);
+            continue;
+        };
         let (even, odd) = dst.split_at_mut(half);
         even[0] = 0.0;
-        for (i, pair) in row.chunks_exact(2).enumerate() {
-            odd[i] = pair[0];
-            even[i + 1] = pair[1];
+        for (k, pair) in row.chunks_exact(2).enumerate() {
+            odd[k] = pair[0];
+            even[k + 1] = pair[1];
         }
         let pairs = w / 2;
         if w % 2 == 1 {
@@ -171,7 +203,7 @@ fn deinterleave_plane_body<M: MulAdd>(
 }
 
 /// Output column `x` reads padded columns `2x`, `2x + 1`, `2x + 2`: `even[x]`, `odd[x]`,
-/// `even[x + 1]`, all contiguous.
+/// `even[x + 1]`, all contiguous; output row `i` reads scratch rows `2i ..= 2i + 2`.
 #[inline(always)]
 fn stride2_body<M: MulAdd>(
     scratch: &[f32],
@@ -183,18 +215,18 @@ fn stride2_body<M: MulAdd>(
     out: &mut [f32],
 ) {
     let width = 2 * half;
-    for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+    for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
         out_row.fill(bias);
         for ky in 0..3 {
-            let row = &scratch[(2 * oy + ky) * width..][..width];
+            let row = &scratch[(2 * i + ky) * width..][..width];
             let (even, odd) = row.split_at(half);
             let (a, b, c) = (&even[..ow], &odd[..ow], &even[1..ow + 1]);
             let [w0, w1, w2] = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
-            for i in 0..ow {
-                out_row[i] = M::mul_add(
+            for x in 0..ow {
+                out_row[x] = M::mul_add(
                     w2,
-                    c[i],
-                    M::mul_add(w1, b[i], M::mul_add(w0, a[i], out_row[i])),
+                    c[x],
+                    M::mul_add(w1, b[x], M::mul_add(w0, a[x], out_row[x])),
                 );
             }
         }
@@ -204,8 +236,8 @@ fn stride2_body<M: MulAdd>(
     }
 }
 
-dispatch!(fn stride1(plane: &[f32], h: usize, w: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride1_body);
-dispatch!(fn deinterleave_plane(plane: &[f32], h: usize, w: usize, half: usize, scratch: &mut [f32]) => deinterleave_plane_body);
+dispatch!(fn stride1(band: Band, oy0: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride1_body);
+dispatch!(fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body);
 dispatch!(fn stride2(scratch: &[f32], half: usize, ow: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride2_body);
 
 #[cfg(test)]
@@ -234,6 +266,41 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_band_of_rows_from_a_partial_plane_equals_those_rows_of_the_whole() {
+        let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
+        let (h, w) = (11, 13);
+        for stride in [1, 2] {
+            let conv = DepthwiseConv::new((0..9).map(value).collect(), vec![0.25], 1, stride, true);
+            let x: Vec<f32> = (0..h * w).map(|i| value(i + 40)).collect();
+            let (oh, ow) = conv.output_size(h, w);
+            let mut whole = vec![0f32; oh * ow];
+            conv.run(&x, h, w, &mut whole);
+            let mut scratch = Vec::new();
+            for (oy0, oy1) in [(0, 2), (2, 5), (oh - 1, oh)] {
+                // Only the input rows the band reads, with the first one's image row.
+                let r0 = (oy0 * stride).saturating_sub(1);
+                let r1 = ((oy1 - 1) * stride + 2).min(h);
+                let mut band = vec![0f32; (oy1 - oy0) * ow];
+                conv.run_rows(
+                    0,
+                    &x[r0 * w..r1 * w],
+                    r0,
+                    h,
+                    w,
+                    oy0,
+                    &mut band,
+                    &mut scratch,
+                );
+                assert_eq!(
+                    band,
+                    whole[oy0 * ow..oy1 * ow],
+                    "stride {stride} rows {oy0}..{oy1}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -55,17 +55,24 @@ pub(crate) struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// `out[c][p] = epilogue(Σ_k W[c][k] · x[k][p])` for every channel and pixels `p0..p1`.
+/// `out[c][p] = epilogue(Σ_{k in depth} W[c][k] · x[k][p])` for the output channels `channels`
+/// and pixels `p0..p1`: the full product, or the slice of it a fused block computes (a few
+/// channels of the expansion, a few input channels of the projection).
 ///
 /// # Safety
-/// The processor must support AVX-512F. `x` must be valid for reads of rows `0..depth` at stride
-/// `x_stride` over columns `p0..p1`; `out` (and `residual`) valid for reads and writes of rows
-/// `0..out_channels` at stride `out_stride` over the same columns, not overlapping `x`.
+/// The processor must support AVX-512F. `channels.start` must be a multiple of
+/// [`TILE_CHANNELS`] and `channels.end`, `depth.end` within the weights. `x` points at row
+/// `depth.start` and must be valid for reads of `depth.len()` rows at stride `x_stride` over
+/// columns `p0..p1`; `out` points at channel `channels.start` and must be valid for reads and
+/// writes of `channels.len()` rows at stride `out_stride` over the same columns, not overlapping
+/// `x`. A residual is indexed from channel 0 at stride `out_stride`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn conv1x1(
     w: &PackedWeights,
+    channels: std::ops::Range<usize>,
+    depth: std::ops::Range<usize>,
     x: *const f32,
     x_stride: usize,
     out: *mut f32,
@@ -74,28 +81,35 @@ pub(crate) unsafe fn conv1x1(
     p1: usize,
     epilogue: Epilogue,
 ) {
-    let panels = w.out_channels.div_ceil(TILE_CHANNELS);
-    for panel in 0..panels {
-        let rows = TILE_CHANNELS.min(w.out_channels - panel * TILE_CHANNELS);
-        let weights = w.data.as_ptr().add(panel * w.depth * TILE_CHANNELS);
+    debug_assert!(channels.start % TILE_CHANNELS == 0 && channels.end <= w.out_channels);
+    debug_assert!(depth.end <= w.depth);
+    let mut channel = channels.start;
+    while channel < channels.end {
+        let rows = TILE_CHANNELS.min(channels.end - channel);
+        let weights = w
+            .data
+            .as_ptr()
+            .add((channel * w.depth) + depth.start * TILE_CHANNELS);
+        let out_rows = out.add((channel - channels.start) * out_stride);
         let mut p = p0;
         while p < p1 {
             let width = TILE_PIXELS.min(p1 - p);
             tile(
                 weights,
-                w.depth,
+                depth.len(),
                 x.add(p),
                 x_stride,
-                out.add(panel * TILE_CHANNELS * out_stride + p),
+                out_rows.add(p),
                 out_stride,
                 rows,
                 width,
-                panel * TILE_CHANNELS,
+                channel,
                 p,
                 epilogue,
             );
             p += width;
         }
+        channel += TILE_CHANNELS;
     }
 }
 

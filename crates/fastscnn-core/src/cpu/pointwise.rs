@@ -161,6 +161,8 @@ impl PointwiseConv {
             unsafe {
                 conv1x1(
                     packed,
+                    0..self.out_channels,
+                    0..self.in_channels,
                     input.as_ptr(),
                     pixels,
                     dst.get(),
@@ -171,6 +173,40 @@ impl PointwiseConv {
                 );
             }
         });
+    }
+}
+
+impl PointwiseConv {
+    /// Whether [`Self::gemm_slice`] can run: the processor has AVX-512 and the weights are packed.
+    pub(crate) fn has_avx512(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// One task's slice of the product on the AVX-512 kernel: output channels `channels` from
+    /// input channels `depth`, over `pixels` columns; see [`conv1x1`] for the layout.
+    ///
+    /// # Safety
+    /// [`Self::has_avx512`] must hold, and the pointers satisfy [`conv1x1`]'s contract.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_slice(
+        &self,
+        channels: std::ops::Range<usize>,
+        depth: std::ops::Range<usize>,
+        x: *const f32,
+        x_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+        pixels: usize,
+        epilogue: Epilogue,
+    ) {
+        let packed = self
+            .packed
+            .as_ref()
+            .expect("gemm_slice without AVX-512 weights");
+        conv1x1(
+            packed, channels, depth, x, x_stride, out, out_stride, 0, pixels, epilogue,
+        );
     }
 }
 
