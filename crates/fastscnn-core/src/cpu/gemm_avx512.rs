@@ -81,7 +81,7 @@ pub(crate) unsafe fn conv1x1(
     p1: usize,
     epilogue: Epilogue,
 ) {
-    debug_assert!(channels.start % TILE_CHANNELS == 0 && channels.end <= w.out_channels);
+    debug_assert!(channels.start.is_multiple_of(TILE_CHANNELS) && channels.end <= w.out_channels);
     debug_assert!(depth.end <= w.depth);
     let mut channel = channels.start;
     while channel < channels.end {
