@@ -9,6 +9,8 @@ use candle_core::{bail, DType, Result, Tensor};
 use super::gemm_avx512::Epilogue;
 use super::resize::resize_planes;
 #[cfg(target_arch = "x86_64")]
+use super::resize::{blend, horizontal_planes, row_taps};
+#[cfg(target_arch = "x86_64")]
 use super::SendPtr;
 use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
 use crate::layers::{self, Conv2d, ConvBnAct};
@@ -518,6 +520,10 @@ impl FeatureFusion {
         lw: usize,
         pool: &mut BufferPool,
     ) -> Buffer {
+        #[cfg(target_arch = "x86_64")]
+        if self.lower.has_avx512() && self.higher.has_avx512() {
+            return self.run_fused(higher, h, w, lower, lh, lw, pool);
+        }
         let channels = self.depthwise.channels;
         let mut upsampled = pool.take(channels * h * w);
         resize_planes(
@@ -537,6 +543,110 @@ impl FeatureFusion {
         self.lower.run(&filtered, h * w, &mut out, Seed::Bias);
         pool.give(filtered);
         self.higher.run(higher, h * w, &mut out, Seed::Accumulate);
+        out
+    }
+
+    /// Band by band of output rows: the upsampled rows a band's depthwise conv reads are blended
+    /// from the horizontally interpolated global features (computed once, 1/4 of the rows), the
+    /// filtered band stays in cache for the lower-branch product, and the higher branch is added
+    /// to it in place. Neither the upsampled nor the filtered map is ever stored in full.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_fused(
+        &self,
+        higher: &[f32],
+        h: usize,
+        w: usize,
+        lower: &[f32],
+        lh: usize,
+        lw: usize,
+        pool: &mut BufferPool,
+    ) -> Buffer {
+        let (dw, low, high) = (&self.depthwise, &self.lower, &self.higher);
+        let channels = dw.channels;
+        assert_eq!(
+            lower.len(),
+            channels * lh * lw,
+            "feature fusion lower input"
+        );
+        assert_eq!(
+            higher.len(),
+            high.in_channels * h * w,
+            "feature fusion higher input"
+        );
+        let mut widened = pool.take(channels * lh * w);
+        horizontal_planes(lower, lh, lw, &mut widened, w, self.align_corners);
+        let rows = row_taps(lh, h, self.align_corners);
+        let widened_rows: &[f32] = &widened;
+        let mut out = pool.take(low.out_channels * h * w);
+        let band = band_rows(channels * w, h);
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..h.div_ceil(band)).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(upsampled, filtered, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>), b| {
+                let y0 = b * band;
+                let y1 = (y0 + band).min(h);
+                let n = (y1 - y0) * w;
+                // The depthwise conv reads one upsampled row above and below the band.
+                let (u0, u1) = (y0.saturating_sub(1), (y1 + 1).min(h));
+                upsampled.resize((u1 - u0) * w, 0.0);
+                filtered.resize(channels * n, 0.0);
+                for (c, band_rows) in filtered.chunks_exact_mut(n).enumerate() {
+                    let plane = &widened_rows[c * lh * w..(c + 1) * lh * w];
+                    for (row, &(s0, s1, wy0, wy1)) in
+                        upsampled.chunks_exact_mut(w).zip(&rows[u0..u1])
+                    {
+                        blend(
+                            &plane[s0 * w..(s0 + 1) * w],
+                            &plane[s1 * w..(s1 + 1) * w],
+                            wy0,
+                            wy1,
+                            row,
+                        );
+                    }
+                    dw.run_rows(c, upsampled, u0, h, w, y0, band_rows, scratch);
+                }
+                let out = dst.get().wrapping_add(y0 * w);
+                // SAFETY: `has_avx512` holds for both convs; bands write disjoint pixel ranges of
+                // every output plane; `filtered` is (channels, n) and `higher` has rows y0..y1
+                // of every channel at stride h·w.
+                unsafe {
+                    let lower_epilogue = Epilogue {
+                        bias: &low.bias,
+                        residual: None,
+                        accumulate: false,
+                        relu: false,
+                    };
+                    low.gemm_slice(
+                        0..low.out_channels,
+                        0..channels,
+                        filtered.as_ptr(),
+                        n,
+                        out,
+                        h * w,
+                        n,
+                        lower_epilogue,
+                    );
+                    let higher_epilogue = Epilogue {
+                        bias: &high.bias,
+                        residual: None,
+                        accumulate: true,
+                        relu: high.relu,
+                    };
+                    high.gemm_slice(
+                        0..high.out_channels,
+                        0..high.in_channels,
+                        higher[y0 * w..].as_ptr(),
+                        h * w,
+                        out,
+                        h * w,
+                        n,
+                        higher_epilogue,
+                    );
+                }
+            },
+        );
+        pool.give(widened);
         out
     }
 }
@@ -622,6 +732,34 @@ mod tests {
             pool.give(a);
             pool.give(b);
         }
+        let varmap = VarMap::new();
+        let config = layers::FeatureFusionConfig {
+            higher_in_channels: 24,
+            lower_in_channels: 40,
+            out_channels: 40,
+            conv_bias: true,
+            align_corners: false,
+        };
+        let layer = layers::FeatureFusion::new(&config, NormOptions::default(), random_vb(&varmap))
+            .unwrap();
+        let fused = FeatureFusion::from_layer(&layer).unwrap();
+        let plain = FeatureFusion {
+            lower: fused.lower.clone().without_avx512(),
+            higher: fused.higher.clone().without_avx512(),
+            ..fused.clone()
+        };
+        let higher: Vec<f32> = random_tensor(&[24 * 37 * 45], 6)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let lower: Vec<f32> = random_tensor(&[40 * 10 * 12], 7)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let a = fused.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
+        let b = plain.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
+        let d = max_diff(&a, &b);
+        assert!(d < 1e-4, "feature fusion: {d}");
         for stride in [1, 2] {
             let varmap = VarMap::new();
             let layer = layers::DSConv::new(

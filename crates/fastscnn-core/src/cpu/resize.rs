@@ -28,7 +28,35 @@ fn blend_body<M: MulAdd>(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &
     }
 }
 
-dispatch!(fn blend(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &mut [f32]) => blend_body);
+dispatch!(
+    /// `out = wy0·top + wy1·bottom`: the vertical pass.
+    pub(crate) fn blend(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &mut [f32]) => blend_body
+);
+
+/// For every output row, its two source rows and their weights.
+pub(crate) fn row_taps(h: usize, oh: usize, align_corners: bool) -> Vec<(usize, usize, f32, f32)> {
+    (0..oh)
+        .map(|oy| {
+            let (y0, y1, l) = source_index(oy, h, oh, align_corners);
+            (y0, y1, (1.0 - l) as f32, l as f32)
+        })
+        .collect()
+}
+
+/// The horizontal pass alone: `planes` planes of `input` (planes, h, w) to `out` (planes, h, ow).
+pub(crate) fn horizontal_planes(
+    input: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    ow: usize,
+    align_corners: bool,
+) {
+    let columns = taps::<f32>(w, ow, align_corners);
+    out.par_chunks_mut(h * ow)
+        .zip(input.par_chunks(h * w))
+        .for_each(|(out, plane)| horizontal(plane, w, &columns, out));
+}
 
 /// Resizes `planes` planes of `input` (planes, h, w) to `out` (planes, oh, ow).
 #[allow(clippy::too_many_arguments)]
@@ -49,12 +77,7 @@ pub fn resize_planes(
         return;
     }
     let columns = taps::<f32>(w, ow, align_corners);
-    let rows: Vec<(usize, usize, f32, f32)> = (0..oh)
-        .map(|oy| {
-            let (y0, y1, l) = source_index(oy, h, oh, align_corners);
-            (y0, y1, (1.0 - l) as f32, l as f32)
-        })
-        .collect();
+    let rows = row_taps(h, oh, align_corners);
     out.par_chunks_mut(oh * ow)
         .zip(input.par_chunks(h * w))
         .for_each_init(
