@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_core::cpu::{
     resize_argmax_planes, resize_planes, zeroed_vec, Bottleneck, Buffer, BufferPool, Classifier,
-    DenseConv, FeatureFusion, PyramidPooling, SeparableConv,
+    DenseConv, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
 };
 
 use crate::global_feature_extractor::GlobalFeatureExtractor;
@@ -27,8 +27,8 @@ enum Output {
 
 #[derive(Debug)]
 pub struct CpuInference {
-    stem: DenseConv,
-    dsconv1: SeparableConv,
+    /// The stem conv and the first DSConv, fused.
+    stem: StemSeparable,
     dsconv2: SeparableConv,
     groups: Vec<Vec<Bottleneck>>,
     ppm: PyramidPooling,
@@ -47,8 +47,10 @@ impl CpuInference {
         align_corners: bool,
     ) -> Result<Self> {
         Ok(Self {
-            stem: DenseConv::from_layer(ltd.stem())?,
-            dsconv1: SeparableConv::from_layer(ltd.dsconv1())?,
+            stem: StemSeparable {
+                stem: DenseConv::from_layer(ltd.stem())?,
+                dsconv: SeparableConv::from_layer(ltd.dsconv1())?,
+            },
             dsconv2: SeparableConv::from_layer(ltd.dsconv2())?,
             groups: gfe
                 .groups()
@@ -96,10 +98,10 @@ impl CpuInference {
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
             bail!("CPU inference takes f32 tensors on the CPU")
         }
-        if c != self.stem.in_channels {
+        if c != self.stem.stem.in_channels {
             bail!(
                 "the network takes {} input channels, got {c}",
-                self.stem.in_channels
+                self.stem.stem.in_channels
             )
         }
         let x = x.contiguous()?;
@@ -175,11 +177,7 @@ impl CpuInference {
             record(name, clock.elapsed());
             clock = Instant::now();
         };
-        let (sh, sw) = self.stem.output_size(h, w);
-        let mut stem = pool.take(self.stem.out_channels * sh * sw);
-        self.stem.run(image, h, w, &mut stem);
-        let (a, ah, aw) = self.dsconv1.run(&stem, sh, sw, pool);
-        pool.give(stem);
+        let (a, ah, aw) = self.stem.run(image, h, w, pool);
         let (higher, hh, hw) = self.dsconv2.run(&a, ah, aw, pool);
         pool.give(a);
         lap("learning to downsample", record);

@@ -80,16 +80,16 @@ impl DenseConv {
             bail!("not a dense convolution: {c:?}")
         }
         let (weight, bias) = parts(conv)?;
-        Ok(Self {
+        Ok(Self::new(
             weight,
             bias,
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            relu: layer.relu(),
-        })
+            c.in_channels,
+            c.out_channels,
+            c.kernel,
+            c.stride,
+            c.padding,
+            layer.relu(),
+        ))
     }
 }
 
@@ -246,6 +246,113 @@ fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
     let by_cache = (64 * 1024 / floats_per_row.max(1)).max(1);
     let by_threads = out_rows.div_ceil(4 * rayon::current_num_threads()).max(1);
     by_cache.min(by_threads)
+}
+
+/// The stem conv and the depthwise-separable conv after it (learning-to-downsample's first two
+/// layers), fused: at 1024x2048 the stem's output is 64 MB, the largest map of the network, and
+/// here only the few rows a band of the separable conv reads ever exist.
+#[derive(Debug, Clone)]
+pub struct StemSeparable {
+    pub stem: DenseConv,
+    pub dsconv: SeparableConv,
+}
+
+impl StemSeparable {
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let (sh, sw) = self.stem.output_size(h, w);
+        self.dsconv.depthwise.output_size(sh, sw)
+    }
+
+    pub fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.dsconv.pointwise.has_avx512() {
+            return self.run_fused(x, h, w, pool);
+        }
+        let (sh, sw) = self.stem.output_size(h, w);
+        let mut stem = pool.take(self.stem.out_channels * sh * sw);
+        self.stem.run(x, h, w, &mut stem);
+        let out = self.dsconv.run(&stem, sh, sw, pool);
+        pool.give(stem);
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn run_fused(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let (stem, dw, pw) = (&self.stem, &self.dsconv.depthwise, &self.dsconv.pointwise);
+        let (sh, sw) = stem.output_size(h, w);
+        let (oh, ow) = dw.output_size(sh, sw);
+        let (channels, stride) = (dw.channels, dw.stride);
+        let mut out = pool.take(pw.out_channels * oh * ow);
+        // Stem rows for a band of `band` output rows: band·stride + 1 (+ 1 at stride 1); the band
+        // is at least two rows so the shared stem row is not recomputed too often.
+        let band = band_rows(channels * sw * stride / 2, oh).max(2).min(oh);
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(stem_rows, filtered, cols, scratch): &mut (
+                Vec<f32>,
+                Vec<f32>,
+                Vec<f32>,
+                Vec<f32>,
+            ),
+             b| {
+                let oy0 = b * band;
+                let oy1 = (oy0 + band).min(oh);
+                let n = (oy1 - oy0) * ow;
+                let r0 = (oy0 * stride).saturating_sub(1);
+                let r1 = ((oy1 - 1) * stride + 2).min(sh);
+                let m = (r1 - r0) * sw;
+                stem_rows.resize(stem.out_channels * m, 0.0);
+                stem.run_rows(x, h, w, r0, r1 - r0, stem_rows, cols);
+                filtered.resize(channels * n, 0.0);
+                for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
+                    dw.run_rows(
+                        c,
+                        &stem_rows[c * m..(c + 1) * m],
+                        r0,
+                        sh,
+                        sw,
+                        oy0,
+                        rows,
+                        scratch,
+                    );
+                }
+                let epilogue = Epilogue {
+                    bias: &pw.bias,
+                    residual: None,
+                    accumulate: false,
+                    relu: pw.relu,
+                };
+                // SAFETY: `has_avx512` was checked; bands write disjoint pixel ranges of every
+                // output plane; `filtered` is (channels, n).
+                unsafe {
+                    pw.gemm_slice(
+                        0..pw.out_channels,
+                        0..channels,
+                        filtered.as_ptr(),
+                        n,
+                        dst.get().add(oy0 * ow),
+                        oh * ow,
+                        n,
+                        epilogue,
+                    );
+                }
+            },
+        );
+        (out, oh, ow)
+    }
 }
 
 /// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
@@ -760,6 +867,37 @@ mod tests {
         let b = plain.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
         let d = max_diff(&a, &b);
         assert!(d < 1e-4, "feature fusion: {d}");
+        for padding in [0, 1] {
+            let varmap = VarMap::new();
+            let vb = random_vb(&varmap);
+            let stem = layers::ConvBnAct::sequential(
+                layers::ConvConfig::dense(3, 16, 3, 2, padding),
+                true,
+                NormOptions::default(),
+                vb.pp("stem"),
+            )
+            .unwrap();
+            let ds =
+                layers::DSConv::new(16, 24, 2, true, NormOptions::default(), vb.pp("ds")).unwrap();
+            let fused = StemSeparable {
+                stem: DenseConv::from_layer(&stem).unwrap(),
+                dsconv: SeparableConv::from_layer(&ds).unwrap(),
+            };
+            let plain = StemSeparable {
+                stem: fused.stem.clone().without_avx512(),
+                dsconv: SeparableConv {
+                    pointwise: fused.dsconv.pointwise.clone().without_avx512(),
+                    ..fused.dsconv.clone()
+                },
+            };
+            let x: Vec<f32> = random_tensor(&[3 * 67 * 93], 8).unwrap().to_vec1().unwrap();
+            let (a, ah, aw) = fused.run(&x, 67, 93, &mut pool);
+            let (b, bh, bw) = plain.run(&x, 67, 93, &mut pool);
+            assert_eq!((ah, aw), (bh, bw));
+            assert_eq!((ah, aw), fused.output_size(67, 93));
+            let d = max_diff(&a, &b);
+            assert!(d < 1e-4, "stem + separable, padding {padding}: {d}");
+        }
         for stride in [1, 2] {
             let varmap = VarMap::new();
             let layer = layers::DSConv::new(

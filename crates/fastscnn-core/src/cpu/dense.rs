@@ -8,6 +8,10 @@
 use rayon::prelude::*;
 
 use super::epilogue::finish_row;
+use super::gemm_avx512::PackedWeights;
+#[cfg(target_arch = "x86_64")]
+use super::gemm_avx512::{conv1x1, Epilogue};
+use super::simd::Isa;
 use super::SendPtr;
 
 /// A dense convolution with its BatchNorm folded in: `weight` is (out, in, k, k) row-major.
@@ -21,74 +25,193 @@ pub struct DenseConv {
     pub stride: usize,
     pub padding: usize,
     pub relu: bool,
+    /// The weights packed for the AVX-512 kernel, when the processor has it.
+    packed: Option<PackedWeights>,
 }
 
 impl DenseConv {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+    ) -> Self {
+        let depth = in_channels * kernel * kernel;
+        assert_eq!(weight.len(), out_channels * depth, "dense conv weight");
+        assert_eq!(bias.len(), out_channels, "dense conv bias");
+        assert!(
+            kernel > 0 && stride > 0,
+            "dense conv kernel {kernel}, stride {stride}"
+        );
+        let packed = (Isa::detected() == Isa::Avx512)
+            .then(|| PackedWeights::new(&weight, out_channels, depth));
+        Self {
+            weight,
+            bias,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            relu,
+            packed,
+        }
+    }
+
+    /// The same convolution through the `gemm` crate: what runs without AVX-512, and the
+    /// reference the AVX-512 path is tested against.
+    pub fn without_avx512(mut self) -> Self {
+        self.packed = None;
+        self
+    }
+
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         let size = |n: usize| (n + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1;
         (size(h), size(w))
     }
 
-    /// One image: `input` is (in, h, w), `out` (out, oh, ow).
-    pub fn run(&self, input: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        let (oh, ow) = self.output_size(h, w);
-        let (cin, cout, k) = (self.in_channels, self.out_channels, self.kernel);
+    fn check(&self, input: &[f32], h: usize, w: usize) {
+        let k = self.kernel;
         assert!(
             h + 2 * self.padding >= k && w + 2 * self.padding >= k,
             "dense conv input too small"
         );
-        assert_eq!(input.len(), cin * h * w, "dense conv input");
-        assert_eq!(out.len(), cout * oh * ow, "dense conv output");
-        assert_eq!(self.weight.len(), cout * cin * k * k, "dense conv weight");
-        let depth = cin * k * k;
+        assert_eq!(input.len(), self.in_channels * h * w, "dense conv input");
+    }
+
+    /// One image: `input` is (in, h, w), `out` (out, oh, ow).
+    pub fn run(&self, input: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        let (oh, ow) = self.output_size(h, w);
+        self.check(input, h, w);
+        assert_eq!(out.len(), self.out_channels * oh * ow, "dense conv output");
+        let depth = self.in_channels * self.kernel * self.kernel;
         // About 64 KiB of im2col per band, at least one row, enough bands for every thread.
         let by_cache = (16 * 1024 / (depth * ow)).max(1);
         let by_threads = oh.div_ceil(4 * rayon::current_num_threads()).max(1);
         let band = by_cache.min(by_threads);
-        let pixels = oh * ow;
         let dst = SendPtr(out.as_mut_ptr());
-        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
-            || vec![0f32; depth * band * ow],
-            |cols, b| {
+        (0..oh.div_ceil(band))
+            .into_par_iter()
+            .for_each_init(Vec::new, |cols, b| {
                 let y0 = b * band;
                 let rows = band.min(oh - y0);
-                let n = rows * ow;
-                self.im2col(input, h, w, y0, rows, ow, &mut cols[..depth * n]);
                 // SAFETY: bands write disjoint row ranges of every output plane, in bounds by the
                 // size checks above.
                 unsafe {
-                    let dst = dst.get().add(y0 * ow);
-                    gemm::gemm(
-                        cout,
-                        n,
-                        depth,
-                        dst,
-                        1,
-                        pixels as isize,
-                        false,
-                        self.weight.as_ptr(),
-                        1,
-                        depth as isize,
-                        cols.as_ptr(),
-                        1,
-                        n as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    for c in 0..cout {
-                        let row = std::slice::from_raw_parts_mut(dst.add(c * pixels), n);
-                        finish_row(row, self.bias[c], None, self.relu);
-                    }
+                    self.rows_raw(input, h, w, y0, rows, dst.get().add(y0 * ow), oh * ow, cols)
                 }
-            },
-        );
+            });
     }
 
-    /// Rows `(ci, ky, kx)` of the im2col matrix for output rows `y0..y0 + rows`.
+    /// Output rows `y0..y0 + rows` of every channel into `out`, (out, rows·ow) contiguous, on
+    /// the calling thread: the unit a fused block computes the rows it needs with. `cols` is the
+    /// im2col scratch, grown as needed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_rows(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        y0: usize,
+        rows: usize,
+        out: &mut [f32],
+        cols: &mut Vec<f32>,
+    ) {
+        let (oh, ow) = self.output_size(h, w);
+        self.check(input, h, w);
+        assert!(
+            y0 + rows <= oh,
+            "dense conv rows {y0}..{} of {oh}",
+            y0 + rows
+        );
+        assert_eq!(
+            out.len(),
+            self.out_channels * rows * ow,
+            "dense conv rows output"
+        );
+        // SAFETY: `out` holds exactly (out_channels, rows·ow).
+        unsafe { self.rows_raw(input, h, w, y0, rows, out.as_mut_ptr(), rows * ow, cols) }
+    }
+
+    /// # Safety
+    /// `out` must be valid for writes of `out_channels` rows of `rows·ow` floats at stride
+    /// `out_stride`, and the input checked by [`Self::check`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_raw(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        y0: usize,
+        rows: usize,
+        out: *mut f32,
+        out_stride: usize,
+        cols: &mut Vec<f32>,
+    ) {
+        let (_, ow) = self.output_size(h, w);
+        let depth = self.in_channels * self.kernel * self.kernel;
+        let n = rows * ow;
+        if cols.len() < depth * n {
+            cols.resize(depth * n, 0.0);
+        }
+        self.im2col(input, h, w, y0, rows, ow, &mut cols[..depth * n]);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.packed {
+            let epilogue = Epilogue {
+                bias: &self.bias,
+                residual: None,
+                accumulate: false,
+                relu: self.relu,
+            };
+            conv1x1(
+                packed,
+                0..self.out_channels,
+                0..depth,
+                cols.as_ptr(),
+                n,
+                out,
+                out_stride,
+                0,
+                n,
+                epilogue,
+            );
+            return;
+        }
+        gemm::gemm(
+            self.out_channels,
+            n,
+            depth,
+            out,
+            1,
+            out_stride as isize,
+            false,
+            self.weight.as_ptr(),
+            1,
+            depth as isize,
+            cols.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+        for c in 0..self.out_channels {
+            let row = std::slice::from_raw_parts_mut(out.add(c * out_stride), n);
+            finish_row(row, self.bias[c], None, self.relu);
+        }
+    }
+
+    /// Rows `(ci, ky, kx)` of the im2col matrix for output rows `y0..y0 + rows`. Each input row
+    /// is zero-padded once and, at stride 2, split into even and odd columns, so every im2col row
+    /// is a contiguous copy.
     #[allow(clippy::too_many_arguments)]
     fn im2col(
         &self,
@@ -100,27 +223,47 @@ impl DenseConv {
         ow: usize,
         cols: &mut [f32],
     ) {
-        let (k, s, p) = (self.kernel, self.stride, self.padding as isize);
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
         let n = rows * ow;
+        // Padded row: p zeros, the row, zeros up to what the last output column reads.
+        let padded_len = ((ow - 1) * s + k).max(w + p).next_multiple_of(s);
+        let mut padded = vec![0f32; padded_len];
+        let mut split = vec![0f32; padded_len];
+        let part = padded_len / s;
         for ci in 0..self.in_channels {
             let plane = &input[ci * h * w..(ci + 1) * h * w];
             for ky in 0..k {
-                for kx in 0..k {
-                    let dst = &mut cols[((ci * k + ky) * k + kx) * n..][..n];
-                    for (r, dst_row) in dst.chunks_exact_mut(ow).enumerate() {
-                        let iy = ((y0 + r) * s + ky) as isize - p;
-                        if iy < 0 || iy >= h as isize {
-                            dst_row.fill(0.0);
-                            continue;
+                for r in 0..rows {
+                    let iy = ((y0 + r) * s + ky) as isize - p as isize;
+                    let at = |kx: usize| ((ci * k + ky) * k + kx) * n + r * ow;
+                    if iy < 0 || iy >= h as isize {
+                        for kx in 0..k {
+                            cols[at(kx)..at(kx) + ow].fill(0.0);
                         }
-                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        for (ox, d) in dst_row.iter_mut().enumerate() {
-                            let ix = (ox * s + kx) as isize - p;
-                            *d = if ix >= 0 && ix < w as isize {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    padded[p..p + w].copy_from_slice(src);
+                    // Padded column q feeds output ox at tap kx when q = ox·s + kx.
+                    if s == 1 {
+                        for kx in 0..k {
+                            cols[at(kx)..at(kx) + ow].copy_from_slice(&padded[kx..kx + ow]);
+                        }
+                    } else {
+                        if s == 2 {
+                            let (even, odd) = split.split_at_mut(part);
+                            for ((pair, e), o) in padded.chunks_exact(2).zip(even).zip(odd) {
+                                *e = pair[0];
+                                *o = pair[1];
+                            }
+                        } else {
+                            for (q, &v) in padded.iter().enumerate() {
+                                split[(q % s) * part + q / s] = v;
+                            }
+                        }
+                        for kx in 0..k {
+                            let phase = &split[(kx % s) * part..(kx % s + 1) * part];
+                            cols[at(kx)..at(kx) + ow].copy_from_slice(&phase[kx / s..kx / s + ow]);
                         }
                     }
                 }
@@ -143,43 +286,49 @@ mod tests {
             (1, 1, 0, 3, 4),
         ] {
             let (cin, cout) = (3, 5);
-            let conv = DenseConv {
-                weight: (0..cout * cin * k * k).map(|i| value(i + 3)).collect(),
-                bias: (0..cout).map(value).collect(),
-                in_channels: cin,
-                out_channels: cout,
-                kernel: k,
+            let fast = DenseConv::new(
+                (0..cout * cin * k * k).map(|i| value(i + 3)).collect(),
+                (0..cout).map(value).collect(),
+                cin,
+                cout,
+                k,
                 stride,
                 padding,
-                relu: true,
-            };
-            let x: Vec<f32> = (0..cin * h * w).map(|i| value(i + 100)).collect();
-            let (oh, ow) = conv.output_size(h, w);
-            let mut out = vec![f32::NAN; cout * oh * ow];
-            conv.run(&x, h, w, &mut out);
-            for co in 0..cout {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = conv.bias[co] as f64;
-                        for ci in 0..cin {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * stride + ky) as isize - padding as isize;
-                                    let ix = (ox * stride + kx) as isize - padding as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
-                                    {
-                                        acc += conv.weight[((co * cin + ci) * k + ky) * k + kx]
-                                            as f64
-                                            * x[(ci * h + iy as usize) * w + ix as usize] as f64;
+                true,
+            );
+            for conv in [fast.clone(), fast.without_avx512()] {
+                let x: Vec<f32> = (0..cin * h * w).map(|i| value(i + 100)).collect();
+                let (oh, ow) = conv.output_size(h, w);
+                let mut out = vec![f32::NAN; cout * oh * ow];
+                conv.run(&x, h, w, &mut out);
+                for co in 0..cout {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut acc = conv.bias[co] as f64;
+                            for ci in 0..cin {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let iy = (oy * stride + ky) as isize - padding as isize;
+                                        let ix = (ox * stride + kx) as isize - padding as isize;
+                                        if iy >= 0
+                                            && ix >= 0
+                                            && (iy as usize) < h
+                                            && (ix as usize) < w
+                                        {
+                                            acc += conv.weight[((co * cin + ci) * k + ky) * k + kx]
+                                                as f64
+                                                * x[(ci * h + iy as usize) * w + ix as usize]
+                                                    as f64;
+                                        }
                                     }
                                 }
                             }
+                            let got = out[(co * oh + oy) * ow + ox];
+                            assert!(
+                                (got as f64 - acc.max(0.0)).abs() < 1e-4,
+                                "k{k} s{stride} p{padding}"
+                            );
                         }
-                        let got = out[(co * oh + oy) * ow + ox];
-                        assert!(
-                            (got as f64 - acc.max(0.0)).abs() < 1e-4,
-                            "k{k} s{stride} p{padding}"
-                        );
                     }
                 }
             }

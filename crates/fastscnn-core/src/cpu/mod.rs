@@ -20,7 +20,9 @@ mod pointwise;
 mod resize;
 pub(crate) mod simd;
 
-pub use blocks::{AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling, SeparableConv};
+pub use blocks::{
+    AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
+};
 pub use buffers::{zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
