@@ -428,8 +428,9 @@ impl Bottleneck {
         );
         assert_eq!(x.len(), cin * h * w, "bottleneck input");
         let mut out = pool.take(cout * oh * ow);
-        // A band's expanded chunk: HIDDEN_CHUNK x (band·stride + 2) rows x w.
-        let band = band_rows(HIDDEN_CHUNK * w * stride, oh);
+        // A band's expanded chunk: HIDDEN_CHUNK x (band·stride + 2) rows x w, allowed twice the
+        // usual budget: the two halo rows are expanded twice, so thin bands cost compute.
+        let band = band_rows(HIDDEN_CHUNK * w * stride / 2, oh);
         let dst = SendPtr(out.as_mut_ptr());
         let zeros = vec![0f32; cout];
         (0..oh.div_ceil(band)).into_par_iter().for_each_init(
@@ -508,7 +509,7 @@ const FUSE_ABOVE: usize = 1 << 20;
 /// Hidden channels a fused bottleneck expands at a time (a multiple of the AVX-512 kernel's
 /// eight-channel tile).
 #[cfg(target_arch = "x86_64")]
-const HIDDEN_CHUNK: usize = 64;
+const HIDDEN_CHUNK: usize = 32;
 
 /// Pyramid pooling: the input, and each bin's pooled, projected and upsampled features, concatenated
 /// and fused by the output conv.
