@@ -6,7 +6,7 @@
 use candle_core::{bail, DType, Result, Tensor};
 
 #[cfg(target_arch = "x86_64")]
-use super::gemm_avx512::Epilogue;
+use super::gemm_avx512::{Epilogue, TILE_CHANNELS};
 use super::resize::resize_planes;
 #[cfg(target_arch = "x86_64")]
 use super::resize::{blend, horizontal_planes, row_taps};
@@ -382,11 +382,14 @@ impl Bottleneck {
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
         #[cfg(target_arch = "x86_64")]
-        if self.expand.has_avx512()
-            && self.project.has_avx512()
-            && self.expand.out_channels * h * w >= FUSE_ABOVE
-        {
-            return self.run_fused(x, h, w, pool);
+        if self.expand.has_avx512() && self.project.has_avx512() {
+            let hidden = self.expand.out_channels * h * w;
+            if hidden >= FUSE_ABOVE {
+                return self.run_fused(x, h, w, pool);
+            }
+            if hidden < SPLIT_BELOW {
+                return self.run_split(x, h, w, pool);
+            }
         }
         let mut expanded = pool.take(self.expand.out_channels * h * w);
         self.expand.run(x, h * w, &mut expanded, Seed::Bias);
@@ -500,11 +503,121 @@ impl Bottleneck {
     }
 }
 
-/// Hidden tensors (in floats) worth fusing: smaller ones stay in the last-level cache between
-/// the three convs anyway, and their bands would be so thin that recomputing the shared input
-/// rows costs more than the memory traffic saved.
+impl Bottleneck {
+    /// For maps too small to cut into bands: each task takes a share of the hidden channels over
+    /// the whole map, expands, filters and projects them, and the partial projections are summed.
+    /// One parallel region per block instead of three, and no halo rows recomputed.
+    #[cfg(target_arch = "x86_64")]
+    fn run_split(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let (expand, dw, project) = (&self.expand, &self.depthwise, &self.project);
+        let (oh, ow) = dw.output_size(h, w);
+        let (cin, hidden, cout) = (
+            expand.in_channels,
+            expand.out_channels,
+            project.out_channels,
+        );
+        assert_eq!(x.len(), cin * h * w, "bottleneck input");
+        let (m, n) = (h * w, oh * ow);
+        let tiles = hidden.div_ceil(TILE_CHANNELS);
+        let tasks = (2 * rayon::current_num_threads()).clamp(1, tiles);
+        let share = tiles.div_ceil(tasks) * TILE_CHANNELS;
+        let zeros = vec![0f32; cout];
+        let partials: Vec<Vec<f32>> = (0..hidden.div_ceil(share))
+            .into_par_iter()
+            .map(|t| {
+                let (c0, c1) = (t * share, ((t + 1) * share).min(hidden));
+                let mut expanded = vec![0f32; (c1 - c0) * m];
+                let mut filtered = vec![0f32; (c1 - c0) * n];
+                let mut partial = vec![0f32; cout * n];
+                let mut scratch = Vec::new();
+                let expand_epilogue = Epilogue {
+                    bias: &expand.bias,
+                    residual: None,
+                    accumulate: false,
+                    relu: expand.relu,
+                };
+                let project_epilogue = Epilogue {
+                    bias: &zeros,
+                    residual: None,
+                    accumulate: false,
+                    relu: false,
+                };
+                // SAFETY: `has_avx512` holds for both convs; every buffer has the size the
+                // products read and write.
+                unsafe {
+                    expand.gemm_slice(
+                        c0..c1,
+                        0..cin,
+                        x.as_ptr(),
+                        m,
+                        expanded.as_mut_ptr(),
+                        m,
+                        m,
+                        expand_epilogue,
+                    );
+                }
+                for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
+                    dw.run_rows(
+                        c0 + c,
+                        &expanded[c * m..(c + 1) * m],
+                        0,
+                        h,
+                        w,
+                        0,
+                        rows,
+                        &mut scratch,
+                    );
+                }
+                // SAFETY: as above.
+                unsafe {
+                    project.gemm_slice(
+                        0..cout,
+                        c0..c1,
+                        filtered.as_ptr(),
+                        n,
+                        partial.as_mut_ptr(),
+                        n,
+                        n,
+                        project_epilogue,
+                    );
+                }
+                partial
+            })
+            .collect();
+        let mut out = pool.take(cout * n);
+        for (c, row) in out.chunks_exact_mut(n).enumerate() {
+            row.fill(project.bias[c]);
+            if self.shortcut {
+                for (o, r) in row.iter_mut().zip(&x[c * n..(c + 1) * n]) {
+                    *o += r;
+                }
+            }
+            for partial in &partials {
+                for (o, p) in row.iter_mut().zip(&partial[c * n..(c + 1) * n]) {
+                    *o += p;
+                }
+            }
+        }
+        (out, oh, ow)
+    }
+}
+
+/// Hidden tensors (in floats) worth cutting into bands: smaller ones stay in the last-level cache
+/// anyway, and their bands would be so thin that recomputing the shared input rows costs more
+/// than the memory traffic saved; they are split by channels instead.
 #[cfg(target_arch = "x86_64")]
 const FUSE_ABOVE: usize = 1 << 20;
+
+/// Hidden tensors (in floats) small enough that one parallel region per block, splitting the
+/// hidden channels, beats three (expand, depthwise, project) each split by pixels.
+#[cfg(target_arch = "x86_64")]
+const SPLIT_BELOW: usize = 1 << 18;
 
 /// Hidden channels a fused bottleneck expands at a time (a multiple of the AVX-512 kernel's
 /// eight-channel tile).
@@ -813,8 +926,14 @@ mod tests {
     fn fused_blocks_equal_the_layer_by_layer_path() {
         let mut pool = BufferPool::default();
         // Big enough for the bottleneck's hidden tensor to pass FUSE_ABOVE, odd-sized.
-        let (h, w) = (97, 131);
-        for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2), (16, 24, 1)] {
+        for (cin, cout, stride, h, w) in [
+            (16, 16, 1, 97, 131),
+            (16, 24, 2, 97, 131),
+            (16, 24, 1, 97, 131),
+            // Below FUSE_ABOVE: the channel-split path.
+            (16, 16, 1, 13, 21),
+            (16, 24, 2, 13, 21),
+        ] {
             let varmap = VarMap::new();
             let layer = layers::LinearBottleneck::new(
                 cin,
