@@ -8,10 +8,11 @@ use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
 use fastscnn_core::cpu::{
-    resize_argmax_planes, Bottleneck, BufferPool, DepthwiseConv, PointwiseConv, Seed,
+    resize_argmax_planes, resize_planes, zeroed_vec, Bottleneck, BufferPool, DepthwiseConv,
+    PointwiseConv, Seed,
 };
 use fastscnn_core::layers::{Conv2d, ConvConfig, LinearBottleneck, NormOptions};
-use fastscnn_core::ops::{depthwise_conv2d, resize_argmax};
+use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
 
 const H: usize = 96;
 const W: usize = 192;
@@ -133,6 +134,24 @@ fn resize_then_argmax(c: &mut Criterion) {
     });
     group.bench_function("separable", |b| {
         b.iter(|| resize_argmax_planes(&input, 19, H, W, &mut labels, oh, ow, true, &mut scratch))
+    });
+    group.finish();
+
+    // The logits: 90 MB written, into a buffer kept between frames and into a fresh one.
+    let mut logits = vec![0f32; 19 * oh * ow];
+    let mut group = c.benchmark_group("resize_19x96x192_to_768x1536");
+    group.bench_function("candle_custom_op", |b| {
+        b.iter(|| resize_bilinear(&scores, oh, ow, true).unwrap())
+    });
+    group.bench_function("separable_kept_buffer", |b| {
+        b.iter(|| resize_planes(&input, 19, H, W, &mut logits, oh, ow, true))
+    });
+    group.bench_function("separable_fresh_buffer", |b| {
+        b.iter(|| {
+            let mut fresh = zeroed_vec::<f32>(19 * oh * ow);
+            resize_planes(&input, 19, H, W, &mut fresh, oh, ow, true);
+            fresh
+        })
     });
     group.finish();
 }

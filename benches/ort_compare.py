@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""fastscnn against ONNX Runtime on the same weights, interleaved in one run.
+
+Times ONNX Runtime (CPU execution provider) on the golden ONNX exports
+(`fastscnn_seed0_c19_{768x1536,384x768}.onnx`, the reference-layout weights of
+`fastscnn_seed0_c19.safetensors`) and `fastscnn bench` on the safetensors, round after round
+so both see the same machine state, and prints each case's medians and the ratio. Before
+timing, it checks that both engines label a real Cityscapes frame the same way.
+
+    cargo build --release -p fastscnn-cli
+    python3 -m pip install onnxruntime numpy pillow
+    python3 benches/ort_compare.py --markdown /tmp/ort.md
+
+Not run by CI: it needs the Python packages and takes a few minutes. docs/performance.md holds
+its output on the machine it ran on.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (name, mode, size, ONNX export or None, what the issue asks of the ratio or the time)
+CASES = [
+    ("logits 768x1536", "logits", (768, 1536), "fastscnn_seed0_c19_768x1536.onnx", ">= 1.2x ORT"),
+    ("label map 768x1536", "labels", (768, 1536), "fastscnn_seed0_c19_768x1536.onnx", ">= 2x ORT + argmax"),
+    ("logits 384x768", "logits", (384, 768), "fastscnn_seed0_c19_384x768.onnx", ">= 1.2x ORT"),
+    ("label map 1024x2048", "labels", (1024, 2048), None, "<= 120 ms"),
+]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def fail(message):
+    print(f"ort_compare: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def shared_dir(arg):
+    for candidate in [arg, os.environ.get("FASTSCNN_SHARED"), ROOT.parent / "shared"]:
+        if candidate and (Path(candidate) / "golden").is_dir():
+            return Path(candidate)
+    fail("no fixtures: pass --shared or set FASTSCNN_SHARED (the folder holding golden/)")
+
+
+def ort_session(path, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def time_ort(session, mode, size, iters, warmup):
+    import numpy as np
+
+    h, w = size
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+
+    def once():
+        logits = session.run(None, {"input": x})[0]
+        if mode == "labels":
+            logits.argmax(axis=1)
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def time_fastscnn(binary, weights, mode, size, iters, warmup, threads):
+    """`fastscnn bench` in a child process: its median and the child's peak resident memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "bench.json"
+        command = [
+            str(binary), "bench", "--weights", str(weights), "--size", f"{size[0]}x{size[1]}",
+            "--mode", mode, "--iters", str(iters), "--warmup", str(warmup),
+            "--threads", str(threads), "--json", str(report),
+        ]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        stderr = child.stderr.read()
+        child.stderr.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            fail(f"{' '.join(command)} failed: {stderr.strip()}")
+        # ru_maxrss is in KiB on Linux.
+        return json.loads(report.read_text())["median_ms"], usage.ru_maxrss / 1024
+
+
+def check_agreement(binary, weights, shared, threads):
+    """The share of pixels of a real frame, resized to 768x1536, that both engines label alike."""
+    try:
+        import numpy as np
+        from PIL import Image
+    except ImportError:
+        print("agreement check skipped: needs numpy and pillow")
+        return None
+    frames = sorted((shared / "cityscapes-mini" / "leftImg8bit").rglob("*.png"))
+    if not frames:
+        print("agreement check skipped: no frame under cityscapes-mini/leftImg8bit")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = Path(tmp) / "frame.png"
+        Image.open(frames[0]).convert("RGB").resize((1536, 768), Image.BILINEAR).save(frame)
+        command = [
+            str(binary), "segment", str(frame), "--weights", str(weights), "--out-dir", tmp,
+            "--format", "trainid",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "RAYON_NUM_THREADS": str(threads)})
+        if done.returncode != 0:
+            fail(f"{' '.join(command)} failed: {done.stderr.strip()}")
+        ours = np.asarray(Image.open(Path(tmp) / "frame_trainid.png"))
+        rgb = np.asarray(Image.open(frame), dtype=np.float32) / 255.0
+    x = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32).transpose(2, 0, 1)[None]
+    session = ort_session(shared / "golden" / "fastscnn_seed0_c19_768x1536.onnx", threads)
+    theirs = session.run(None, {"input": x})[0].argmax(axis=1)[0]
+    return float((ours == theirs).mean())
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    except OSError:
+        isa = "?"
+    return f"{model}, {os.cpu_count()} logical CPUs, {isa}, {platform.system()} {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fastscnn", type=Path, default=ROOT / "target" / "release" / "fastscnn",
+                        help="the fastscnn binary (default: target/release/fastscnn)")
+    parser.add_argument("--shared", help="fixtures folder (default: $FASTSCNN_SHARED or ../shared)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
+    parser.add_argument("--iters", type=int, default=10, help="timed frames per engine per round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    if args.threads < 1 or args.rounds < 1 or args.iters < 1:
+        fail("--threads, --rounds and --iters must be at least 1")
+    if not args.fastscnn.is_file():
+        fail(f"{args.fastscnn}: no such binary; run `cargo build --release -p fastscnn-cli`")
+    try:
+        import numpy  # noqa: F401
+        import onnxruntime
+    except ImportError as e:
+        fail(f"{e.name} is missing: python3 -m pip install onnxruntime numpy pillow")
+    shared = shared_dir(args.shared)
+    weights = shared / "golden" / "fastscnn_seed0_c19.safetensors"
+
+    lines = [
+        f"Machine: {machine()}. ONNX Runtime {onnxruntime.__version__} (CPU provider, "
+        f"{args.threads} intra-op threads, sequential), fastscnn `bench` with {args.threads} "
+        f"threads; float32, batch 1. Medians over {args.rounds} interleaved rounds of "
+        f"{args.iters} frames each (per round: ORT, then fastscnn).",
+        "",
+    ]
+    agreement = check_agreement(args.fastscnn, weights, shared, args.threads)
+    if agreement is not None:
+        lines += [f"Label agreement with ORT on a Cityscapes frame at 768x1536: {agreement:.4%}.", ""]
+        print(lines[-2], flush=True)
+
+    lines += [
+        "| case | ONNX Runtime ms | fastscnn ms | speedup | target | peak RSS (fastscnn) |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for name, mode, size, onnx, target in CASES:
+        session = ort_session(shared / "golden" / onnx, args.threads) if onnx else None
+        ort_ms, ours_ms, rss = [], [], []
+        for _ in range(args.rounds):
+            if session is not None:
+                ort_ms.append(time_ort(session, mode, size, args.iters, args.warmup))
+            ms, peak = time_fastscnn(args.fastscnn, weights, mode, size, args.iters, args.warmup,
+                                     args.threads)
+            ours_ms.append(ms)
+            rss.append(peak)
+        ours = statistics.median(ours_ms)
+        if session is not None:
+            theirs = statistics.median(ort_ms)
+            ort_cell, ratio = f"{theirs:.1f}", f"{theirs / ours:.2f}x"
+        else:
+            ort_cell, ratio = "(no export)", "—"
+        row = f"| {name} | {ort_cell} | {ours:.1f} | {ratio} | {target} | {max(rss):.0f} MB |"
+        lines.append(row)
+        print(row, flush=True)
+
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
