@@ -83,23 +83,20 @@ def time_ort(session, mode, size, iters, warmup):
     return statistics.median(times)
 
 
-def time_fastscnn(binary, weights, mode, size, iters, warmup, threads):
-    """`fastscnn bench` in a child process: its median and the child's peak resident memory."""
+def time_fastscnn(binary, weights, mode, size, iters, warmup, threads, candle_ops=False):
+    """`fastscnn bench` in a child process: its median ms and its peak resident memory in MB."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "bench.json"
         command = [
             str(binary), "bench", "--weights", str(weights), "--size", f"{size[0]}x{size[1]}",
             "--mode", mode, "--iters", str(iters), "--warmup", str(warmup),
             "--threads", str(threads), "--json", str(report),
-        ]
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        stderr = child.stderr.read()
-        child.stderr.close()
-        if os.waitstatus_to_exitcode(status) != 0:
-            fail(f"{' '.join(command)} failed: {stderr.strip()}")
-        # ru_maxrss is in KiB on Linux.
-        return json.loads(report.read_text())["median_ms"], usage.ru_maxrss / 1024
+        ] + (["--candle-ops"] if candle_ops else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            fail(f"{' '.join(command)} failed: {done.stderr.strip()}")
+        result = json.loads(report.read_text())
+        return result["median_ms"], result.get("peak_rss_mb") or float("nan")
 
 
 def check_agreement(binary, weights, shared, threads):
@@ -157,6 +154,9 @@ def main():
     parser.add_argument("--iters", type=int, default=10, help="timed frames per engine per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--no-candle-ops", action="store_true",
+                        help="skip timing fastscnn through candle's ops (the path before the fused "
+                             "CPU kernels), which is slow at 1024x2048")
     args = parser.parse_args()
     if args.threads < 1 or args.rounds < 1 or args.iters < 1:
         fail("--threads, --rounds and --iters must be at least 1")
@@ -174,7 +174,7 @@ def main():
         f"Machine: {machine()}. ONNX Runtime {onnxruntime.__version__} (CPU provider, "
         f"{args.threads} intra-op threads, sequential), fastscnn `bench` with {args.threads} "
         f"threads; float32, batch 1. Medians over {args.rounds} interleaved rounds of "
-        f"{args.iters} frames each (per round: ORT, then fastscnn).",
+        f"{args.iters} frames each (per round: ORT, fastscnn, fastscnn through candle's ops).",
         "",
     ]
     agreement = check_agreement(args.fastscnn, weights, shared, args.threads)
@@ -183,12 +183,13 @@ def main():
         print(lines[-2], flush=True)
 
     lines += [
-        "| case | ONNX Runtime ms | fastscnn ms | speedup | target | peak RSS (fastscnn) |",
-        "| --- | ---: | ---: | ---: | --- | ---: |",
+        "| case | ONNX Runtime ms | fastscnn ms | vs ORT | target | fastscnn via candle ops ms "
+        "| fused kernels vs candle ops | peak RSS (fastscnn) |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for name, mode, size, onnx, target in CASES:
         session = ort_session(shared / "golden" / onnx, args.threads) if onnx else None
-        ort_ms, ours_ms, rss = [], [], []
+        ort_ms, ours_ms, candle_ms, rss = [], [], [], []
         for _ in range(args.rounds):
             if session is not None:
                 ort_ms.append(time_ort(session, mode, size, args.iters, args.warmup))
@@ -196,13 +197,23 @@ def main():
                                      args.threads)
             ours_ms.append(ms)
             rss.append(peak)
+            if not args.no_candle_ops:
+                ms, _ = time_fastscnn(args.fastscnn, weights, mode, size, args.iters, args.warmup,
+                                      args.threads, candle_ops=True)
+                candle_ms.append(ms)
         ours = statistics.median(ours_ms)
         if session is not None:
             theirs = statistics.median(ort_ms)
             ort_cell, ratio = f"{theirs:.1f}", f"{theirs / ours:.2f}x"
         else:
             ort_cell, ratio = "(no export)", "—"
-        row = f"| {name} | {ort_cell} | {ours:.1f} | {ratio} | {target} | {max(rss):.0f} MB |"
+        if candle_ms:
+            before = statistics.median(candle_ms)
+            candle_cell, gain = f"{before:.1f}", f"{before / ours:.2f}x"
+        else:
+            candle_cell, gain = "—", "—"
+        row = (f"| {name} | {ort_cell} | {ours:.1f} | {ratio} | {target} | {candle_cell} | {gain} "
+               f"| {max(rss):.0f} MB |")
         lines.append(row)
         print(row, flush=True)
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Module, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
+use fastscnn_core::cpu::Isa;
 
 use crate::cli::{BenchArgs, BenchMode};
 use crate::{device, weights};
@@ -28,6 +29,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let device = device::select(args.device)?;
     let (model, path) = weights::load_model(&args.weights, &device)?;
+    let model = if args.candle_ops {
+        model.with_cpu_kernels(false)?
+    } else {
+        model
+    };
+    let engine = if model.uses_cpu_kernels() {
+        format!("fused CPU kernels ({})", Isa::detected().name())
+    } else {
+        "candle ops".to_string()
+    };
     let (h, w) = args.size;
     // The values do not change the work; a fixed input keeps runs comparable.
     let input = Tensor::randn(0f32, 1.0, (1, 3, h, w), &device)?;
@@ -70,8 +81,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchMode::Logits => "logits",
         BenchMode::Labels => "labels",
     };
+    let peak_rss_mb = peak_rss_mb();
+    let rss = peak_rss_mb
+        .map(|mb| format!(", peak RSS {mb:.0} MB"))
+        .unwrap_or_default();
     println!(
-        "{mode} at {h}x{w}, {} ({} layout), {threads} threads, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps",
+        "{mode} at {h}x{w}, {} ({} layout), {engine}, {threads} threads, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
         path.display(),
         model.config().layout,
         args.iters
@@ -80,7 +95,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let report = serde_json::json!({
             "median_ms": median_ms, "min_ms": min_ms, "fps": fps, "mode": mode,
             "height": h, "width": w, "iters": args.iters, "threads": threads,
-            "weights": path.display().to_string(),
+            "weights": path.display().to_string(), "engine": engine, "peak_rss_mb": peak_rss_mb,
         });
         let text = serde_json::to_string_pretty(&report)? + "\n";
         write_atomically(dest, |tmp| {
@@ -88,4 +103,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The process's peak resident memory in MB (`VmHWM`), where the system reports it (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -56,9 +56,13 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Also write `median_ms`, `min_ms` and `fps` (and the setup) as JSON here.
+    /// Also write `median_ms`, `min_ms`, `fps` and `peak_rss_mb` (and the setup) as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Run through candle's ops instead of the fused CPU kernels: the path every other device and
+    /// training take, for comparison.
+    #[arg(long)]
+    pub candle_ops: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
 }

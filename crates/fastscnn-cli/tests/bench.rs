@@ -47,5 +47,48 @@ fn reports_median_min_and_fps() {
         assert!(min > 0.0 && median >= min);
         assert!((fps - 1e3 / median).abs() < 1e-9);
         assert_eq!(report["mode"], mode);
+        assert!(report["engine"]
+            .as_str()
+            .unwrap()
+            .starts_with("fused CPU kernels"));
+        if cfg!(target_os = "linux") {
+            let rss = report["peak_rss_mb"].as_f64().unwrap();
+            assert!(rss > 1.0 && rss < 100_000.0, "{rss}");
+        }
     }
+}
+
+#[test]
+fn candle_ops_time_the_path_without_the_cpu_kernels() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = fastscnn()
+        .arg("bench")
+        .arg("--weights")
+        .arg(golden.join("fastscnn_seed0_c19.safetensors"))
+        .args([
+            "--size",
+            "64x128",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--candle-ops",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("candle ops"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["engine"], "candle ops");
 }
