@@ -188,16 +188,37 @@ impl SeparableConv {
         w: usize,
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
+        self.run_fused_then(x, h, w, None, pool)
+    }
+
+    /// [`Self::run_fused`], and when `then` is given, that 1x1 conv applied to each band while it
+    /// is in cache, its output returned instead (the classifier's last conv).
+    #[cfg(target_arch = "x86_64")]
+    fn run_fused_then(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        then: Option<&PointwiseConv>,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
         let (dw, pw) = (&self.depthwise, &self.pointwise);
         let (oh, ow) = dw.output_size(h, w);
         let channels = dw.channels;
         assert_eq!(x.len(), channels * h * w, "separable conv input");
-        let mut out = pool.take(pw.out_channels * oh * ow);
+        if let Some(next) = then {
+            assert!(
+                next.has_avx512() && next.in_channels == pw.out_channels,
+                "fused 1x1 conv"
+            );
+        }
+        let out_channels = then.map_or(pw.out_channels, |next| next.out_channels);
+        let mut out = pool.take(out_channels * oh * ow);
         let band = band_rows(channels * ow, oh);
         let dst = SendPtr(out.as_mut_ptr());
         (0..oh.div_ceil(band)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(filtered, scratch): &mut (Vec<f32>, Vec<f32>), b| {
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(filtered, scratch, separable): &mut (Vec<f32>, Vec<f32>, Vec<f32>), b| {
                 let oy0 = b * band;
                 let n = band.min(oh - oy0) * ow;
                 filtered.resize(channels * n, 0.0);
@@ -219,18 +240,49 @@ impl SeparableConv {
                     accumulate: false,
                     relu: pw.relu,
                 };
-                // SAFETY: `has_avx512` was checked; bands write disjoint pixel ranges of every
-                // output plane; `filtered` is (channels, n).
+                // SAFETY: `has_avx512` was checked for both convs; bands write disjoint pixel
+                // ranges of every output plane; `filtered` is (channels, n), `separable`
+                // (pw.out_channels, n).
                 unsafe {
+                    let Some(next) = then else {
+                        pw.gemm_slice(
+                            0..pw.out_channels,
+                            0..channels,
+                            filtered.as_ptr(),
+                            n,
+                            dst.get().add(oy0 * ow),
+                            oh * ow,
+                            n,
+                            epilogue,
+                        );
+                        return;
+                    };
+                    separable.resize(pw.out_channels * n, 0.0);
                     pw.gemm_slice(
                         0..pw.out_channels,
                         0..channels,
                         filtered.as_ptr(),
                         n,
+                        separable.as_mut_ptr(),
+                        n,
+                        n,
+                        epilogue,
+                    );
+                    let next_epilogue = Epilogue {
+                        bias: &next.bias,
+                        residual: None,
+                        accumulate: false,
+                        relu: next.relu,
+                    };
+                    next.gemm_slice(
+                        0..next.out_channels,
+                        0..pw.out_channels,
+                        separable.as_ptr(),
+                        n,
                         dst.get().add(oy0 * ow),
                         oh * ow,
                         n,
-                        epilogue,
+                        next_epilogue,
                     );
                 }
             },
@@ -891,6 +943,15 @@ impl Classifier {
 
     pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (a, h, w) = self.dsconv1.run(x, h, w, pool);
+        #[cfg(target_arch = "x86_64")]
+        if self.dsconv2.pointwise.has_avx512() && self.conv.has_avx512() {
+            // The class scores straight from each band of the second DSConv.
+            let (scores, _, _) = self
+                .dsconv2
+                .run_fused_then(&a, h, w, Some(&self.conv), pool);
+            pool.give(a);
+            return scores;
+        }
         let (b, h, w) = self.dsconv2.run(&a, h, w, pool);
         pool.give(a);
         let mut out = pool.take(self.conv.out_channels * h * w);
@@ -1018,6 +1079,30 @@ mod tests {
             let d = max_diff(&a, &b);
             assert!(d < 1e-4, "stem + separable, padding {padding}: {d}");
         }
+        let varmap = VarMap::new();
+        let layer =
+            layers::Classifier::new(24, 19, true, NormOptions::default(), random_vb(&varmap))
+                .unwrap();
+        let fused = Classifier::from_layer(&layer).unwrap();
+        let plain = Classifier {
+            dsconv1: SeparableConv {
+                pointwise: fused.dsconv1.pointwise.clone().without_avx512(),
+                ..fused.dsconv1.clone()
+            },
+            dsconv2: SeparableConv {
+                pointwise: fused.dsconv2.pointwise.clone().without_avx512(),
+                ..fused.dsconv2.clone()
+            },
+            conv: fused.conv.clone().without_avx512(),
+        };
+        let x: Vec<f32> = random_tensor(&[24 * 29 * 53], 9)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let a = fused.run(&x, 29, 53, &mut pool);
+        let b = plain.run(&x, 29, 53, &mut pool);
+        let d = max_diff(&a, &b);
+        assert!(d < 1e-4, "classifier: {d}");
         for stride in [1, 2] {
             let varmap = VarMap::new();
             let layer = layers::DSConv::new(
