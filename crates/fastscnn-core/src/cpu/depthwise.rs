@@ -82,7 +82,13 @@ impl DepthwiseConv {
         let (bias, relu) = (self.bias[c], self.relu);
         let band = Band { plane, r0, h, w };
         if self.stride == 1 {
-            stride1(band, oy0, taps, bias, relu, out);
+            // The rows above and below the image: zeros, from the scratch.
+            if scratch.len() < w {
+                scratch.resize(w, 0.0);
+            }
+            let zeros = &mut scratch[..w];
+            zeros.fill(0.0);
+            stride1(band, oy0, taps, bias, relu, zeros, out);
         } else {
             // Padded rows 2·oy0 ..= 2·oy1 (padded row p is image row p - 1), de-interleaved: the
             // padded row's even columns, then its odd ones, `half` each (the last tap reads
@@ -120,27 +126,6 @@ impl Band<'_> {
     }
 }
 
-/// `out += t0·row[x-1] + t1·row[x] + t2·row[x+1]` over one output row at stride 1, zero outside.
-#[inline(always)]
-fn taps_row<M: MulAdd>(row: &[f32], t: [f32; 3], out: &mut [f32]) {
-    let w = row.len();
-    if w == 1 {
-        out[0] = M::mul_add(t[1], row[0], out[0]);
-        return;
-    }
-    out[0] = M::mul_add(t[2], row[1], M::mul_add(t[1], row[0], out[0]));
-    out[w - 1] = M::mul_add(t[1], row[w - 1], M::mul_add(t[0], row[w - 2], out[w - 1]));
-    let inner = &mut out[1..w - 1];
-    let (a, b, c) = (&row[..w - 2], &row[1..w - 1], &row[2..]);
-    for i in 0..inner.len() {
-        inner[i] = M::mul_add(
-            t[2],
-            c[i],
-            M::mul_add(t[1], b[i], M::mul_add(t[0], a[i], inner[i])),
-        );
-    }
-}
-
 #[inline(always)]
 fn rectify(row: &mut [f32]) {
     for v in row.iter_mut() {
@@ -148,7 +133,19 @@ fn rectify(row: &mut [f32]) {
     }
 }
 
-/// Stride 1 straight from the input rows: rows above and below the image contribute nothing.
+/// One output value from its nine inputs: all nine taps in registers, one store.
+#[inline(always)]
+fn nine<M: MulAdd>(t: &[f32; 9], bias: f32, v: [f32; 9]) -> f32 {
+    let mut acc = bias;
+    for k in 0..9 {
+        acc = M::mul_add(t[k], v[k], acc);
+    }
+    acc
+}
+
+/// Stride 1 straight from the input rows; rows above and below the image read `zeros`. The
+/// interior columns of an output row take all nine taps at once (nine loads, nine FMAs and one
+/// store per vector); the two border columns are done one by one.
 #[inline(always)]
 fn stride1_body<M: MulAdd>(
     band: Band,
@@ -156,16 +153,60 @@ fn stride1_body<M: MulAdd>(
     taps: &[f32; 9],
     bias: f32,
     relu: bool,
+    zeros: &[f32],
     out: &mut [f32],
 ) {
-    for (i, out_row) in out.chunks_exact_mut(band.w).enumerate() {
-        out_row.fill(bias);
+    let w = band.w;
+    for (i, out_row) in out.chunks_exact_mut(w).enumerate() {
         let oy = (oy0 + i) as isize;
-        for ky in 0..3 {
-            if let Some(row) = band.row(oy + ky as isize - 1) {
-                let t = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
-                taps_row::<M>(row, t, out_row);
+        let rows = [
+            band.row(oy - 1).unwrap_or(zeros),
+            band.row(oy).unwrap_or(zeros),
+            band.row(oy + 1).unwrap_or(zeros),
+        ];
+        if w == 1 {
+            out_row[0] = M::mul_add(
+                taps[7],
+                rows[2][0],
+                M::mul_add(taps[4], rows[1][0], M::mul_add(taps[1], rows[0][0], bias)),
+            );
+        } else {
+            let n = w - 2;
+            let [r0, r1, r2] = rows;
+            let (a0, b0, c0) = (&r0[..n], &r0[1..n + 1], &r0[2..n + 2]);
+            let (a1, b1, c1) = (&r1[..n], &r1[1..n + 1], &r1[2..n + 2]);
+            let (a2, b2, c2) = (&r2[..n], &r2[1..n + 1], &r2[2..n + 2]);
+            let inner = &mut out_row[1..n + 1];
+            for x in 0..n {
+                inner[x] = nine::<M>(
+                    taps,
+                    bias,
+                    [
+                        a0[x], b0[x], c0[x], a1[x], b1[x], c1[x], a2[x], b2[x], c2[x],
+                    ],
+                );
             }
+            // Column 0 misses its left taps, column w - 1 its right ones.
+            out_row[0] = nine::<M>(
+                taps,
+                bias,
+                [0.0, r0[0], r0[1], 0.0, r1[0], r1[1], 0.0, r2[0], r2[1]],
+            );
+            out_row[w - 1] = nine::<M>(
+                taps,
+                bias,
+                [
+                    r0[w - 2],
+                    r0[w - 1],
+                    0.0,
+                    r1[w - 2],
+                    r1[w - 1],
+                    0.0,
+                    r2[w - 2],
+                    r2[w - 1],
+                    0.0,
+                ],
+            );
         }
         if relu {
             rectify(out_row);
@@ -216,19 +257,20 @@ fn stride2_body<M: MulAdd>(
 ) {
     let width = 2 * half;
     for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
-        out_row.fill(bias);
-        for ky in 0..3 {
+        let row = |ky: usize| {
             let row = &scratch[(2 * i + ky) * width..][..width];
             let (even, odd) = row.split_at(half);
-            let (a, b, c) = (&even[..ow], &odd[..ow], &even[1..ow + 1]);
-            let [w0, w1, w2] = [taps[ky * 3], taps[ky * 3 + 1], taps[ky * 3 + 2]];
-            for x in 0..ow {
-                out_row[x] = M::mul_add(
-                    w2,
-                    c[x],
-                    M::mul_add(w1, b[x], M::mul_add(w0, a[x], out_row[x])),
-                );
-            }
+            (&even[..ow], &odd[..ow], &even[1..ow + 1])
+        };
+        let ((a0, b0, c0), (a1, b1, c1), (a2, b2, c2)) = (row(0), row(1), row(2));
+        for x in 0..ow {
+            out_row[x] = nine::<M>(
+                taps,
+                bias,
+                [
+                    a0[x], b0[x], c0[x], a1[x], b1[x], c1[x], a2[x], b2[x], c2[x],
+                ],
+            );
         }
         if relu {
             rectify(out_row);
@@ -236,7 +278,7 @@ fn stride2_body<M: MulAdd>(
     }
 }
 
-dispatch!(fn stride1(band: Band, oy0: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride1_body);
+dispatch!(fn stride1(band: Band, oy0: usize, taps: &[f32; 9], bias: f32, relu: bool, zeros: &[f32], out: &mut [f32]) => stride1_body);
 dispatch!(fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body);
 dispatch!(fn stride2(scratch: &[f32], half: usize, ow: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride2_body);
 
