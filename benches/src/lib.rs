@@ -1,7 +1,7 @@
 //! Inputs shared by the benchmarks: deterministic random tensors and a model whose weights do not
 //! depend on any fixture, so the benches run on a fresh checkout.
 
-use candle_core::{DType, Device, Result};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use fastscnn_core::layers::NormOptions;
 pub use fastscnn_core::testing::random_tensor;
@@ -11,15 +11,16 @@ use fastscnn_model::{FastScnn, FastScnnConfig};
 /// resolution.
 pub const MODEL_SIZES: [(usize, usize); 3] = [(1024, 2048), (512, 1024), (256, 512)];
 
-/// The reference Fast-SCNN (19 classes, BN folded) with constant weights: the arithmetic, and so
-/// the time, of a forward pass does not depend on the values.
-pub fn reference_model() -> Result<FastScnn> {
+/// The reference Fast-SCNN (19 classes, BN folded, on the fused CPU kernels as a loaded model
+/// is) with constant weights: the arithmetic, and so the time, of a forward pass does not depend
+/// on the values.
+pub fn reference_model() -> anyhow::Result<FastScnn> {
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
     let config = FastScnnConfig {
         aux_heads: vec![],
         ..FastScnnConfig::reference(19)
     };
-    FastScnn::new(&config, NormOptions::default(), vb)
+    Ok(FastScnn::new(&config, NormOptions::default(), vb)?.with_cpu_kernels(true)?)
 }
 
 #[cfg(test)]
@@ -32,7 +33,9 @@ mod tests {
         let a = random_tensor(&[1, 3, 64, 64], 5).unwrap();
         let b = random_tensor(&[1, 3, 64, 64], 5).unwrap();
         assert_eq!(fastscnn_core::testing::max_abs_diff(&a, &b), 0.0);
-        let logits = reference_model().unwrap().forward(&a).unwrap();
+        let model = reference_model().unwrap();
+        assert!(model.uses_cpu_kernels());
+        let logits = model.forward(&a).unwrap();
         assert_eq!(logits.dims(), &[1, 19, 64, 64]);
     }
 }
