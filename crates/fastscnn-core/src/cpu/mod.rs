@@ -15,6 +15,8 @@ mod buffers;
 mod dense;
 mod depthwise;
 mod epilogue;
+// Its packing is portable; the kernel, and so most of the rest, is x86-64 only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod gemm_avx512;
 mod pointwise;
 mod resize;

@@ -178,6 +178,7 @@ impl PointwiseConv {
 
 impl PointwiseConv {
     /// Whether [`Self::gemm_slice`] can run: the processor has AVX-512 and the weights are packed.
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn has_avx512(&self) -> bool {
         self.packed.is_some()
     }
@@ -211,13 +212,17 @@ impl PointwiseConv {
 }
 
 /// The epilogue's raw residual pointer, shared read-only by the tasks.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct SendEpilogue<'a>(Epilogue<'a>);
 
 // SAFETY: the residual is only read, and outlives the parallel loop.
+#[cfg(target_arch = "x86_64")]
 unsafe impl Send for SendEpilogue<'_> {}
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for SendEpilogue<'_> {}
 
+#[cfg(target_arch = "x86_64")]
 impl<'a> SendEpilogue<'a> {
     fn get(self) -> Epilogue<'a> {
         self.0
