@@ -25,6 +25,9 @@ enum Output {
     Labels,
 }
 
+/// The network's inference on the CPU kernels. Its feature maps live in one buffer pool, so calls
+/// from several threads take turns, a frame at a time (each frame already uses every core).
+/// Clones of a model share it; `model.clone().with_cpu_kernels(true)` gives a thread its own.
 #[derive(Debug)]
 pub struct CpuInference {
     /// The stem conv and the first DSConv, fused.
