@@ -580,14 +580,21 @@ impl Bottleneck {
         let tasks = (2 * rayon::current_num_threads()).clamp(1, tiles);
         let share = tiles.div_ceil(tasks) * TILE_CHANNELS;
         let zeros = vec![0f32; cout];
-        let partials: Vec<Vec<f32>> = (0..hidden.div_ceil(share))
-            .into_par_iter()
+        // Each task's expanded, filtered and partial maps, from the pool: kept between frames.
+        let mut work: Vec<(Buffer, Buffer, Buffer)> = (0..hidden.div_ceil(share))
             .map(|t| {
+                let channels = share.min(hidden - t * share);
+                (
+                    pool.take(channels * m),
+                    pool.take(channels * n),
+                    pool.take(cout * n),
+                )
+            })
+            .collect();
+        work.par_iter_mut().enumerate().for_each_init(
+            Vec::new,
+            |scratch, (t, (expanded, filtered, partial))| {
                 let (c0, c1) = (t * share, ((t + 1) * share).min(hidden));
-                let mut expanded = vec![0f32; (c1 - c0) * m];
-                let mut filtered = vec![0f32; (c1 - c0) * n];
-                let mut partial = vec![0f32; cout * n];
-                let mut scratch = Vec::new();
                 let expand_epilogue = Epilogue {
                     bias: &expand.bias,
                     residual: None,
@@ -600,8 +607,8 @@ impl Bottleneck {
                     accumulate: false,
                     relu: false,
                 };
-                // SAFETY: `has_avx512` holds for both convs; every buffer has the size the
-                // products read and write.
+                // SAFETY: `has_avx512` holds for both convs; every buffer has the size the products
+                // read and write.
                 unsafe {
                     expand.gemm_slice(
                         c0..c1,
@@ -623,7 +630,7 @@ impl Bottleneck {
                         w,
                         0,
                         rows,
-                        &mut scratch,
+                        scratch,
                     );
                 }
                 // SAFETY: as above.
@@ -639,11 +646,11 @@ impl Bottleneck {
                         project_epilogue,
                     );
                 }
-                partial
-            })
-            .collect();
+            },
+        );
         let mut out = pool.take(cout * n);
-        for (c, row) in out.chunks_exact_mut(n).enumerate() {
+        let partials: Vec<&[f32]> = work.iter().map(|(_, _, partial)| &partial[..]).collect();
+        out.par_chunks_mut(n).enumerate().for_each(|(c, row)| {
             row.fill(project.bias[c]);
             if self.shortcut {
                 for (o, r) in row.iter_mut().zip(&x[c * n..(c + 1) * n]) {
@@ -655,6 +662,12 @@ impl Bottleneck {
                     *o += p;
                 }
             }
+        });
+        drop(partials);
+        for (expanded, filtered, partial) in work {
+            pool.give(expanded);
+            pool.give(filtered);
+            pool.give(partial);
         }
         (out, oh, ow)
     }
