@@ -16,7 +16,7 @@ pub(crate) const TILE_CHANNELS: usize = 8;
 /// Pixels per tile: three 16-float vectors.
 pub(crate) const TILE_PIXELS: usize = 48;
 
-/// (out, K) weights as panels of [`TILE_CHANNELS`] rows stored k-major, the last panel padded with
+/// (out, K) weights as panels of eight rows stored k-major, the last panel padded with
 /// zero rows: the eight weights a step broadcasts are adjacent.
 #[derive(Debug, Clone)]
 pub struct PackedWeights {

@@ -2,13 +2,22 @@
 //! kernels written for the shapes Fast-SCNN has, instead of through candle's generic ops.
 //!
 //! candle runs each conv, bias, BatchNorm and ReLU as its own pass with a freshly allocated output,
-//! and a 1x1 conv through reshapes and copies around its matrix product. Here a layer is one pass:
-//! the pointwise convs are one GEMM on the NCHW layout with bias, shortcut and ReLU applied to each
-//! output panel while it is in cache ([`pointwise`]), the depthwise convs are vectorised direct
-//! kernels with bias and ReLU fused ([`depthwise`]), the stem is a banded im2col GEMM ([`dense`]),
-//! the final upsampling is separable and can end in the argmax without storing the logits
-//! ([`resize`]), and feature maps come from a [`BufferPool`] that outlives the frame. Training and
-//! other devices keep using candle.
+//! and a 1x1 conv through reshapes and copies around its matrix product. Here:
+//!
+//! - a 1x1 conv ([`PointwiseConv`]) is one product on the NCHW layout, on AVX-512 machines by a
+//!   kernel whose bias, shortcut and ReLU are applied in registers before the only store
+//!   ([`PackedWeights`]), elsewhere by the `gemm` crate followed by one pass per cache-sized panel;
+//! - depthwise convs ([`DepthwiseConv`]) are direct kernels compiled for each [`Isa`];
+//! - dense convs ([`DenseConv`]: the stem, OpenMMLab's 3x3 pyramid-pooling output) are im2col over
+//!   bands of rows and the same product;
+//! - the blocks ([`StemSeparable`], [`SeparableConv`], [`Bottleneck`], [`FeatureFusion`],
+//!   [`Classifier`]) run band by band of output rows, so that the maps between their layers (the
+//!   stem's output, the bottlenecks' 6x-wide tensors) exist only a few rows at a time, in cache;
+//! - the final upsampling is separable and can end in the argmax without storing the logits
+//!   ([`resize_planes`], [`resize_argmax_planes`]);
+//! - feature maps come from a [`BufferPool`] that outlives the frame.
+//!
+//! Training and other devices keep using candle.
 
 mod blocks;
 mod buffers;
