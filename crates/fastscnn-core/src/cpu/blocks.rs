@@ -14,7 +14,7 @@ use super::resize::{blend, horizontal_planes, row_taps};
 use super::SendPtr;
 use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
 use crate::layers::{self, Conv2d, ConvBnAct};
-use crate::ops::pool_window;
+use crate::ops::pool_planes;
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
@@ -729,7 +729,8 @@ impl PyramidPooling {
         concat[..c * plane].copy_from_slice(x);
         let mut offset = c * plane;
         for (bin, conv) in &self.branches {
-            let pooled = adaptive_avg_pool(x, c, h, w, *bin);
+            let mut pooled = vec![0f32; c * bin * bin];
+            pool_planes(x, h, w, &mut pooled, *bin, *bin);
             let mut projected = vec![0f32; conv.out_channels * bin * bin];
             conv.run(&pooled, bin * bin, &mut projected, Seed::Bias);
             let end = offset + conv.out_channels * plane;
@@ -749,24 +750,6 @@ impl PyramidPooling {
         pool.give(concat);
         out
     }
-}
-
-/// PyTorch's adaptive average pooling of (c, h, w) to (c, bin, bin).
-fn adaptive_avg_pool(x: &[f32], c: usize, h: usize, w: usize, bin: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(c * bin * bin);
-    for plane in x.chunks_exact(h * w).take(c) {
-        for by in 0..bin {
-            let (y0, y1) = pool_window(by, h, bin);
-            for bx in 0..bin {
-                let (x0, x1) = pool_window(bx, w, bin);
-                let sum: f32 = (y0..y1)
-                    .map(|y| plane[y * w + x0..y * w + x1].iter().sum::<f32>())
-                    .sum();
-                out.push(sum / ((y1 - y0) * (x1 - x0)) as f32);
-            }
-        }
-    }
-    out
 }
 
 /// Feature fusion: the global features upsampled, depthwise-filtered and projected, plus the

@@ -73,25 +73,37 @@ impl PlaneKernel for AdaptiveAvgPool2d {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let mut out = vec![T::zero(); n * c * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, out_plane)| {
-                let input = &x[plane * h * w..(plane + 1) * h * w];
-                for i in 0..oh {
-                    let (y0, y1) = pool_window(i, h, oh);
-                    for j in 0..ow {
-                        let (x0, x1) = pool_window(j, w, ow);
-                        let mut sum = 0f64;
-                        for row in input[y0 * w..y1 * w].chunks_exact(w) {
-                            sum += row[x0..x1].iter().map(|v| v.to_f64()).sum::<f64>();
-                        }
-                        let count = ((y1 - y0) * (x1 - x0)) as f64;
-                        out_plane[i * ow + j] = T::from_f64(sum / count);
-                    }
-                }
-            });
+        pool_planes(x, h, w, &mut out, oh, ow);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
+}
+
+/// The pooling on raw planes: every (h, w) plane of `x` to an (oh, ow) plane of `out`, summed in
+/// f64. The op's kernel and the CPU inference path's pyramid pooling share it.
+pub(crate) fn pool_planes<T: WithDType>(
+    x: &[T],
+    h: usize,
+    w: usize,
+    out: &mut [T],
+    oh: usize,
+    ow: usize,
+) {
+    out.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(out_plane, input)| {
+            for i in 0..oh {
+                let (y0, y1) = pool_window(i, h, oh);
+                for j in 0..ow {
+                    let (x0, x1) = pool_window(j, w, ow);
+                    let mut sum = 0f64;
+                    for row in input[y0 * w..y1 * w].chunks_exact(w) {
+                        sum += row[x0..x1].iter().map(|v| v.to_f64()).sum::<f64>();
+                    }
+                    let count = ((y1 - y0) * (x1 - x0)) as f64;
+                    out_plane[i * ow + j] = T::from_f64(sum / count);
+                }
+            }
+        });
 }
 
 impl CustomOp1 for AdaptiveAvgPool2d {

@@ -11,6 +11,7 @@ mod cross_entropy;
 mod depthwise_conv;
 mod resize_argmax;
 
+pub(crate) use adaptive_avg_pool::pool_planes;
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, pool_window};
 pub use batch_norm::{batch_norm_train, batch_norm_train_composite, channel_mean_var};
 pub(crate) use bilinear_resize::taps;
