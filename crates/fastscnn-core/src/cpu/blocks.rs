@@ -42,7 +42,7 @@ fn folded(layer: &ConvBnAct) -> Result<&Conv2d> {
 impl PointwiseConv {
     pub fn from_conv(conv: &Conv2d, relu: bool) -> Result<Self> {
         let c = conv.config();
-        if c.depthwise || c.kernel != 1 || c.stride != 1 || c.padding != 0 {
+        if !c.is_pointwise() {
             bail!("not a pointwise convolution: {c:?}")
         }
         let (weight, bias) = parts(conv)?;
@@ -103,13 +103,11 @@ pub enum AnyConv {
 impl AnyConv {
     pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
         let c = folded(layer)?.config();
-        Ok(
-            if c.kernel == 1 && c.stride == 1 && c.padding == 0 && !c.depthwise {
-                AnyConv::Pointwise(PointwiseConv::from_layer(layer)?)
-            } else {
-                AnyConv::Dense(DenseConv::from_layer(layer)?)
-            },
-        )
+        Ok(if c.is_pointwise() {
+            AnyConv::Pointwise(PointwiseConv::from_layer(layer)?)
+        } else {
+            AnyConv::Dense(DenseConv::from_layer(layer)?)
+        })
     }
 
     pub fn out_channels(&self) -> usize {

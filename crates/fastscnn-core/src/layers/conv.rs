@@ -66,7 +66,8 @@ impl ConvConfig {
         (self.out_channels, per_group, self.kernel, self.kernel)
     }
 
-    fn is_pointwise(&self) -> bool {
+    /// A 1x1 convolution over every pixel: a matrix product over the flattened plane.
+    pub fn is_pointwise(&self) -> bool {
         !self.depthwise && self.kernel == 1 && self.stride == 1 && self.padding == 0
     }
 }
