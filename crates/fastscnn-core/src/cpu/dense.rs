@@ -1,5 +1,5 @@
 //! Dense KxK convolution (the 3x3/2 stem, OpenMMLab's 3x3 pyramid-pooling output) as im2col + GEMM
-//! over bands of output rows.
+//! over bands of output rows (the AVX-512 kernel of the 1x1 convs where the processor has it).
 //!
 //! A band's im2col matrix (in·k·k, band pixels) is small enough to stay in cache, so the full
 //! im2col matrix, 27 floats per output pixel for the stem, is never stored; bands run in parallel,
@@ -15,6 +15,8 @@ use super::simd::Isa;
 use super::SendPtr;
 
 /// A dense convolution with its BatchNorm folded in: `weight` is (out, in, k, k) row-major.
+/// [`Self::new`] packs a copy of the weights for the AVX-512 kernel: for other weights, build a
+/// new one.
 #[derive(Debug, Clone)]
 pub struct DenseConv {
     pub weight: Vec<f32>,

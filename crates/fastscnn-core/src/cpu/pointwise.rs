@@ -1,9 +1,10 @@
 //! 1x1 convolution as one matrix product on the NCHW layout, with bias, residual and ReLU fused.
 //!
 //! A channel-major (C, H·W) plane is already the right-hand matrix of `W · X`, so a pointwise conv
-//! needs no im2col and no transposes. The output is cut into column panels, one per task: `gemm`
-//! writes a panel single-threaded, and bias, shortcut and ReLU are applied to it in one pass while
-//! it is still in cache, so they cost no extra trip to memory.
+//! needs no im2col and no transposes. The output is cut into column panels, one per task. With
+//! AVX-512 the panel goes through this crate's kernel, which applies bias, shortcut and ReLU in
+//! registers; otherwise `gemm` writes the panel single-threaded and they are applied in one pass
+//! while it is still in cache. Either way they cost no extra trip to memory.
 
 use rayon::prelude::*;
 
@@ -14,7 +15,8 @@ use super::gemm_avx512::{conv1x1, Epilogue, TILE_PIXELS};
 use super::simd::Isa;
 use super::SendPtr;
 
-/// A 1x1 convolution with its BatchNorm folded in: `weight` is (out, in) row-major.
+/// A 1x1 convolution with its BatchNorm folded in: `weight` is (out, in) row-major. [`Self::new`]
+/// packs a copy of the weights for the AVX-512 kernel: for other weights, build a new one.
 #[derive(Debug, Clone)]
 pub struct PointwiseConv {
     pub weight: Vec<f32>,
