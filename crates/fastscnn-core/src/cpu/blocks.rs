@@ -214,79 +214,130 @@ impl SeparableConv {
         let mut out = pool.take(out_channels * oh * ow);
         let band = band_rows(channels * ow, oh);
         let dst = SendPtr(out.as_mut_ptr());
-        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(filtered, scratch, separable): &mut (Vec<f32>, Vec<f32>, Vec<f32>), b| {
+        (0..oh.div_ceil(band))
+            .into_par_iter()
+            .for_each_init(BandScratch::default, |scratch, b| {
                 let oy0 = b * band;
                 let n = band.min(oh - oy0) * ow;
-                filtered.resize(channels * n, 0.0);
-                for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
-                    dw.run_rows(
-                        c,
-                        &x[c * h * w..(c + 1) * h * w],
+                // SAFETY: `has_avx512` was checked for both convs; bands write disjoint pixel
+                // ranges of every output plane.
+                unsafe {
+                    self.band(
+                        x,
+                        h * w,
                         0,
                         h,
                         w,
                         oy0,
-                        rows,
-                        scratch,
-                    );
-                }
-                let epilogue = Epilogue {
-                    bias: &pw.bias,
-                    residual: None,
-                    accumulate: false,
-                    relu: pw.relu,
-                };
-                // SAFETY: `has_avx512` was checked for both convs; bands write disjoint pixel
-                // ranges of every output plane; `filtered` is (channels, n), `separable`
-                // (pw.out_channels, n).
-                unsafe {
-                    let Some(next) = then else {
-                        pw.gemm_slice(
-                            0..pw.out_channels,
-                            0..channels,
-                            filtered.as_ptr(),
-                            n,
-                            dst.get().add(oy0 * ow),
-                            oh * ow,
-                            n,
-                            epilogue,
-                        );
-                        return;
-                    };
-                    separable.resize(pw.out_channels * n, 0.0);
-                    pw.gemm_slice(
-                        0..pw.out_channels,
-                        0..channels,
-                        filtered.as_ptr(),
                         n,
-                        separable.as_mut_ptr(),
-                        n,
-                        n,
-                        epilogue,
-                    );
-                    let next_epilogue = Epilogue {
-                        bias: &next.bias,
-                        residual: None,
-                        accumulate: false,
-                        relu: next.relu,
-                    };
-                    next.gemm_slice(
-                        0..next.out_channels,
-                        0..pw.out_channels,
-                        separable.as_ptr(),
-                        n,
+                        then,
                         dst.get().add(oy0 * ow),
                         oh * ow,
-                        n,
-                        next_epilogue,
-                    );
-                }
-            },
-        );
+                        scratch,
+                    )
+                };
+            });
         (out, oh, ow)
     }
+}
+
+impl SeparableConv {
+    /// Output pixels `oy0·ow..oy0·ow + n` of the depthwise half, from `planes` (one per channel,
+    /// `plane_len` floats apart, holding image rows `r0..` of an `h`x`w` input), through the
+    /// pointwise half and `then` into `out` (channel rows `out_stride` apart).
+    ///
+    /// # Safety
+    /// Both pointwise convs must have AVX-512 weights, and `out` must be valid for writes of `n`
+    /// floats in each of the output channels' rows.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn band(
+        &self,
+        planes: &[f32],
+        plane_len: usize,
+        r0: usize,
+        h: usize,
+        w: usize,
+        oy0: usize,
+        n: usize,
+        then: Option<&PointwiseConv>,
+        out: *mut f32,
+        out_stride: usize,
+        scratch: &mut BandScratch,
+    ) {
+        let (dw, pw) = (&self.depthwise, &self.pointwise);
+        let channels = dw.channels;
+        scratch.filtered.resize(channels * n, 0.0);
+        dw.run_band(
+            0,
+            planes,
+            plane_len,
+            r0,
+            h,
+            w,
+            oy0,
+            n,
+            &mut scratch.filtered,
+            &mut scratch.rows,
+        );
+        let epilogue = Epilogue {
+            bias: &pw.bias,
+            residual: None,
+            accumulate: false,
+            relu: pw.relu,
+        };
+        let Some(next) = then else {
+            pw.gemm_slice(
+                0..pw.out_channels,
+                0..channels,
+                scratch.filtered.as_ptr(),
+                n,
+                out,
+                out_stride,
+                n,
+                epilogue,
+            );
+            return;
+        };
+        let separable = &mut scratch.separable;
+        separable.resize(pw.out_channels * n, 0.0);
+        pw.gemm_slice(
+            0..pw.out_channels,
+            0..channels,
+            scratch.filtered.as_ptr(),
+            n,
+            separable.as_mut_ptr(),
+            n,
+            n,
+            epilogue,
+        );
+        let next_epilogue = Epilogue {
+            bias: &next.bias,
+            residual: None,
+            accumulate: false,
+            relu: next.relu,
+        };
+        next.gemm_slice(
+            0..next.out_channels,
+            0..pw.out_channels,
+            separable.as_ptr(),
+            n,
+            out,
+            out_stride,
+            n,
+            next_epilogue,
+        );
+    }
+}
+
+/// A task's buffers for [`SeparableConv::band`], reused from band to band.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Default)]
+struct BandScratch {
+    filtered: Vec<f32>,
+    separable: Vec<f32>,
+    /// The depthwise kernel's row scratch.
+    rows: Vec<f32>,
 }
 
 /// Output rows per band of a fused block: the band's intermediate (`floats_per_row` per output
@@ -350,55 +401,33 @@ impl StemSeparable {
         let band = band_rows(channels * sw * stride / 2, oh).max(2).min(oh);
         let dst = SendPtr(out.as_mut_ptr());
         (0..oh.div_ceil(band)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            |(stem_rows, filtered, cols, scratch): &mut (
-                Vec<f32>,
-                Vec<f32>,
-                Vec<f32>,
-                Vec<f32>,
-            ),
-             b| {
+            || (Vec::new(), Vec::new(), BandScratch::default()),
+            |(stem_rows, cols, scratch): &mut (Vec<f32>, Vec<f32>, BandScratch), b| {
                 let oy0 = b * band;
                 let oy1 = (oy0 + band).min(oh);
-                let n = (oy1 - oy0) * ow;
                 let r0 = (oy0 * stride).saturating_sub(1);
                 let r1 = ((oy1 - 1) * stride + 2).min(sh);
                 let m = (r1 - r0) * sw;
                 stem_rows.resize(stem.out_channels * m, 0.0);
                 stem.run_rows(x, h, w, r0, r1 - r0, stem_rows, cols);
-                filtered.resize(channels * n, 0.0);
-                for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
-                    dw.run_rows(
-                        c,
-                        &stem_rows[c * m..(c + 1) * m],
+                let n = (oy1 - oy0) * ow;
+                // SAFETY: `has_avx512` was checked; bands write disjoint pixel ranges of every
+                // output plane.
+                unsafe {
+                    self.dsconv.band(
+                        stem_rows,
+                        m,
                         r0,
                         sh,
                         sw,
                         oy0,
-                        rows,
-                        scratch,
-                    );
-                }
-                let epilogue = Epilogue {
-                    bias: &pw.bias,
-                    residual: None,
-                    accumulate: false,
-                    relu: pw.relu,
-                };
-                // SAFETY: `has_avx512` was checked; bands write disjoint pixel ranges of every
-                // output plane; `filtered` is (channels, n).
-                unsafe {
-                    pw.gemm_slice(
-                        0..pw.out_channels,
-                        0..channels,
-                        filtered.as_ptr(),
                         n,
+                        None,
                         dst.get().add(oy0 * ow),
                         oh * ow,
-                        n,
-                        epilogue,
-                    );
-                }
+                        scratch,
+                    )
+                };
             },
         );
         (out, oh, ow)
@@ -529,10 +558,7 @@ impl Bottleneck {
                             expand_epilogue,
                         );
                     }
-                    for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
-                        let plane = &expanded[c * m..(c + 1) * m];
-                        dw.run_rows(c0 + c, plane, iy0, h, w, oy0, rows, scratch);
-                    }
+                    dw.run_band(c0, expanded, m, iy0, h, w, oy0, n, filtered, scratch);
                     // SAFETY: as above.
                     unsafe {
                         project.gemm_slice(
@@ -619,18 +645,7 @@ impl Bottleneck {
                         expand_epilogue,
                     );
                 }
-                for (c, rows) in filtered.chunks_exact_mut(n).enumerate() {
-                    dw.run_rows(
-                        c0 + c,
-                        &expanded[c * m..(c + 1) * m],
-                        0,
-                        h,
-                        w,
-                        0,
-                        rows,
-                        scratch,
-                    );
-                }
+                dw.run_band(c0, expanded, m, 0, h, w, 0, n, filtered, scratch);
                 // SAFETY: as above.
                 unsafe {
                     project.gemm_slice(

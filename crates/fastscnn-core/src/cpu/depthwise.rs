@@ -61,6 +61,28 @@ impl DepthwiseConv {
             });
     }
 
+    /// [`Self::run_rows`] for consecutive channels from `first`: `out` holds `n` outputs per channel,
+    /// `planes` one plane of `plane_len` floats per channel, each holding image rows `r0..`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_band(
+        &self,
+        first: usize,
+        planes: &[f32],
+        plane_len: usize,
+        r0: usize,
+        h: usize,
+        w: usize,
+        oy0: usize,
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        for (c, rows) in out.chunks_exact_mut(n).enumerate() {
+            let plane = &planes[c * plane_len..(c + 1) * plane_len];
+            self.run_rows(first + c, plane, r0, h, w, oy0, rows, scratch);
+        }
+    }
+
     /// Output rows `oy0..oy0 + out.len() / ow` of channel `c` of an `h`x`w` image, from `plane`,
     /// which holds image rows `r0..` (at least the ones those output rows read): the unit the
     /// fused blocks run on a band of rows whose input they computed themselves. `scratch` is
