@@ -29,7 +29,7 @@ enum Output {
 /// from several threads take turns, a frame at a time (each frame already uses every core).
 /// Clones of a model share it; `model.clone().with_cpu_kernels(true)` gives a thread its own.
 #[derive(Debug)]
-pub struct CpuInference {
+pub(crate) struct CpuInference {
     /// The stem conv and the first DSConv, fused.
     stem: StemSeparable,
     dsconv2: SeparableConv,
@@ -68,22 +68,22 @@ impl CpuInference {
         })
     }
 
-    pub fn num_classes(&self) -> usize {
+    pub(crate) fn num_classes(&self) -> usize {
         self.classifier.conv.out_channels
     }
 
-    /// Logits (N, C, H, W) for an (N, 3, H, W) f32 CPU tensor.
-    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+    /// Logits (N, C, H, W) for an (N, 3, H, W) f32 CPU tensor that [`crate::FastScnn`] checked.
+    pub(crate) fn logits(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, Output::Logits, &mut |_, _| {})
     }
 
     /// The label map (N, H, W) u32.
-    pub fn labels(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn labels(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, Output::Labels, &mut |_, _| {})
     }
 
     /// [`Self::labels`], reporting the time of every stage.
-    pub fn labels_profiled(
+    pub(crate) fn labels_profiled(
         &self,
         x: &Tensor,
         record: &mut dyn FnMut(&'static str, Duration),
@@ -100,12 +100,6 @@ impl CpuInference {
         let (n, c, h, w) = x.dims4()?;
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
             bail!("CPU inference takes f32 tensors on the CPU")
-        }
-        if c != self.stem.stem.in_channels {
-            bail!(
-                "the network takes {} input channels, got {c}",
-                self.stem.stem.in_channels
-            )
         }
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
@@ -172,9 +166,6 @@ impl CpuInference {
         pool: &mut BufferPool,
         record: &mut dyn FnMut(&'static str, Duration),
     ) -> Result<(Buffer, usize, usize)> {
-        if h < 3 || w < 3 {
-            bail!("CPU inference needs at least 3x3 pixels, got {h}x{w}")
-        }
         let mut clock = Instant::now();
         let mut lap = |name: &'static str, record: &mut dyn FnMut(&'static str, Duration)| {
             record(name, clock.elapsed());

@@ -169,6 +169,23 @@ impl FastScnn {
         self.cpu.is_some()
     }
 
+    /// An input the network can take: (N, in_channels, H, W), H and W at least the stem's window
+    /// (3 without padding, 1 with OpenMMLab's); candle's conv would panic below it.
+    fn check_input(&self, x: &Tensor) -> candle_core::Result<()> {
+        let (_, c, h, w) = x.dims4()?;
+        if c != self.config.in_channels {
+            candle_core::bail!(
+                "the network takes {} input channels, got {c}",
+                self.config.in_channels
+            )
+        }
+        let reach = 3usize.saturating_sub(2 * self.config.stem_padding).max(1);
+        if h < reach || w < reach {
+            candle_core::bail!("a {h}x{w} input is smaller than the stem's {reach}x{reach} window")
+        }
+        Ok(())
+    }
+
     /// The fused CPU path, when it is on and `x` can take it.
     fn cpu_path(&self, x: &Tensor) -> Option<&CpuInference> {
         self.cpu
@@ -216,6 +233,7 @@ impl FastScnn {
         with_aux: bool,
         mode: Mode,
     ) -> candle_core::Result<FastScnnStages> {
+        self.check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
         let higher_res = self.learning_to_downsample.forward_mode(x, mode)?;
         let global = self
@@ -288,6 +306,7 @@ impl FastScnn {
         x: &Tensor,
         mut record: impl FnMut(&'static str, Duration),
     ) -> candle_core::Result<Tensor> {
+        self.check_input(x)?;
         if let Some(cpu) = self.cpu_path(x) {
             return cpu.labels_profiled(x, &mut record);
         }
@@ -332,6 +351,7 @@ impl FastScnn {
     /// 1/8-resolution scores go through one fused resize + argmax, so the logits are never
     /// stored at full resolution.
     pub fn predict(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.check_input(x)?;
         if let Some(cpu) = self.cpu_path(x) {
             return cpu.labels(x);
         }
@@ -357,6 +377,7 @@ impl FastScnn {
 impl Module for FastScnn {
     /// Logits (N, C, H, W) at the input resolution.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.check_input(x)?;
         if let Some(cpu) = self.cpu_path(x) {
             return cpu.logits(x);
         }

@@ -27,7 +27,6 @@ mod preprocess;
 mod weights;
 
 pub use config::{AuxSource, FastScnnConfig};
-pub use cpu_inference::CpuInference;
 pub use default_weights::{default_weights_path, fastscnn_home};
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};

@@ -264,7 +264,13 @@ fn cpu_kernels_match_candle_ops_at_odd_sizes_in_batches_for_both_layouts() {
         assert!(fast.uses_cpu_kernels(), "{file}");
         let plain = fast.clone().with_cpu_kernels(false).unwrap();
         assert!(!plain.uses_cpu_kernels());
-        for (n, h, w) in [(2, 97, 131), (1, 256, 512), (1, 33, 47)] {
+        for (n, h, w) in [
+            (2, 97, 131),
+            (1, 256, 512),
+            (1, 33, 47),
+            (1, 5, 7),
+            (1, 3, 3),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (n, 3, h, w), &Device::Cpu).unwrap();
             let expected = plain.forward(&x).unwrap();
             let d = max_abs_diff(&fast.forward(&x).unwrap(), &expected);
@@ -275,6 +281,41 @@ fn cpu_kernels_match_candle_ops_at_odd_sizes_in_batches_for_both_layouts() {
                 "{file} {n}x{h}x{w}: agreement {agreement}"
             );
         }
+        // Below the stem's window both paths refuse the input; the padded stem takes 2x2.
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 2, 2), &Device::Cpu).unwrap();
+        assert_eq!(
+            fast.forward(&x).is_ok(),
+            plain.forward(&x).is_ok(),
+            "{file} 2x2"
+        );
+        if let Ok(expected) = plain.forward(&x) {
+            assert!(max_abs_diff(&fast.forward(&x).unwrap(), &expected) <= TOLERANCE);
+        }
+    }
+}
+
+#[test]
+fn inputs_the_network_cannot_take_are_errors_not_panics() {
+    let Some(golden) = golden() else { return };
+    let model = load_model(
+        &golden.join("fastscnn_seed0_c19.safetensors"),
+        BatchNormMode::Folded,
+    );
+    for model in [model.clone(), model.with_cpu_kernels(false).unwrap()] {
+        let tiny = Tensor::zeros((1, 3, 2, 40), DType::F32, &Device::Cpu).unwrap();
+        for result in [model.forward(&tiny), model.predict(&tiny)] {
+            let message = result.unwrap_err().to_string();
+            assert!(
+                message.contains("2x40 input is smaller than the stem's 3x3 window"),
+                "{message}"
+            );
+        }
+        let gray = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        let message = model.predict(&gray).unwrap_err().to_string();
+        assert!(
+            message.contains("takes 3 input channels, got 1"),
+            "{message}"
+        );
     }
 }
 
