@@ -53,6 +53,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     .to_dtype(DType::F32)?
                     .to_scalar::<f32>()?;
             }
+            BenchMode::Probs => {
+                model
+                    .probabilities(&input)?
+                    .flatten_all()?
+                    .get(0)?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?;
+            }
             BenchMode::Labels => {
                 model
                     .predict(&input)?
@@ -80,6 +88,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mode = match args.mode {
         BenchMode::Logits => "logits",
         BenchMode::Labels => "labels",
+        BenchMode::Probs => "probs",
     };
     let peak_rss_mb = peak_rss_mb();
     let rss = peak_rss_mb

@@ -36,6 +36,8 @@ pub enum BenchMode {
     Logits,
     /// The label map (the paper's "cls" output).
     Labels,
+    /// Per-pixel class probabilities at the input resolution (the paper's "prob" output).
+    Probs,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ fn reports_median_min_and_fps() {
     let Some(golden) = golden() else { return };
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    for mode in ["logits", "labels"] {
+    for mode in ["logits", "labels", "probs"] {
         let out = fastscnn()
             .arg("bench")
             .arg("--weights")

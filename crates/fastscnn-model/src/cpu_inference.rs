@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_core::cpu::{
-    resize_argmax_planes, resize_planes, zeroed_vec, Bottleneck, Buffer, BufferPool, Classifier,
-    DenseConv, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
+    resize_argmax_planes, resize_planes, softmax_planes, zeroed_vec, Bottleneck, Buffer,
+    BufferPool, Classifier, DenseConv, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
 };
 
 use crate::global_feature_extractor::GlobalFeatureExtractor;
@@ -21,6 +21,8 @@ use crate::learning_to_downsample::LearningToDownsample;
 enum Output {
     /// Class scores at the input resolution.
     Logits,
+    /// Their softmax over classes.
+    Probabilities,
     /// The label map, never storing full-resolution scores.
     Labels,
 }
@@ -77,6 +79,11 @@ impl CpuInference {
         self.run(x, Output::Logits, &mut |_, _| {})
     }
 
+    /// Per-pixel class probabilities (N, C, H, W).
+    pub(crate) fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, Output::Probabilities, &mut |_, _| {})
+    }
+
     /// The label map (N, H, W) u32.
     pub(crate) fn labels(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, Output::Labels, &mut |_, _| {})
@@ -114,7 +121,7 @@ impl CpuInference {
         let classes = self.num_classes();
         let image_len = c * h * w;
         match output {
-            Output::Logits => {
+            Output::Logits | Output::Probabilities => {
                 let mut logits = zeroed_vec::<f32>(n * classes * h * w);
                 for (image, out) in data
                     .chunks_exact(image_len)
@@ -123,6 +130,9 @@ impl CpuInference {
                     let (scores, sh, sw) = self.scores(image, h, w, &mut pool, record)?;
                     let start = Instant::now();
                     resize_planes(&scores, classes, sh, sw, out, h, w, self.align_corners);
+                    if output == Output::Probabilities {
+                        softmax_planes(out, classes, h * w);
+                    }
                     record("resize", start.elapsed());
                     pool.give(scores);
                 }

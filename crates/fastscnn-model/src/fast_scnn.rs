@@ -370,6 +370,10 @@ impl FastScnn {
 
     /// Per-pixel class probabilities (N, C, H, W): the paper's "prob" output.
     pub fn probabilities(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.check_input(x)?;
+        if let Some(cpu) = self.cpu_path(x) {
+            return cpu.probabilities(x);
+        }
         candle_nn::ops::softmax(&self.forward(x)?, 1)
     }
 }

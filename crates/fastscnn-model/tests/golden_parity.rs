@@ -275,6 +275,12 @@ fn cpu_kernels_match_candle_ops_at_odd_sizes_in_batches_for_both_layouts() {
             let expected = plain.forward(&x).unwrap();
             let d = max_abs_diff(&fast.forward(&x).unwrap(), &expected);
             assert!(d <= TOLERANCE, "{file} {n}x{h}x{w}: max |diff| {d}");
+            let probs = candle_nn::ops::softmax(&expected, 1).unwrap();
+            let d = max_abs_diff(&fast.probabilities(&x).unwrap(), &probs);
+            assert!(
+                d <= TOLERANCE,
+                "{file} {n}x{h}x{w}: probabilities max |diff| {d}"
+            );
             let agreement = label_agreement(&fast.predict(&x).unwrap(), &expected);
             assert!(
                 agreement >= 0.999,

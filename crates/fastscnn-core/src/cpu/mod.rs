@@ -14,7 +14,8 @@
 //!   [`Classifier`]) run band by band of output rows, so that the maps between their layers (the
 //!   stem's output, the bottlenecks' 6x-wide tensors) exist only a few rows at a time, in cache;
 //! - the final upsampling is separable and can end in the argmax without storing the logits
-//!   ([`resize_planes`], [`resize_argmax_planes`]);
+//!   ([`resize_planes`], [`resize_argmax_planes`]), or in a one-pass softmax
+//!   ([`softmax_planes`]);
 //! - feature maps come from a [`BufferPool`] that outlives the frame.
 //!
 //! Training and other devices keep using candle.
@@ -30,6 +31,7 @@ mod gemm_avx512;
 mod pointwise;
 mod resize;
 pub(crate) mod simd;
+mod softmax;
 
 pub use blocks::{
     AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
@@ -41,6 +43,7 @@ pub use gemm_avx512::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use resize::{resize_argmax_planes, resize_planes};
 pub use simd::Isa;
+pub use softmax::softmax_planes;
 
 /// A raw output pointer that parallel tasks write disjoint parts of.
 #[derive(Clone, Copy)]
