@@ -1,8 +1,9 @@
 //! Softmax over the class planes of a (C, H, W) map, in place: the paper's "prob" output.
 //!
 //! Through candle's ops a softmax over dim 1 is five passes over the full-resolution scores, each
-//! with a fresh 90 MB tensor at 768x1536. Here each block of pixels is finished while it is in
-//! cache: the maximum over classes, the exponentials and their sum, the division. `f32::exp` is a
+//! with a fresh 90 MB tensor at 768x1536. Here each block of pixels is copied into a small
+//! buffer and finished there while it is in cache: the maximum over classes, the exponentials and
+//! their sum, the division. `f32::exp` is a
 //! library call the compiler cannot vectorise, so [`exp`] is a polynomial it can.
 
 use rayon::prelude::*;
@@ -82,18 +83,32 @@ pub fn softmax_planes(scores: &mut [f32], classes: usize, pixels: usize) {
     if classes == 0 || pixels == 0 {
         return;
     }
-    let blocks = pixels.div_ceil(BLOCK);
     let base = super::SendPtr(scores.as_mut_ptr());
-    let total = scores.len();
-    (0..blocks).into_par_iter().for_each_init(
-        || (vec![0f32; BLOCK], vec![0f32; BLOCK]),
-        |(max, sum), b| {
+    (0..pixels.div_ceil(BLOCK)).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; classes * BLOCK],
+                vec![0f32; BLOCK],
+                vec![0f32; BLOCK],
+            )
+        },
+        |(block, max, sum), b| {
             let start = b * BLOCK;
             let len = BLOCK.min(pixels - start);
-            // SAFETY: each block touches pixels start..start + len of every class plane, disjoint
-            // from every other block's; the slice spans the whole (classes, pixels) buffer.
-            let planes = unsafe { std::slice::from_raw_parts_mut(base.get(), total) };
-            softmax_block(planes, classes, pixels, start, len, max, sum);
+            // Pixels start..start + len of class plane `c`: no other block touches them.
+            let row = |c: usize| {
+                // SAFETY: in bounds (c < classes, start + len <= pixels), and disjoint from every
+                // other block's rows; one such slice is alive at a time.
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(c * pixels + start), len) }
+            };
+            let block = &mut block[..classes * len];
+            for c in 0..classes {
+                block[c * len..(c + 1) * len].copy_from_slice(row(c));
+            }
+            softmax_block(block, classes, len, 0, len, max, sum);
+            for c in 0..classes {
+                row(c).copy_from_slice(&block[c * len..(c + 1) * len]);
+            }
         },
     );
 }
