@@ -300,9 +300,31 @@ fn stride2_body<M: MulAdd>(
     }
 }
 
-dispatch!(fn stride1(band: Band, oy0: usize, taps: &[f32; 9], bias: f32, relu: bool, zeros: &[f32], out: &mut [f32]) => stride1_body);
-dispatch!(fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body);
-dispatch!(fn stride2(scratch: &[f32], half: usize, ow: usize, taps: &[f32; 9], bias: f32, relu: bool, out: &mut [f32]) => stride2_body);
+dispatch!(
+    fn stride1(
+        band: Band,
+        oy0: usize,
+        taps: &[f32; 9],
+        bias: f32,
+        relu: bool,
+        zeros: &[f32],
+        out: &mut [f32],
+    ) => stride1_body
+);
+dispatch!(
+    fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body
+);
+dispatch!(
+    fn stride2(
+        scratch: &[f32],
+        half: usize,
+        ow: usize,
+        taps: &[f32; 9],
+        bias: f32,
+        relu: bool,
+        out: &mut [f32],
+    ) => stride2_body
+);
 
 #[cfg(test)]
 mod tests {

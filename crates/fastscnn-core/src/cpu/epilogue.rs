@@ -35,7 +35,12 @@ fn finish_row_body<M: MulAdd>(row: &mut [f32], bias: f32, residual: Option<&[f32
 
 dispatch!(
     /// `row = relu?(row + bias + residual)`; `residual`, when given, is as long as `row`.
-    pub(crate) fn finish_row(row: &mut [f32], bias: f32, residual: Option<&[f32]>, relu: bool) => finish_row_body
+    pub(crate) fn finish_row(
+        row: &mut [f32],
+        bias: f32,
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) => finish_row_body
 );
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! Through candle's ops a softmax over dim 1 is five passes over the full-resolution scores, each
 //! with a fresh 90 MB tensor at 768x1536. Here each block of pixels is copied into a small
 //! buffer and finished there while it is in cache: the maximum over classes, the exponentials and
-//! their sum, the division. `f32::exp` is a
-//! library call the compiler cannot vectorise, so [`exp`] is a polynomial it can.
+//! their sum, the division. `f32::exp` is a library call the compiler cannot vectorise, so
+//! [`exp`] is a polynomial it can.
 
 use rayon::prelude::*;
 
@@ -13,10 +13,10 @@ use super::simd::{dispatch, MulAdd};
 /// Pixels a task normalises at a time: 19 planes of them fit in L1.
 const BLOCK: usize = 512;
 
-/// `e^x` to within a few ulp, in a form the compiler vectorises: `e^x = 2^n · e^r` with `n = round(x / ln 2)`, `r = x - n·ln 2` split in two parts
-/// for precision (Cody–Waite), `e^r` by its degree-6 Taylor polynomial on |r| ≤ ln2/2 (error
-/// about 1e-7 relative), and `2^n` built in the exponent bits. Clamped to [-87, 88], where f32
-/// stays normal.
+/// `e^x` to within a few ulp, in a form the compiler vectorises: `e^x = 2^n · e^r` with
+/// `n = round(x / ln 2)`, `r = x - n·ln 2` split in two parts for precision (Cody–Waite), `e^r` by
+/// its degree-6 Taylor polynomial on |r| ≤ ln2/2 (error about 1e-7 relative), and `2^n` built in
+/// the exponent bits. Clamped to [-87, 88], where f32 stays normal.
 #[inline(always)]
 fn exp<M: MulAdd>(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
@@ -74,7 +74,15 @@ fn softmax_block_body<M: MulAdd>(
 
 dispatch!(
     #[allow(clippy::too_many_arguments)]
-    fn softmax_block(planes: &mut [f32], classes: usize, plane: usize, start: usize, len: usize, max: &mut [f32], sum: &mut [f32]) => softmax_block_body
+    fn softmax_block(
+        planes: &mut [f32],
+        classes: usize,
+        plane: usize,
+        start: usize,
+        len: usize,
+        max: &mut [f32],
+        sum: &mut [f32],
+    ) => softmax_block_body
 );
 
 /// Replaces the (classes, pixels) scores of one image by their softmax over classes.
