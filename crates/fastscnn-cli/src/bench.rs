@@ -44,18 +44,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let input = Tensor::randn(0f32, 1.0, (1, 3, h, w), &device)?;
     let run_once = || -> Result<()> {
         match args.mode {
-            BenchMode::Logits => {
+            BenchMode::Logits | BenchMode::Probs => {
+                let scores = if args.mode == BenchMode::Logits {
+                    model.forward(&input)?
+                } else {
+                    model.probabilities(&input)?
+                };
                 // Reading one value back waits for an asynchronous device.
-                model
-                    .forward(&input)?
-                    .flatten_all()?
-                    .get(0)?
-                    .to_dtype(DType::F32)?
-                    .to_scalar::<f32>()?;
-            }
-            BenchMode::Probs => {
-                model
-                    .probabilities(&input)?
+                scores
                     .flatten_all()?
                     .get(0)?
                     .to_dtype(DType::F32)?

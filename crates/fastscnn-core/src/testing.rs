@@ -81,9 +81,18 @@ pub fn argmax_labels(scores: &candle_core::Tensor) -> Vec<u32> {
 
 /// The fraction of pixels whose argmax class agrees between two score tensors.
 pub fn argmax_agreement(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
-    let (a, b) = (argmax_labels(a), argmax_labels(b));
+    share_equal(&argmax_labels(a), &argmax_labels(b))
+}
+
+/// The share of pixels where a label map (u32, any shape) equals the argmax of `logits`.
+pub fn label_agreement(labels: &candle_core::Tensor, logits: &candle_core::Tensor) -> f64 {
+    let labels: Vec<u32> = labels.flatten_all().unwrap().to_vec1().unwrap();
+    share_equal(&labels, &argmax_labels(logits))
+}
+
+fn share_equal(a: &[u32], b: &[u32]) -> f64 {
     assert_eq!(a.len(), b.len(), "label counts differ");
-    a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
 }
 
 #[cfg(test)]
@@ -115,5 +124,8 @@ mod tests {
         assert_eq!(argmax_labels(&a), [1, 0, 1, 0]);
         assert_eq!(argmax_labels(&b), [1, 1, 1, 0]);
         assert_eq!(argmax_agreement(&a, &b), 0.75);
+        let labels =
+            candle_core::Tensor::new(&[[1u32, 0, 0, 0]], &candle_core::Device::Cpu).unwrap();
+        assert_eq!(label_agreement(&labels, &a), 0.75);
     }
 }

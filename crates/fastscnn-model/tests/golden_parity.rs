@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use fastscnn_core::testing::{argmax_agreement, argmax_labels, max_abs_diff, shared_dir};
+use fastscnn_core::testing::{
+    argmax_agreement, argmax_labels, label_agreement, max_abs_diff, shared_dir,
+};
 use fastscnn_model::{
     image_to_tensor, load_rgb_image, AuxSource, BatchNormMode, FastScnn, FastScnnStages,
     LoadOptions, WeightFile, WeightFormat, WeightLayout,
@@ -82,14 +84,6 @@ fn check_stages(
             "{label} CPU kernels: argmax agreement {agreement}"
         );
     }
-}
-
-/// The share of pixels where `labels` equals the argmax of `logits`.
-fn label_agreement(labels: &Tensor, logits: &Tensor) -> f64 {
-    let ours = labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let theirs = argmax_labels(logits);
-    let same = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
-    same as f64 / theirs.len() as f64
 }
 
 fn check_reference_parity(weights: &str, batch_norm: BatchNormMode) {

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Module};
 use fastscnn_core::cpu::Isa;
-use fastscnn_core::testing::{argmax_labels, max_abs_diff, shared_dir};
+use fastscnn_core::testing::{label_agreement, max_abs_diff, shared_dir};
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
 
 /// Forces `isa` (no effect past what the processor has) and checks both public layouts against
@@ -39,16 +39,7 @@ pub fn check_golden_parity_with(isa: &str) {
         let logits = model.forward(&input).unwrap();
         let d = max_abs_diff(&logits, &expected["logits"]);
         assert!(d <= 1e-3, "{isa} {weights}: max |diff| {d}");
-        let labels: Vec<u32> = model
-            .predict(&input)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let theirs = argmax_labels(&expected["logits"]);
-        let same = labels.iter().zip(&theirs).filter(|(a, b)| a == b).count();
-        let agreement = same as f64 / theirs.len() as f64;
+        let agreement = label_agreement(&model.predict(&input).unwrap(), &expected["logits"]);
         assert!(agreement >= 0.999, "{isa} {weights}: agreement {agreement}");
     }
 }
