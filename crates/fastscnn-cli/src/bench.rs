@@ -27,6 +27,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .context("cannot size the thread pool")?;
     }
     let threads = rayon::current_num_threads();
+    let kept = !args.fresh_outputs && fastscnn_core::cpu::keep_freed_memory();
     let device = device::select(args.device)?;
     let (model, path) = weights::load_model(&args.weights, &device)?;
     let model = if args.candle_ops {
@@ -90,8 +91,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let rss = peak_rss_mb
         .map(|mb| format!(", peak RSS {mb:.0} MB"))
         .unwrap_or_default();
+    let outputs = if kept {
+        "freed memory kept"
+    } else {
+        "fresh output memory"
+    };
     println!(
-        "{mode} at {h}x{w}, {} ({} layout), {engine}, {threads} threads, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
+        "{mode} at {h}x{w}, {} ({} layout), {engine}, {threads} threads, {outputs}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
         path.display(),
         model.config().layout,
         args.iters
@@ -101,6 +107,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "median_ms": median_ms, "min_ms": min_ms, "fps": fps, "mode": mode,
             "height": h, "width": w, "iters": args.iters, "threads": threads,
             "weights": path.display().to_string(), "engine": engine, "peak_rss_mb": peak_rss_mb,
+            "freed_memory_kept": kept,
         });
         let text = serde_json::to_string_pretty(&report)? + "\n";
         write_atomically(dest, |tmp| {

@@ -21,6 +21,12 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Segment(_) | Command::Eval(_)) {
+        // Frame after frame, outputs reuse the memory of the previous frame's instead of fresh
+        // pages the kernel must zero first (6 ms of logits at 768x1536). `bench` decides for
+        // itself; training's memory is left to the allocator's defaults.
+        fastscnn_core::cpu::keep_freed_memory();
+    }
     let result = match cli.command {
         Command::Segment(args) => segment::run(&args),
         Command::Eval(args) => eval::run(&args),

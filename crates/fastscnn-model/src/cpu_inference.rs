@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_core::cpu::{
-    resize_argmax_planes, resize_planes, softmax_planes, zeroed_vec, Bottleneck, Buffer,
-    BufferPool, Classifier, DenseConv, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
+    output_vec, resize_argmax_planes, resize_planes_uninit, softmax_planes, zeroed_vec, Bottleneck,
+    Buffer, BufferPool, Classifier, DenseConv, FeatureFusion, PyramidPooling, SeparableConv,
+    StemSeparable,
 };
 
 use crate::global_feature_extractor::GlobalFeatureExtractor;
@@ -122,19 +123,26 @@ impl CpuInference {
         let image_len = c * h * w;
         match output {
             Output::Logits | Output::Probabilities => {
-                let mut logits = zeroed_vec::<f32>(n * classes * h * w);
+                let len = n * classes * h * w;
+                let mut logits = output_vec::<f32>(len);
                 for (image, out) in data
                     .chunks_exact(image_len)
-                    .zip(logits.chunks_exact_mut(classes * h * w))
+                    .zip(logits.spare_capacity_mut()[..len].chunks_exact_mut(classes * h * w))
                 {
                     let (scores, sh, sw) = self.scores(image, h, w, &mut pool, record)?;
                     let start = Instant::now();
-                    resize_planes(&scores, classes, sh, sw, out, h, w, self.align_corners);
-                    if output == Output::Probabilities {
-                        softmax_planes(out, classes, h * w);
-                    }
+                    resize_planes_uninit(&scores, classes, sh, sw, out, h, w, self.align_corners);
                     record("resize", start.elapsed());
                     pool.give(scores);
+                }
+                // SAFETY: the resizes initialised every image's planes, all `len` elements.
+                unsafe { logits.set_len(len) };
+                if output == Output::Probabilities {
+                    let start = Instant::now();
+                    for out in logits.chunks_exact_mut(classes * h * w) {
+                        softmax_planes(out, classes, h * w);
+                    }
+                    record("softmax", start.elapsed());
                 }
                 Tensor::from_vec(logits, (n, classes, h, w), x.device())
             }

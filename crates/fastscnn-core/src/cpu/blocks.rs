@@ -6,6 +6,8 @@
 use candle_core::{bail, DType, Result, Tensor};
 
 #[cfg(target_arch = "x86_64")]
+use super::buffers::as_uninit;
+#[cfg(target_arch = "x86_64")]
 use super::gemm_avx512::{Epilogue, TILE_CHANNELS};
 use super::resize::resize_planes;
 #[cfg(target_arch = "x86_64")]
@@ -883,7 +885,8 @@ impl FeatureFusion {
                             &plane[s1 * w..(s1 + 1) * w],
                             wy0,
                             wy1,
-                            row,
+                            // SAFETY: `blend` only writes values.
+                            unsafe { as_uninit(row) },
                         );
                     }
                     dw.run_rows(c, upsampled, u0, h, w, y0, band_rows, scratch);

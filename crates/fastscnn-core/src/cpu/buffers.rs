@@ -31,6 +31,29 @@ pub fn zeroed_vec<T: Zeroable>(len: usize) -> Vec<T> {
     }
 }
 
+/// An empty `Vec` with room for `len` elements, for an output that a kernel writes in full: no
+/// page of it is written before the kernel's own stores (see [`zeroed_vec`] for the huge pages).
+///
+/// Unlike zeroed memory, it costs nothing extra when the allocator hands back a block it kept
+/// from the previous frame (a zeroing allocator would clear all of it first, 90 MB of logits at
+/// 768x1536). Fill it through [`Vec::spare_capacity_mut`], then [`Vec::set_len`].
+pub fn output_vec<T>(len: usize) -> Vec<T> {
+    let mut v = Vec::<T>::with_capacity(len);
+    advise_huge_pages(v.as_mut_ptr().cast(), len * std::mem::size_of::<T>());
+    v
+}
+
+/// `slice` seen as possibly uninitialised memory, for kernels that write outputs through
+/// [`std::mem::MaybeUninit`] so they can fill both fresh and initialised buffers.
+///
+/// # Safety
+/// Every write through the result must be an initialised value (`MaybeUninit::write`), never
+/// `MaybeUninit::uninit()`, so that the slice stays initialised.
+pub(crate) unsafe fn as_uninit(slice: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: same size and alignment; the caller writes only initialised values.
+    unsafe { &mut *(slice as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// Types for which all-zero bytes are a valid value.
 ///
 /// # Safety

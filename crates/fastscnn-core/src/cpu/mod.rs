@@ -17,9 +17,12 @@
 //!   ([`resize_planes`], [`resize_argmax_planes`]), or in a one-pass softmax
 //!   ([`softmax_planes`]);
 //! - feature maps come from a [`BufferPool`] that outlives the frame.
+//! - outputs are written once, into memory the allocator may have kept from the previous frame
+//!   ([`output_vec`], and [`keep_freed_memory`] for a process that wants it kept).
 //!
 //! Training and other devices keep using candle.
 
+mod allocator;
 mod blocks;
 mod buffers;
 mod dense;
@@ -33,15 +36,16 @@ mod resize;
 pub(crate) mod simd;
 mod softmax;
 
+pub use allocator::keep_freed_memory;
 pub use blocks::{
     AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
 };
-pub use buffers::{zeroed_vec, Buffer, BufferPool, Zeroable};
+pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
 pub use gemm_avx512::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
-pub use resize::{resize_argmax_planes, resize_planes};
+pub use resize::{resize_argmax_planes, resize_planes, resize_planes_uninit};
 pub use simd::Isa;
 pub use softmax::softmax_planes;
 

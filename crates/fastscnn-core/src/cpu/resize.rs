@@ -6,8 +6,11 @@
 //! arithmetic is the one of [`crate::ops::resize_bilinear`]'s kernel (horizontal, then vertical,
 //! no fused multiply-adds), so labels equal those of resizing then taking the argmax.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
+use super::buffers::as_uninit;
 use super::simd::{dispatch, MulAdd};
 use crate::ops::{source_index, taps};
 
@@ -22,15 +25,27 @@ fn horizontal(plane: &[f32], w: usize, columns: &[(usize, usize, f32, f32)], out
 }
 
 #[inline(always)]
-fn blend_body<M: MulAdd>(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &mut [f32]) {
+fn blend_body<M: MulAdd>(
+    top: &[f32],
+    bottom: &[f32],
+    wy0: f32,
+    wy1: f32,
+    out: &mut [MaybeUninit<f32>],
+) {
     for ((o, &t), &b) in out.iter_mut().zip(top).zip(bottom) {
-        *o = wy0 * t + wy1 * b;
+        o.write(wy0 * t + wy1 * b);
     }
 }
 
 dispatch!(
-    /// `out = wy0·top + wy1·bottom`: the vertical pass.
-    pub(crate) fn blend(top: &[f32], bottom: &[f32], wy0: f32, wy1: f32, out: &mut [f32]) => blend_body
+    /// `out = wy0·top + wy1·bottom`: the vertical pass, which also fills uninitialised outputs.
+    pub(crate) fn blend(
+        top: &[f32],
+        bottom: &[f32],
+        wy0: f32,
+        wy1: f32,
+        out: &mut [MaybeUninit<f32>],
+    ) => blend_body
 );
 
 /// For every output row, its two source rows and their weights.
@@ -70,10 +85,30 @@ pub fn resize_planes(
     ow: usize,
     align_corners: bool,
 ) {
+    // SAFETY: `resize_planes_uninit` only writes values.
+    let out = unsafe { as_uninit(out) };
+    resize_planes_uninit(input, planes, h, w, out, oh, ow, align_corners);
+}
+
+/// [`resize_planes`] into memory not written yet (an [`output_vec`](super::output_vec)'s spare
+/// capacity), every element of which it initialises.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_planes_uninit(
+    input: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    out: &mut [MaybeUninit<f32>],
+    oh: usize,
+    ow: usize,
+    align_corners: bool,
+) {
     assert_eq!(input.len(), planes * h * w, "resize input");
     assert_eq!(out.len(), planes * oh * ow, "resize output");
     if (h, w) == (oh, ow) {
-        out.copy_from_slice(input);
+        for (o, &v) in out.iter_mut().zip(input) {
+            o.write(v);
+        }
         return;
     }
     let columns = taps::<f32>(w, ow, align_corners);
