@@ -399,3 +399,62 @@ fn config_for(weights: &WeightFile) -> Result<FastScnnConfig> {
     });
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_nn::VarMap;
+    use rayon::prelude::*;
+
+    use super::*;
+
+    /// A reference-layout model with random weights, BatchNorm folded, on the fused CPU path.
+    fn random_model() -> FastScnn {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let norm = NormOptions {
+            mode: BatchNormMode::Folded,
+            ..NormOptions::default()
+        };
+        FastScnn::new(&FastScnnConfig::reference(5), norm, vb)
+            .unwrap()
+            .with_cpu_kernels(true)
+            .unwrap()
+    }
+
+    fn labels(t: &Tensor) -> Vec<Vec<Vec<u32>>> {
+        t.to_vec3::<u32>().unwrap()
+    }
+
+    #[test]
+    fn a_frame_started_while_the_buffers_are_held_brings_its_own() {
+        let model = random_model();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 96), &Device::Cpu).unwrap();
+        let expected = labels(&model.predict(&x).unwrap());
+        let cpu = model.cpu.as_deref().unwrap();
+        // Waiting for the lock here would never end.
+        let held = cpu.pool.lock().unwrap();
+        assert_eq!(labels(&model.predict(&x).unwrap()), expected);
+        drop(held);
+        assert_eq!(labels(&model.predict(&x).unwrap()), expected);
+    }
+
+    #[test]
+    fn frames_from_the_thread_pool_itself_and_from_several_threads_agree() {
+        let model = random_model();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 96), &Device::Cpu).unwrap();
+        let expected = labels(&model.predict(&x).unwrap());
+        let from_pool: Vec<_> = (0..6)
+            .into_par_iter()
+            .map(|_| labels(&model.predict(&x).unwrap()))
+            .collect();
+        assert!(from_pool.iter().all(|l| *l == expected));
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| labels(&model.predict(&x).unwrap())))
+                .collect();
+            for t in threads {
+                assert_eq!(t.join().unwrap(), expected);
+            }
+        });
+    }
+}
