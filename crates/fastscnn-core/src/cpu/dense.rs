@@ -7,10 +7,12 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::depthwise::{deinterleave, Band};
 use super::epilogue::finish_row;
 use super::gemm_avx512::PackedWeights;
 #[cfg(target_arch = "x86_64")]
-use super::gemm_avx512::{conv1x1, Epilogue};
+use super::gemm_avx512::{conv1x1, conv_gathered, Epilogue};
 use super::simd::Isa;
 use super::SendPtr;
 
@@ -155,6 +157,13 @@ impl DenseConv {
         out_stride: usize,
         cols: &mut Vec<f32>,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.packed {
+            if (self.kernel, self.stride) == (3, 2) && self.padding <= 1 {
+                self.rows_3x3s2(packed, input, h, w, y0, rows, out, out_stride, cols);
+                return;
+            }
+        }
         let (_, ow) = self.output_size(h, w);
         let depth = self.in_channels * self.kernel * self.kernel;
         let n = rows * ow;
@@ -208,6 +217,82 @@ impl DenseConv {
         for c in 0..self.out_channels {
             let row = std::slice::from_raw_parts_mut(out.add(c * out_stride), n);
             finish_row(row, self.bias[c], None, self.relu);
+        }
+    }
+
+    /// [`Self::rows_raw`] for a 3x3 stride-2 conv with padding 0 or 1 (the stem) on AVX-512, without
+    /// im2col: each input row the band reads is padded and split into even and odd columns once
+    /// (`scratch`), where every tap's row is a contiguous run the kernel reads in place; im2col
+    /// wrote 27 floats per output pixel and split each input row three times.
+    ///
+    /// # Safety
+    /// As [`Self::rows_raw`]; the processor must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_3x3s2(
+        &self,
+        packed: &PackedWeights,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        y0: usize,
+        rows: usize,
+        out: *mut f32,
+        out_stride: usize,
+        scratch: &mut Vec<f32>,
+    ) {
+        let (_, ow) = self.output_size(h, w);
+        // As the depthwise kernel's: padded row `p` (image row p - 1, column q image column
+        // q - 1) as `half` even columns then `half` odd ones, room for every image column and
+        // for the last output column's taps.
+        let half = (ow + 1).max(w / 2 + 1);
+        let width = 2 * half;
+        let per_channel = (2 * rows + 1) * width;
+        let cin = self.in_channels;
+        if scratch.len() < cin * per_channel {
+            scratch.resize(cin * per_channel, 0.0);
+        }
+        for (ci, split) in scratch.chunks_exact_mut(per_channel).take(cin).enumerate() {
+            let plane = &input[ci * h * w..(ci + 1) * h * w];
+            let band = Band { plane, r0: 0, h, w };
+            deinterleave(band, 2 * y0 + 1 - self.padding, half, split);
+        }
+        let epilogue = Epilogue {
+            bias: &self.bias,
+            residual: None,
+            accumulate: false,
+            relu: self.relu,
+        };
+        // Tap kx of output column x reads padded column q = 2x + kx + 1 - padding.
+        let columns = [0, 1, 2].map(|kx| {
+            let q = kx + 1 - self.padding;
+            if q.is_multiple_of(2) {
+                q / 2
+            } else {
+                half + q / 2
+            }
+        });
+        let base = scratch.as_ptr();
+        let mut taps = Vec::with_capacity(cin * 9);
+        for r in 0..rows {
+            taps.clear();
+            for ci in 0..cin {
+                for ky in 0..3 {
+                    let row = base.add(ci * per_channel + (2 * r + ky) * width);
+                    taps.extend(columns.map(|at| row.add(at)));
+                }
+            }
+            conv_gathered(
+                packed,
+                0..self.out_channels,
+                0..cin * 9,
+                &taps,
+                out.add(r * ow),
+                out_stride,
+                0,
+                ow,
+                epilogue,
+            );
         }
     }
 
@@ -283,7 +368,11 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
         for (k, stride, padding, h, w) in [
             (3, 2, 0, 9, 13),
+            (3, 2, 0, 8, 12),
+            (3, 2, 0, 3, 4),
             (3, 2, 1, 8, 12),
+            (3, 2, 1, 9, 13),
+            (3, 2, 1, 1, 2),
             (3, 1, 1, 5, 7),
             (1, 1, 0, 3, 4),
         ] {

@@ -129,11 +129,11 @@ impl DepthwiseConv {
 
 /// Image rows `r0..r0 + plane.len() / w` of one channel of an `h`x`w` image.
 #[derive(Debug, Clone, Copy)]
-struct Band<'a> {
-    plane: &'a [f32],
-    r0: usize,
-    h: usize,
-    w: usize,
+pub(crate) struct Band<'a> {
+    pub plane: &'a [f32],
+    pub r0: usize,
+    pub h: usize,
+    pub w: usize,
 }
 
 impl Band<'_> {
@@ -312,7 +312,7 @@ dispatch!(
     ) => stride1_body
 );
 dispatch!(
-    fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body
+    pub(crate) fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body
 );
 dispatch!(
     fn stride2(

@@ -81,6 +81,100 @@ pub(crate) unsafe fn conv1x1(
     p1: usize,
     epilogue: Epilogue,
 ) {
+    let rows = Strided {
+        x,
+        stride: x_stride,
+    };
+    product(w, channels, depth, rows, out, out_stride, p0, p1, epilogue);
+}
+
+/// [`conv1x1`] with X's rows anywhere: row `k` of X (for `k` in `depth`) starts at
+/// `rows[k - depth.start]`. A 3x3 stride-2 conv reads its 27 rows straight from de-interleaved
+/// input rows this way, so its im2col matrix is never written.
+///
+/// # Safety
+/// As [`conv1x1`], with every row pointer valid for reads over columns `p0..p1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn conv_gathered(
+    w: &PackedWeights,
+    channels: std::ops::Range<usize>,
+    depth: std::ops::Range<usize>,
+    rows: &[*const f32],
+    out: *mut f32,
+    out_stride: usize,
+    p0: usize,
+    p1: usize,
+    epilogue: Epilogue,
+) {
+    debug_assert_eq!(rows.len(), depth.len());
+    product(
+        w,
+        channels,
+        depth,
+        Gathered(rows),
+        out,
+        out_stride,
+        p0,
+        p1,
+        epilogue,
+    );
+}
+
+/// Where the rows of X are.
+#[cfg(target_arch = "x86_64")]
+trait Rows: Copy {
+    /// Row `k` (from the product's first row), column 0.
+    ///
+    /// # Safety
+    /// `k` must be one of the product's rows.
+    unsafe fn row(self, k: usize) -> *const f32;
+}
+
+/// Rows one after another at a fixed stride: a channel-major feature map.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Strided {
+    x: *const f32,
+    stride: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rows for Strided {
+    #[inline(always)]
+    unsafe fn row(self, k: usize) -> *const f32 {
+        self.x.add(k * self.stride)
+    }
+}
+
+/// Rows wherever their pointers say.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Gathered<'a>(&'a [*const f32]);
+
+#[cfg(target_arch = "x86_64")]
+impl Rows for Gathered<'_> {
+    #[inline(always)]
+    unsafe fn row(self, k: usize) -> *const f32 {
+        *self.0.get_unchecked(k)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    w: &PackedWeights,
+    channels: std::ops::Range<usize>,
+    depth: std::ops::Range<usize>,
+    x: impl Rows,
+    out: *mut f32,
+    out_stride: usize,
+    p0: usize,
+    p1: usize,
+    epilogue: Epilogue,
+) {
     debug_assert!(channels.start.is_multiple_of(TILE_CHANNELS) && channels.end <= w.out_channels);
     debug_assert!(depth.end <= w.depth);
     let mut channel = channels.start;
@@ -97,8 +191,7 @@ pub(crate) unsafe fn conv1x1(
             tile(
                 weights,
                 depth.len(),
-                x.add(p),
-                x_stride,
+                x,
                 out_rows.add(p),
                 out_stride,
                 rows,
@@ -128,8 +221,7 @@ fn lane_mask(width: usize, j: usize) -> __mmask16 {
 unsafe fn tile(
     weights: *const f32,
     depth: usize,
-    x: *const f32,
-    x_stride: usize,
+    x: impl Rows,
     out: *mut f32,
     out_stride: usize,
     rows: usize,
@@ -145,7 +237,7 @@ unsafe fn tile(
     ];
     let mut acc = [[_mm512_setzero_ps(); 3]; TILE_CHANNELS];
     for k in 0..depth {
-        let row = x.add(k * x_stride);
+        let row = x.row(k).add(first_pixel);
         let xv = [
             _mm512_maskz_loadu_ps(masks[0], row),
             _mm512_maskz_loadu_ps(masks[1], row.add(16)),
