@@ -14,15 +14,57 @@ use super::buffers::as_uninit;
 use super::simd::{dispatch, MulAdd};
 use crate::ops::{source_index, taps};
 
-/// Every row of `plane` (h, w) interpolated horizontally to width `ow`, into `out` (h, ow).
-fn horizontal(plane: &[f32], w: usize, columns: &[(usize, usize, f32, f32)], out: &mut [f32]) {
-    let ow = columns.len();
-    for (row, out_row) in plane.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
-        for (o, &(x0, x1, wx0, wx1)) in out_row.iter_mut().zip(columns) {
-            *o = wx0 * row[x0] + wx1 * row[x1];
+/// The horizontal pass's taps, one entry per output column, as separate arrays so that the
+/// compiler can vectorise the pass with gathers.
+struct Columns {
+    x0: Vec<u32>,
+    x1: Vec<u32>,
+    w0: Vec<f32>,
+    w1: Vec<f32>,
+    /// The input width every index is below.
+    w: usize,
+}
+
+impl Columns {
+    fn new(w: usize, ow: usize, align_corners: bool) -> Self {
+        let taps = taps::<f32>(w, ow, align_corners);
+        assert!(
+            u32::try_from(w).is_ok() && taps.iter().all(|&(x0, x1, _, _)| x0 < w && x1 < w),
+            "resize taps out of the input row"
+        );
+        Self {
+            x0: taps.iter().map(|t| t.0 as u32).collect(),
+            x1: taps.iter().map(|t| t.1 as u32).collect(),
+            w0: taps.iter().map(|t| t.2).collect(),
+            w1: taps.iter().map(|t| t.3).collect(),
+            w,
         }
     }
 }
+
+#[inline(always)]
+fn horizontal_body<M: MulAdd>(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) {
+    let (w, ow) = (columns.w, columns.x0.len());
+    let (x0, x1) = (&columns.x0[..ow], &columns.x1[..ow]);
+    let (w0, w1) = (&columns.w0[..ow], &columns.w1[..ow]);
+    for (row, out_row) in plane.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
+        for x in 0..ow {
+            // SAFETY: `Columns::new` checked every index against the row width `w`.
+            let (a, b) = unsafe {
+                (
+                    *row.get_unchecked(x0[x] as usize),
+                    *row.get_unchecked(x1[x] as usize),
+                )
+            };
+            out_row[x].write(w0[x] * a + w1[x] * b);
+        }
+    }
+}
+
+dispatch!(
+    /// Every row of `plane` (h, `columns.w`) interpolated horizontally, into `out` (h, ow).
+    fn horizontal(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) => horizontal_body
+);
 
 #[inline(always)]
 fn blend_body<M: MulAdd>(
@@ -67,10 +109,12 @@ pub(crate) fn horizontal_planes(
     ow: usize,
     align_corners: bool,
 ) {
-    let columns = taps::<f32>(w, ow, align_corners);
+    let columns = Columns::new(w, ow, align_corners);
+    // SAFETY: `horizontal` only writes values.
+    let out = unsafe { as_uninit(out) };
     out.par_chunks_mut(h * ow)
         .zip(input.par_chunks(h * w))
-        .for_each(|(out, plane)| horizontal(plane, w, &columns, out));
+        .for_each(|(out, plane)| horizontal(plane, &columns, out));
 }
 
 /// Resizes `planes` planes of `input` (planes, h, w) to `out` (planes, oh, ow).
@@ -111,14 +155,17 @@ pub fn resize_planes_uninit(
         }
         return;
     }
-    let columns = taps::<f32>(w, ow, align_corners);
+    let columns = Columns::new(w, ow, align_corners);
     let rows = row_taps(h, oh, align_corners);
     out.par_chunks_mut(oh * ow)
         .zip(input.par_chunks(h * w))
         .for_each_init(
-            || vec![0f32; h * ow],
-            |scratch, (out, plane)| {
-                horizontal(plane, w, &columns, scratch);
+            || Vec::with_capacity(h * ow),
+            |scratch: &mut Vec<f32>, (out, plane)| {
+                scratch.clear();
+                horizontal(plane, &columns, &mut scratch.spare_capacity_mut()[..h * ow]);
+                // SAFETY: `horizontal` wrote all h·ow floats.
+                unsafe { scratch.set_len(h * ow) };
                 for (out_row, &(y0, y1, wy0, wy1)) in out.chunks_exact_mut(ow).zip(&rows) {
                     blend(
                         &scratch[y0 * ow..][..ow],
@@ -199,14 +246,15 @@ pub fn resize_argmax_planes(
     assert!(classes > 0, "resize_argmax: no classes");
     assert_eq!(scores.len(), classes * h * w, "resize_argmax scores");
     assert_eq!(labels.len(), oh * ow, "resize_argmax labels");
-    let columns = taps::<f32>(w, ow, align_corners);
+    let columns = Columns::new(w, ow, align_corners);
     let plane = h * ow;
     assert!(scratch.len() >= classes * plane, "resize_argmax scratch");
     let horizontal_scores = &mut scratch[..classes * plane];
-    horizontal_scores
+    // SAFETY: `horizontal` only writes values.
+    unsafe { as_uninit(horizontal_scores) }
         .par_chunks_mut(plane)
         .zip(scores.par_chunks(h * w))
-        .for_each(|(out, class_plane)| horizontal(class_plane, w, &columns, out));
+        .for_each(|(out, class_plane)| horizontal(class_plane, &columns, out));
     let horizontal_scores = &*horizontal_scores;
     labels.par_chunks_mut(ow).enumerate().for_each_init(
         || vec![0f32; ow],
