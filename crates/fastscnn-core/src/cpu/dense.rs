@@ -8,12 +8,14 @@
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::depthwise::{deinterleave, Band};
+use super::depthwise::Band;
 use super::epilogue::finish_row;
 use super::gemm_avx512::PackedWeights;
 #[cfg(target_arch = "x86_64")]
 use super::gemm_avx512::{conv1x1, conv_gathered, Epilogue};
 use super::simd::Isa;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{dispatch, MulAdd};
 use super::SendPtr;
 
 /// A dense convolution with its BatchNorm folded in: `weight` is (out, in, k, k) row-major.
@@ -242,7 +244,7 @@ impl DenseConv {
         scratch: &mut Vec<f32>,
     ) {
         let (_, ow) = self.output_size(h, w);
-        // As the depthwise kernel's: padded row `p` (image row p - 1, column q image column
+        // [`deinterleave`]: padded row `p` (image row p - 1, column q image column
         // q - 1) as `half` even columns then `half` odd ones, room for every image column and
         // for the last output column's taps.
         let half = (ow + 1).max(w / 2 + 1);
@@ -358,6 +360,41 @@ impl DenseConv {
         }
     }
 }
+
+/// Scratch row `j` holds padded row `p0 + j`, i.e. image row `p0 + j - 1` padded by one zero on
+/// each side (all zero outside the image), split by column parity: padded column `2k` at `k`,
+/// `2k + 1` at `half + k`. Padded column `q` is input column `q - 1`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn deinterleave_body<M: MulAdd>(band: Band, p0: usize, half: usize, scratch: &mut [f32]) {
+    let w = band.w;
+    for (j, dst) in scratch.chunks_exact_mut(2 * half).enumerate() {
+        let Some(row) = band.row((p0 + j) as isize - 1) else {
+            dst.fill(0.0);
+            continue;
+        };
+        let (even, odd) = dst.split_at_mut(half);
+        even[0] = 0.0;
+        for (k, pair) in row.chunks_exact(2).enumerate() {
+            odd[k] = pair[0];
+            even[k + 1] = pair[1];
+        }
+        let pairs = w / 2;
+        if w % 2 == 1 {
+            odd[pairs] = row[w - 1];
+            even[pairs + 1..].fill(0.0);
+            odd[pairs + 1..].fill(0.0);
+        } else {
+            even[pairs + 1..].fill(0.0);
+            odd[pairs..].fill(0.0);
+        }
+    }
+}
+
+dispatch!(
+    #[cfg(target_arch = "x86_64")]
+    fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body
+);
 
 #[cfg(test)]
 mod tests {

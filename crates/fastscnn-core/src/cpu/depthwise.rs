@@ -1,9 +1,10 @@
 //! Depthwise 3x3 convolution (padding 1, stride 1 or 2) with bias and ReLU fused, vectorised.
 //!
-//! An output row is nine multiply-adds of contiguous, equally long input rows, which the compiler
-//! turns into full-width vector FMAs; at stride 1 they are read straight from the input (the two
-//! border columns apart), at stride 2 from a scratch copy of the plane whose rows are
-//! de-interleaved (even columns, then odd), which makes the strided taps contiguous too.
+//! An output is nine multiply-adds of inputs at fixed offsets, which the compiler turns into
+//! full-width vector FMAs over runs of outputs. At stride 1 the runs are read straight from the
+//! input, at stride 2 from a scratch copy split by row and column parity, where the strided taps
+//! are contiguous too. Either way a band of rows is one flat run, its border column(s) redone
+//! after, so the small maps (rows of 12 to 96) pay no per-row loop tails.
 
 use rayon::prelude::*;
 
@@ -112,17 +113,15 @@ impl DepthwiseConv {
             zeros.fill(0.0);
             stride1(band, oy0, taps, bias, relu, zeros, out);
         } else {
-            // Padded rows 2·oy0 ..= 2·oy1 (padded row p is image row p - 1), de-interleaved: the
-            // padded row's even columns, then its odd ones, `half` each (the last tap reads
-            // `even[ow]`).
-            let half = ow + 1;
-            let rows = 2 * (out.len() / ow) + 1;
-            if scratch.len() < rows * 2 * half {
-                scratch.resize(rows * 2 * half, 0.0);
+            // The input rows split by row and column parity into four planes of `rows + 1`
+            // rows of `ow`, where every tap of the band is one flat run.
+            let len = 4 * (out.len() / ow + 1) * ow;
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
             }
-            let scratch = &mut scratch[..rows * 2 * half];
-            deinterleave(band, 2 * oy0, half, scratch);
-            stride2(scratch, half, ow, taps, bias, relu, out);
+            let planes = &mut scratch[..len];
+            parity_planes(band, oy0, ow, planes);
+            stride2(planes, ow, taps, bias, relu, out);
         }
     }
 }
@@ -139,7 +138,7 @@ pub(crate) struct Band<'a> {
 impl Band<'_> {
     /// Image row `y`, when it is inside the image (`None` is zero padding).
     #[inline(always)]
-    fn row(&self, y: isize) -> Option<&[f32]> {
+    pub(crate) fn row(&self, y: isize) -> Option<&[f32]> {
         if y < 0 || y as usize >= self.h {
             return None;
         }
@@ -151,7 +150,17 @@ impl Band<'_> {
 #[inline(always)]
 fn rectify(row: &mut [f32]) {
     for v in row.iter_mut() {
-        *v = if *v > 0.0 { *v } else { 0.0 };
+        *v = rectified(true, *v);
+    }
+}
+
+/// `v`, through a ReLU when `relu` (NaN becomes 0, as in [`rectify`]).
+#[inline(always)]
+fn rectified(relu: bool, v: f32) -> f32 {
+    match relu {
+        true if v > 0.0 => v,
+        true => 0.0,
+        false => v,
     }
 }
 
@@ -223,20 +232,7 @@ fn stride1_body<M: MulAdd>(
     let (a1, b1, c1) = (tap(-1), tap(0), tap(1));
     let (a2, b2, c2) = (tap(wi - 1), tap(wi), tap(wi + 1));
     let run = &mut out[first * w + 1..][..len];
-    for x in 0..len {
-        let v = nine::<M>(
-            taps,
-            bias,
-            [
-                a0[x], b0[x], c0[x], a1[x], b1[x], c1[x], a2[x], b2[x], c2[x],
-            ],
-        );
-        run[x] = match relu {
-            true if v > 0.0 => v,
-            true => 0.0,
-            false => v,
-        };
-    }
+    nine_run::<M>([a0, b0, c0, a1, b1, c1, a2, b2, c2], taps, bias, relu, run);
     for i in first..end {
         let row = |dy: usize| {
             let start = (oy0 + i + dy - 1 - band.r0) * w;
@@ -245,8 +241,8 @@ fn stride1_body<M: MulAdd>(
         let [r0, r1, r2] = [row(0), row(1), row(2)];
         let out_row = &mut out[i * w..][..w];
         let (left, right) = border_columns::<M>(taps, bias, [r0, r1, r2]);
-        out_row[0] = if relu { left.max(0.0) } else { left };
-        out_row[w - 1] = if relu { right.max(0.0) } else { right };
+        out_row[0] = rectified(relu, left);
+        out_row[w - 1] = rectified(relu, right);
     }
 }
 
@@ -327,67 +323,121 @@ fn stride1_row<M: MulAdd>(
     }
 }
 
-/// Scratch row `j` holds padded row `p0 + j`, i.e. image row `p0 + j - 1` padded by one zero on
-/// each side (all zero outside the image), split by column parity: padded column `2k` at `k`,
-/// `2k + 1` at `half + k`. Padded column `q` is input column `q - 1`.
+/// `out[x] = relu?(bias + Σ taps[t]·inputs[t][x])`: all nine taps in registers, one store per
+/// vector.
 #[inline(always)]
-fn deinterleave_body<M: MulAdd>(band: Band, p0: usize, half: usize, scratch: &mut [f32]) {
-    let w = band.w;
-    for (j, dst) in scratch.chunks_exact_mut(2 * half).enumerate() {
-        let Some(row) = band.row((p0 + j) as isize - 1) else {
-            dst.fill(0.0);
-            continue;
-        };
-        let (even, odd) = dst.split_at_mut(half);
-        even[0] = 0.0;
-        for (k, pair) in row.chunks_exact(2).enumerate() {
-            odd[k] = pair[0];
-            even[k + 1] = pair[1];
-        }
-        let pairs = w / 2;
-        if w % 2 == 1 {
-            odd[pairs] = row[w - 1];
-            even[pairs + 1..].fill(0.0);
-            odd[pairs + 1..].fill(0.0);
-        } else {
-            even[pairs + 1..].fill(0.0);
+fn nine_run<M: MulAdd>(
+    inputs: [&[f32]; 9],
+    taps: &[f32; 9],
+    bias: f32,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let n = out.len();
+    let [a0, b0, c0, a1, b1, c1, a2, b2, c2] = inputs.map(|row| &row[..n]);
+    for x in 0..n {
+        let v = nine::<M>(
+            taps,
+            bias,
+            [
+                a0[x], b0[x], c0[x], a1[x], b1[x], c1[x], a2[x], b2[x], c2[x],
+            ],
+        );
+        out[x] = rectified(relu, v);
+    }
+}
+
+/// The input rows a band of stride-2 output rows `oy0..oy0 + rows` reads, split by parity into
+/// four planes `[P00, P01, P10, P11]` of `rows + 1` rows of `ow` (`planes.len() / 4`): row `t`
+/// of `Pyx` holds image row `2(oy0 + t - 1) + y`, columns `x, x + 2, ...`, zero outside the
+/// image. (Row 0 of `P00` and `P01`, which no tap reads, is left as it is.)
+#[inline(always)]
+fn parity_planes_body<M: MulAdd>(band: Band, oy0: usize, ow: usize, planes: &mut [f32]) {
+    let plane = planes.len() / 4;
+    let (w, pairs) = (band.w, band.w / 2);
+    for (py, halves) in planes.chunks_exact_mut(2 * plane).enumerate() {
+        let (even_plane, odd_plane) = halves.split_at_mut(plane);
+        for (t, (even, odd)) in even_plane
+            .chunks_exact_mut(ow)
+            .zip(odd_plane.chunks_exact_mut(ow))
+            .enumerate()
+            .skip(1 - py)
+        {
+            let y = 2 * (oy0 + t) as isize - 2 + py as isize;
+            let Some(row) = band.row(y) else {
+                even.fill(0.0);
+                odd.fill(0.0);
+                continue;
+            };
+            let (even_pairs, odd_pairs) = (&mut even[..pairs], &mut odd[..pairs]);
+            for ((e, o), pair) in even_pairs
+                .iter_mut()
+                .zip(odd_pairs.iter_mut())
+                .zip(row.chunks_exact(2))
+            {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if w % 2 == 1 {
+                even[pairs] = row[w - 1];
+            }
             odd[pairs..].fill(0.0);
         }
     }
 }
 
-/// Output column `x` reads padded columns `2x`, `2x + 1`, `2x + 2`: `even[x]`, `odd[x]`,
-/// `even[x + 1]`, all contiguous; output row `i` reads scratch rows `2i ..= 2i + 2`.
+/// Stride 2 from the parity planes of [`parity_planes`]. Output pixel `k` of the band (row-major,
+/// rows of `ow`) reads `P11[k - 1]`, `P10[k]`, `P11[k]` (the row above), `P01[k + ow - 1]`,
+/// `P00[k + ow]`, `P01[k + ow]` and `P11[k + ow - 1]`, `P10[k + ow]`, `P11[k + ow]`: one flat run
+/// over the band. Column 0, whose left taps that run takes from the row before, is redone with
+/// them as the zero padding.
 #[inline(always)]
 fn stride2_body<M: MulAdd>(
-    scratch: &[f32],
-    half: usize,
+    planes: &[f32],
     ow: usize,
     taps: &[f32; 9],
     bias: f32,
     relu: bool,
     out: &mut [f32],
 ) {
-    let width = 2 * half;
-    for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
-        let row = |ky: usize| {
-            let row = &scratch[(2 * i + ky) * width..][..width];
-            let (even, odd) = row.split_at(half);
-            (&even[..ow], &odd[..ow], &even[1..ow + 1])
-        };
-        let ((a0, b0, c0), (a1, b1, c1), (a2, b2, c2)) = (row(0), row(1), row(2));
-        for x in 0..ow {
-            out_row[x] = nine::<M>(
-                taps,
-                bias,
-                [
-                    a0[x], b0[x], c0[x], a1[x], b1[x], c1[x], a2[x], b2[x], c2[x],
-                ],
-            );
-        }
-        if relu {
-            rectify(out_row);
-        }
+    let plane = planes.len() / 4;
+    let [p00, p01, p10, p11]: [&[f32]; 4] = [0, 1, 2, 3].map(|i| &planes[i * plane..][..plane]);
+    let n = out.len();
+    let len = n - 1;
+    nine_run::<M>(
+        [
+            &p11[..len],
+            &p10[1..][..len],
+            &p11[1..][..len],
+            &p01[ow..][..len],
+            &p00[ow + 1..][..len],
+            &p01[ow + 1..][..len],
+            &p11[ow..][..len],
+            &p10[ow + 1..][..len],
+            &p11[ow + 1..][..len],
+        ],
+        taps,
+        bias,
+        relu,
+        &mut out[1..],
+    );
+    for k in (0..n).step_by(ow) {
+        let v = nine::<M>(
+            taps,
+            bias,
+            [
+                0.0,
+                p10[k],
+                p11[k],
+                0.0,
+                p00[k + ow],
+                p01[k + ow],
+                0.0,
+                p10[k + ow],
+                p11[k + ow],
+            ],
+        );
+        out[k] = rectified(relu, v);
     }
 }
 
@@ -403,12 +453,11 @@ dispatch!(
     ) => stride1_body
 );
 dispatch!(
-    pub(crate) fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body
+    fn parity_planes(band: Band, oy0: usize, ow: usize, planes: &mut [f32]) => parity_planes_body
 );
 dispatch!(
     fn stride2(
-        scratch: &[f32],
-        half: usize,
+        planes: &[f32],
         ow: usize,
         taps: &[f32; 9],
         bias: f32,
