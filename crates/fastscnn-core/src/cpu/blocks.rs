@@ -8,6 +8,8 @@ use candle_core::{bail, DType, Result, Tensor};
 #[cfg(target_arch = "x86_64")]
 use super::buffers::as_uninit;
 #[cfg(target_arch = "x86_64")]
+use super::epilogue::finish_row;
+#[cfg(target_arch = "x86_64")]
 use super::gemm_avx512::{Epilogue, TILE_CHANNELS};
 use super::resize::resize_planes;
 #[cfg(target_arch = "x86_64")]
@@ -664,18 +666,15 @@ impl Bottleneck {
         );
         let mut out = pool.take(cout * n);
         let partials: Vec<&[f32]> = work.iter().map(|(_, _, partial)| &partial[..]).collect();
+        let (first, rest) = partials.split_first().expect("at least one task");
         out.par_chunks_mut(n).enumerate().for_each(|(c, row)| {
-            row.fill(project.bias[c]);
-            if self.shortcut {
-                for (o, r) in row.iter_mut().zip(&x[c * n..(c + 1) * n]) {
-                    *o += r;
-                }
+            let channel = c * n..(c + 1) * n;
+            row.copy_from_slice(&first[channel.clone()]);
+            for partial in rest {
+                finish_row(row, 0.0, Some(&partial[channel.clone()]), false);
             }
-            for partial in &partials {
-                for (o, p) in row.iter_mut().zip(&partial[c * n..(c + 1) * n]) {
-                    *o += p;
-                }
-            }
+            let shortcut = self.shortcut.then(|| &x[channel]);
+            finish_row(row, project.bias[c], shortcut, false);
         });
         drop(partials);
         for (expanded, filtered, partial) in work {

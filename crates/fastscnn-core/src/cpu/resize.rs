@@ -23,7 +23,24 @@ struct Columns {
     w1: Vec<f32>,
     /// The input width every index is below.
     w: usize,
+    /// The same taps by windows, where they fit (upsampling).
+    windows: Option<Windows>,
 }
+
+/// The taps by blocks of [`WINDOW`] output columns, each block's taps relative to its first
+/// input column `base`: all within two vectors of it when upsampling, so on AVX-512 a block is
+/// two loads and two in-register permutes, where gathers fetched each tap on its own (a quarter
+/// of the logits' resize at 384x768). The weights are padded to whole blocks.
+struct Windows {
+    base: Vec<u32>,
+    index0: Vec<u32>,
+    index1: Vec<u32>,
+    w0: Vec<f32>,
+    w1: Vec<f32>,
+}
+
+/// Output columns per window: one AVX-512 vector.
+const WINDOW: usize = 16;
 
 impl Columns {
     fn new(w: usize, ow: usize, align_corners: bool) -> Self {
@@ -38,6 +55,91 @@ impl Columns {
             w0: taps.iter().map(|t| t.2).collect(),
             w1: taps.iter().map(|t| t.3).collect(),
             w,
+            windows: Windows::new(&taps),
+        }
+    }
+}
+
+impl Windows {
+    /// `None` when some block's taps spread over more than two vectors (downsampling).
+    fn new(taps: &[(usize, usize, f32, f32)]) -> Option<Self> {
+        let blocks = taps.len().div_ceil(WINDOW);
+        let mut windows = Self {
+            base: Vec::with_capacity(blocks),
+            index0: vec![0; blocks * WINDOW],
+            index1: vec![0; blocks * WINDOW],
+            w0: vec![0.0; blocks * WINDOW],
+            w1: vec![0.0; blocks * WINDOW],
+        };
+        for (b, block) in taps.chunks(WINDOW).enumerate() {
+            let base = block.iter().map(|t| t.0.min(t.1)).min()?;
+            windows.base.push(base as u32);
+            for (i, &(x0, x1, w0, w1)) in block.iter().enumerate() {
+                let (i0, i1) = (x0 - base, x1 - base);
+                if i0.max(i1) >= 2 * WINDOW {
+                    return None;
+                }
+                let at = b * WINDOW + i;
+                (windows.index0[at], windows.index1[at]) = (i0 as u32, i1 as u32);
+                (windows.w0[at], windows.w1[at]) = (w0, w1);
+            }
+        }
+        Some(windows)
+    }
+}
+
+/// Every row of `plane` (h, `columns.w`) interpolated horizontally, into `out` (h, ow).
+fn horizontal(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(windows) = &columns.windows {
+        if super::simd::Isa::detected() == super::simd::Isa::Avx512 {
+            // SAFETY: the processor has AVX-512F.
+            return unsafe { horizontal_windows(plane, columns, windows, out) };
+        }
+    }
+    horizontal_gather(plane, columns, out)
+}
+
+/// [`horizontal`] by [`Windows`].
+///
+/// # Safety
+/// The processor must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn horizontal_windows(
+    plane: &[f32],
+    columns: &Columns,
+    windows: &Windows,
+    out: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    let (w, ow) = (columns.w, columns.x0.len());
+    let mask = |n: usize| ((1u32 << n.min(WINDOW)) - 1) as __mmask16;
+    for (row, out_row) in plane.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
+        for (b, &base) in windows.base.iter().enumerate() {
+            let base = base as usize;
+            let left = w - base;
+            let at = b * WINDOW;
+            // SAFETY: the masks keep the loads inside the row and the store inside `out_row`;
+            // the index and weight arrays hold whole blocks; every index is below 32, so the
+            // permutes pick lanes of the two loads, which `Windows::new` checked hold the taps.
+            unsafe {
+                let src = row.as_ptr().add(base);
+                let lo = _mm512_maskz_loadu_ps(mask(left), src);
+                let hi = _mm512_maskz_loadu_ps(
+                    mask(left.saturating_sub(WINDOW)),
+                    src.wrapping_add(WINDOW),
+                );
+                let i0 = _mm512_loadu_si512(windows.index0.as_ptr().add(at).cast());
+                let i1 = _mm512_loadu_si512(windows.index1.as_ptr().add(at).cast());
+                let a = _mm512_permutex2var_ps(lo, i0, hi);
+                let c = _mm512_permutex2var_ps(lo, i1, hi);
+                let w0 = _mm512_loadu_ps(windows.w0.as_ptr().add(at));
+                let w1 = _mm512_loadu_ps(windows.w1.as_ptr().add(at));
+                // w0·a + w1·c with two roundings, as the scalar pass.
+                let v = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, c));
+                _mm512_mask_storeu_ps(out_row.as_mut_ptr().add(at).cast(), mask(ow - at), v);
+            }
         }
     }
 }
@@ -62,8 +164,8 @@ fn horizontal_body<M: MulAdd>(plane: &[f32], columns: &Columns, out: &mut [Maybe
 }
 
 dispatch!(
-    /// Every row of `plane` (h, `columns.w`) interpolated horizontally, into `out` (h, ow).
-    fn horizontal(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) => horizontal_body
+    /// [`horizontal`] tap by tap.
+    fn horizontal_gather(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) => horizontal_body
 );
 
 #[inline(always)]
@@ -287,6 +389,9 @@ mod tests {
         for align_corners in [true, false] {
             for ((h, w), (oh, ow)) in [
                 ((8, 16), (64, 128)),
+                ((6, 11), (37, 90)),
+                ((3, 40), (5, 41)),
+                ((2, 50), (3, 20)),
                 ((5, 7), (13, 3)),
                 ((4, 4), (4, 4)),
                 ((3, 5), (1, 1)),
