@@ -184,7 +184,19 @@ impl CpuInference {
         let classes = self.num_classes();
         let (scores, sh, sw) = self.scores(image, h, w, pool, record)?;
         let start = Instant::now();
-        resize_planes_uninit(&scores, classes, sh, sw, out, h, w, self.align_corners);
+        // The logits go to the caller untouched, the probabilities are read back by the softmax.
+        let streaming = output == Output::Logits;
+        resize_planes_uninit(
+            &scores,
+            classes,
+            sh,
+            sw,
+            out,
+            h,
+            w,
+            self.align_corners,
+            streaming,
+        );
         pool.give(scores);
         if output == Output::Probabilities {
             // SAFETY: the resize initialised all of `out`.
