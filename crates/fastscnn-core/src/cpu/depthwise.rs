@@ -108,18 +108,18 @@ impl DepthwiseConv {
         let (bias, relu) = (self.bias[c], self.relu);
         let band = Band { plane, r0, h, w };
         if self.stride == 1 {
-            // The rows above and below the image: zeros, from the scratch.
-            if scratch.len() < w {
-                scratch.resize(w, 0.0);
-            }
-            let zeros = &mut scratch[..w];
-            zeros.fill(0.0);
             #[cfg(target_arch = "x86_64")]
             if w <= NARROW && Isa::detected() == Isa::Avx512 {
                 // SAFETY: the processor has AVX-512F.
                 unsafe { stride1_avx512(band, oy0, taps, bias, relu, out) };
                 return;
             }
+            // The rows above and below the image: zeros, from the scratch.
+            if scratch.len() < w {
+                scratch.resize(w, 0.0);
+            }
+            let zeros = &mut scratch[..w];
+            zeros.fill(0.0);
             stride1(band, oy0, taps, bias, relu, zeros, out);
         } else {
             // The input rows split by row and column parity into four planes of `rows + 1`

@@ -252,7 +252,13 @@ unsafe fn tile(
         }
     }
     let zero = _mm512_setzero_ps();
-    for (r, acc_row) in acc.iter().enumerate().take(rows) {
+    // A loop over all eight rows with a test, not `take(rows)`: unrolled with constant indices,
+    // the accumulators stay in registers (with a run-time bound they were kept in a stack array
+    // as well, zeroed by a 1.5 KB memset per tile).
+    for (r, acc_row) in acc.iter().enumerate() {
+        if r >= rows {
+            break;
+        }
         let bias = _mm512_set1_ps(epilogue.bias[first_channel + r]);
         let out_row = out.add(r * out_stride);
         for j in 0..3 {
