@@ -1,7 +1,7 @@
 //! Each fused CPU kernel (`fastscnn_core::cpu`) against the candle-op path it replaced, at the
 //! shapes of a 768x1536 input (1/8 resolution: 96x192): the pointwise expansion of the first
 //! bottleneck, its stride-2 depthwise conv, a whole stride-1 bottleneck, and the final resize +
-//! argmax. Run with `cargo bench -p fastscnn-benches --bench kernels`.
+//! argmax; the depthwise convs also at the small maps of a 384x768 input. Run with `cargo bench -p fastscnn-benches --bench kernels`.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -69,10 +69,17 @@ fn pointwise(c: &mut Criterion) {
 }
 
 fn depthwise(c: &mut Criterion) {
-    // Stride 2: the first bottleneck's 6x-wide tensor; stride 1: the classifier's (128 channels).
-    for (channels, stride) in [(384, 2), (128, 1)] {
+    // At 96x192, stride 2: the first bottleneck's 6x-wide tensor; stride 1: the classifier's
+    // (128 channels). The small maps of a 384x768 input, where rows are 24 and 48 wide: the
+    // third group's 6x-wide tensor (12x24) and the second group's strided one (24x48).
+    for (channels, stride, (h, w)) in [
+        (384, 2, (H, W)),
+        (128, 1, (H, W)),
+        (576, 1, (12, 24)),
+        (384, 2, (24, 48)),
+    ] {
         let layer = conv(ConvConfig::depthwise(channels, stride), 5);
-        let x = random_tensor(&[1, channels, H, W], 7).unwrap();
+        let x = random_tensor(&[1, channels, h, w], 7).unwrap();
         let input = data(&x);
         let bias = layer.bias().unwrap().reshape((1, channels, 1, 1)).unwrap();
         let weight = layer.weight().clone();
@@ -83,10 +90,10 @@ fn depthwise(c: &mut Criterion) {
             stride,
             true,
         );
-        let (oh, ow) = fused.output_size(H, W);
+        let (oh, ow) = fused.output_size(h, w);
         let mut out = vec![0f32; channels * oh * ow];
         let mut group = c.benchmark_group(format!(
-            "depthwise3x3_{channels}ch_96x192_stride{stride}_relu"
+            "depthwise3x3_{channels}ch_{h}x{w}_stride{stride}_relu"
         ));
         group.bench_function("candle_custom_op_bias_relu", |b| {
             b.iter(|| {
@@ -98,7 +105,7 @@ fn depthwise(c: &mut Criterion) {
                     .unwrap()
             })
         });
-        group.bench_function("fused", |b| b.iter(|| fused.run(&input, H, W, &mut out)));
+        group.bench_function("fused", |b| b.iter(|| fused.run(&input, h, w, &mut out)));
         group.finish();
     }
 }
