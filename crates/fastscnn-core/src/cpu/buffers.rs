@@ -7,10 +7,10 @@
 
 /// A zeroed `Vec` of `len` elements whose pages the kernel may back with 2 MiB huge pages.
 ///
-/// For outputs handed to the caller (the logits are 90 MB at 768x1536), which the pool cannot
-/// keep. Zeroed memory straight from the allocator is untouched, so the pages fault in while the
-/// kernels write them, in parallel; on Linux the region is first advised `MADV_HUGEPAGE`, so they
-/// fault in 2 MiB at a time rather than 4 KiB (512 times fewer faults).
+/// For the pool's new buffers and outputs a kernel reads before it writes (the label map).
+/// Zeroed memory straight from the allocator is untouched, so the pages fault in while the kernels
+/// write them, in parallel; on Linux the region is first advised `MADV_HUGEPAGE`, so they fault in
+/// 2 MiB at a time rather than 4 KiB (512 times fewer faults).
 pub fn zeroed_vec<T: Zeroable>(len: usize) -> Vec<T> {
     let Ok(layout) = std::alloc::Layout::array::<T>(len) else {
         panic!("zeroed_vec: {len} elements overflow the address space")

@@ -1,9 +1,11 @@
-//! Dense KxK convolution (the 3x3/2 stem, OpenMMLab's 3x3 pyramid-pooling output) as im2col + GEMM
-//! over bands of output rows (the AVX-512 kernel of the 1x1 convs where the processor has it).
+//! Dense KxK convolution (the 3x3/2 stem, OpenMMLab's 3x3 pyramid-pooling output) as a GEMM over
+//! bands of output rows (the AVX-512 kernel of the 1x1 convs where the processor has it).
 //!
-//! A band's im2col matrix (in·k·k, band pixels) is small enough to stay in cache, so the full
-//! im2col matrix, 27 floats per output pixel for the stem, is never stored; bands run in parallel,
-//! each with its own scratch.
+//! A 3x3 stride-2 conv on AVX-512 (the stem) has no im2col at all: the kernel reads its rows in
+//! place from input rows split by column parity. Other shapes, and other instruction sets, build
+//! a band's im2col matrix (in·k·k, band pixels), small enough to stay in cache, so the full matrix,
+//! 27 floats per output pixel for the stem, is never stored; bands run in parallel, each with its
+//! own scratch.
 
 use rayon::prelude::*;
 

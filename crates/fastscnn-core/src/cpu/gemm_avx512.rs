@@ -1,6 +1,6 @@
-//! An AVX-512 kernel for `out = W · X` where X is channel-major (K, pixels): the pointwise convs and
-//! the im2col'd stem, with bias, shortcut, accumulation and ReLU applied to the registers before
-//! the only store.
+//! An AVX-512 kernel for `out = W · X` where X is channel-major (K, pixels) or K rows anywhere:
+//! the pointwise convs and the stem, with bias, shortcut, accumulation and ReLU applied to the
+//! registers before the only store.
 //!
 //! A general GEMM packs both operands and writes its result before any epilogue can run. Here the
 //! weights are packed once at load time, eight output channels at a time ([`PackedWeights`]),
