@@ -36,7 +36,17 @@ fn reports_median_min_and_fps() {
         );
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.starts_with(&format!("{mode} at 64x128")), "{text}");
-        assert!(text.contains("1 threads, 3 runs"), "{text}");
+        // The binary keeps freed memory for reuse where the allocator lets it (glibc).
+        let kept = cfg!(all(target_os = "linux", target_env = "gnu"));
+        let outputs = if kept {
+            "freed memory kept"
+        } else {
+            "fresh output memory"
+        };
+        assert!(
+            text.contains(&format!("1 threads, {outputs}, 3 runs")),
+            "{text}"
+        );
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let (median, min, fps) = (
@@ -47,6 +57,7 @@ fn reports_median_min_and_fps() {
         assert!(min > 0.0 && median >= min);
         assert!((fps - 1e3 / median).abs() < 1e-9);
         assert_eq!(report["mode"], mode);
+        assert_eq!(report["freed_memory_kept"], kept);
         assert!(report["engine"]
             .as_str()
             .unwrap()
@@ -91,4 +102,31 @@ fn candle_ops_time_the_path_without_the_cpu_kernels() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["engine"], "candle ops");
+}
+
+#[test]
+fn fresh_outputs_leave_the_allocator_default() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = fastscnn()
+        .arg("bench")
+        .arg("--weights")
+        .arg(golden.join("fastscnn_seed0_c19.safetensors"))
+        .args(["--size", "64x128", "--iters", "2", "--warmup", "0"])
+        .arg("--fresh-outputs")
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("fresh output memory"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["freed_memory_kept"], false);
 }

@@ -11,7 +11,9 @@
 
 use rayon::prelude::*;
 
-use super::simd::{dispatch, Isa, MulAdd};
+#[cfg(target_arch = "x86_64")]
+use super::simd::Isa;
+use super::simd::{dispatch, MulAdd};
 use crate::ops::depthwise_output_size;
 
 /// A depthwise 3x3 convolution with its BatchNorm folded in: `weight` is (channels, 9).
@@ -270,7 +272,8 @@ const NARROW: usize = 128;
 /// [`stride1_body`] on AVX-512, row by row with masked vectors: the loads at columns `x - 1` and
 /// `x + 1` leave out the lanes beyond the row's ends (the zero padding) and the last vector of a
 /// row is masked, so no output is computed one at a time; rows outside the image are skipped.
-/// Same sums in the same order as [`nine`].
+/// The nine products are summed by kernel row (three chains, then two adds), so the results may
+/// differ from [`nine`]'s in the last bit.
 ///
 /// # Safety
 /// The processor must support AVX-512F.
