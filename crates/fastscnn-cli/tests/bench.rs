@@ -69,44 +69,9 @@ fn reports_median_min_and_fps() {
     }
 }
 
-#[test]
-fn candle_ops_time_the_path_without_the_cpu_kernels() {
-    let Some(golden) = golden() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = fastscnn()
-        .arg("bench")
-        .arg("--weights")
-        .arg(golden.join("fastscnn_seed0_c19.safetensors"))
-        .args([
-            "--size",
-            "64x128",
-            "--iters",
-            "2",
-            "--warmup",
-            "0",
-            "--candle-ops",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .contains("candle ops"));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(report["engine"], "candle ops");
-}
-
-#[test]
-fn fresh_outputs_leave_the_allocator_default() {
-    let Some(golden) = golden() else { return };
+/// `fastscnn bench` on the golden safetensors at 64x128, two frames, with `extra` arguments: its
+/// text and its JSON report, the run checked to succeed.
+fn quick_bench(golden: &std::path::Path, extra: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = fastscnn()
@@ -114,7 +79,7 @@ fn fresh_outputs_leave_the_allocator_default() {
         .arg("--weights")
         .arg(golden.join("fastscnn_seed0_c19.safetensors"))
         .args(["--size", "64x128", "--iters", "2", "--warmup", "0"])
-        .arg("--fresh-outputs")
+        .args(extra)
         .arg("--json")
         .arg(&json)
         .output()
@@ -124,9 +89,22 @@ fn fresh_outputs_leave_the_allocator_default() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (String::from_utf8(out.stdout).unwrap(), report)
+}
+
+#[test]
+fn candle_ops_time_the_path_without_the_cpu_kernels() {
+    let Some(golden) = golden() else { return };
+    let (text, report) = quick_bench(&golden, &["--candle-ops"]);
+    assert!(text.contains("candle ops"), "{text}");
+    assert_eq!(report["engine"], "candle ops");
+}
+
+#[test]
+fn fresh_outputs_leave_the_allocator_default() {
+    let Some(golden) = golden() else { return };
+    let (text, report) = quick_bench(&golden, &["--fresh-outputs"]);
     assert!(text.contains("fresh output memory"), "{text}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["freed_memory_kept"], false);
 }

@@ -177,12 +177,7 @@ impl DenseConv {
         self.im2col(input, h, w, y0, rows, ow, &mut cols[..depth * n]);
         #[cfg(target_arch = "x86_64")]
         if let Some(packed) = &self.packed {
-            let epilogue = Epilogue {
-                bias: &self.bias,
-                residual: None,
-                accumulate: false,
-                relu: self.relu,
-            };
+            let epilogue = self.epilogue();
             conv1x1(
                 packed,
                 0..self.out_channels,
@@ -224,6 +219,17 @@ impl DenseConv {
         }
     }
 
+    /// The AVX-512 kernel's epilogue: the folded bias, then the ReLU if the layer has one.
+    #[cfg(target_arch = "x86_64")]
+    fn epilogue(&self) -> Epilogue<'_> {
+        Epilogue {
+            bias: &self.bias,
+            residual: None,
+            accumulate: false,
+            relu: self.relu,
+        }
+    }
+
     /// [`Self::rows_raw`] for a 3x3 stride-2 conv with padding 0 or 1 (the stem) on AVX-512, without
     /// im2col: each input row the band reads is padded and split into even and odd columns once
     /// (`scratch`), where every tap's row is a contiguous run the kernel reads in place; im2col
@@ -261,12 +267,7 @@ impl DenseConv {
             let band = Band { plane, r0: 0, h, w };
             deinterleave(band, 2 * y0 + 1 - self.padding, half, split);
         }
-        let epilogue = Epilogue {
-            bias: &self.bias,
-            residual: None,
-            accumulate: false,
-            relu: self.relu,
-        };
+        let epilogue = self.epilogue();
         // Tap kx of output column x reads padded column q = 2x + kx + 1 - padding.
         let columns = [0, 1, 2].map(|kx| {
             let q = kx + 1 - self.padding;

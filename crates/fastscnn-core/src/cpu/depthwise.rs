@@ -291,7 +291,7 @@ unsafe fn stride1_avx512(
     let w = band.w;
     let rows = out.len() / w;
     let tap = taps.map(|t| _mm512_set1_ps(t));
-    let (bias, zero) = (_mm512_set1_ps(bias), _mm512_setzero_ps());
+    let bias = _mm512_set1_ps(bias);
     let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
     let out = out.as_mut_ptr();
     // Two output rows at a time: they share two of their four input rows, and their six
@@ -330,18 +330,7 @@ unsafe fn stride1_avx512(
             });
             // Output row `i + d` takes kernel row `r` from input row `d + r`.
             for d in 0..1 + usize::from(pair) {
-                let mut sums = [bias, zero, zero];
-                for (r, sum) in sums.iter_mut().enumerate() {
-                    if let Some([a, b, c]) = loaded[d + r] {
-                        *sum = _mm512_fmadd_ps(tap[3 * r], a, *sum);
-                        *sum = _mm512_fmadd_ps(tap[3 * r + 1], b, *sum);
-                        *sum = _mm512_fmadd_ps(tap[3 * r + 2], c, *sum);
-                    }
-                }
-                let mut acc = _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), sums[2]);
-                if relu {
-                    acc = _mm512_max_ps(acc, zero);
-                }
+                let acc = kernel_rows([loaded[d], loaded[d + 1], loaded[d + 2]], &tap, bias, relu);
                 // SAFETY: `valid` keeps the store inside output row i + d.
                 unsafe { _mm512_mask_storeu_ps(out.add((i + d) * w + x), valid, acc) };
             }
@@ -418,24 +407,44 @@ unsafe fn stride2_avx512(
             }
             let valid = mask(ow - x);
             for d in 0..1 + usize::from(pair) {
-                let mut sums = [bias, zero, zero];
-                for (r, sum) in sums.iter_mut().enumerate() {
-                    if let Some([a, b, c]) = loaded[2 * d + r] {
-                        *sum = _mm512_fmadd_ps(tap[3 * r], a, *sum);
-                        *sum = _mm512_fmadd_ps(tap[3 * r + 1], b, *sum);
-                        *sum = _mm512_fmadd_ps(tap[3 * r + 2], c, *sum);
-                    }
-                }
-                let mut acc = _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), sums[2]);
-                if relu {
-                    acc = _mm512_max_ps(acc, zero);
-                }
+                let rows = [loaded[2 * d], loaded[2 * d + 1], loaded[2 * d + 2]];
+                let acc = kernel_rows(rows, &tap, bias, relu);
                 // SAFETY: `valid` keeps the store inside output row i + d.
                 unsafe { _mm512_mask_storeu_ps(out.add((i + d) * ow + x), valid, acc) };
             }
             x += 16;
         }
         i += 2;
+    }
+}
+
+/// One output vector of the AVX-512 kernels: `bias` plus each kernel row's three taps times its
+/// input row's left, centre and right vectors (`None`: a row outside the image), summed as three
+/// independent chains, then the ReLU.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn kernel_rows(
+    rows: [Option<[std::arch::x86_64::__m512; 3]>; 3],
+    tap: &[std::arch::x86_64::__m512; 9],
+    bias: std::arch::x86_64::__m512,
+    relu: bool,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    let mut sums = [bias, zero, zero];
+    for (r, (sum, row)) in sums.iter_mut().zip(rows).enumerate() {
+        if let Some([a, b, c]) = row {
+            *sum = _mm512_fmadd_ps(tap[3 * r], a, *sum);
+            *sum = _mm512_fmadd_ps(tap[3 * r + 1], b, *sum);
+            *sum = _mm512_fmadd_ps(tap[3 * r + 2], c, *sum);
+        }
+    }
+    let acc = _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), sums[2]);
+    if relu {
+        _mm512_max_ps(acc, zero)
+    } else {
+        acc
     }
 }
 
