@@ -12,6 +12,8 @@
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+use super::gemm_avx512::lane_mask;
+#[cfg(target_arch = "x86_64")]
 use super::simd::Isa;
 use super::simd::{dispatch, MulAdd};
 use crate::ops::depthwise_output_size;
@@ -292,7 +294,7 @@ unsafe fn stride1_avx512(
     let rows = out.len() / w;
     let tap = taps.map(|t| _mm512_set1_ps(t));
     let bias = _mm512_set1_ps(bias);
-    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let mask = |n: usize| lane_mask(n, 0);
     let out = out.as_mut_ptr();
     // Two output rows at a time: they share two of their four input rows, and their six
     // kernel-row sums are independent chains of three multiply-adds, which keeps the FMA units
@@ -364,7 +366,7 @@ unsafe fn stride2_avx512(
     let rows = out.len() / ow;
     let tap = taps.map(|t| _mm512_set1_ps(t));
     let (bias, zero) = (_mm512_set1_ps(bias), _mm512_setzero_ps());
-    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let mask = |n: usize| lane_mask(n, 0);
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let out = out.as_mut_ptr();

@@ -206,10 +206,11 @@ unsafe fn product(
     }
 }
 
-/// The lanes of vector `j` (of three) that hold one of `width` pixels.
+/// The lanes of vector `j` (16 floats each) of a run of `width` floats that hold one of them:
+/// the mask of a run's tail, for loads and stores that stay inside it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn lane_mask(width: usize, j: usize) -> __mmask16 {
+pub(crate) fn lane_mask(width: usize, j: usize) -> __mmask16 {
     let n = width.saturating_sub(16 * j).min(16);
     ((1u32 << n) - 1) as __mmask16
 }

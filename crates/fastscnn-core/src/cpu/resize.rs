@@ -11,6 +11,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::buffers::as_uninit;
+#[cfg(target_arch = "x86_64")]
+use super::gemm_avx512::lane_mask;
 use super::simd::{dispatch, MulAdd};
 use crate::ops::{source_index, taps};
 
@@ -114,7 +116,7 @@ unsafe fn horizontal_windows(
 ) {
     use std::arch::x86_64::*;
     let (w, ow) = (columns.w, columns.x0.len());
-    let mask = |n: usize| ((1u32 << n.min(WINDOW)) - 1) as __mmask16;
+    let mask = |n: usize| lane_mask(n, 0);
     for (row, out_row) in plane.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
         for (b, &base) in windows.base.iter().enumerate() {
             let base = base as usize;
@@ -316,7 +318,7 @@ unsafe fn blend_streaming(
     let head = (dst.align_offset(64)).min(n);
     let mut x = 0;
     let store = |x: usize, count: usize, stream: bool| {
-        let mask = ((1u32 << count) - 1) as __mmask16;
+        let mask = lane_mask(count, 0);
         // SAFETY: lanes x..x + count lie inside the three rows; streaming stores only on
         // whole, aligned vectors.
         unsafe {
