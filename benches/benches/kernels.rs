@@ -33,7 +33,7 @@ fn pointwise(c: &mut Criterion) {
     let x = random_tensor(&[1, 64, H, W], 3).unwrap();
     let input = data(&x);
     let fused = PointwiseConv::from_conv(&layer, true).unwrap();
-    let gemm_crate = fused.clone().without_avx512();
+    let gemm_crate = fused.clone().without_packed_kernel();
     let mut out = vec![0f32; 384 * H * W];
     let mut group = c.benchmark_group("pointwise_64to384_96x192_relu");
     group.bench_function("candle_matmul_bias_relu", |b| {
@@ -42,7 +42,7 @@ fn pointwise(c: &mut Criterion) {
     group.bench_function("fused_gemm_crate", |b| {
         b.iter(|| gemm_crate.run(&input, H * W, &mut out, Seed::Bias))
     });
-    group.bench_function("fused_avx512", |b| {
+    group.bench_function("fused_packed_kernel", |b| {
         b.iter(|| fused.run(&input, H * W, &mut out, Seed::Bias))
     });
     group.finish();
@@ -53,7 +53,7 @@ fn pointwise(c: &mut Criterion) {
     let x = random_tensor(&[1, 384, h, w], 13).unwrap();
     let input = data(&x);
     let fused = PointwiseConv::from_conv(&layer, false).unwrap();
-    let gemm_crate = fused.clone().without_avx512();
+    let gemm_crate = fused.clone().without_packed_kernel();
     let mut out = vec![0f32; 64 * h * w];
     let mut group = c.benchmark_group("pointwise_384to64_48x96");
     group.bench_function("candle_matmul_bias", |b| {
@@ -62,7 +62,7 @@ fn pointwise(c: &mut Criterion) {
     group.bench_function("fused_gemm_crate", |b| {
         b.iter(|| gemm_crate.run(&input, h * w, &mut out, Seed::Bias))
     });
-    group.bench_function("fused_avx512", |b| {
+    group.bench_function("fused_packed_kernel", |b| {
         b.iter(|| fused.run(&input, h * w, &mut out, Seed::Bias))
     });
     group.finish();

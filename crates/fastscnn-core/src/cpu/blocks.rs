@@ -10,7 +10,7 @@ use super::buffers::as_uninit;
 #[cfg(target_arch = "x86_64")]
 use super::epilogue::finish_row;
 #[cfg(target_arch = "x86_64")]
-use super::gemm_avx512::{Epilogue, TILE_CHANNELS};
+use super::packed_gemm::{Epilogue, TILE_CHANNELS};
 use super::resize::resize_planes;
 #[cfg(target_arch = "x86_64")]
 use super::resize::{blend, horizontal_planes, row_taps};
@@ -168,7 +168,7 @@ impl SeparableConv {
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
         #[cfg(target_arch = "x86_64")]
-        if self.pointwise.has_avx512() {
+        if self.pointwise.has_packed_kernel() {
             return self.run_fused(x, h, w, pool);
         }
         let (oh, ow) = self.depthwise.output_size(h, w);
@@ -210,7 +210,7 @@ impl SeparableConv {
         assert_eq!(x.len(), channels * h * w, "separable conv input");
         if let Some(next) = then {
             assert!(
-                next.has_avx512() && next.in_channels == pw.out_channels,
+                next.has_packed_kernel() && next.in_channels == pw.out_channels,
                 "fused 1x1 conv"
             );
         }
@@ -223,8 +223,8 @@ impl SeparableConv {
             .for_each_init(BandScratch::default, |scratch, b| {
                 let oy0 = b * band;
                 let n = band.min(oh - oy0) * ow;
-                // SAFETY: `has_avx512` was checked for both convs; bands write disjoint pixel
-                // ranges of every output plane.
+                // SAFETY: `has_packed_kernel` was checked for both convs; bands write disjoint
+                // pixel ranges of every output plane.
                 unsafe {
                     self.band(
                         x,
@@ -251,7 +251,7 @@ impl SeparableConv {
     /// pointwise half and `then` into `out` (channel rows `out_stride` apart).
     ///
     /// # Safety
-    /// Both pointwise convs must have AVX-512 weights, and `out` must be valid for writes of `n`
+    /// Both pointwise convs must have packed weights, and `out` must be valid for writes of `n`
     /// floats in each of the output channels' rows.
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
@@ -376,7 +376,7 @@ impl StemSeparable {
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
         #[cfg(target_arch = "x86_64")]
-        if self.dsconv.pointwise.has_avx512() {
+        if self.dsconv.pointwise.has_packed_kernel() {
             return self.run_fused(x, h, w, pool);
         }
         let (sh, sw) = self.stem.output_size(h, w);
@@ -415,8 +415,8 @@ impl StemSeparable {
                 stem_rows.resize(stem.out_channels * m, 0.0);
                 stem.run_rows(x, h, w, r0, r1 - r0, stem_rows, cols);
                 let n = (oy1 - oy0) * ow;
-                // SAFETY: `has_avx512` was checked; bands write disjoint pixel ranges of every
-                // output plane.
+                // SAFETY: `has_packed_kernel` was checked; bands write disjoint pixel ranges of
+                // every output plane.
                 unsafe {
                     self.dsconv.band(
                         stem_rows,
@@ -465,7 +465,7 @@ impl Bottleneck {
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
         #[cfg(target_arch = "x86_64")]
-        if self.expand.has_avx512() && self.project.has_avx512() {
+        if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
             let hidden = self.expand.out_channels * h * w;
             return if hidden >= FUSE_ABOVE {
                 self.run_fused(x, h, w, pool)
@@ -544,7 +544,7 @@ impl Bottleneck {
                         accumulate: !first,
                         relu: false,
                     };
-                    // SAFETY: `has_avx512` holds for both convs; `x` has the input rows
+                    // SAFETY: `has_packed_kernel` holds for both convs; `x` has the input rows
                     // iy0..iy1 of every input channel at stride h·w; `expanded` is
                     // (c1 - c0, m), `filtered` (c1 - c0, n); bands write disjoint pixel ranges of
                     // every output plane, and a shortcut means stride 1 with cin == cout, so the
@@ -634,8 +634,8 @@ impl Bottleneck {
                     accumulate: false,
                     relu: false,
                 };
-                // SAFETY: `has_avx512` holds for both convs; every buffer has the size the products
-                // read and write.
+                // SAFETY: `has_packed_kernel` holds for both convs; every buffer has the size the
+                // products read and write.
                 unsafe {
                     expand.gemm_slice(
                         c0..c1,
@@ -694,8 +694,8 @@ impl Bottleneck {
 #[cfg(target_arch = "x86_64")]
 const FUSE_ABOVE: usize = 1 << 20;
 
-/// Hidden channels a fused bottleneck expands at a time (a multiple of the AVX-512 kernel's
-/// eight-channel tile).
+/// Hidden channels a fused bottleneck expands at a time (a multiple of the kernels' eight-channel
+/// weight panels).
 #[cfg(target_arch = "x86_64")]
 const HIDDEN_CHUNK: usize = 32;
 
@@ -800,7 +800,7 @@ impl FeatureFusion {
         pool: &mut BufferPool,
     ) -> Buffer {
         #[cfg(target_arch = "x86_64")]
-        if self.lower.has_avx512() && self.higher.has_avx512() {
+        if self.lower.has_packed_kernel() && self.higher.has_packed_kernel() {
             return self.run_fused(higher, h, w, lower, lh, lw, pool);
         }
         let channels = self.depthwise.channels;
@@ -887,9 +887,9 @@ impl FeatureFusion {
                     dw.run_rows(c, upsampled, u0, h, w, y0, band_rows, scratch);
                 }
                 let out = dst.get().wrapping_add(y0 * w);
-                // SAFETY: `has_avx512` holds for both convs; bands write disjoint pixel ranges of
-                // every output plane; `filtered` is (channels, n) and `higher` has rows y0..y1
-                // of every channel at stride h·w.
+                // SAFETY: `has_packed_kernel` holds for both convs; bands write disjoint pixel
+                // ranges of every output plane; `filtered` is (channels, n) and `higher` has rows
+                // y0..y1 of every channel at stride h·w.
                 unsafe {
                     let lower_epilogue = Epilogue {
                         bias: &low.bias,
@@ -951,7 +951,7 @@ impl Classifier {
     pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (a, h, w) = self.dsconv1.run(x, h, w, pool);
         #[cfg(target_arch = "x86_64")]
-        if self.dsconv2.pointwise.has_avx512() && self.conv.has_avx512() {
+        if self.dsconv2.pointwise.has_packed_kernel() && self.conv.has_packed_kernel() {
             // The class scores straight from each band of the second DSConv.
             let (scores, _, _) = self
                 .dsconv2
@@ -989,7 +989,8 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
-    /// The fused paths (AVX-512 machines) against the layer-by-layer ones, which run everywhere.
+    /// The fused paths (AVX-512 and AVX2 machines) against the layer-by-layer ones, which run
+    /// everywhere.
     #[test]
     fn fused_blocks_equal_the_layer_by_layer_path() {
         let mut pool = BufferPool::default();
@@ -1014,8 +1015,8 @@ mod tests {
             .unwrap();
             let fused = Bottleneck::from_layer(&layer).unwrap();
             let plain = Bottleneck {
-                expand: fused.expand.clone().without_avx512(),
-                project: fused.project.clone().without_avx512(),
+                expand: fused.expand.clone().without_packed_kernel(),
+                project: fused.project.clone().without_packed_kernel(),
                 ..fused.clone()
             };
             let x: Vec<f32> = random_tensor(&[cin * h * w], 3).unwrap().to_vec1().unwrap();
@@ -1039,8 +1040,8 @@ mod tests {
             .unwrap();
         let fused = FeatureFusion::from_layer(&layer).unwrap();
         let plain = FeatureFusion {
-            lower: fused.lower.clone().without_avx512(),
-            higher: fused.higher.clone().without_avx512(),
+            lower: fused.lower.clone().without_packed_kernel(),
+            higher: fused.higher.clone().without_packed_kernel(),
             ..fused.clone()
         };
         let higher: Vec<f32> = random_tensor(&[24 * 37 * 45], 6)
@@ -1072,9 +1073,9 @@ mod tests {
                 dsconv: SeparableConv::from_layer(&ds).unwrap(),
             };
             let plain = StemSeparable {
-                stem: fused.stem.clone().without_avx512(),
+                stem: fused.stem.clone().without_packed_kernel(),
                 dsconv: SeparableConv {
-                    pointwise: fused.dsconv.pointwise.clone().without_avx512(),
+                    pointwise: fused.dsconv.pointwise.clone().without_packed_kernel(),
                     ..fused.dsconv.clone()
                 },
             };
@@ -1093,14 +1094,14 @@ mod tests {
         let fused = Classifier::from_layer(&layer).unwrap();
         let plain = Classifier {
             dsconv1: SeparableConv {
-                pointwise: fused.dsconv1.pointwise.clone().without_avx512(),
+                pointwise: fused.dsconv1.pointwise.clone().without_packed_kernel(),
                 ..fused.dsconv1.clone()
             },
             dsconv2: SeparableConv {
-                pointwise: fused.dsconv2.pointwise.clone().without_avx512(),
+                pointwise: fused.dsconv2.pointwise.clone().without_packed_kernel(),
                 ..fused.dsconv2.clone()
             },
-            conv: fused.conv.clone().without_avx512(),
+            conv: fused.conv.clone().without_packed_kernel(),
         };
         let x: Vec<f32> = random_tensor(&[24 * 29 * 53], 9)
             .unwrap()
@@ -1123,7 +1124,7 @@ mod tests {
             .unwrap();
             let fused = SeparableConv::from_layer(&layer).unwrap();
             let plain = SeparableConv {
-                pointwise: fused.pointwise.clone().without_avx512(),
+                pointwise: fused.pointwise.clone().without_packed_kernel(),
                 ..fused.clone()
             };
             let x: Vec<f32> = random_tensor(&[24 * 33 * 47], 5)

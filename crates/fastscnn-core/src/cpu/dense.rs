@@ -1,28 +1,27 @@
 //! Dense KxK convolution (the 3x3/2 stem, OpenMMLab's 3x3 pyramid-pooling output) as a GEMM over
-//! bands of output rows (the AVX-512 kernel of the 1x1 convs where the processor has it).
+//! bands of output rows (the kernel of the 1x1 convs where the processor has one).
 //!
-//! A 3x3 stride-2 conv on AVX-512 (the stem) has no im2col at all: the kernel reads its rows in
-//! place from input rows split by column parity. Other shapes, and other instruction sets, build
-//! a band's im2col matrix (in·k·k, band pixels), small enough to stay in cache, so the full matrix,
-//! 27 floats per output pixel for the stem, is never stored; bands run in parallel, each with its
-//! own scratch.
+//! A 3x3 stride-2 conv on that kernel (the stem) has no im2col at all: the kernel reads its rows
+//! in place from input rows split by column parity. Other shapes, and other instruction sets,
+//! build a band's im2col matrix (in·k·k, band pixels), small enough to stay in cache, so the full
+//! matrix, 27 floats per output pixel for the stem, is never stored; bands run in parallel, each
+//! with its own scratch.
 
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::Band;
 use super::epilogue::finish_row;
-use super::gemm_avx512::PackedWeights;
+use super::packed_gemm::PackedWeights;
 #[cfg(target_arch = "x86_64")]
-use super::gemm_avx512::{conv1x1, conv_gathered, Epilogue};
-use super::simd::Isa;
+use super::packed_gemm::{conv1x1, conv_gathered, Epilogue};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{dispatch, MulAdd};
 use super::SendPtr;
 
 /// A dense convolution with its BatchNorm folded in: `weight` is (out, in, k, k) row-major.
-/// [`Self::new`] packs a copy of the weights for the AVX-512 kernel: for other weights, build a
-/// new one.
+/// [`Self::new`] packs a copy of the weights for this crate's 1x1 kernel: for other weights, build
+/// a new one.
 #[derive(Debug, Clone)]
 pub struct DenseConv {
     pub weight: Vec<f32>,
@@ -33,7 +32,7 @@ pub struct DenseConv {
     pub stride: usize,
     pub padding: usize,
     pub relu: bool,
-    /// The weights packed for the AVX-512 kernel, when the processor has it.
+    /// The weights packed for this crate's kernel, when the processor has one.
     packed: Option<PackedWeights>,
 }
 
@@ -56,8 +55,7 @@ impl DenseConv {
             kernel > 0 && stride > 0,
             "dense conv kernel {kernel}, stride {stride}"
         );
-        let packed = (Isa::detected() == Isa::Avx512)
-            .then(|| PackedWeights::new(&weight, out_channels, depth));
+        let packed = PackedWeights::for_this_processor(&weight, out_channels, depth);
         Self {
             weight,
             bias,
@@ -71,9 +69,9 @@ impl DenseConv {
         }
     }
 
-    /// The same convolution through the `gemm` crate: what runs without AVX-512, and the
-    /// reference the AVX-512 path is tested against.
-    pub fn without_avx512(mut self) -> Self {
+    /// The same convolution through the `gemm` crate: what runs without AVX-512 or AVX2, and the
+    /// reference this crate's kernel is tested against.
+    pub fn without_packed_kernel(mut self) -> Self {
         self.packed = None;
         self
     }
@@ -219,7 +217,7 @@ impl DenseConv {
         }
     }
 
-    /// The AVX-512 kernel's epilogue: the folded bias, then the ReLU if the layer has one.
+    /// The kernel's epilogue: the folded bias, then the ReLU if the layer has one.
     #[cfg(target_arch = "x86_64")]
     fn epilogue(&self) -> Epilogue<'_> {
         Epilogue {
@@ -230,13 +228,13 @@ impl DenseConv {
         }
     }
 
-    /// [`Self::rows_raw`] for a 3x3 stride-2 conv with padding 0 or 1 (the stem) on AVX-512, without
-    /// im2col: each input row the band reads is padded and split into even and odd columns once
+    /// [`Self::rows_raw`] for a 3x3 stride-2 conv with padding 0 or 1 (the stem) on the kernel,
+    /// without im2col: each input row the band reads is padded and split into even and odd columns once
     /// (`scratch`), where every tap's row is a contiguous run the kernel reads in place; im2col
     /// wrote 27 floats per output pixel and split each input row three times.
     ///
     /// # Safety
-    /// As [`Self::rows_raw`]; the processor must support AVX-512F.
+    /// As [`Self::rows_raw`], with `packed` this conv's weights.
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn rows_3x3s2(
@@ -427,7 +425,7 @@ mod tests {
                 padding,
                 true,
             );
-            for conv in [fast.clone(), fast.without_avx512()] {
+            for conv in [fast.clone(), fast.without_packed_kernel()] {
                 let x: Vec<f32> = (0..cin * h * w).map(|i| value(i + 100)).collect();
                 let (oh, ow) = conv.output_size(h, w);
                 let mut out = vec![f32::NAN; cout * oh * ow];

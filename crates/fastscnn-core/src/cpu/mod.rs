@@ -4,9 +4,10 @@
 //! candle runs each conv, bias, BatchNorm and ReLU as its own pass with a freshly allocated output,
 //! and a 1x1 conv through reshapes and copies around its matrix product. Here:
 //!
-//! - a 1x1 conv ([`PointwiseConv`]) is one product on the NCHW layout, on AVX-512 machines by a
-//!   kernel whose bias, shortcut and ReLU are applied in registers before the only store
-//!   ([`PackedWeights`]), elsewhere by the `gemm` crate followed by one pass per cache-sized panel;
+//! - a 1x1 conv ([`PointwiseConv`]) is one product on the NCHW layout, on AVX-512 and AVX2
+//!   machines by a kernel whose bias, shortcut and ReLU are applied in registers before the only
+//!   store ([`PackedWeights`]), elsewhere by the `gemm` crate followed by one pass per cache-sized
+//!   panel;
 //! - depthwise convs ([`DepthwiseConv`]) are direct kernels compiled for each [`Isa`];
 //! - dense convs ([`DenseConv`]: the stem, OpenMMLab's 3x3 pyramid-pooling output) are im2col over
 //!   bands of rows and the same product;
@@ -28,9 +29,13 @@ mod buffers;
 mod dense;
 mod depthwise;
 mod epilogue;
-// Its packing is portable; the kernel, and so most of the rest, is x86-64 only.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx2;
+#[cfg(target_arch = "x86_64")]
 mod gemm_avx512;
+// Its packing is portable; the kernels, and so most of the rest, are x86-64 only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod packed_gemm;
 mod pointwise;
 mod resize;
 pub(crate) mod simd;
@@ -43,7 +48,7 @@ pub use blocks::{
 pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
-pub use gemm_avx512::PackedWeights;
+pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use resize::{resize_argmax_planes, resize_planes, resize_planes_uninit};
 pub use simd::Isa;

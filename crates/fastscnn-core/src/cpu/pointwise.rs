@@ -2,21 +2,20 @@
 //!
 //! A channel-major (C, H·W) plane is already the right-hand matrix of `W · X`, so a pointwise conv
 //! needs no im2col and no transposes. The output is cut into column panels, one per task. With
-//! AVX-512 the panel goes through this crate's kernel, which applies bias, shortcut and ReLU in
-//! registers; otherwise `gemm` writes the panel single-threaded and they are applied in one pass
-//! while it is still in cache. Either way they cost no extra trip to memory.
+//! AVX-512 or AVX2 the panel goes through this crate's kernel, which applies bias, shortcut and
+//! ReLU in registers; otherwise `gemm` writes the panel single-threaded and they are applied in
+//! one pass while it is still in cache. Either way they cost no extra trip to memory.
 
 use rayon::prelude::*;
 
 use super::epilogue::finish_row;
-use super::gemm_avx512::PackedWeights;
+use super::packed_gemm::PackedWeights;
 #[cfg(target_arch = "x86_64")]
-use super::gemm_avx512::{conv1x1, Epilogue, TILE_PIXELS};
-use super::simd::Isa;
+use super::packed_gemm::{conv1x1, Epilogue, PANEL_PIXELS};
 use super::SendPtr;
 
 /// A 1x1 convolution with its BatchNorm folded in: `weight` is (out, in) row-major. [`Self::new`]
-/// packs a copy of the weights for the AVX-512 kernel: for other weights, build a new one.
+/// packs a copy of the weights for this crate's kernel: for other weights, build a new one.
 #[derive(Debug, Clone)]
 pub struct PointwiseConv {
     pub weight: Vec<f32>,
@@ -24,7 +23,7 @@ pub struct PointwiseConv {
     pub in_channels: usize,
     pub out_channels: usize,
     pub relu: bool,
-    /// The weights packed for the AVX-512 kernel, when the processor has it.
+    /// The weights packed for this crate's kernel, when the processor has one.
     packed: Option<PackedWeights>,
 }
 
@@ -50,8 +49,7 @@ impl PointwiseConv {
     ) -> Self {
         assert_eq!(weight.len(), in_channels * out_channels, "pointwise weight");
         assert_eq!(bias.len(), out_channels, "pointwise bias");
-        let packed = (Isa::detected() == Isa::Avx512)
-            .then(|| PackedWeights::new(&weight, out_channels, in_channels));
+        let packed = PackedWeights::for_this_processor(&weight, out_channels, in_channels);
         Self {
             weight,
             bias,
@@ -63,8 +61,8 @@ impl PointwiseConv {
     }
 
     /// The same convolution run by the `gemm` crate, whatever the processor: what runs without
-    /// AVX-512, and the reference the AVX-512 kernel is tested against.
-    pub fn without_avx512(mut self) -> Self {
+    /// AVX-512 or AVX2, and the reference this crate's kernel is tested against.
+    pub fn without_packed_kernel(mut self) -> Self {
         self.packed = None;
         self
     }
@@ -79,7 +77,7 @@ impl PointwiseConv {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(packed) = &self.packed {
-            return self.run_avx512(packed, input, pixels, out, seed);
+            return self.run_packed(packed, input, pixels, out, seed);
         }
         let panel = panel_width(cout, pixels);
         let panels = pixels.div_ceil(panel);
@@ -128,7 +126,7 @@ impl PointwiseConv {
 
 impl PointwiseConv {
     #[cfg(target_arch = "x86_64")]
-    fn run_avx512(
+    fn run_packed(
         &self,
         packed: &PackedWeights,
         input: &[f32],
@@ -138,12 +136,12 @@ impl PointwiseConv {
     ) {
         // Per task, the input columns (in x panel) about a quarter of a core's L2.
         let by_cache =
-            (64 * 1024 / self.in_channels.max(1)).max(TILE_PIXELS) / TILE_PIXELS * TILE_PIXELS;
+            (64 * 1024 / self.in_channels.max(1)).max(PANEL_PIXELS) / PANEL_PIXELS * PANEL_PIXELS;
         let by_threads = pixels
             .div_ceil(4 * rayon::current_num_threads())
-            .div_ceil(TILE_PIXELS)
-            * TILE_PIXELS;
-        let panel = by_cache.min(by_threads).max(TILE_PIXELS);
+            .div_ceil(PANEL_PIXELS)
+            * PANEL_PIXELS;
+        let panel = by_cache.min(by_threads).max(PANEL_PIXELS);
         let dst = SendPtr(out.as_mut_ptr());
         let epilogue = Epilogue {
             bias: &self.bias,
@@ -158,8 +156,8 @@ impl PointwiseConv {
         (0..pixels.div_ceil(panel)).into_par_iter().for_each(|p| {
             let start = p * panel;
             let end = (start + panel).min(pixels);
-            // SAFETY: `PointwiseConv::new` packs weights only when AVX-512F is present; tasks write
-            // disjoint column ranges; `run` checked every length.
+            // SAFETY: `PointwiseConv::new` packs weights only for a kernel the processor has;
+            // tasks write disjoint column ranges; `run` checked every length.
             unsafe {
                 conv1x1(
                     packed,
@@ -179,17 +177,17 @@ impl PointwiseConv {
 }
 
 impl PointwiseConv {
-    /// Whether [`Self::gemm_slice`] can run: the processor has AVX-512 and the weights are packed.
+    /// Whether [`Self::gemm_slice`] can run: the weights are packed for this processor's kernel.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) fn has_avx512(&self) -> bool {
+    pub(crate) fn has_packed_kernel(&self) -> bool {
         self.packed.is_some()
     }
 
-    /// One task's slice of the product on the AVX-512 kernel: output channels `channels` from
+    /// One task's slice of the product on this crate's kernel: output channels `channels` from
     /// input channels `depth`, over `pixels` columns; see [`conv1x1`] for the layout.
     ///
     /// # Safety
-    /// [`Self::has_avx512`] must hold, and the pointers satisfy [`conv1x1`]'s contract.
+    /// [`Self::has_packed_kernel`] must hold, and the pointers satisfy [`conv1x1`]'s contract.
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn gemm_slice(
@@ -206,7 +204,7 @@ impl PointwiseConv {
         let packed = self
             .packed
             .as_ref()
-            .expect("gemm_slice without AVX-512 weights");
+            .expect("gemm_slice without packed weights");
         conv1x1(
             packed, channels, depth, x, x_stride, out, out_stride, 0, pixels, epilogue,
         );
@@ -280,7 +278,7 @@ mod tests {
             [(3, 5, 1, false), (64, 96, 1000, true), (17, 33, 4099, true)]
         {
             let fast = PointwiseConv::new(values(cin * cout, 1), values(cout, 2), cin, cout, relu);
-            for conv in [fast.clone(), fast.without_avx512()] {
+            for conv in [fast.clone(), fast.without_packed_kernel()] {
                 let x = values(cin * pixels, 3);
                 let residual = values(cout * pixels, 4);
                 let mut out = vec![f32::NAN; cout * pixels];
