@@ -39,57 +39,102 @@ pub(super) unsafe fn product(
     p1: usize,
     epilogue: Epilogue,
 ) {
-    STRIP.with_borrow_mut(|strip| {
-        strip.resize(depth.len(), [_mm256_setzero_ps(); 3]);
-        let mut p = p0;
-        while p < p1 {
-            let width = TILE_PIXELS.min(p1 - p);
-            let masks = [
-                lane_mask(width, 0),
-                lane_mask(width, 1),
-                lane_mask(width, 2),
-            ];
-            pack_strip(x, p, width, &masks, strip);
+    // One compiled copy per epilogue, so a tile's stores test no flags.
+    let args = (w, channels, depth, x, out, out_stride, p0, p1, epilogue);
+    match (
+        epilogue.accumulate,
+        epilogue.residual.is_some(),
+        epilogue.relu,
+    ) {
+        (false, false, false) => product_with::<false, false, false>(args),
+        (false, false, true) => product_with::<false, false, true>(args),
+        (false, true, false) => product_with::<false, true, false>(args),
+        (false, true, true) => product_with::<false, true, true>(args),
+        (true, false, false) => product_with::<true, false, false>(args),
+        (true, false, true) => product_with::<true, false, true>(args),
+        (true, true, false) => product_with::<true, true, false>(args),
+        (true, true, true) => product_with::<true, true, true>(args),
+    }
+}
+
+/// [`product`]'s arguments.
+type Args<'a, R> = (
+    &'a PackedWeights,
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    R,
+    *mut f32,
+    usize,
+    usize,
+    usize,
+    Epilogue<'a>,
+);
+
+/// [`product`] with the epilogue's choices fixed: add what the output holds (`ACCUMULATE`), add
+/// the residual (`RESIDUAL`), then the ReLU (`RELU`).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn product_with<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU: bool>(
+    (w, channels, depth, x, out, out_stride, p0, p1, epilogue): Args<impl Rows>,
+) {
+    let k = depth.len();
+    STRIPS.with_borrow_mut(|strips| {
+        strips.resize(STRIPS_PER_BLOCK * k, [_mm256_setzero_ps(); 3]);
+        let mut block = p0;
+        while block < p1 {
+            let end = (block + STRIPS_PER_BLOCK * TILE_PIXELS).min(p1);
+            let count = (end - block).div_ceil(TILE_PIXELS);
+            for (s, strip) in strips.chunks_exact_mut(k.max(1)).take(count).enumerate() {
+                let p = block + s * TILE_PIXELS;
+                pack_strip(x, p, TILE_PIXELS.min(end - p), strip);
+            }
             let mut channel = channels.start;
             while channel < channels.end {
-                let tile = Tile {
-                    weights: w.at(channel, depth.start),
-                    out: out.add((channel - channels.start) * out_stride + p),
-                    out_stride,
-                    rows: TILE_ROWS.min(channels.end - channel),
-                    first_channel: channel,
-                    first_pixel: p,
-                };
-                let sums = tile.sums(strip);
-                if width == TILE_PIXELS {
-                    tile.store::<true>(sums, &masks, epilogue);
-                } else {
-                    tile.store::<false>(sums, &masks, epilogue);
+                for s in 0..count {
+                    let p = block + s * TILE_PIXELS;
+                    let width = TILE_PIXELS.min(end - p);
+                    let tile = Tile {
+                        weights: w.at(channel, depth.start),
+                        out: out.add((channel - channels.start) * out_stride + p),
+                        out_stride,
+                        rows: TILE_ROWS.min(channels.end - channel),
+                        first_channel: channel,
+                        first_pixel: p,
+                    };
+                    let sums = tile.sums(&strips[s * k..(s + 1) * k]);
+                    let bias = epilogue.bias;
+                    let residual = epilogue.residual.unwrap_or(std::ptr::null());
+                    if width == TILE_PIXELS {
+                        tile.store::<true, ACCUMULATE, RESIDUAL, RELU>(sums, width, bias, residual);
+                    } else {
+                        tile.store::<false, ACCUMULATE, RESIDUAL, RELU>(
+                            sums, width, bias, residual,
+                        );
+                    }
                 }
                 channel += TILE_ROWS;
             }
-            p += width;
+            block = end;
         }
     })
 }
 
+/// Strips packed and run through every channel tile together: each output row is written
+/// `STRIPS_PER_BLOCK` tiles (384 bytes) at a time instead of one, which kept outputs that do not
+/// fit in cache from being written a partial line per row per strip.
+const STRIPS_PER_BLOCK: usize = 4;
+
 thread_local! {
-    /// The strip of X the tiles read: K rows of 24 pixels, one after another.
-    static STRIP: RefCell<Vec<[__m256; 3]>> = const { RefCell::new(Vec::new()) };
+    /// The strips of X the tiles read: each K rows of 24 pixels, one after another.
+    static STRIPS: RefCell<Vec<[__m256; 3]>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Pixels `p..p + width` of every row of X into `strip`, the lanes past them (`masks`) as zeros.
+/// Pixels `p..p + width` of every row of X into `strip`, the lanes past them as zeros.
 /// X's rows are a feature map's planes, often a multiple of 4 KiB apart: read in place, a strip's
 /// rows all fell in the same few L1 sets and came from L2 every time.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn pack_strip(
-    x: impl Rows,
-    p: usize,
-    width: usize,
-    masks: &[__m256i; 3],
-    strip: &mut [[__m256; 3]],
-) {
+unsafe fn pack_strip(x: impl Rows, p: usize, width: usize, strip: &mut [[__m256; 3]]) {
+    let masks = lane_masks(width);
     for (k, packed) in strip.iter_mut().enumerate() {
         let row = x.row(k).add(p);
         *packed = if width == TILE_PIXELS {
@@ -119,14 +164,16 @@ struct Tile {
 /// A tile's sums: [channel][vector of 8 pixels].
 type Sums = [[__m256; 3]; TILE_ROWS];
 
-/// The lanes of vector `j` (8 floats each) of a run of `width` floats that hold one of them, as
-/// AVX2's masked moves take it: a lane is on when its sign bit is set.
+/// For each of a tile's three vectors (8 floats each), its lanes that hold one of a run of
+/// `width` floats, as AVX2's masked moves take them: a lane is on when its sign bit is set.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn lane_mask(width: usize, j: usize) -> __m256i {
-    let n = width.saturating_sub(8 * j).min(8) as i32;
+unsafe fn lane_masks(width: usize) -> [__m256i; 3] {
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes)
+    [0, 1, 2].map(|j| {
+        let n = width.saturating_sub(8 * j).min(8) as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes)
+    })
 }
 
 impl Tile {
@@ -210,42 +257,79 @@ impl Tile {
     /// Inlined into [`product`], whose target features it runs with: as a call of its own it
     /// took the twelve sums through memory.
     #[inline(always)]
-    unsafe fn store<const FULL: bool>(self, sums: Sums, masks: &[__m256i; 3], epilogue: Epilogue) {
-        let load = |at: *const f32, j: usize| {
+    unsafe fn store<
+        const FULL: bool,
+        const ACCUMULATE: bool,
+        const RESIDUAL: bool,
+        const RELU: bool,
+    >(
+        self,
+        sums: Sums,
+        width: usize,
+        bias: &[f32],
+        residual: *const f32,
+    ) {
+        let masks = lane_masks(width);
+        let [s0, s1, s2, s3] = sums;
+        // Spelt out rather than a loop over the array, which LLVM kept on the stack, or a
+        // closure, which has none of `product`'s target features.
+        self.store_row::<FULL, ACCUMULATE, RESIDUAL, RELU>(0, s0, &masks, bias, residual);
+        if self.rows > 1 {
+            self.store_row::<FULL, ACCUMULATE, RESIDUAL, RELU>(1, s1, &masks, bias, residual);
+        }
+        if self.rows > 2 {
+            self.store_row::<FULL, ACCUMULATE, RESIDUAL, RELU>(2, s2, &masks, bias, residual);
+        }
+        if self.rows > 3 {
+            self.store_row::<FULL, ACCUMULATE, RESIDUAL, RELU>(3, s3, &masks, bias, residual);
+        }
+    }
+
+    /// Row `r` of [`Self::store`]; `residual` is used only when `RESIDUAL`.
+    #[inline(always)]
+    unsafe fn store_row<
+        const FULL: bool,
+        const ACCUMULATE: bool,
+        const RESIDUAL: bool,
+        const RELU: bool,
+    >(
+        self,
+        r: usize,
+        sums: [__m256; 3],
+        masks: &[__m256i; 3],
+        bias: &[f32],
+        residual: *const f32,
+    ) {
+        let channel = self.first_channel + r;
+        let bias = _mm256_set1_ps(bias[channel]);
+        let out_row = self.out.add(r * self.out_stride);
+        let residual_row = residual.wrapping_add(channel * self.out_stride + self.first_pixel);
+        for (j, sum) in sums.into_iter().enumerate() {
+            let mut v = _mm256_add_ps(sum, bias);
+            if ACCUMULATE {
+                v = _mm256_add_ps(v, load::<FULL>(out_row.add(8 * j), masks[j]));
+            }
+            if RESIDUAL {
+                v = _mm256_add_ps(v, load::<FULL>(residual_row.add(8 * j), masks[j]));
+            }
+            if RELU {
+                v = _mm256_max_ps(v, _mm256_setzero_ps());
+            }
             if FULL {
-                _mm256_loadu_ps(at)
+                _mm256_storeu_ps(out_row.add(8 * j), v);
             } else {
-                _mm256_maskload_ps(at, masks[j])
-            }
-        };
-        let zero = _mm256_setzero_ps();
-        // A loop over all rows with a test rather than `take(rows)`, so it unrolls with constant
-        // indices and the sums stay in registers.
-        for (r, row_sums) in sums.iter().enumerate() {
-            if r >= self.rows {
-                break;
-            }
-            let channel = self.first_channel + r;
-            let bias = _mm256_set1_ps(epilogue.bias[channel]);
-            let out_row = self.out.add(r * self.out_stride);
-            for (j, &sum) in row_sums.iter().enumerate() {
-                let mut v = _mm256_add_ps(sum, bias);
-                if epilogue.accumulate {
-                    v = _mm256_add_ps(v, load(out_row.add(8 * j), j));
-                }
-                if let Some(residual) = epilogue.residual {
-                    let at = channel * self.out_stride + self.first_pixel + 8 * j;
-                    v = _mm256_add_ps(v, load(residual.add(at), j));
-                }
-                if epilogue.relu {
-                    v = _mm256_max_ps(v, zero);
-                }
-                if FULL {
-                    _mm256_storeu_ps(out_row.add(8 * j), v);
-                } else {
-                    _mm256_maskstore_ps(out_row.add(8 * j), masks[j], v);
-                }
+                _mm256_maskstore_ps(out_row.add(8 * j), masks[j], v);
             }
         }
+    }
+}
+
+/// Eight floats at `at`: all of them in a full tile, the lanes of `mask` in a tail.
+#[inline(always)]
+unsafe fn load<const FULL: bool>(at: *const f32, mask: __m256i) -> __m256 {
+    if FULL {
+        _mm256_loadu_ps(at)
+    } else {
+        _mm256_maskload_ps(at, mask)
     }
 }
