@@ -4,10 +4,10 @@
 //! full-width vector FMAs over runs of outputs. At stride 1 the runs are read straight from the
 //! input, at stride 2 from a scratch copy split by row and column parity, where the strided taps
 //! are contiguous too. Either way a band of rows is one flat run, its border column(s) redone
-//! after, so the small maps pay no per-row loop tails. On AVX-512, rows up to [`NARROW`] wide
-//! (the bottlenecks' maps) run kernels written with intrinsics instead: masked vectors for the
-//! borders and row ends, two output rows at a time for independent sums, stride 2 split into
-//! even and odd columns in registers.
+//! after, so the small maps pay no per-row loop tails. On AVX-512, and at stride 1 on AVX2, rows
+//! up to [`NARROW`] wide (the bottlenecks' maps) run kernels written with intrinsics instead:
+//! masked vectors for the borders and row ends, two output rows at a time for independent sums,
+//! stride 2 split into even and odd columns in registers.
 
 use rayon::prelude::*;
 
@@ -116,6 +116,12 @@ impl DepthwiseConv {
             if w <= NARROW && Isa::detected() == Isa::Avx512 {
                 // SAFETY: the processor has AVX-512F.
                 unsafe { stride1_avx512(band, oy0, taps, bias, relu, out) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if w <= NARROW && Isa::detected() == Isa::Avx2 {
+                // SAFETY: the processor has AVX2 and FMA.
+                unsafe { stride1_avx2(band, oy0, taps, bias, relu, out) };
                 return;
             }
             // The rows above and below the image: zeros, from the scratch.
@@ -420,33 +426,164 @@ unsafe fn stride2_avx512(
     }
 }
 
-/// One output vector of the AVX-512 kernels: `bias` plus each kernel row's three taps times its
+/// One output vector of the intrinsic kernels: `bias` plus each kernel row's three taps times its
 /// input row's left, centre and right vectors (`None`: a row outside the image), summed as three
 /// independent chains, then the ReLU.
+///
+/// # Safety
+/// The processor must have `V`'s instructions; inlined into a kernel compiled for them.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn kernel_rows(
-    rows: [Option<[std::arch::x86_64::__m512; 3]>; 3],
-    tap: &[std::arch::x86_64::__m512; 9],
-    bias: std::arch::x86_64::__m512,
-    relu: bool,
-) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let zero = _mm512_setzero_ps();
+#[inline(always)]
+unsafe fn kernel_rows<V: Lanes>(rows: [Option<[V; 3]>; 3], tap: &[V; 9], bias: V, relu: bool) -> V {
+    let zero = V::zero();
     let mut sums = [bias, zero, zero];
     for (r, (sum, row)) in sums.iter_mut().zip(rows).enumerate() {
         if let Some([a, b, c]) = row {
-            *sum = _mm512_fmadd_ps(tap[3 * r], a, *sum);
-            *sum = _mm512_fmadd_ps(tap[3 * r + 1], b, *sum);
-            *sum = _mm512_fmadd_ps(tap[3 * r + 2], c, *sum);
+            *sum = tap[3 * r].mul_add(a, *sum);
+            *sum = tap[3 * r + 1].mul_add(b, *sum);
+            *sum = tap[3 * r + 2].mul_add(c, *sum);
         }
     }
-    let acc = _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), sums[2]);
+    let acc = sums[0].add(sums[1]).add(sums[2]);
     if relu {
-        _mm512_max_ps(acc, zero)
+        acc.max(zero)
     } else {
         acc
+    }
+}
+
+/// The vector arithmetic of [`kernel_rows`], for AVX-512's and AVX2's registers.
+#[cfg(target_arch = "x86_64")]
+trait Lanes: Copy {
+    unsafe fn zero() -> Self;
+    /// `self * a + b`, fused.
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    unsafe fn add(self, other: Self) -> Self;
+    unsafe fn max(self, other: Self) -> Self;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for std::arch::x86_64::__m512 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        std::arch::x86_64::_mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        std::arch::x86_64::_mm512_fmadd_ps(self, a, b)
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        std::arch::x86_64::_mm512_add_ps(self, other)
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        std::arch::x86_64::_mm512_max_ps(self, other)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for std::arch::x86_64::__m256 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        std::arch::x86_64::_mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        std::arch::x86_64::_mm256_fmadd_ps(self, a, b)
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        std::arch::x86_64::_mm256_add_ps(self, other)
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        std::arch::x86_64::_mm256_max_ps(self, other)
+    }
+}
+
+/// [`stride1_avx512`] on AVX2: eight lanes, plain loads and stores inside the row and masked
+/// ones at its ends (AVX2's masked stores are slow on AMD, so only a row's tail uses them).
+///
+/// # Safety
+/// The processor must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn stride1_avx2(
+    band: Band,
+    oy0: usize,
+    taps: &[f32; 9],
+    bias: f32,
+    relu: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let w = band.w;
+    let rows = out.len() / w;
+    let tap = taps.map(|t| _mm256_set1_ps(t));
+    let bias = _mm256_set1_ps(bias);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Lanes below `n` (at most 8), as the masked moves take them.
+    let mask = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes);
+    let not_first = _mm256_cmpgt_epi32(lanes, _mm256_setzero_si256());
+    let out = out.as_mut_ptr();
+    let mut i = 0;
+    while i < rows {
+        let pair = i + 1 < rows;
+        let oy = (oy0 + i) as isize;
+        let input = [
+            band.row(oy - 1),
+            band.row(oy),
+            band.row(oy + 1),
+            if pair { band.row(oy + 2) } else { None },
+        ];
+        let mut x = 0;
+        while x < w {
+            let n = w - x;
+            // Columns x - 1 ..= x + 8 all inside the row.
+            let inside = x > 0 && n > 8;
+            let valid = mask(n);
+            let left = if x == 0 {
+                _mm256_and_si256(valid, not_first)
+            } else {
+                valid
+            };
+            let right = mask(n - 1);
+            let loaded = input.map(|row| {
+                row.map(|row| {
+                    let at = row.as_ptr().add(x);
+                    // SAFETY: inside the row, plain loads stay in it; at its ends the masks
+                    // keep every accessed lane inside it, and masked-out lanes never fault.
+                    unsafe {
+                        if inside {
+                            [
+                                _mm256_loadu_ps(at.sub(1)),
+                                _mm256_loadu_ps(at),
+                                _mm256_loadu_ps(at.add(1)),
+                            ]
+                        } else {
+                            [
+                                _mm256_maskload_ps(at.wrapping_sub(1), left),
+                                _mm256_maskload_ps(at, valid),
+                                _mm256_maskload_ps(at.wrapping_add(1), right),
+                            ]
+                        }
+                    }
+                })
+            });
+            // Output row `i + d` takes kernel row `r` from input row `d + r`.
+            for d in 0..1 + usize::from(pair) {
+                let acc = kernel_rows([loaded[d], loaded[d + 1], loaded[d + 2]], &tap, bias, relu);
+                let at = out.add((i + d) * w + x);
+                if n >= 8 {
+                    _mm256_storeu_ps(at, acc);
+                } else {
+                    _mm256_maskstore_ps(at, valid, acc);
+                }
+            }
+            x += 8;
+        }
+        i += 2;
     }
 }
 
