@@ -218,29 +218,27 @@ impl SeparableConv {
         let mut out = pool.take(out_channels * oh * ow);
         let band = band_rows(channels * ow, oh);
         let dst = SendPtr(out.as_mut_ptr());
-        (0..oh.div_ceil(band))
-            .into_par_iter()
-            .for_each_init(BandScratch::default, |scratch, b| {
-                let oy0 = b * band;
-                let n = band.min(oh - oy0) * ow;
-                // SAFETY: `has_packed_kernel` was checked for both convs; bands write disjoint
-                // pixel ranges of every output plane.
-                unsafe {
-                    self.band(
-                        x,
-                        h * w,
-                        0,
-                        h,
-                        w,
-                        oy0,
-                        n,
-                        then,
-                        dst.get().add(oy0 * ow),
-                        oh * ow,
-                        scratch,
-                    )
-                };
+        (0..oh.div_ceil(band)).into_par_iter().for_each(|b| {
+            let oy0 = b * band;
+            let n = band.min(oh - oy0) * ow;
+            // SAFETY: `has_packed_kernel` was checked for both convs; bands write disjoint
+            // pixel ranges of every output plane.
+            with_task_scratch(|task| unsafe {
+                self.band(
+                    x,
+                    h * w,
+                    0,
+                    h,
+                    w,
+                    oy0,
+                    n,
+                    then,
+                    dst.get().add(oy0 * ow),
+                    oh * ow,
+                    &mut task.band,
+                )
             });
+        });
         (out, oh, ow)
     }
 }
@@ -271,7 +269,7 @@ impl SeparableConv {
     ) {
         let (dw, pw) = (&self.depthwise, &self.pointwise);
         let channels = dw.channels;
-        scratch.filtered.resize(channels * n, 0.0);
+        let filtered = grown(&mut scratch.filtered, channels * n);
         dw.run_band(
             0,
             planes,
@@ -281,7 +279,7 @@ impl SeparableConv {
             w,
             oy0,
             n,
-            &mut scratch.filtered,
+            filtered,
             &mut scratch.rows,
         );
         let epilogue = Epilogue {
@@ -294,7 +292,7 @@ impl SeparableConv {
             pw.gemm_slice(
                 0..pw.out_channels,
                 0..channels,
-                scratch.filtered.as_ptr(),
+                filtered.as_ptr(),
                 n,
                 out,
                 out_stride,
@@ -303,12 +301,11 @@ impl SeparableConv {
             );
             return;
         };
-        let separable = &mut scratch.separable;
-        separable.resize(pw.out_channels * n, 0.0);
+        let separable = grown(&mut scratch.separable, pw.out_channels * n);
         pw.gemm_slice(
             0..pw.out_channels,
             0..channels,
-            scratch.filtered.as_ptr(),
+            filtered.as_ptr(),
             n,
             separable.as_mut_ptr(),
             n,
@@ -334,7 +331,7 @@ impl SeparableConv {
     }
 }
 
-/// A task's buffers for [`SeparableConv::band`], reused from band to band.
+/// A task's buffers for [`SeparableConv::band`].
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug, Default)]
 struct BandScratch {
@@ -342,6 +339,43 @@ struct BandScratch {
     separable: Vec<f32>,
     /// The depthwise kernel's row scratch.
     rows: Vec<f32>,
+}
+
+/// The buffers of one band task of a fused block: a [`BandScratch`] and three more for what the
+/// block computes around it (stem rows, expanded or upsampled rows, filtered rows, the depthwise
+/// kernel's scratch).
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Default)]
+struct TaskScratch {
+    band: BandScratch,
+    first: Vec<f32>,
+    second: Vec<f32>,
+    third: Vec<f32>,
+}
+
+/// Runs `f` with this thread's [`TaskScratch`], kept between tasks, blocks and frames: with
+/// rayon's `for_each_init`, state built anew for every piece of work a loop splits off, the
+/// fresh buffers' zeroing was 1.4% of a 384x768 frame. (A nested call, which the blocks never
+/// make, gets fresh buffers instead of failing.)
+#[cfg(target_arch = "x86_64")]
+fn with_task_scratch<R>(f: impl FnOnce(&mut TaskScratch) -> R) -> R {
+    thread_local! {
+        static KEPT: std::cell::RefCell<TaskScratch> = std::cell::RefCell::default();
+    }
+    KEPT.with(|kept| match kept.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut TaskScratch::default()),
+    })
+}
+
+/// The first `n` floats of `buffer`, grown (with zeros) if it is shorter but never shrunk, so a
+/// kept buffer lent for various sizes is written by nothing but its users.
+#[cfg(target_arch = "x86_64")]
+fn grown(buffer: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buffer.len() < n {
+        buffer.resize(n, 0.0);
+    }
+    &mut buffer[..n]
 }
 
 /// Output rows per band of a fused block: the band's intermediate (`floats_per_row` per output
@@ -404,16 +438,15 @@ impl StemSeparable {
         // is at least two rows so the shared stem row is not recomputed too often.
         let band = band_rows(channels * sw * stride / 2, oh).max(2).min(oh);
         let dst = SendPtr(out.as_mut_ptr());
-        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), BandScratch::default()),
-            |(stem_rows, cols, scratch): &mut (Vec<f32>, Vec<f32>, BandScratch), b| {
+        (0..oh.div_ceil(band)).into_par_iter().for_each(|b| {
+            with_task_scratch(|task| {
                 let oy0 = b * band;
                 let oy1 = (oy0 + band).min(oh);
                 let r0 = (oy0 * stride).saturating_sub(1);
                 let r1 = ((oy1 - 1) * stride + 2).min(sh);
                 let m = (r1 - r0) * sw;
-                stem_rows.resize(stem.out_channels * m, 0.0);
-                stem.run_rows(x, h, w, r0, r1 - r0, stem_rows, cols);
+                let stem_rows = grown(&mut task.first, stem.out_channels * m);
+                stem.run_rows(x, h, w, r0, r1 - r0, stem_rows, &mut task.second);
                 let n = (oy1 - oy0) * ow;
                 // SAFETY: `has_packed_kernel` was checked; bands write disjoint pixel ranges of
                 // every output plane.
@@ -429,11 +462,11 @@ impl StemSeparable {
                         None,
                         dst.get().add(oy0 * ow),
                         oh * ow,
-                        scratch,
+                        &mut task.band,
                     )
                 };
-            },
-        );
+            })
+        });
         (out, oh, ow)
     }
 }
@@ -518,9 +551,8 @@ impl Bottleneck {
         let band = band_rows(HIDDEN_CHUNK * w * stride / 2, oh);
         let dst = SendPtr(out.as_mut_ptr());
         let zeros = vec![0f32; cout];
-        (0..oh.div_ceil(band)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(expanded, filtered, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>), b| {
+        (0..oh.div_ceil(band)).into_par_iter().for_each(|b| {
+            with_task_scratch(|task| {
                 let oy0 = b * band;
                 let oy1 = (oy0 + band).min(oh);
                 let n = (oy1 - oy0) * ow;
@@ -529,8 +561,8 @@ impl Bottleneck {
                 let m = (iy1 - iy0) * w;
                 for c0 in (0..hidden).step_by(HIDDEN_CHUNK) {
                     let c1 = (c0 + HIDDEN_CHUNK).min(hidden);
-                    expanded.resize((c1 - c0) * m, 0.0);
-                    filtered.resize((c1 - c0) * n, 0.0);
+                    let expanded = grown(&mut task.first, (c1 - c0) * m);
+                    let filtered = grown(&mut task.second, (c1 - c0) * n);
                     let expand_epilogue = Epilogue {
                         bias: &expand.bias,
                         residual: None,
@@ -561,7 +593,18 @@ impl Bottleneck {
                             expand_epilogue,
                         );
                     }
-                    dw.run_band(c0, expanded, m, iy0, h, w, oy0, n, filtered, scratch);
+                    dw.run_band(
+                        c0,
+                        expanded,
+                        m,
+                        iy0,
+                        h,
+                        w,
+                        oy0,
+                        n,
+                        filtered,
+                        &mut task.third,
+                    );
                     // SAFETY: as above.
                     unsafe {
                         project.gemm_slice(
@@ -576,8 +619,8 @@ impl Bottleneck {
                         );
                     }
                 }
-            },
-        );
+            })
+        });
         (out, oh, ow)
     }
 }
@@ -618,9 +661,9 @@ impl Bottleneck {
                 )
             })
             .collect();
-        work.par_iter_mut().enumerate().for_each_init(
-            Vec::new,
-            |scratch, (t, (expanded, filtered, partial))| {
+        work.par_iter_mut()
+            .enumerate()
+            .for_each(|(t, (expanded, filtered, partial))| {
                 let (c0, c1) = (t * share, ((t + 1) * share).min(hidden));
                 let expand_epilogue = Epilogue {
                     bias: &expand.bias,
@@ -648,7 +691,9 @@ impl Bottleneck {
                         expand_epilogue,
                     );
                 }
-                dw.run_band(c0, expanded, m, 0, h, w, 0, n, filtered, scratch);
+                with_task_scratch(|task| {
+                    dw.run_band(c0, expanded, m, 0, h, w, 0, n, filtered, &mut task.third)
+                });
                 // SAFETY: as above.
                 unsafe {
                     project.gemm_slice(
@@ -662,8 +707,7 @@ impl Bottleneck {
                         project_epilogue,
                     );
                 }
-            },
-        );
+            });
         let mut out = pool.take(cout * n);
         let partials: Vec<&[f32]> = work.iter().map(|(_, _, partial)| &partial[..]).collect();
         let (first, rest) = partials.split_first().expect("at least one task");
@@ -860,16 +904,15 @@ impl FeatureFusion {
         let mut out = pool.take(low.out_channels * h * w);
         let band = band_rows(channels * w, h);
         let dst = SendPtr(out.as_mut_ptr());
-        (0..h.div_ceil(band)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(upsampled, filtered, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>), b| {
+        (0..h.div_ceil(band)).into_par_iter().for_each(|b| {
+            with_task_scratch(|task| {
                 let y0 = b * band;
                 let y1 = (y0 + band).min(h);
                 let n = (y1 - y0) * w;
                 // The depthwise conv reads one upsampled row above and below the band.
                 let (u0, u1) = (y0.saturating_sub(1), (y1 + 1).min(h));
-                upsampled.resize((u1 - u0) * w, 0.0);
-                filtered.resize(channels * n, 0.0);
+                let upsampled = grown(&mut task.first, (u1 - u0) * w);
+                let filtered = grown(&mut task.second, channels * n);
                 for (c, band_rows) in filtered.chunks_exact_mut(n).enumerate() {
                     let plane = &widened_rows[c * lh * w..(c + 1) * lh * w];
                     for (row, &(s0, s1, wy0, wy1)) in
@@ -884,7 +927,7 @@ impl FeatureFusion {
                             unsafe { as_uninit(row) },
                         );
                     }
-                    dw.run_rows(c, upsampled, u0, h, w, y0, band_rows, scratch);
+                    dw.run_rows(c, upsampled, u0, h, w, y0, band_rows, &mut task.third);
                 }
                 let out = dst.get().wrapping_add(y0 * w);
                 // SAFETY: `has_packed_kernel` holds for both convs; bands write disjoint pixel
@@ -924,8 +967,8 @@ impl FeatureFusion {
                         higher_epilogue,
                     );
                 }
-            },
-        );
+            })
+        });
         pool.give(widened);
         out
     }
