@@ -437,6 +437,75 @@ dispatch!(
     ) => argmax_row_body
 );
 
+/// [`argmax_row`] on AVX2, written with intrinsics: compiled from the portable body, the running
+/// best score's and label's conditional updates became masked stores (`vmaskmovps`), which AMD's
+/// processors run at a fraction of the rate of an ordinary store; here the blends are stored
+/// whole. The same passes, arithmetic (two products, one sum) and tie rule (a later class must
+/// score higher), so the labels are identical.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn argmax_row_avx2(
+    horizontal: &[f32],
+    classes: usize,
+    plane: usize,
+    (y0, y1, wy0, wy1): (usize, usize, f32, f32),
+    best: &mut [f32],
+    labels: &mut [u32],
+) {
+    use std::arch::{asm, x86_64::*};
+    let ow = labels.len();
+    let best = &mut best[..ow];
+    let (a, b) = (_mm256_set1_ps(wy0), _mm256_set1_ps(wy1));
+    let vectors = ow / 8 * 8;
+    for class in 0..classes {
+        let base = &horizontal[class * plane..(class + 1) * plane];
+        let (top, bottom) = (&base[y0 * ow..][..ow], &base[y1 * ow..][..ow]);
+        let id = _mm256_castsi256_ps(_mm256_set1_epi32(class as i32));
+        for x in (0..vectors).step_by(8) {
+            // SAFETY: x + 8 <= ow, the length of all four rows.
+            unsafe {
+                let t = _mm256_loadu_ps(top.as_ptr().add(x));
+                let d = _mm256_loadu_ps(bottom.as_ptr().add(x));
+                let v = _mm256_add_ps(_mm256_mul_ps(a, t), _mm256_mul_ps(b, d));
+                let best_at = best.as_mut_ptr().add(x);
+                let label_at = labels.as_mut_ptr().add(x).cast::<f32>();
+                if class == 0 {
+                    _mm256_storeu_ps(best_at, v);
+                    _mm256_storeu_ps(label_at, _mm256_setzero_ps());
+                    continue;
+                }
+                let old = _mm256_loadu_ps(best_at);
+                let wins = _mm256_cmp_ps::<_CMP_GT_OQ>(v, old);
+                // The labels' bits, carried through float blends.
+                let label = _mm256_loadu_ps(label_at);
+                let mut blended = [
+                    _mm256_blendv_ps(old, v, wins),
+                    _mm256_blendv_ps(label, id, wins),
+                ];
+                // Opaque to LLVM, which turns a blend with what was loaded from the same place
+                // back into a masked store even when it is written with intrinsics.
+                asm!(
+                    "/* {0} {1} */",
+                    inout(ymm_reg) blended[0],
+                    inout(ymm_reg) blended[1],
+                    options(pure, nomem, nostack),
+                );
+                _mm256_storeu_ps(best_at, blended[0]);
+                _mm256_storeu_ps(label_at, blended[1]);
+            }
+        }
+        for x in vectors..ow {
+            let v = wy0 * top[x] + wy1 * bottom[x];
+            if class == 0 || v > best[x] {
+                (best[x], labels[x]) = (v, class as u32);
+            }
+        }
+    }
+}
+
 /// The argmax over classes of `resize_planes(scores)` at `oh`x`ow`, into `labels` (oh, ow), the
 /// first class winning ties; `scratch`, at least `classes * h * ow` long, holds the horizontally
 /// interpolated scores (kept by the caller, so repeated frames allocate nothing).
@@ -470,6 +539,14 @@ pub fn resize_argmax_planes(
         |best, (oy, row)| {
             let (y0, y1, l) = source_index(oy, h, oh, align_corners);
             let (wy0, wy1) = ((1.0 - l) as f32, l as f32);
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::Isa::detected() == super::simd::Isa::Avx2 {
+                let rows = (y0, y1, wy0, wy1);
+                // SAFETY: the processor has AVX2.
+                return unsafe {
+                    argmax_row_avx2(horizontal_scores, classes, plane, rows, best, row)
+                };
+            }
             argmax_row(
                 horizontal_scores,
                 classes,
