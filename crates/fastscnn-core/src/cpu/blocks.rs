@@ -500,7 +500,7 @@ impl Bottleneck {
         #[cfg(target_arch = "x86_64")]
         if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
             let hidden = self.expand.out_channels * h * w;
-            return if hidden >= FUSE_ABOVE {
+            return if hidden >= fuse_above() {
                 self.run_fused(x, h, w, pool)
             } else {
                 self.run_split(x, h, w, pool)
@@ -734,10 +734,17 @@ impl Bottleneck {
 /// Hidden tensors (in floats) worth cutting into bands: smaller ones stay in the last-level cache
 /// anyway, and their bands would be so thin that recomputing the shared input rows costs more
 /// than the memory traffic saved; they are split by channels instead, one parallel region per
-/// block. (Measured: the three-region layer-by-layer path lost to one or the other at every
-/// size, by 3-4% of the frame where it ran, 0.4-0.9 M floats.)
-#[cfg(target_arch = "x86_64")]
-const FUSE_ABOVE: usize = 1 << 20;
+/// block. (Measured on AVX-512: the three-region layer-by-layer path lost to one or the other at
+/// every size, by 3-4% of the frame where it ran, 0.4-0.9 M floats.) 1 M floats on AVX-512; 2 M
+/// on AVX2, where the 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 ran 5-30% faster split
+/// (bands of four rows there expanded half as many rows again).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn fuse_above() -> usize {
+    match super::simd::Isa::detected() {
+        super::simd::Isa::Avx2 => 2 << 20,
+        super::simd::Isa::Avx512 | super::simd::Isa::Portable => 1 << 20,
+    }
+}
 
 /// Hidden channels a fused bottleneck expands at a time (a multiple of the kernels' eight-channel
 /// weight panels). On AVX2, 64: chunks of 32 packed the band's input and re-read its output for
@@ -1045,15 +1052,17 @@ mod tests {
     #[test]
     fn fused_blocks_equal_the_layer_by_layer_path() {
         let mut pool = BufferPool::default();
-        // Big enough for the bottleneck's hidden tensor to pass FUSE_ABOVE, odd-sized.
+        // Big enough for the bottleneck's hidden tensor to pass `fuse_above`, odd-sized, with
+        // a last hidden chunk shorter than the others.
         for (cin, cout, stride, h, w) in [
-            (16, 16, 1, 97, 131),
-            (16, 24, 2, 97, 131),
-            (16, 24, 1, 97, 131),
-            // Below FUSE_ABOVE: the channel-split path.
+            (24, 24, 1, 97, 163),
+            (24, 16, 2, 97, 163),
+            (24, 16, 1, 97, 163),
+            // Below `fuse_above`: the channel-split path.
             (16, 16, 1, 13, 21),
             (16, 24, 2, 13, 21),
         ] {
+            assert_eq!(6 * cin * h * w >= fuse_above(), h > 13, "{cin}x{h}x{w}");
             let varmap = VarMap::new();
             let layer = layers::LinearBottleneck::new(
                 cin,
