@@ -463,45 +463,33 @@ trait Lanes: Copy {
     unsafe fn max(self, other: Self) -> Self;
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Lanes for std::arch::x86_64::__m512 {
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        std::arch::x86_64::_mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
-        std::arch::x86_64::_mm512_fmadd_ps(self, a, b)
-    }
-    #[inline(always)]
-    unsafe fn add(self, other: Self) -> Self {
-        std::arch::x86_64::_mm512_add_ps(self, other)
-    }
-    #[inline(always)]
-    unsafe fn max(self, other: Self) -> Self {
-        std::arch::x86_64::_mm512_max_ps(self, other)
-    }
+/// [`Lanes`] for a vector type from its four intrinsics.
+macro_rules! lanes {
+    ($vector:ident: $zero:ident, $fmadd:ident, $add:ident, $max:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        impl Lanes for std::arch::x86_64::$vector {
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                std::arch::x86_64::$zero()
+            }
+            #[inline(always)]
+            unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+                std::arch::x86_64::$fmadd(self, a, b)
+            }
+            #[inline(always)]
+            unsafe fn add(self, other: Self) -> Self {
+                std::arch::x86_64::$add(self, other)
+            }
+            #[inline(always)]
+            unsafe fn max(self, other: Self) -> Self {
+                std::arch::x86_64::$max(self, other)
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Lanes for std::arch::x86_64::__m256 {
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        std::arch::x86_64::_mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
-        std::arch::x86_64::_mm256_fmadd_ps(self, a, b)
-    }
-    #[inline(always)]
-    unsafe fn add(self, other: Self) -> Self {
-        std::arch::x86_64::_mm256_add_ps(self, other)
-    }
-    #[inline(always)]
-    unsafe fn max(self, other: Self) -> Self {
-        std::arch::x86_64::_mm256_max_ps(self, other)
-    }
-}
+lanes!(__m512: _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_max_ps);
+lanes!(__m256: _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_max_ps);
 
 /// [`stride1_avx512`] on AVX2: eight lanes, plain loads and stores inside the row and masked
 /// ones at its ends (AVX2's masked stores are slow on AMD, so only a row's tail uses them).

@@ -225,16 +225,7 @@ impl Rows for Gathered<'_> {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
-                    / 500.0
-                    - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::pointwise::tests::values;
 
     /// Every kernel this processor can run, not only the one `Isa::detected` picks.
     fn kernels() -> Vec<Isa> {

@@ -242,7 +242,7 @@ fn panel_width(out_channels: usize, pixels: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn naive(conv: &PointwiseConv, x: &[f32], pixels: usize, residual: Option<&[f32]>) -> Vec<f32> {
@@ -262,7 +262,8 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// `n` deterministic values in [-1, 1), different for each `seed`.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
