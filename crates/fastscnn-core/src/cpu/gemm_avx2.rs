@@ -2,9 +2,9 @@
 //! three X vectors and one broadcast weight fill the sixteen vector registers; each step over K
 //! loads three vectors of one X row and broadcasts four weights (12 FMAs for 7 loads).
 //!
-//! The tiles run pixel strip by pixel strip: each strip of X (K rows of 24 pixels) is copied
+//! The tiles run four pixel strips at a time: each strip of X (K rows of 24 pixels) is copied
 //! once into a contiguous buffer, zero-padded past a tail, and every output channel's tiles read
-//! it from L1; only the weights (a few KB per panel) stream from L2.
+//! it from L1 or L2; only the weights (a few KB per panel) stream from L2.
 //!
 //! The loop over K is written in assembly. With all sixteen registers live, LLVM rotated the
 //! accumulators through the registers every step (a dozen moves and a spill per 12 FMAs, 1.5x
@@ -78,7 +78,11 @@ unsafe fn product_with<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU:
 ) {
     let k = depth.len();
     STRIPS.with_borrow_mut(|strips| {
-        strips.resize(STRIPS_PER_BLOCK * k, [_mm256_setzero_ps(); 3]);
+        // Grown, never shrunk: the products of one frame have many depths, and a resize down
+        // and up again would write the zeros anew.
+        if strips.len() < STRIPS_PER_BLOCK * k {
+            strips.resize(STRIPS_PER_BLOCK * k, [_mm256_setzero_ps(); 3]);
+        }
         let mut block = p0;
         while block < p1 {
             let end = (block + STRIPS_PER_BLOCK * TILE_PIXELS).min(p1);
