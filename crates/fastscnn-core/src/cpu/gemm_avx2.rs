@@ -77,6 +77,8 @@ unsafe fn product_with<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU:
     (w, channels, depth, x, out, out_stride, p0, p1, epilogue): Args<impl Rows>,
 ) {
     let k = depth.len();
+    let bias = epilogue.bias;
+    let residual = epilogue.residual.unwrap_or(std::ptr::null());
     STRIPS.with_borrow_mut(|strips| {
         // Grown, never shrunk: the products of one frame have many depths, and a resize down
         // and up again would write the zeros anew.
@@ -105,8 +107,6 @@ unsafe fn product_with<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU:
                         first_pixel: p,
                     };
                     let sums = tile.sums(&strips[s * k..(s + 1) * k]);
-                    let bias = epilogue.bias;
-                    let residual = epilogue.residual.unwrap_or(std::ptr::null());
                     if width == TILE_PIXELS {
                         tile.store::<true, ACCUMULATE, RESIDUAL, RELU>(sums, width, bias, residual);
                     } else {
