@@ -7,8 +7,8 @@
 //! after, so the small maps pay no per-row loop tails. On AVX-512, and at stride 1 on AVX2, rows
 //! up to [`NARROW`] wide (the bottlenecks' maps) run kernels written with intrinsics instead:
 //! masked vectors for the borders and row ends, two output rows at a time for independent sums,
-//! stride 2 split into even and odd columns in registers. (An AVX2 port of the stride-2 kernel
-//! measured no faster than the parity planes' flat runs.)
+//! stride 2 split into even and odd columns in registers. Stride 2 on AVX2 runs such a kernel on
+//! rows up to [`WIDE`], the learning-to-downsample maps included.
 
 use rayon::prelude::*;
 
@@ -139,6 +139,12 @@ impl DepthwiseConv {
             if w <= NARROW && Isa::detected() == Isa::Avx512 {
                 // SAFETY: the processor has AVX-512F.
                 unsafe { stride2_avx512(band, oy0, ow, taps, bias, relu, out) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if w <= WIDE && Isa::detected() == Isa::Avx2 {
+                // SAFETY: the processor has AVX2 and FMA; the row fits the zero row.
+                unsafe { stride2_avx2(band, oy0, ow, taps, bias, relu, out) };
                 return;
             }
             let len = 4 * (out.len() / ow + 1) * ow;
@@ -491,11 +497,26 @@ macro_rules! lanes {
 lanes!(__m512: _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_max_ps);
 lanes!(__m256: _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_max_ps);
 
-/// [`stride1_avx512`] on AVX2: eight lanes, plain loads and stores inside the row and masked
-/// ones at its ends (AVX2's masked stores are slow on AMD, so only a row's tail uses them).
+/// Input widths up to which [`stride2_avx2`] runs: [`ZERO_ROW`]'s, the learning-to-downsample
+/// maps of a 1024x2048 frame.
+#[cfg(target_arch = "x86_64")]
+const WIDE: usize = 1024;
+
+/// Rows above and below the image, as the AVX2 kernels read them: zeros, with a vector's margin
+/// either side of the widest row they take.
+#[cfg(target_arch = "x86_64")]
+static ZERO_ROW: [f32; WIDE + 32] = [0.0; WIDE + 32];
+
+/// [`stride1_avx512`] on AVX2: eight lanes, two output rows at a time. Rows outside the image
+/// read [`ZERO_ROW`], so every column vector runs the same straight-line code; only a row's first
+/// and last vectors use masked loads, and only a tail narrower than a vector a masked store
+/// (AVX2's masked stores are slow on AMD). Written with the image rows as `Option`s and every
+/// load masked, as the AVX-512 kernel is, LLVM branched on the rows in every vector and spilled
+/// around the branches; one core, a band of 32 channels of 48x96 ran 7.6 -> 15.5 GMAC/s, 128
+/// channels 15.1 -> 21.1, 144 of 12x24 10.4 -> 12.6 (a 384x768 frame: 4.7% faster).
 ///
 /// # Safety
-/// The processor must support AVX2 and FMA.
+/// The processor must support AVX2 and FMA, and the rows be at most [`NARROW`] wide.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn stride1_avx2(
@@ -508,70 +529,293 @@ unsafe fn stride1_avx2(
 ) {
     use std::arch::x86_64::*;
     let w = band.w;
+    assert!(w <= NARROW, "row wider than the zero row");
     let rows = out.len() / w;
-    let tap = taps.map(|t| _mm256_set1_ps(t));
-    let bias = _mm256_set1_ps(bias);
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    // Lanes below `n` (at most 8), as the masked moves take them.
-    let mask = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes);
-    let not_first = _mm256_cmpgt_epi32(lanes, _mm256_setzero_si256());
+    let kernel = Stride1Avx2 {
+        tap: taps.map(|t| _mm256_set1_ps(t)),
+        bias: _mm256_set1_ps(bias),
+        relu,
+    };
+    let zero_row = ZERO_ROW.as_ptr().add(16);
+    // Vectors at columns 8.. whose taps x - 1 ..= x + 8 all lie inside the row.
+    let inner_end = if w > 9 { 8 + (w - 9) / 8 * 8 } else { 8 };
+    let first = edge_masks(w, 0);
     let out = out.as_mut_ptr();
     let mut i = 0;
     while i < rows {
         let pair = i + 1 < rows;
         let oy = (oy0 + i) as isize;
+        let row = |y: isize| band.row(y).map_or(zero_row, |r| r.as_ptr());
         let input = [
-            band.row(oy - 1),
-            band.row(oy),
-            band.row(oy + 1),
-            if pair { band.row(oy + 2) } else { None },
+            row(oy - 1),
+            row(oy),
+            row(oy + 1),
+            if pair { row(oy + 2) } else { zero_row },
         ];
-        let mut x = 0;
+        let at = out.add(i * w);
+        // Only the loads that would leave the row are masked: the first vector's left taps,
+        // the last one's right taps (both, and the centre too, when the row is not a multiple
+        // of eight wide).
+        let sums = if w > 8 {
+            kernel.column::<true, false, false>(input, 0, &first)
+        } else {
+            kernel.column::<true, true, true>(input, 0, &first)
+        };
+        kernel.store(sums, at, w, w, pair);
+        let mut x = 8;
+        while x < inner_end.min(w) {
+            let sums = kernel.column::<false, false, false>(input, x, &first);
+            kernel.store(sums, at.add(x), w, 8, pair);
+            x += 8;
+        }
         while x < w {
-            let n = w - x;
-            // Columns x - 1 ..= x + 8 all inside the row.
-            let inside = x > 0 && n > 8;
-            let valid = mask(n);
-            let left = if x == 0 {
-                _mm256_and_si256(valid, not_first)
+            let masks = edge_masks(w, x);
+            let sums = if x + 8 == w {
+                kernel.column::<false, false, true>(input, x, &masks)
             } else {
-                valid
+                kernel.column::<true, true, true>(input, x, &masks)
             };
-            let right = mask(n - 1);
-            // A loop rather than nested closures over the rows, which LLVM once left as a call.
-            let mut loaded = [None; 4];
-            for (slot, row) in loaded.iter_mut().zip(input) {
-                let Some(row) = row else { continue };
-                let at = row.as_ptr().add(x);
-                // SAFETY: inside the row, plain loads stay in it; at its ends the masks keep
-                // every accessed lane inside it, and masked-out lanes never fault.
-                *slot = Some(if inside {
-                    [
-                        _mm256_loadu_ps(at.sub(1)),
-                        _mm256_loadu_ps(at),
-                        _mm256_loadu_ps(at.add(1)),
-                    ]
-                } else {
-                    [
-                        _mm256_maskload_ps(at.wrapping_sub(1), left),
-                        _mm256_maskload_ps(at, valid),
-                        _mm256_maskload_ps(at.wrapping_add(1), right),
-                    ]
-                });
-            }
-            // Output row `i + d` takes kernel row `r` from input row `d + r`.
-            for d in 0..1 + usize::from(pair) {
-                let acc = kernel_rows([loaded[d], loaded[d + 1], loaded[d + 2]], &tap, bias, relu);
-                let at = out.add((i + d) * w + x);
-                if n >= 8 {
-                    _mm256_storeu_ps(at, acc);
-                } else {
-                    _mm256_maskstore_ps(at, valid, acc);
-                }
-            }
+            kernel.store(sums, at.add(x), w, w - x, pair);
             x += 8;
         }
         i += 2;
+    }
+}
+
+/// [`stride1_avx2`]'s taps, bias and ReLU.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Stride1Avx2 {
+    tap: [std::arch::x86_64::__m256; 9],
+    bias: std::arch::x86_64::__m256,
+    relu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stride1Avx2 {
+    /// The two output vectors at column `x` whose input rows are `input[0..3]` and
+    /// `input[1..4]`; a `LEFT`, `CENTRE` or `RIGHT` tap's loads take only the lanes of its mask
+    /// in `masks`.
+    #[inline(always)]
+    unsafe fn column<const LEFT: bool, const CENTRE: bool, const RIGHT: bool>(
+        self,
+        input: [*const f32; 4],
+        x: usize,
+        masks: &[std::arch::x86_64::__m256i; 3],
+    ) -> [std::arch::x86_64::__m256; 2] {
+        // No closures and no `array::map` here: they do not inherit the caller's target
+        // features, and every intrinsic in them became a call.
+        let mut loaded = [None; 4];
+        for r in 0..4 {
+            let at = input[r].wrapping_add(x);
+            // SAFETY: plain loads lie inside the row or the zero row; masked ones touch only
+            // the lanes inside it.
+            loaded[r] = Some([
+                load::<LEFT>(at.wrapping_sub(1), masks[0]),
+                load::<CENTRE>(at, masks[1]),
+                load::<RIGHT>(at.wrapping_add(1), masks[2]),
+            ]);
+        }
+        [
+            kernel_rows(
+                [loaded[0], loaded[1], loaded[2]],
+                &self.tap,
+                self.bias,
+                self.relu,
+            ),
+            kernel_rows(
+                [loaded[1], loaded[2], loaded[3]],
+                &self.tap,
+                self.bias,
+                self.relu,
+            ),
+        ]
+    }
+
+    /// The first `n` lanes of both vectors at `at` and a row below it (the second only when
+    /// `pair`).
+    #[inline(always)]
+    unsafe fn store(
+        self,
+        sums: [std::arch::x86_64::__m256; 2],
+        at: *mut f32,
+        w: usize,
+        n: usize,
+        pair: bool,
+    ) {
+        use std::arch::x86_64::*;
+        let rows = if pair { 2 } else { 1 };
+        for (d, sum) in sums.into_iter().enumerate().take(rows) {
+            let at = at.add(d * w);
+            if n >= 8 {
+                _mm256_storeu_ps(at, sum);
+            } else {
+                _mm256_maskstore_ps(at, lanes_below(n), sum);
+            }
+        }
+    }
+}
+
+/// Stride 2 on AVX2 straight from the input rows, one output row at a time. A vector of eight
+/// outputs at column `x` reads input columns `2x - 1 ..= 2x + 15` of each of its three input rows
+/// as four loads, at `2x - 1`, `2x + 7`, `2x + 1` and `2x + 9`: the even lanes of the first pair
+/// are the left taps, its odd lanes the centre taps, the even lanes of the second pair the right
+/// taps, each picked by one in-lane shuffle. The shuffles leave the outputs in the order
+/// 0 1 4 5 2 3 6 7, put right by one permute before the store. The parity planes it replaces
+/// copied every input row once more first: one core, 96 channels of 48x96 ran 8.3 -> 11.0
+/// GMAC/s, 32 of 16x384 7.5 -> 9.0 (a 384x768 frame: 2.7% faster). Two output rows at a time,
+/// sharing one input row, measured no faster.
+///
+/// # Safety
+/// The processor must support AVX2 and FMA, and the rows be at most [`WIDE`] wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn stride2_avx2(
+    band: Band,
+    oy0: usize,
+    ow: usize,
+    taps: &[f32; 9],
+    bias: f32,
+    relu: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let w = band.w;
+    assert!(w <= WIDE, "row wider than the zero row");
+    let rows = out.len() / ow;
+    let kernel = Stride2Avx2 {
+        tap: taps.map(|t| _mm256_set1_ps(t)),
+        bias: _mm256_set1_ps(bias),
+        relu,
+        w,
+    };
+    let zero_row = ZERO_ROW.as_ptr().add(16);
+    let out = out.as_mut_ptr();
+    for i in 0..rows {
+        let y = 2 * (oy0 + i) as isize - 1;
+        let row = |y: isize| band.row(y).map_or(zero_row, |r| r.as_ptr());
+        let input = [row(y), row(y + 1), row(y + 2)];
+        let at = out.add(i * ow);
+        let mut x = 0;
+        while x < ow {
+            // Columns 2x - 1 ..= 2x + 15 all inside the row.
+            let sum = if x > 0 && 2 * x + 16 <= w {
+                kernel.column::<false>(input, x)
+            } else {
+                kernel.column::<true>(input, x)
+            };
+            if ow - x >= 8 {
+                _mm256_storeu_ps(at.add(x), sum);
+            } else {
+                _mm256_maskstore_ps(at.add(x), lanes_below(ow - x), sum);
+            }
+            x += 8;
+        }
+    }
+}
+
+/// [`stride2_avx2`]'s taps, bias, ReLU and input width.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Stride2Avx2 {
+    tap: [std::arch::x86_64::__m256; 9],
+    bias: std::arch::x86_64::__m256,
+    relu: bool,
+    w: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stride2Avx2 {
+    /// The output vector at column `x` from input rows `input`, in order; `MASKED` loads only
+    /// the lanes inside the row.
+    #[inline(always)]
+    unsafe fn column<const MASKED: bool>(
+        self,
+        input: [*const f32; 3],
+        x: usize,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let start = 2 * x as isize - 1;
+        let mut loaded = [None; 3];
+        // No closures: they would not inherit the target features.
+        for r in 0..3 {
+            let a = self.load::<MASKED>(input[r], start);
+            let b = self.load::<MASKED>(input[r], start + 8);
+            let c = self.load::<MASKED>(input[r], start + 1);
+            let d = self.load::<MASKED>(input[r], start + 9);
+            loaded[r] = Some([
+                _mm256_shuffle_ps::<0x88>(a, b),
+                _mm256_shuffle_ps::<0x88>(c, d),
+                _mm256_shuffle_ps::<0xDD>(c, d),
+            ]);
+        }
+        let sum = kernel_rows(loaded, &self.tap, self.bias, self.relu);
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(sum)))
+    }
+
+    /// Columns `start .. start + 8` of the row at `row`; when `MASKED`, the lanes outside the
+    /// row are zeros and never read.
+    #[inline(always)]
+    unsafe fn load<const MASKED: bool>(
+        self,
+        row: *const f32,
+        start: isize,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let at = row.wrapping_offset(start);
+        if !MASKED {
+            return _mm256_loadu_ps(at);
+        }
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let from = _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32((-start - 1) as i32));
+        let to = _mm256_cmpgt_epi32(_mm256_set1_epi32((self.w as isize - start) as i32), lanes);
+        _mm256_maskload_ps(at, _mm256_and_si256(from, to))
+    }
+}
+
+/// Lanes below `n` (at most 8), as AVX2's masked moves take them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lanes_below(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes)
+}
+
+/// The masks of [`stride1_avx2`]'s vector at column `x` of a `w`-wide row: the lanes of its left
+/// taps inside the row (not column -1 at the row's start), of its centre ones, of its right
+/// ones (not column `w`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn edge_masks(w: usize, x: usize) -> [std::arch::x86_64::__m256i; 3] {
+    use std::arch::x86_64::*;
+    let valid = lanes_below(w - x);
+    let left = if x == 0 {
+        _mm256_and_si256(
+            valid,
+            _mm256_cmpgt_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_setzero_si256(),
+            ),
+        )
+    } else {
+        valid
+    };
+    [left, valid, lanes_below(w - x - 1)]
+}
+
+/// Eight floats at `at`, or when `MASKED` the lanes of `mask` (the others zero).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load<const MASKED: bool>(
+    at: *const f32,
+    mask: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    if MASKED {
+        _mm256_maskload_ps(at, mask)
+    } else {
+        _mm256_loadu_ps(at)
     }
 }
 
@@ -826,8 +1070,8 @@ mod tests {
     #[test]
     fn a_band_of_rows_from_a_partial_plane_equals_those_rows_of_the_whole() {
         let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
-        // Both sides of the AVX-512 kernels' width limit.
-        for ((h, w), stride) in [(11, 13), (11, 157)]
+        // Both sides of the AVX-512 kernels' width limit and of the AVX2 stride-2 kernel's.
+        for ((h, w), stride) in [(11, 13), (11, 157), (11, 1030)]
             .into_iter()
             .flat_map(|s| [(s, 1), (s, 2)])
         {
@@ -868,12 +1112,18 @@ mod tests {
             (1, 1),
             (2, 3),
             (5, 8),
+            (3, 9),
+            (4, 16),
             (9, 17),
+            (3, 24),
             (16, 33),
             (7, 64),
             (6, 95),
+            (3, 128),
             (5, 150),
             (4, 261),
+            // Past the AVX2 stride-2 kernel's widest row.
+            (3, 1030),
         ] {
             for stride in [1, 2] {
                 for relu in [false, true] {
