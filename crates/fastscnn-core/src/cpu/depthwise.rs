@@ -4,11 +4,10 @@
 //! full-width vector FMAs over runs of outputs. At stride 1 the runs are read straight from the
 //! input, at stride 2 from a scratch copy split by row and column parity, where the strided taps
 //! are contiguous too. Either way a band of rows is one flat run, its border column(s) redone
-//! after, so the small maps pay no per-row loop tails. On AVX-512, and at stride 1 on AVX2, rows
-//! up to [`NARROW`] wide (the bottlenecks' maps) run kernels written with intrinsics instead:
-//! masked vectors for the borders and row ends, two output rows at a time for independent sums,
-//! stride 2 split into even and odd columns in registers. Stride 2 on AVX2 runs such a kernel on
-//! rows up to [`WIDE`], the learning-to-downsample maps included.
+//! after, so the small maps pay no per-row loop tails. On AVX-512 rows up to [`NARROW`] wide (the
+//! bottlenecks' maps), on AVX2 rows up to [`WIDE`] (all of a 1024x2048 frame's) run kernels
+//! written with intrinsics instead: masked vectors for the borders and row ends, two output rows
+//! at a time for independent sums, stride 2 split into even and odd columns in registers.
 
 use rayon::prelude::*;
 
@@ -120,8 +119,8 @@ impl DepthwiseConv {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if w <= NARROW && Isa::detected() == Isa::Avx2 {
-                // SAFETY: the processor has AVX2 and FMA.
+            if w <= WIDE && Isa::detected() == Isa::Avx2 {
+                // SAFETY: the processor has AVX2 and FMA; the row fits the zero row.
                 unsafe { stride1_avx2(band, oy0, taps, bias, relu, out) };
                 return;
             }
@@ -497,8 +496,9 @@ macro_rules! lanes {
 lanes!(__m512: _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_max_ps);
 lanes!(__m256: _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_max_ps);
 
-/// Input widths up to which [`stride2_avx2`] runs: [`ZERO_ROW`]'s, the learning-to-downsample
-/// maps of a 1024x2048 frame.
+/// Input widths up to which the AVX2 kernels run: [`ZERO_ROW`]'s, the widest map of a 1024x2048
+/// frame they see. Unlike AVX-512's, the stride-1 kernel is no slower than the flat runs on wide
+/// rows (1.8% faster a 768x1536 frame, no different at 1024x2048).
 #[cfg(target_arch = "x86_64")]
 const WIDE: usize = 1024;
 
@@ -516,7 +516,7 @@ static ZERO_ROW: [f32; WIDE + 32] = [0.0; WIDE + 32];
 /// channels 15.1 -> 21.1, 144 of 12x24 10.4 -> 12.6 (a 384x768 frame: 4.7% faster).
 ///
 /// # Safety
-/// The processor must support AVX2 and FMA, and the rows be at most [`NARROW`] wide.
+/// The processor must support AVX2 and FMA, and the rows be at most [`WIDE`] wide.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn stride1_avx2(
@@ -529,7 +529,7 @@ unsafe fn stride1_avx2(
 ) {
     use std::arch::x86_64::*;
     let w = band.w;
-    assert!(w <= NARROW, "row wider than the zero row");
+    assert!(w <= WIDE, "row wider than the zero row");
     let rows = out.len() / w;
     let kernel = Stride1Avx2 {
         tap: taps.map(|t| _mm256_set1_ps(t)),
