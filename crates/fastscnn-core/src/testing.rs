@@ -95,6 +95,34 @@ fn share_equal(a: &[u32], b: &[u32]) -> f64 {
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
 }
 
+/// Sets every variable in `varmap` to seeded random values: weights uniform with variance
+/// 2 / fan-in (a deep stack of ReLU layers neither vanishes nor overflows), biases and BatchNorm
+/// shifts in [-0.1, 0.1), BatchNorm scales and running variances in [0.5, 1.5). A `VarMap` creates the
+/// variables a layer asks for as zeros, which makes every conv output its bias and any two ways of
+/// computing a layer agree; build the layer once to create them, call this, and build it again
+/// from the same map (a folded BatchNorm is folded at build time).
+pub fn randomize_vars(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Result<()> {
+    let mut vars: Vec<(String, candle_core::Var)> =
+        varmap.data().lock().unwrap().clone().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (i, (name, var)) in vars.iter().enumerate() {
+        let values = random_tensor(var.dims(), seed.wrapping_mul(1000).wrapping_add(i as u64))?
+            .to_dtype(var.dtype())?;
+        let values =
+            if name.ends_with("running_var") || (var.rank() == 1 && name.ends_with("weight")) {
+                ((values * 0.5)? + 1.0)?
+            } else if var.rank() > 1 {
+                let fan_in: usize = var.dims()[1..].iter().product();
+                // Uniform in [-a, a) has variance a² / 3.
+                (values * (3.0f64 / fan_in as f64).sqrt())?
+            } else {
+                (values * 0.5)?
+            };
+        var.set(&values)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

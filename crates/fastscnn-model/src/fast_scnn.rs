@@ -410,12 +410,16 @@ mod tests {
     /// A reference-layout model with random weights, BatchNorm folded, on the fused CPU path.
     fn random_model() -> FastScnn {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let norm = NormOptions {
             mode: BatchNormMode::Folded,
             ..NormOptions::default()
         };
-        FastScnn::new(&FastScnnConfig::reference(5), norm, vb)
+        let config = FastScnnConfig::reference(5);
+        // Built once to create the variables (zeros), then from their random values.
+        FastScnn::new(&config, norm, vb()).unwrap();
+        fastscnn_core::testing::randomize_vars(&varmap, 11).unwrap();
+        FastScnn::new(&config, norm, vb())
             .unwrap()
             .with_cpu_kernels(true)
             .unwrap()
@@ -425,35 +429,48 @@ mod tests {
         t.to_vec3::<u32>().unwrap()
     }
 
+    /// The logits and the label map of one frame: the two fused outputs.
+    fn outputs(model: &FastScnn, x: &Tensor) -> (Vec<f32>, Vec<Vec<Vec<u32>>>) {
+        use candle_core::Module;
+        let logits = model.forward(x).unwrap().flatten_all().unwrap();
+        (
+            logits.to_vec1().unwrap(),
+            labels(&model.predict(x).unwrap()),
+        )
+    }
+
     #[test]
     fn a_frame_started_while_the_buffers_are_held_brings_its_own() {
         let model = random_model();
         let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 96), &Device::Cpu).unwrap();
-        let expected = labels(&model.predict(&x).unwrap());
+        let expected = outputs(&model, &x);
         let cpu = model.cpu.as_deref().unwrap();
         // Waiting for the lock here would never end.
         let held = cpu.pool.lock().unwrap();
-        assert_eq!(labels(&model.predict(&x).unwrap()), expected);
+        assert!(outputs(&model, &x) == expected);
         drop(held);
-        assert_eq!(labels(&model.predict(&x).unwrap()), expected);
+        assert!(outputs(&model, &x) == expected);
     }
 
     #[test]
     fn frames_from_the_thread_pool_itself_and_from_several_threads_agree() {
         let model = random_model();
         let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 96), &Device::Cpu).unwrap();
-        let expected = labels(&model.predict(&x).unwrap());
+        let expected = outputs(&model, &x);
+        let first = expected.0[0];
+        assert!(
+            expected.0.iter().any(|&v| v != first),
+            "constant logits agree with anything"
+        );
         let from_pool: Vec<_> = (0..6)
             .into_par_iter()
-            .map(|_| labels(&model.predict(&x).unwrap()))
+            .map(|_| outputs(&model, &x))
             .collect();
-        assert!(from_pool.iter().all(|l| *l == expected));
+        assert!(from_pool.iter().all(|o| *o == expected));
         std::thread::scope(|s| {
-            let threads: Vec<_> = (0..3)
-                .map(|_| s.spawn(|| labels(&model.predict(&x).unwrap())))
-                .collect();
+            let threads: Vec<_> = (0..3).map(|_| s.spawn(|| outputs(&model, &x))).collect();
             for t in threads {
-                assert_eq!(t.join().unwrap(), expected);
+                assert!(t.join().unwrap() == expected);
             }
         });
     }

@@ -1051,18 +1051,29 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
 
     use crate::layers::NormOptions;
-    use crate::testing::random_tensor;
+    use crate::testing::{random_tensor, randomize_vars};
 
-    fn random_vb(varmap: &VarMap) -> VarBuilder<'_> {
-        VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu)
+    /// The layer `build` makes, with random variables ([`randomize_vars`]: a fresh `VarMap`'s
+    /// are zeros).
+    fn random_layer<T>(seed: u64, build: impl Fn(VarBuilder) -> Result<T>) -> T {
+        let varmap = VarMap::new();
+        let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        build(vb()).unwrap();
+        randomize_vars(&varmap, seed).unwrap();
+        build(vb()).unwrap()
     }
 
+    /// The largest difference between `a` and `b`, relative to `b`'s largest magnitude (at
+    /// least 1), after checking that `b` is not all zeros.
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "an output of zeros compares equal to anything");
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+            / scale.max(1.0)
     }
 
     /// The channel-split bottleneck cuts the hidden channels by the thread count, the first share
@@ -1070,16 +1081,9 @@ mod tests {
     #[test]
     fn split_bottleneck_sums_to_the_same_for_any_thread_count() {
         for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2)] {
-            let varmap = VarMap::new();
-            let layer = layers::LinearBottleneck::new(
-                cin,
-                cout,
-                6,
-                stride,
-                NormOptions::default(),
-                random_vb(&varmap),
-            )
-            .unwrap();
+            let layer = random_layer(1, |vb| {
+                layers::LinearBottleneck::new(cin, cout, 6, stride, NormOptions::default(), vb)
+            });
             let fused = Bottleneck::from_layer(&layer).unwrap();
             let plain = Bottleneck {
                 expand: fused.expand.clone().without_packed_kernel(),
@@ -1122,16 +1126,9 @@ mod tests {
             (16, 24, 2, 13, 21),
         ] {
             assert_eq!(6 * cin * h * w >= fuse_above(), h > 13, "{cin}x{h}x{w}");
-            let varmap = VarMap::new();
-            let layer = layers::LinearBottleneck::new(
-                cin,
-                cout,
-                6,
-                stride,
-                NormOptions::default(),
-                random_vb(&varmap),
-            )
-            .unwrap();
+            let layer = random_layer(1, |vb| {
+                layers::LinearBottleneck::new(cin, cout, 6, stride, NormOptions::default(), vb)
+            });
             let fused = Bottleneck::from_layer(&layer).unwrap();
             let plain = Bottleneck {
                 expand: fused.expand.clone().without_packed_kernel(),
@@ -1147,7 +1144,6 @@ mod tests {
             pool.give(a);
             pool.give(b);
         }
-        let varmap = VarMap::new();
         let config = layers::FeatureFusionConfig {
             higher_in_channels: 24,
             lower_in_channels: 40,
@@ -1155,8 +1151,9 @@ mod tests {
             conv_bias: true,
             align_corners: false,
         };
-        let layer = layers::FeatureFusion::new(&config, NormOptions::default(), random_vb(&varmap))
-            .unwrap();
+        let layer = random_layer(2, |vb| {
+            layers::FeatureFusion::new(&config, NormOptions::default(), vb)
+        });
         let fused = FeatureFusion::from_layer(&layer).unwrap();
         let plain = FeatureFusion {
             lower: fused.lower.clone().without_packed_kernel(),
@@ -1175,18 +1172,25 @@ mod tests {
         let b = plain.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
         let d = max_diff(&a, &b);
         assert!(d < 1e-4, "feature fusion: {d}");
-        for padding in [0, 1] {
-            let varmap = VarMap::new();
-            let vb = random_vb(&varmap);
-            let stem = layers::ConvBnAct::sequential(
-                layers::ConvConfig::dense(3, 16, 3, 2, padding),
-                true,
-                NormOptions::default(),
-                vb.pp("stem"),
-            )
-            .unwrap();
-            let ds =
-                layers::DSConv::new(16, 24, 2, true, NormOptions::default(), vb.pp("ds")).unwrap();
+        // Narrow maps, one band per task, and wide ones, cut into bands of a few rows whose edge
+        // stem rows are computed by both bands that read them.
+        for (padding, stride, h, w) in [
+            (0, 2, 67, 93),
+            (1, 2, 67, 93),
+            (1, 2, 41, 1500),
+            (1, 1, 41, 1500),
+        ] {
+            let (stem, ds) = random_layer(3, |vb| {
+                let stem = layers::ConvBnAct::sequential(
+                    layers::ConvConfig::dense(3, 16, 3, 2, padding),
+                    true,
+                    NormOptions::default(),
+                    vb.pp("stem"),
+                )?;
+                let ds =
+                    layers::DSConv::new(16, 24, stride, true, NormOptions::default(), vb.pp("ds"))?;
+                Ok((stem, ds))
+            });
             let fused = StemSeparable {
                 stem: DenseConv::from_layer(&stem).unwrap(),
                 dsconv: SeparableConv::from_layer(&ds).unwrap(),
@@ -1198,18 +1202,20 @@ mod tests {
                     ..fused.dsconv.clone()
                 },
             };
-            let x: Vec<f32> = random_tensor(&[3 * 67 * 93], 8).unwrap().to_vec1().unwrap();
-            let (a, ah, aw) = fused.run(&x, 67, 93, &mut pool);
-            let (b, bh, bw) = plain.run(&x, 67, 93, &mut pool);
+            let x: Vec<f32> = random_tensor(&[3 * h * w], 8).unwrap().to_vec1().unwrap();
+            let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
+            let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
             assert_eq!((ah, aw), (bh, bw));
-            assert_eq!((ah, aw), fused.output_size(67, 93));
+            assert_eq!((ah, aw), fused.output_size(h, w));
             let d = max_diff(&a, &b);
-            assert!(d < 1e-4, "stem + separable, padding {padding}: {d}");
+            assert!(
+                d < 1e-4,
+                "stem + separable {h}x{w}, padding {padding}, stride {stride}: {d}"
+            );
         }
-        let varmap = VarMap::new();
-        let layer =
-            layers::Classifier::new(24, 19, true, NormOptions::default(), random_vb(&varmap))
-                .unwrap();
+        let layer = random_layer(4, |vb| {
+            layers::Classifier::new(24, 19, true, NormOptions::default(), vb)
+        });
         let fused = Classifier::from_layer(&layer).unwrap();
         let plain = Classifier {
             dsconv1: SeparableConv {
@@ -1231,16 +1237,9 @@ mod tests {
         let d = max_diff(&a, &b);
         assert!(d < 1e-4, "classifier: {d}");
         for stride in [1, 2] {
-            let varmap = VarMap::new();
-            let layer = layers::DSConv::new(
-                24,
-                40,
-                stride,
-                true,
-                NormOptions::default(),
-                random_vb(&varmap),
-            )
-            .unwrap();
+            let layer = random_layer(5, |vb| {
+                layers::DSConv::new(24, 40, stride, true, NormOptions::default(), vb)
+            });
             let fused = SeparableConv::from_layer(&layer).unwrap();
             let plain = SeparableConv {
                 pointwise: fused.pointwise.clone().without_packed_kernel(),
