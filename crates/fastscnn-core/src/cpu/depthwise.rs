@@ -658,8 +658,8 @@ impl Stride1Avx2 {
 
 /// Stride 2 on AVX2 straight from the input rows, one output row at a time. A vector of eight
 /// outputs at column `x` reads input columns `2x - 1 ..= 2x + 15` of each of its three input rows
-/// as four loads, at `2x - 1`, `2x + 7`, `2x + 1` and `2x + 9`: the even lanes of the first pair
-/// are the left taps, its odd lanes the centre taps, the even lanes of the second pair the right
+/// as four loads, at `2x - 1`, `2x + 7`, `2x` and `2x + 8`: the even lanes of the first pair are
+/// the left taps, the even lanes of the second pair the centre taps and its odd lanes the right
 /// taps, each picked by one in-lane shuffle. The shuffles leave the outputs in the order
 /// 0 1 4 5 2 3 6 7, put right by one permute before the store. The parity planes it replaces
 /// copied every input row once more first: one core, 96 channels of 48x96 ran 8.3 -> 11.0
