@@ -631,7 +631,7 @@ impl Bottleneck {
     /// the whole map, expands, filters and projects them, and the partial projections are summed.
     /// One parallel region per block instead of three, and no halo rows recomputed. One task per
     /// thread, the first projecting straight into the output with the bias and the shortcut: with
-    /// two per thread and every share summed from its own buffer, a 384x768 frame took 2% longer.
+    /// two per thread and every share summed from its own buffer, a 384x768 frame took 1-2% longer.
     #[cfg(target_arch = "x86_64")]
     fn run_split(
         &self,
