@@ -1076,20 +1076,27 @@ mod tests {
             / scale.max(1.0)
     }
 
+    /// A random bottleneck (expansion 6) on the packed kernels where the processor has them, and
+    /// the same one layer by layer.
+    fn bottleneck_pair(cin: usize, cout: usize, stride: usize) -> (Bottleneck, Bottleneck) {
+        let layer = random_layer(1, |vb| {
+            layers::LinearBottleneck::new(cin, cout, 6, stride, NormOptions::default(), vb)
+        });
+        let fused = Bottleneck::from_layer(&layer).unwrap();
+        let plain = Bottleneck {
+            expand: fused.expand.clone().without_packed_kernel(),
+            project: fused.project.clone().without_packed_kernel(),
+            ..fused.clone()
+        };
+        (fused, plain)
+    }
+
     /// The channel-split bottleneck cuts the hidden channels by the thread count, the first share
     /// written straight to the output: one share, two and three must all sum to the same.
     #[test]
     fn split_bottleneck_sums_to_the_same_for_any_thread_count() {
         for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2)] {
-            let layer = random_layer(1, |vb| {
-                layers::LinearBottleneck::new(cin, cout, 6, stride, NormOptions::default(), vb)
-            });
-            let fused = Bottleneck::from_layer(&layer).unwrap();
-            let plain = Bottleneck {
-                expand: fused.expand.clone().without_packed_kernel(),
-                project: fused.project.clone().without_packed_kernel(),
-                ..fused.clone()
-            };
+            let (fused, plain) = bottleneck_pair(cin, cout, stride);
             let (h, w) = (13, 21);
             let x: Vec<f32> = random_tensor(&[cin * h * w], 5).unwrap().to_vec1().unwrap();
             let mut pool = BufferPool::default();
@@ -1126,15 +1133,7 @@ mod tests {
             (16, 24, 2, 13, 21),
         ] {
             assert_eq!(6 * cin * h * w >= fuse_above(), h > 13, "{cin}x{h}x{w}");
-            let layer = random_layer(1, |vb| {
-                layers::LinearBottleneck::new(cin, cout, 6, stride, NormOptions::default(), vb)
-            });
-            let fused = Bottleneck::from_layer(&layer).unwrap();
-            let plain = Bottleneck {
-                expand: fused.expand.clone().without_packed_kernel(),
-                project: fused.project.clone().without_packed_kernel(),
-                ..fused.clone()
-            };
+            let (fused, plain) = bottleneck_pair(cin, cout, stride);
             let x: Vec<f32> = random_tensor(&[cin * h * w], 3).unwrap().to_vec1().unwrap();
             let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
             let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
