@@ -8,8 +8,8 @@ use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
 use fastscnn_core::cpu::{
-    resize_argmax_planes, resize_planes, zeroed_vec, Bottleneck, BufferPool, DepthwiseConv,
-    PointwiseConv, Seed,
+    resize_argmax_planes, resize_argmax_scratch_len, resize_planes, zeroed_vec, Bottleneck,
+    BufferPool, DepthwiseConv, PointwiseConv, Seed,
 };
 use fastscnn_core::layers::{Conv2d, ConvConfig, LinearBottleneck, NormOptions};
 use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
@@ -134,7 +134,7 @@ fn resize_then_argmax(c: &mut Criterion) {
     let scores = random_tensor(&[1, 19, H, W], 11).unwrap();
     let input = data(&scores);
     let mut labels = vec![0u32; oh * ow];
-    let mut scratch = vec![0f32; 19 * H * ow];
+    let mut scratch = vec![0f32; resize_argmax_scratch_len(19, oh, ow)];
     let mut group = c.benchmark_group("resize_argmax_19x96x192_to_768x1536");
     group.bench_function("candle_custom_op", |b| {
         b.iter(|| resize_argmax(&scores, oh, ow, true).unwrap())

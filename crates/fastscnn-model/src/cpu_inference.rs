@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_core::cpu::{
-    output_vec, resize_argmax_planes, resize_planes_uninit, softmax_planes, zeroed_vec, Bottleneck,
-    Buffer, BufferPool, Classifier, DenseConv, FeatureFusion, PyramidPooling, SeparableConv,
-    StemSeparable,
+    output_vec, resize_argmax_planes, resize_argmax_scratch_len, resize_planes_uninit,
+    softmax_planes, zeroed_vec, Bottleneck, Buffer, BufferPool, Classifier, DenseConv,
+    FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
 };
 
 use crate::global_feature_extractor::GlobalFeatureExtractor;
@@ -220,7 +220,7 @@ impl CpuInference {
         let classes = self.num_classes();
         let (scores, sh, sw) = self.scores(image, h, w, pool, record)?;
         let start = Instant::now();
-        let mut scratch = pool.take(classes * sh * w);
+        let mut scratch = pool.take(resize_argmax_scratch_len(classes, h, w));
         resize_argmax_planes(
             &scores,
             classes,

@@ -50,7 +50,9 @@ pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
-pub use resize::{resize_argmax_planes, resize_planes, resize_planes_uninit};
+pub use resize::{
+    resize_argmax_planes, resize_argmax_scratch_len, resize_planes, resize_planes_uninit,
+};
 pub use simd::Isa;
 pub use softmax::softmax_planes;
 

@@ -29,10 +29,11 @@ struct Columns {
     windows: Option<Windows>,
 }
 
-/// The taps by blocks of [`WINDOW`] output columns, each block's taps relative to its first
-/// input column `base`: all within two vectors of it when upsampling, so on AVX-512 a block is
-/// two loads and two in-register permutes, where gathers fetched each tap on its own (a quarter
-/// of the logits' resize at 384x768). The weights are padded to whole blocks.
+/// The taps by blocks of one vector of output columns, each block's taps relative to its first
+/// input column `base`: within a vector or two of it when upsampling, so a block is one or two
+/// loads and two in-register permutes, where gathers fetched each tap on its own (on AVX-512 a
+/// quarter of the logits' resize at 384x768; on AVX2 a third of the label map's resize + argmax).
+/// The weights are padded to whole blocks.
 struct Windows {
     base: Vec<u32>,
     index0: Vec<u32>,
@@ -41,8 +42,10 @@ struct Windows {
     w1: Vec<f32>,
 }
 
-/// Output columns per window: one AVX-512 vector.
+/// Output columns per window on AVX-512: one vector; the taps may span two.
 const WINDOW: usize = 16;
+/// Output columns per window on AVX2: one vector, whose taps must lie in one vector too.
+const WINDOW_AVX2: usize = 8;
 
 impl Columns {
     fn new(w: usize, ow: usize, align_corners: bool) -> Self {
@@ -57,31 +60,36 @@ impl Columns {
             w0: taps.iter().map(|t| t.2).collect(),
             w1: taps.iter().map(|t| t.3).collect(),
             w,
-            windows: Windows::new(&taps),
+            windows: match super::simd::Isa::detected() {
+                super::simd::Isa::Avx512 => Windows::new(&taps, WINDOW, 2 * WINDOW),
+                super::simd::Isa::Avx2 => Windows::new(&taps, WINDOW_AVX2, WINDOW_AVX2),
+                super::simd::Isa::Portable => None,
+            },
         }
     }
 }
 
 impl Windows {
-    /// `None` when some block's taps spread over more than two vectors (downsampling).
-    fn new(taps: &[(usize, usize, f32, f32)]) -> Option<Self> {
-        let blocks = taps.len().div_ceil(WINDOW);
+    /// Blocks of `width` outputs; `None` when some block's taps spread over `span` input columns
+    /// or more (downsampling).
+    fn new(taps: &[(usize, usize, f32, f32)], width: usize, span: usize) -> Option<Self> {
+        let blocks = taps.len().div_ceil(width);
         let mut windows = Self {
             base: Vec::with_capacity(blocks),
-            index0: vec![0; blocks * WINDOW],
-            index1: vec![0; blocks * WINDOW],
-            w0: vec![0.0; blocks * WINDOW],
-            w1: vec![0.0; blocks * WINDOW],
+            index0: vec![0; blocks * width],
+            index1: vec![0; blocks * width],
+            w0: vec![0.0; blocks * width],
+            w1: vec![0.0; blocks * width],
         };
-        for (b, block) in taps.chunks(WINDOW).enumerate() {
+        for (b, block) in taps.chunks(width).enumerate() {
             let base = block.iter().map(|t| t.0.min(t.1)).min()?;
             windows.base.push(base as u32);
             for (i, &(x0, x1, w0, w1)) in block.iter().enumerate() {
                 let (i0, i1) = (x0 - base, x1 - base);
-                if i0.max(i1) >= 2 * WINDOW {
+                if i0.max(i1) >= span {
                     return None;
                 }
-                let at = b * WINDOW + i;
+                let at = b * width + i;
                 (windows.index0[at], windows.index1[at]) = (i0 as u32, i1 as u32);
                 (windows.w0[at], windows.w1[at]) = (w0, w1);
             }
@@ -94,9 +102,16 @@ impl Windows {
 fn horizontal(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(windows) = &columns.windows {
-        if super::simd::Isa::detected() == super::simd::Isa::Avx512 {
-            // SAFETY: the processor has AVX-512F.
-            return unsafe { horizontal_windows(plane, columns, windows, out) };
+        match super::simd::Isa::detected() {
+            // SAFETY: the processor has AVX-512F, and `windows` were built for it.
+            super::simd::Isa::Avx512 => {
+                return unsafe { horizontal_windows(plane, columns, windows, out) }
+            }
+            // SAFETY: the processor has AVX2, and `windows` were built for it.
+            super::simd::Isa::Avx2 => {
+                return unsafe { horizontal_windows_avx2(plane, columns, windows, out) }
+            }
+            super::simd::Isa::Portable => {}
         }
     }
     horizontal_gather(plane, columns, out)
@@ -141,6 +156,60 @@ unsafe fn horizontal_windows(
                 // w0·a + w1·c with two roundings, as the scalar pass.
                 let v = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, c));
                 _mm512_mask_storeu_ps(out_row.as_mut_ptr().add(at).cast(), mask(ow - at), v);
+            }
+        }
+    }
+}
+
+/// [`horizontal`] by [`Windows`] of [`WINDOW_AVX2`] outputs: one load and two permutes a block.
+///
+/// # Safety
+/// The processor must support AVX2; `windows` were built with `WINDOW_AVX2` for both.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_windows_avx2(
+    plane: &[f32],
+    columns: &Columns,
+    windows: &Windows,
+    out: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    let (w, ow) = (columns.w, columns.x0.len());
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (row, out_row) in plane.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
+        for (b, &base) in windows.base.iter().enumerate() {
+            let base = base as usize;
+            let (left, at) = ((w - base).min(WINDOW_AVX2), b * WINDOW_AVX2);
+            // SAFETY: the load keeps to the row (masked at its end); the index and weight arrays
+            // hold whole blocks; every index is below 8 and `Windows::new` checked that the
+            // lanes it picks hold the taps.
+            unsafe {
+                let src = row.as_ptr().add(base);
+                let v = if left == WINDOW_AVX2 {
+                    _mm256_loadu_ps(src)
+                } else {
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes);
+                    _mm256_maskload_ps(src, mask)
+                };
+                let i0 = _mm256_loadu_si256(windows.index0.as_ptr().add(at).cast());
+                let i1 = _mm256_loadu_si256(windows.index1.as_ptr().add(at).cast());
+                let a = _mm256_permutevar8x32_ps(v, i0);
+                let c = _mm256_permutevar8x32_ps(v, i1);
+                let w0 = _mm256_loadu_ps(windows.w0.as_ptr().add(at));
+                let w1 = _mm256_loadu_ps(windows.w1.as_ptr().add(at));
+                // w0·a + w1·c with two roundings, as the scalar pass.
+                let r = _mm256_add_ps(_mm256_mul_ps(w0, a), _mm256_mul_ps(w1, c));
+                let n = ow - at;
+                if n >= WINDOW_AVX2 {
+                    _mm256_storeu_ps(out_row.as_mut_ptr().add(at).cast(), r);
+                } else {
+                    // The row's tail, without a masked store (slow on AMD's processors).
+                    let mut tail = [0f32; WINDOW_AVX2];
+                    _mm256_storeu_ps(tail.as_mut_ptr(), r);
+                    for (o, &t) in out_row[at..].iter_mut().zip(&tail) {
+                        o.write(t);
+                    }
+                }
             }
         }
     }
@@ -388,127 +457,163 @@ unsafe fn blend_streaming_avx2(
     blend(&top[end..n], &bottom[end..n], wy0, wy1, &mut out[end..n]);
 }
 
+/// Output pixels of one argmax block: their running best scores and labels stay in registers
+/// (four AVX2 vectors each) while the block reads every class; only the labels are stored.
+const ARGMAX_BLOCK: usize = 32;
+
+/// Labels of `ARGMAX_BLOCK` pixels from `x` on (fewer at the row's end), `top` and `bottom` the
+/// horizontally interpolated source rows of every class, `stride` floats apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn argmax_row_body<M: MulAdd>(
-    horizontal: &[f32],
+fn argmax_block_body<M: MulAdd>(
+    top: &[f32],
+    bottom: &[f32],
     classes: usize,
-    plane: usize,
-    y0: usize,
-    y1: usize,
+    stride: usize,
+    x: usize,
     wy0: f32,
     wy1: f32,
-    best: &mut [f32],
     labels: &mut [u32],
 ) {
-    let ow = labels.len();
-    for class in 0..classes {
-        let base = &horizontal[class * plane..(class + 1) * plane];
-        let (top, bottom) = (&base[y0 * ow..][..ow], &base[y1 * ow..][..ow]);
-        if class == 0 {
-            for ((b, &t), &d) in best.iter_mut().zip(top).zip(bottom) {
-                *b = wy0 * t + wy1 * d;
-            }
-            labels.fill(0);
-            continue;
+    let n = ARGMAX_BLOCK.min(labels.len() - x);
+    let mut best = [0f32; ARGMAX_BLOCK];
+    let mut label = [0u32; ARGMAX_BLOCK];
+    if n == ARGMAX_BLOCK {
+        // Whole blocks with fixed bounds: the compiler keeps `best` and `label` in registers.
+        let (t, d) = (&top[x..][..ARGMAX_BLOCK], &bottom[x..][..ARGMAX_BLOCK]);
+        for j in 0..ARGMAX_BLOCK {
+            best[j] = wy0 * t[j] + wy1 * d[j];
         }
-        let id = class as u32;
-        for (((b, l), &t), &d) in best.iter_mut().zip(labels.iter_mut()).zip(top).zip(bottom) {
-            let v = wy0 * t + wy1 * d;
-            let wins = v > *b;
-            *b = if wins { v } else { *b };
-            *l = if wins { id } else { *l };
+        for class in 1..classes {
+            let (t, d) = (
+                &top[class * stride + x..][..ARGMAX_BLOCK],
+                &bottom[class * stride + x..][..ARGMAX_BLOCK],
+            );
+            for j in 0..ARGMAX_BLOCK {
+                let v = wy0 * t[j] + wy1 * d[j];
+                let wins = v > best[j];
+                best[j] = if wins { v } else { best[j] };
+                label[j] = if wins { class as u32 } else { label[j] };
+            }
+        }
+        labels[x..x + ARGMAX_BLOCK].copy_from_slice(&label);
+        return;
+    }
+    for class in 0..classes {
+        let (t, d) = (
+            &top[class * stride + x..][..n],
+            &bottom[class * stride + x..][..n],
+        );
+        for j in 0..n {
+            let v = wy0 * t[j] + wy1 * d[j];
+            if class == 0 || v > best[j] {
+                (best[j], label[j]) = (v, class as u32);
+            }
         }
     }
+    labels[x..x + n].copy_from_slice(&label[..n]);
 }
 
 dispatch!(
     #[allow(clippy::too_many_arguments)]
-    fn argmax_row(
-        horizontal: &[f32],
+    fn argmax_block(
+        top: &[f32],
+        bottom: &[f32],
         classes: usize,
-        plane: usize,
-        y0: usize,
-        y1: usize,
+        stride: usize,
+        x: usize,
         wy0: f32,
         wy1: f32,
-        best: &mut [f32],
         labels: &mut [u32],
-    ) => argmax_row_body
+    ) => argmax_block_body
 );
 
-/// [`argmax_row`] on AVX2, written with intrinsics: compiled from the portable body, the running
-/// best score's and label's conditional updates became masked stores (`vmaskmovps`), which AMD's
-/// processors run at a fraction of the rate of an ordinary store; here the blends are stored
-/// whole. The same passes, arithmetic (two products, one sum) and tie rule (a later class must
-/// score higher), so the labels are identical.
+/// [`argmax_block`] on AVX2, with intrinsics: compiled from the portable body, the running best
+/// lived on the stack and was updated by masked stores (`vmaskmovps`), which AMD's processors run
+/// at a fraction of the rate of an ordinary store (2-3x slower in all). The same arithmetic (two
+/// products, one sum) and tie rule (a later class must score higher), so the same labels.
 ///
 /// # Safety
-/// The processor must support AVX2.
+/// The processor must support AVX2; `top` and `bottom` hold `classes` rows `stride` floats
+/// apart, each at least `x + ARGMAX_BLOCK` long, and `x + ARGMAX_BLOCK <= labels.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn argmax_row_avx2(
-    horizontal: &[f32],
-    classes: usize,
-    plane: usize,
-    (y0, y1, wy0, wy1): (usize, usize, f32, f32),
-    best: &mut [f32],
+unsafe fn argmax_block_avx2(
+    top: &[f32],
+    bottom: &[f32],
+    (classes, stride, x): (usize, usize, usize),
+    (wy0, wy1): (f32, f32),
     labels: &mut [u32],
 ) {
-    use std::arch::{asm, x86_64::*};
-    let ow = labels.len();
-    let best = &mut best[..ow];
+    use std::arch::x86_64::*;
+    const VECTORS: usize = ARGMAX_BLOCK / 8;
     let (a, b) = (_mm256_set1_ps(wy0), _mm256_set1_ps(wy1));
-    let vectors = ow / 8 * 8;
-    for class in 0..classes {
-        let base = &horizontal[class * plane..(class + 1) * plane];
-        let (top, bottom) = (&base[y0 * ow..][..ow], &base[y1 * ow..][..ow]);
+    // SAFETY (all loads and the store): every class row holds x..x + ARGMAX_BLOCK.
+    let score = |class: usize, j: usize| unsafe {
+        let at = class * stride + x + 8 * j;
+        let t = _mm256_loadu_ps(top.as_ptr().add(at));
+        let d = _mm256_loadu_ps(bottom.as_ptr().add(at));
+        _mm256_add_ps(_mm256_mul_ps(a, t), _mm256_mul_ps(b, d))
+    };
+    let mut best: [__m256; VECTORS] = std::array::from_fn(|j| score(0, j));
+    // The labels' bits, carried through float blends.
+    let mut label = [_mm256_setzero_ps(); VECTORS];
+    for class in 1..classes {
         let id = _mm256_castsi256_ps(_mm256_set1_epi32(class as i32));
-        for x in (0..vectors).step_by(8) {
-            // SAFETY: x + 8 <= ow, the length of all four rows.
-            unsafe {
-                let t = _mm256_loadu_ps(top.as_ptr().add(x));
-                let d = _mm256_loadu_ps(bottom.as_ptr().add(x));
-                let v = _mm256_add_ps(_mm256_mul_ps(a, t), _mm256_mul_ps(b, d));
-                let best_at = best.as_mut_ptr().add(x);
-                let label_at = labels.as_mut_ptr().add(x).cast::<f32>();
-                if class == 0 {
-                    _mm256_storeu_ps(best_at, v);
-                    _mm256_storeu_ps(label_at, _mm256_setzero_ps());
-                    continue;
-                }
-                let old = _mm256_loadu_ps(best_at);
-                let wins = _mm256_cmp_ps::<_CMP_GT_OQ>(v, old);
-                // The labels' bits, carried through float blends.
-                let label = _mm256_loadu_ps(label_at);
-                let mut blended = [
-                    _mm256_blendv_ps(old, v, wins),
-                    _mm256_blendv_ps(label, id, wins),
-                ];
-                // Opaque to LLVM, which turns a blend with what was loaded from the same place
-                // back into a masked store even when it is written with intrinsics.
-                asm!(
-                    "/* {0} {1} */",
-                    inout(ymm_reg) blended[0],
-                    inout(ymm_reg) blended[1],
-                    options(pure, nomem, nostack),
-                );
-                _mm256_storeu_ps(best_at, blended[0]);
-                _mm256_storeu_ps(label_at, blended[1]);
-            }
+        for j in 0..VECTORS {
+            let v = score(class, j);
+            let wins = _mm256_cmp_ps::<_CMP_GT_OQ>(v, best[j]);
+            // `v > best ? v : best`, NaNs included, as the blend with `wins` would be.
+            best[j] = _mm256_max_ps(v, best[j]);
+            label[j] = _mm256_blendv_ps(label[j], id, wins);
         }
-        for x in vectors..ow {
-            let v = wy0 * top[x] + wy1 * bottom[x];
-            if class == 0 || v > best[x] {
-                (best[x], labels[x]) = (v, class as u32);
-            }
-        }
+    }
+    for (j, label) in label.into_iter().enumerate() {
+        _mm256_storeu_ps(labels.as_mut_ptr().add(x + 8 * j).cast(), label);
     }
 }
 
+/// Source rows `y` of every class plane of `scores` (classes, h, `columns.w`), interpolated
+/// horizontally into the first `ow` floats of `out`'s rows of [`class_stride`] floats.
+fn horizontal_row(scores: &[f32], h: usize, y: usize, columns: &Columns, out: &mut [f32]) {
+    let (w, ow) = (columns.w, columns.x0.len());
+    // SAFETY: `horizontal` only writes values.
+    let out = unsafe { as_uninit(out) };
+    for (plane, out) in scores
+        .chunks_exact(h * w)
+        .zip(out.chunks_mut(class_stride(ow)))
+    {
+        horizontal(&plane[y * w..][..w], columns, &mut out[..ow]);
+    }
+}
+
+/// Output rows a label map's argmax is cut into, at most: a few per thread, each of which
+/// interpolates its first two source rows again.
+fn argmax_tasks(oh: usize) -> usize {
+    (4 * rayon::current_num_threads()).clamp(1, oh.max(1))
+}
+
+/// The scratch [`resize_argmax_planes`] runs fastest with: two horizontally interpolated rows of
+/// every class for each of its tasks.
+pub fn resize_argmax_scratch_len(classes: usize, oh: usize, ow: usize) -> usize {
+    argmax_tasks(oh) * 2 * classes * class_stride(ow)
+}
+
+/// Floats from one class's interpolated row to the next's: a 64-byte line more than a whole
+/// number of lines, so that the 38 rows an argmax block reads do not fall in the same few L1
+/// sets, as rows a multiple of 4 KiB apart did (8 KiB at 2048 wide: 1.5x slower there).
+fn class_stride(ow: usize) -> usize {
+    ow.next_multiple_of(16) + 16
+}
+
 /// The argmax over classes of `resize_planes(scores)` at `oh`x`ow`, into `labels` (oh, ow), the
-/// first class winning ties; `scratch`, at least `classes * h * ow` long, holds the horizontally
-/// interpolated scores (kept by the caller, so repeated frames allocate nothing).
+/// first class winning ties. Each task walks its output rows keeping the two source rows they
+/// blend, interpolated horizontally for every class (the eight output rows between two source
+/// rows share them), and takes the argmax a block of pixels at a time with the running best in
+/// registers: no full-resolution score is stored, nor the horizontal pass of the whole map.
+/// `scratch` (kept by the caller, so repeated frames allocate nothing) holds at least two rows of
+/// every class, one task's; [`resize_argmax_scratch_len`] gives every
+/// task its own.
 #[allow(clippy::too_many_arguments)]
 pub fn resize_argmax_planes(
     scores: &[f32],
@@ -524,42 +629,91 @@ pub fn resize_argmax_planes(
     assert!(classes > 0, "resize_argmax: no classes");
     assert_eq!(scores.len(), classes * h * w, "resize_argmax scores");
     assert_eq!(labels.len(), oh * ow, "resize_argmax labels");
+    if oh * ow == 0 {
+        return;
+    }
     let columns = Columns::new(w, ow, align_corners);
-    let plane = h * ow;
-    assert!(scratch.len() >= classes * plane, "resize_argmax scratch");
-    let horizontal_scores = &mut scratch[..classes * plane];
-    // SAFETY: `horizontal` only writes values.
-    unsafe { as_uninit(horizontal_scores) }
-        .par_chunks_mut(plane)
-        .zip(scores.par_chunks(h * w))
-        .for_each(|(out, class_plane)| horizontal(class_plane, &columns, out));
-    let horizontal_scores = &*horizontal_scores;
-    labels.par_chunks_mut(ow).enumerate().for_each_init(
-        || vec![0f32; ow],
-        |best, (oy, row)| {
-            let (y0, y1, l) = source_index(oy, h, oh, align_corners);
-            let (wy0, wy1) = ((1.0 - l) as f32, l as f32);
-            #[cfg(target_arch = "x86_64")]
-            if super::simd::Isa::detected() == super::simd::Isa::Avx2 {
-                let rows = (y0, y1, wy0, wy1);
-                // SAFETY: the processor has AVX2.
-                return unsafe {
-                    argmax_row_avx2(horizontal_scores, classes, plane, rows, best, row)
-                };
+    let stride = class_stride(ow);
+    let pair = 2 * classes * stride;
+    let tasks = argmax_tasks(oh).min(scratch.len() / pair);
+    assert!(tasks > 0, "resize_argmax scratch");
+    let rows_per_task = oh.div_ceil(tasks);
+    labels
+        .par_chunks_mut(rows_per_task * ow)
+        .zip(scratch.par_chunks_mut(pair))
+        .enumerate()
+        .for_each(|(task, (labels, pair))| {
+            let (mut top, mut bottom) = pair.split_at_mut(classes * stride);
+            // The source rows `top` and `bottom` hold.
+            let mut held = [usize::MAX; 2];
+            let (first, rows) = (task * rows_per_task, labels.len() / ow);
+            let source = |i: usize| source_index(first + i, h, oh, align_corners);
+            let mut i = 0;
+            while i < rows {
+                // The run of output rows that blend the same two source rows.
+                let (y0, y1, _) = source(i);
+                let end = (i + 1..rows)
+                    .find(|&r| {
+                        let (r0, r1, _) = source(r);
+                        (r0, r1) != (y0, y1)
+                    })
+                    .unwrap_or(rows);
+                if held[0] != y0 {
+                    if held[1] == y0 {
+                        std::mem::swap(&mut top, &mut bottom);
+                        held.swap(0, 1);
+                    } else {
+                        horizontal_row(scores, h, y0, &columns, top);
+                        held[0] = y0;
+                    }
+                }
+                if held[1] != y1 {
+                    horizontal_row(scores, h, y1, &columns, bottom);
+                    held[1] = y1;
+                }
+                // Column by column of the run, so the rows' columns stay in L1 for all of it.
+                for x0 in (0..ow).step_by(ARGMAX_COLUMNS) {
+                    let x1 = (x0 + ARGMAX_COLUMNS).min(ow);
+                    for r in i..end {
+                        let l = source(r).2;
+                        let (wy0, wy1) = ((1.0 - l) as f32, l as f32);
+                        let row = &mut labels[r * ow..][..ow];
+                        argmax_columns(top, bottom, classes, stride, x0..x1, (wy0, wy1), row);
+                    }
+                }
+                i = end;
             }
-            argmax_row(
-                horizontal_scores,
-                classes,
-                plane,
-                y0,
-                y1,
-                wy0,
-                wy1,
-                best,
-                row,
-            );
-        },
-    );
+        });
+}
+
+/// Output columns an argmax run takes at a time: 2 x 19 class rows of them, 19 KiB, stay in L1
+/// for all its output rows, where whole rows (300 KiB at 2048 wide) came from L2 for each.
+const ARGMAX_COLUMNS: usize = 4 * ARGMAX_BLOCK;
+
+/// The labels of `columns` (starting at a multiple of [`ARGMAX_BLOCK`]) of one output row.
+fn argmax_columns(
+    top: &[f32],
+    bottom: &[f32],
+    classes: usize,
+    stride: usize,
+    columns: std::ops::Range<usize>,
+    (wy0, wy1): (f32, f32),
+    row: &mut [u32],
+) {
+    let mut x = columns.start;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::Isa::detected() == super::simd::Isa::Avx2 {
+        while x + ARGMAX_BLOCK <= columns.end {
+            // SAFETY: the processor has AVX2; `top` and `bottom` hold `classes` rows `stride`
+            // apart, of `row.len()` floats each.
+            unsafe { argmax_block_avx2(top, bottom, (classes, stride, x), (wy0, wy1), row) };
+            x += ARGMAX_BLOCK;
+        }
+    }
+    while x < columns.end {
+        argmax_block(top, bottom, classes, stride, x, wy0, wy1, row);
+        x += ARGMAX_BLOCK;
+    }
 }
 
 #[cfg(test)]
@@ -573,6 +727,7 @@ mod tests {
         for align_corners in [true, false] {
             for ((h, w), (oh, ow)) in [
                 ((8, 16), (64, 128)),
+                ((5, 30), (40, 301)),
                 ((6, 11), (37, 90)),
                 ((3, 40), (5, 41)),
                 ((2, 50), (3, 20)),
@@ -600,7 +755,7 @@ mod tests {
                 unsafe { fresh.set_len(c * oh * ow) };
                 assert_eq!(fresh, expected, "streaming {h}x{w} -> {oh}x{ow}");
                 let mut labels = vec![0u32; oh * ow];
-                let mut scratch = vec![0f32; c * h * ow];
+                let mut scratch = vec![0f32; resize_argmax_scratch_len(c, oh, ow)];
                 resize_argmax_planes(
                     &data,
                     c,
@@ -619,6 +774,11 @@ mod tests {
                     .to_vec1()
                     .unwrap();
                 assert_eq!(labels, expected, "{h}x{w} -> {oh}x{ow}");
+                // One task's scratch: all rows on one walk.
+                let mut one = vec![0f32; 2 * c * class_stride(ow)];
+                labels.fill(u32::MAX);
+                resize_argmax_planes(&data, c, h, w, &mut labels, oh, ow, align_corners, &mut one);
+                assert_eq!(labels, expected, "one task, {h}x{w} -> {oh}x{ow}");
             }
         }
     }
