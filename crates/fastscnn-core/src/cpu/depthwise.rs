@@ -698,11 +698,14 @@ unsafe fn stride2_avx2(
         let at = out.add(i * ow);
         let mut x = 0;
         while x < ow {
-            // Columns 2x - 1 ..= 2x + 15 all inside the row.
+            // Columns 2x - 1 ..= 2x + 15 all inside the row; at the row's start all but
+            // column -1, which only the first load reads.
             let sum = if x > 0 && 2 * x + 16 <= w {
-                kernel.column::<false>(input, x)
+                kernel.column::<false, false>(input, x)
+            } else if x == 0 && 16 <= w {
+                kernel.column::<true, false>(input, x)
             } else {
-                kernel.column::<true>(input, x)
+                kernel.column::<false, true>(input, x)
             };
             if ow - x >= 8 {
                 _mm256_storeu_ps(at.add(x), sum);
@@ -727,9 +730,10 @@ struct Stride2Avx2 {
 #[cfg(target_arch = "x86_64")]
 impl Stride2Avx2 {
     /// The output vector at column `x` from input rows `input`, in order; `MASKED` loads only
-    /// the lanes inside the row.
+    /// the lanes inside the row, `LEFT` (at column 0) only the first load's, the one that
+    /// reads column -1.
     #[inline(always)]
-    unsafe fn column<const MASKED: bool>(
+    unsafe fn column<const LEFT: bool, const MASKED: bool>(
         self,
         input: [*const f32; 3],
         x: usize,
@@ -737,9 +741,17 @@ impl Stride2Avx2 {
         use std::arch::x86_64::*;
         let start = 2 * x as isize - 1;
         let mut loaded = [None; 3];
+        let inside = _mm256_cmpgt_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_setzero_si256(),
+        );
         // No closures: they would not inherit the target features.
         for r in 0..3 {
-            let a = self.load::<MASKED>(input[r], start);
+            let a = if LEFT {
+                _mm256_maskload_ps(input[r].wrapping_offset(start), inside)
+            } else {
+                self.load::<MASKED>(input[r], start)
+            };
             let b = self.load::<MASKED>(input[r], start + 8);
             let c = self.load::<MASKED>(input[r], start + 1);
             let d = self.load::<MASKED>(input[r], start + 9);
