@@ -611,9 +611,8 @@ fn class_stride(ow: usize) -> usize {
 /// blend, interpolated horizontally for every class (the eight output rows between two source
 /// rows share them), and takes the argmax a block of pixels at a time with the running best in
 /// registers: no full-resolution score is stored, nor the horizontal pass of the whole map.
-/// `scratch` (kept by the caller, so repeated frames allocate nothing) holds at least two rows of
-/// every class, one task's; [`resize_argmax_scratch_len`] gives every
-/// task its own.
+/// `scratch` (kept by the caller, so repeated frames allocate nothing) holds at least one task's
+/// two rows of every class; [`resize_argmax_scratch_len`] floats give every task its own.
 #[allow(clippy::too_many_arguments)]
 pub fn resize_argmax_planes(
     scores: &[f32],
