@@ -95,13 +95,32 @@ fn share_equal(a: &[u32], b: &[u32]) -> f64 {
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
 }
 
+/// What `build` makes (f32, CPU) from seeded random variables. A `VarMap` creates the variables
+/// a layer asks for as zeros, which makes every conv output its bias and any two ways of
+/// computing a layer agree; so `build` runs once to create them, they are set by
+/// [`randomize_vars`], and it runs again on the same map (a folded BatchNorm is folded at build
+/// time).
+pub fn random_layer<T>(
+    seed: u64,
+    build: impl Fn(candle_nn::VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    let varmap = candle_nn::VarMap::new();
+    let vb = || {
+        candle_nn::VarBuilder::from_varmap(
+            &varmap,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+    };
+    build(vb())?;
+    randomize_vars(&varmap, seed)?;
+    build(vb())
+}
+
 /// Sets every variable in `varmap` to seeded random values: weights uniform with variance
 /// 2 / fan-in (a deep stack of ReLU layers neither vanishes nor overflows), biases and BatchNorm
-/// shifts in [-0.1, 0.1), BatchNorm scales and running variances in [0.5, 1.5). A `VarMap` creates the
-/// variables a layer asks for as zeros, which makes every conv output its bias and any two ways of
-/// computing a layer agree; build the layer once to create them, call this, and build it again
-/// from the same map (a folded BatchNorm is folded at build time).
-pub fn randomize_vars(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Result<()> {
+/// shifts in [-0.1, 0.1), BatchNorm scales and running variances in [0.5, 1.5).
+fn randomize_vars(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Result<()> {
     let mut vars: Vec<(String, candle_core::Var)> =
         varmap.data().lock().unwrap().clone().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));

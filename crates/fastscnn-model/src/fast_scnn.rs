@@ -402,24 +402,18 @@ fn config_for(weights: &WeightFile) -> Result<FastScnnConfig> {
 
 #[cfg(test)]
 mod tests {
-    use candle_nn::VarMap;
     use rayon::prelude::*;
 
     use super::*;
 
     /// A reference-layout model with random weights, BatchNorm folded, on the fused CPU path.
     fn random_model() -> FastScnn {
-        let varmap = VarMap::new();
-        let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let norm = NormOptions {
             mode: BatchNormMode::Folded,
             ..NormOptions::default()
         };
         let config = FastScnnConfig::reference(5);
-        // Built once to create the variables (zeros), then from their random values.
-        FastScnn::new(&config, norm, vb()).unwrap();
-        fastscnn_core::testing::randomize_vars(&varmap, 11).unwrap();
-        FastScnn::new(&config, norm, vb())
+        fastscnn_core::testing::random_layer(11, |vb| FastScnn::new(&config, norm, vb))
             .unwrap()
             .with_cpu_kernels(true)
             .unwrap()

@@ -1047,20 +1047,14 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarBuilder;
 
     use crate::layers::NormOptions;
-    use crate::testing::{random_tensor, randomize_vars};
+    use crate::testing::random_tensor;
 
-    /// The layer `build` makes, with random variables ([`randomize_vars`]: a fresh `VarMap`'s
-    /// are zeros).
+    /// [`crate::testing::random_layer`], unwrapped.
     fn random_layer<T>(seed: u64, build: impl Fn(VarBuilder) -> Result<T>) -> T {
-        let varmap = VarMap::new();
-        let vb = || VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        build(vb()).unwrap();
-        randomize_vars(&varmap, seed).unwrap();
-        build(vb()).unwrap()
+        crate::testing::random_layer(seed, build).unwrap()
     }
 
     /// The largest difference between `a` and `b`, relative to `b`'s largest magnitude (at
