@@ -637,6 +637,8 @@ pub fn resize_argmax_planes(
     let tasks = argmax_tasks(oh).min(scratch.len() / pair);
     assert!(tasks > 0, "resize_argmax scratch");
     let rows_per_task = oh.div_ceil(tasks);
+    // Every output row's source rows and weights.
+    let rows = row_taps(h, oh, align_corners);
     labels
         .par_chunks_mut(rows_per_task * ow)
         .zip(scratch.par_chunks_mut(pair))
@@ -645,18 +647,15 @@ pub fn resize_argmax_planes(
             let (mut top, mut bottom) = pair.split_at_mut(classes * stride);
             // The source rows `top` and `bottom` hold.
             let mut held = [usize::MAX; 2];
-            let (first, rows) = (task * rows_per_task, labels.len() / ow);
-            let source = |i: usize| source_index(first + i, h, oh, align_corners);
+            let first = task * rows_per_task;
+            let taps = &rows[first..first + labels.len() / ow];
             let mut i = 0;
-            while i < rows {
+            while i < taps.len() {
                 // The run of output rows that blend the same two source rows.
-                let (y0, y1, _) = source(i);
-                let end = (i + 1..rows)
-                    .find(|&r| {
-                        let (r0, r1, _) = source(r);
-                        (r0, r1) != (y0, y1)
-                    })
-                    .unwrap_or(rows);
+                let (y0, y1, _, _) = taps[i];
+                let end = (i + 1..taps.len())
+                    .find(|&r| (taps[r].0, taps[r].1) != (y0, y1))
+                    .unwrap_or(taps.len());
                 if held[0] != y0 {
                     if held[1] == y0 {
                         std::mem::swap(&mut top, &mut bottom);
@@ -673,9 +672,7 @@ pub fn resize_argmax_planes(
                 // Column by column of the run, so the rows' columns stay in L1 for all of it.
                 for x0 in (0..ow).step_by(ARGMAX_COLUMNS) {
                     let x1 = (x0 + ARGMAX_COLUMNS).min(ow);
-                    for r in i..end {
-                        let l = source(r).2;
-                        let (wy0, wy1) = ((1.0 - l) as f32, l as f32);
+                    for (r, &(_, _, wy0, wy1)) in taps.iter().enumerate().take(end).skip(i) {
                         let row = &mut labels[r * ow..][..ow];
                         argmax_columns(top, bottom, classes, stride, x0..x1, (wy0, wy1), row);
                     }
