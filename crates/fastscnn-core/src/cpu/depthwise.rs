@@ -507,13 +507,22 @@ const WIDE: usize = 1024;
 #[cfg(target_arch = "x86_64")]
 static ZERO_ROW: [f32; WIDE + 32] = [0.0; WIDE + 32];
 
-/// [`stride1_avx512`] on AVX2: eight lanes, two output rows at a time. Rows outside the image
-/// read [`ZERO_ROW`], so every column vector runs the same straight-line code; only a row's first
-/// and last vectors use masked loads, and only a tail narrower than a vector a masked store
-/// (AVX2's masked stores are slow on AMD). Written with the image rows as `Option`s and every
-/// load masked, as the AVX-512 kernel is, LLVM branched on the rows in every vector and spilled
-/// around the branches; one core, a band of 32 channels of 48x96 ran 7.6 -> 15.5 GMAC/s, 128
-/// channels 15.1 -> 21.1, 144 of 12x24 10.4 -> 12.6 (a 384x768 frame: 4.7% faster).
+/// Output rows [`stride1_avx2`] computes at a time, from `STRIDE1_ROWS + 2` input rows: each
+/// input row's three loads serve every output row it is a kernel row of. One core, three rows
+/// against the two of the kernel before (which loaded all four rows' vectors first and summed
+/// each output as three chains): 128 channels of 48x96 21.5 -> 27.5 GMAC/s, 384 of 24x48
+/// 18.7 -> 23.4, 576 of 12x24 16.3 -> 18.8; four rows (16 live vectors with the taps) ran
+/// between the two. A 384x768 frame: 1.0% faster in two paired runs.
+#[cfg(target_arch = "x86_64")]
+const STRIDE1_ROWS: usize = 3;
+
+/// [`stride1_avx512`] on AVX2: eight lanes, [`STRIDE1_ROWS`] output rows at a time. Rows outside
+/// the image read [`ZERO_ROW`], so every column vector runs the same straight-line code; only a
+/// row's first and last vectors use masked loads, and only a tail narrower than a vector a masked
+/// store (AVX2's masked stores are slow on AMD). Written with the image rows as `Option`s and
+/// every load masked, as the AVX-512 kernel is, LLVM branched on the rows in every vector and
+/// spilled around the branches; one core, a band of 32 channels of 48x96 ran 7.6 -> 15.5 GMAC/s,
+/// 128 channels 15.1 -> 21.1, 144 of 12x24 10.4 -> 12.6 (a 384x768 frame: 4.7% faster).
 ///
 /// # Safety
 /// The processor must support AVX2 and FMA, and the rows be at most [`WIDE`] wide.
@@ -543,42 +552,43 @@ unsafe fn stride1_avx2(
     let out = out.as_mut_ptr();
     let mut i = 0;
     while i < rows {
-        let pair = i + 1 < rows;
+        // The last step's rows past the band read (and compute from) the zero row, and are
+        // not stored.
+        let count = (rows - i).min(STRIDE1_ROWS);
         let oy = (oy0 + i) as isize;
-        let row = |y: isize| band.row(y).map_or(zero_row, |r| r.as_ptr());
-        let input = [
-            row(oy - 1),
-            row(oy),
-            row(oy + 1),
-            if pair { row(oy + 2) } else { zero_row },
-        ];
+        let mut input = [zero_row; STRIDE1_ROWS + 2];
+        for (j, row) in input.iter_mut().enumerate().take(count + 2) {
+            if let Some(r) = band.row(oy - 1 + j as isize) {
+                *row = r.as_ptr();
+            }
+        }
         let at = out.add(i * w);
         // Only the loads that would leave the row are masked: the first vector's left taps,
         // the last one's right taps (both, and the centre too, when the row is not a multiple
         // of eight wide).
         let sums = if w > 8 {
-            kernel.column::<true, false, false>(input, 0, &first)
+            kernel.column::<true, false, false>(&input, 0, &first)
         } else {
-            kernel.column::<true, true, true>(input, 0, &first)
+            kernel.column::<true, true, true>(&input, 0, &first)
         };
-        kernel.store(sums, at, w, w, pair);
+        kernel.store(sums, at, w, w, count);
         let mut x = 8;
         while x < inner_end.min(w) {
-            let sums = kernel.column::<false, false, false>(input, x, &first);
-            kernel.store(sums, at.add(x), w, 8, pair);
+            let sums = kernel.column::<false, false, false>(&input, x, &first);
+            kernel.store(sums, at.add(x), w, 8, count);
             x += 8;
         }
         while x < w {
             let masks = edge_masks(w, x);
             let sums = if x + 8 == w {
-                kernel.column::<false, false, true>(input, x, &masks)
+                kernel.column::<false, false, true>(&input, x, &masks)
             } else {
-                kernel.column::<true, true, true>(input, x, &masks)
+                kernel.column::<true, true, true>(&input, x, &masks)
             };
-            kernel.store(sums, at.add(x), w, w - x, pair);
+            kernel.store(sums, at.add(x), w, w - x, count);
             x += 8;
         }
-        i += 2;
+        i += STRIDE1_ROWS;
     }
 }
 
@@ -593,59 +603,58 @@ struct Stride1Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 impl Stride1Avx2 {
-    /// The two output vectors at column `x` whose input rows are `input[0..3]` and
-    /// `input[1..4]`; a `LEFT`, `CENTRE` or `RIGHT` tap's loads take only the lanes of its mask
-    /// in `masks`.
+    /// The output vectors at column `x` of the rows whose input rows are `input[d..d + 3]`; a
+    /// `LEFT`, `CENTRE` or `RIGHT` tap's loads take only the lanes of its mask in `masks`. Each
+    /// output is one chain from the bias through its nine taps: the taps, three loaded vectors
+    /// and the sums fill the sixteen registers.
     #[inline(always)]
     unsafe fn column<const LEFT: bool, const CENTRE: bool, const RIGHT: bool>(
         self,
-        input: [*const f32; 4],
+        input: &[*const f32; STRIDE1_ROWS + 2],
         x: usize,
         masks: &[std::arch::x86_64::__m256i; 3],
-    ) -> [std::arch::x86_64::__m256; 2] {
+    ) -> [std::arch::x86_64::__m256; STRIDE1_ROWS] {
+        use std::arch::x86_64::*;
         // No closures and no `array::map` here: they do not inherit the caller's target
         // features, and every intrinsic in them became a call.
-        let mut loaded = [None; 4];
-        for r in 0..4 {
-            let at = input[r].wrapping_add(x);
+        let mut sums = [self.bias; STRIDE1_ROWS];
+        for (j, row) in input.iter().enumerate() {
+            let at = row.wrapping_add(x);
             // SAFETY: plain loads lie inside the row or the zero row; masked ones touch only
             // the lanes inside it.
-            loaded[r] = Some([
-                load::<LEFT>(at.wrapping_sub(1), masks[0]),
-                load::<CENTRE>(at, masks[1]),
-                load::<RIGHT>(at.wrapping_add(1), masks[2]),
-            ]);
+            let left = load::<LEFT>(at.wrapping_sub(1), masks[0]);
+            let centre = load::<CENTRE>(at, masks[1]);
+            let right = load::<RIGHT>(at.wrapping_add(1), masks[2]);
+            // Input row j is kernel row j - d of output row d.
+            for (d, sum) in sums.iter_mut().enumerate() {
+                if let Some(r) = j.checked_sub(d).filter(|&r| r < 3) {
+                    *sum = _mm256_fmadd_ps(self.tap[3 * r], left, *sum);
+                    *sum = _mm256_fmadd_ps(self.tap[3 * r + 1], centre, *sum);
+                    *sum = _mm256_fmadd_ps(self.tap[3 * r + 2], right, *sum);
+                }
+            }
         }
-        [
-            kernel_rows(
-                [loaded[0], loaded[1], loaded[2]],
-                &self.tap,
-                self.bias,
-                self.relu,
-            ),
-            kernel_rows(
-                [loaded[1], loaded[2], loaded[3]],
-                &self.tap,
-                self.bias,
-                self.relu,
-            ),
-        ]
+        if self.relu {
+            let zero = _mm256_setzero_ps();
+            for sum in &mut sums {
+                *sum = _mm256_max_ps(*sum, zero);
+            }
+        }
+        sums
     }
 
-    /// The first `n` lanes of both vectors at `at` and a row below it (the second only when
-    /// `pair`).
+    /// The first `n` lanes of the first `count` of `sums` at `at` and the rows below it.
     #[inline(always)]
     unsafe fn store(
         self,
-        sums: [std::arch::x86_64::__m256; 2],
+        sums: [std::arch::x86_64::__m256; STRIDE1_ROWS],
         at: *mut f32,
         w: usize,
         n: usize,
-        pair: bool,
+        count: usize,
     ) {
         use std::arch::x86_64::*;
-        let rows = if pair { 2 } else { 1 };
-        for (d, sum) in sums.into_iter().enumerate().take(rows) {
+        for (d, sum) in sums.into_iter().enumerate().take(count) {
             let at = at.add(d * w);
             if n >= 8 {
                 _mm256_storeu_ps(at, sum);
