@@ -545,48 +545,16 @@ unsafe fn stride1_avx2(
         bias: _mm256_set1_ps(bias),
         relu,
     };
-    let zero_row = ZERO_ROW.as_ptr().add(16);
-    // Vectors at columns 8.. whose taps x - 1 ..= x + 8 all lie inside the row.
-    let inner_end = if w > 9 { 8 + (w - 9) / 8 * 8 } else { 8 };
-    let first = edge_masks(w, 0);
     let out = out.as_mut_ptr();
     let mut i = 0;
     while i < rows {
-        // The last step's rows past the band read (and compute from) the zero row, and are
-        // not stored.
-        let count = (rows - i).min(STRIDE1_ROWS);
-        let oy = (oy0 + i) as isize;
-        let mut input = [zero_row; STRIDE1_ROWS + 2];
-        for (j, row) in input.iter_mut().enumerate().take(count + 2) {
-            if let Some(r) = band.row(oy - 1 + j as isize) {
-                *row = r.as_ptr();
-            }
-        }
+        // The last step takes the one or two rows left, not three with some thrown away (a
+        // band of ten rows computed twelve).
         let at = out.add(i * w);
-        // Only the loads that would leave the row are masked: the first vector's left taps,
-        // the last one's right taps (both, and the centre too, when the row is not a multiple
-        // of eight wide).
-        let sums = if w > 8 {
-            kernel.column::<true, false, false>(&input, 0, &first)
-        } else {
-            kernel.column::<true, true, true>(&input, 0, &first)
-        };
-        kernel.store(sums, at, w, w, count);
-        let mut x = 8;
-        while x < inner_end.min(w) {
-            let sums = kernel.column::<false, false, false>(&input, x, &first);
-            kernel.store(sums, at.add(x), w, 8, count);
-            x += 8;
-        }
-        while x < w {
-            let masks = edge_masks(w, x);
-            let sums = if x + 8 == w {
-                kernel.column::<false, false, true>(&input, x, &masks)
-            } else {
-                kernel.column::<true, true, true>(&input, x, &masks)
-            };
-            kernel.store(sums, at.add(x), w, w - x, count);
-            x += 8;
+        match rows - i {
+            1 => kernel.rows::<1>(band, oy0 + i, at),
+            2 => kernel.rows::<2>(band, oy0 + i, at),
+            _ => kernel.rows::<STRIDE1_ROWS>(band, oy0 + i, at),
         }
         i += STRIDE1_ROWS;
     }
@@ -603,12 +571,53 @@ struct Stride1Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 impl Stride1Avx2 {
-    /// The output vectors at column `x` of the rows whose input rows are `input[d..d + 3]`; a
-    /// `LEFT`, `CENTRE` or `RIGHT` tap's loads take only the lanes of its mask in `masks`. Each
-    /// output is one chain from the bias through its nine taps: the taps, three loaded vectors
-    /// and the sums fill the sixteen registers.
+    /// Output rows `oy..oy + N` (`N` at most [`STRIDE1_ROWS`]) into `at` and the rows below it.
     #[inline(always)]
-    unsafe fn column<const LEFT: bool, const CENTRE: bool, const RIGHT: bool>(
+    unsafe fn rows<const N: usize>(self, band: Band, oy: usize, at: *mut f32) {
+        let w = band.w;
+        let zero_row = ZERO_ROW.as_ptr().add(16);
+        let mut input = [zero_row; STRIDE1_ROWS + 2];
+        for (j, row) in input.iter_mut().enumerate().take(N + 2) {
+            if let Some(r) = band.row(oy as isize - 1 + j as isize) {
+                *row = r.as_ptr();
+            }
+        }
+        // Vectors at columns 8.. whose taps x - 1 ..= x + 8 all lie inside the row.
+        let inner_end = if w > 9 { 8 + (w - 9) / 8 * 8 } else { 8 };
+        let first = edge_masks(w, 0);
+        // Only the loads that would leave the row are masked: the first vector's left taps,
+        // the last one's right taps (both, and the centre too, when the row is not a multiple
+        // of eight wide).
+        let sums = if w > 8 {
+            self.column::<N, true, false, false>(&input, 0, &first)
+        } else {
+            self.column::<N, true, true, true>(&input, 0, &first)
+        };
+        self.store::<N>(sums, at, w, w);
+        let mut x = 8;
+        while x < inner_end.min(w) {
+            let sums = self.column::<N, false, false, false>(&input, x, &first);
+            self.store::<N>(sums, at.add(x), w, 8);
+            x += 8;
+        }
+        while x < w {
+            let masks = edge_masks(w, x);
+            let sums = if x + 8 == w {
+                self.column::<N, false, false, true>(&input, x, &masks)
+            } else {
+                self.column::<N, true, true, true>(&input, x, &masks)
+            };
+            self.store::<N>(sums, at.add(x), w, w - x);
+            x += 8;
+        }
+    }
+
+    /// The output vectors at column `x` of the `N` rows whose input rows are `input[d..d + 3]`;
+    /// a `LEFT`, `CENTRE` or `RIGHT` tap's loads take only the lanes of its mask in `masks`.
+    /// Each output is one chain from the bias through its nine taps: the taps, three loaded
+    /// vectors and three sums fill the sixteen registers.
+    #[inline(always)]
+    unsafe fn column<const N: usize, const LEFT: bool, const CENTRE: bool, const RIGHT: bool>(
         self,
         input: &[*const f32; STRIDE1_ROWS + 2],
         x: usize,
@@ -618,7 +627,7 @@ impl Stride1Avx2 {
         // No closures and no `array::map` here: they do not inherit the caller's target
         // features, and every intrinsic in them became a call.
         let mut sums = [self.bias; STRIDE1_ROWS];
-        for (j, row) in input.iter().enumerate() {
+        for (j, row) in input.iter().enumerate().take(N + 2) {
             let at = row.wrapping_add(x);
             // SAFETY: plain loads lie inside the row or the zero row; masked ones touch only
             // the lanes inside it.
@@ -626,7 +635,7 @@ impl Stride1Avx2 {
             let centre = load::<CENTRE>(at, masks[1]);
             let right = load::<RIGHT>(at.wrapping_add(1), masks[2]);
             // Input row j is kernel row j - d of output row d.
-            for (d, sum) in sums.iter_mut().enumerate() {
+            for (d, sum) in sums.iter_mut().enumerate().take(N) {
                 if let Some(r) = j.checked_sub(d).filter(|&r| r < 3) {
                     *sum = _mm256_fmadd_ps(self.tap[3 * r], left, *sum);
                     *sum = _mm256_fmadd_ps(self.tap[3 * r + 1], centre, *sum);
@@ -636,25 +645,24 @@ impl Stride1Avx2 {
         }
         if self.relu {
             let zero = _mm256_setzero_ps();
-            for sum in &mut sums {
+            for sum in sums.iter_mut().take(N) {
                 *sum = _mm256_max_ps(*sum, zero);
             }
         }
         sums
     }
 
-    /// The first `n` lanes of the first `count` of `sums` at `at` and the rows below it.
+    /// The first `n` lanes of the first `N` of `sums` at `at` and the rows below it.
     #[inline(always)]
-    unsafe fn store(
+    unsafe fn store<const N: usize>(
         self,
         sums: [std::arch::x86_64::__m256; STRIDE1_ROWS],
         at: *mut f32,
         w: usize,
         n: usize,
-        count: usize,
     ) {
         use std::arch::x86_64::*;
-        for (d, sum) in sums.into_iter().enumerate().take(count) {
+        for (d, sum) in sums.into_iter().enumerate().take(N) {
             let at = at.add(d * w);
             if n >= 8 {
                 _mm256_storeu_ps(at, sum);
