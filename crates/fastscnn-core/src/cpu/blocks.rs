@@ -391,9 +391,10 @@ fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
 /// more than `most` rows a band, and as many bands as a multiple of the thread count. With bands
 /// of exactly `most` rows the last was short (at 384x768 the stem's twentieth band was one row of
 /// five) and rayon handed each thread half the bands in one piece; logged per band, the two
-/// threads of one stem region often finished 0.4-0.8 ms apart (one core ran slower, on a shared
-/// machine), the early one idle. One task per band lets it take the other's remaining bands.
-/// Paired frames: 384x768 0.6-0.7% faster, 1024x2048 label map 1.5%.
+/// threads of one stem region finished 0.3-1.0 ms apart in 10 of 13 frames (one core ran slower,
+/// on a shared machine), the early one idle. One task per band lets it take the other's remaining
+/// bands: within 0.2 ms. Paired frames, new / old: 384x768 0.993, 1.004, 0.994; 1024x2048 label
+/// map 0.985.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy)]
 struct RowBands {
