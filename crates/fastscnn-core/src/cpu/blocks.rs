@@ -1117,8 +1117,8 @@ mod tests {
         (fused, plain)
     }
 
-    /// The channel-split bottleneck cuts the hidden channels by the thread count, the first share
-    /// written straight to the output: one share, two and three must all sum to the same.
+    /// Whatever the thread count, the bands of a fused block's rows are contiguous, cover every
+    /// row once, keep to the height asked for and differ by at most a row.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn row_bands_cover_the_rows_once_in_near_equal_bands_no_taller_than_asked() {
@@ -1160,6 +1160,8 @@ mod tests {
         }
     }
 
+    /// The channel-split bottleneck cuts the hidden channels by the thread count, the first share
+    /// written straight to the output: one share, two and three must all sum to the same.
     #[test]
     fn split_bottleneck_sums_to_the_same_for_any_thread_count() {
         for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2)] {

@@ -512,7 +512,7 @@ static ZERO_ROW: [f32; WIDE + 32] = [0.0; WIDE + 32];
 /// against the two of the kernel before (which loaded all four rows' vectors first and summed
 /// each output as three chains): 128 channels of 48x96 21.5 -> 27.5 GMAC/s, 384 of 24x48
 /// 18.7 -> 23.4, 576 of 12x24 16.3 -> 18.8; four rows (16 live vectors with the taps) ran
-/// between the two. A 384x768 frame: 1.0% faster in two paired runs.
+/// between the two. A 384x768 frame: 0.6-1.0% faster in three paired runs.
 #[cfg(target_arch = "x86_64")]
 const STRIDE1_ROWS: usize = 3;
 
