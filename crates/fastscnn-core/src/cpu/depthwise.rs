@@ -544,6 +544,8 @@ unsafe fn stride1_avx2(
         tap: taps.map(|t| _mm256_set1_ps(t)),
         bias: _mm256_set1_ps(bias),
         relu,
+        first: edge_masks(w, 0),
+        inner_end: if w > 9 { 8 + (w - 9) / 8 * 8 } else { 8 },
     };
     let out = out.as_mut_ptr();
     let mut i = 0;
@@ -560,13 +562,17 @@ unsafe fn stride1_avx2(
     }
 }
 
-/// [`stride1_avx2`]'s taps, bias and ReLU.
+/// [`stride1_avx2`]'s taps, bias and ReLU, and what the row width decides.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Stride1Avx2 {
     tap: [std::arch::x86_64::__m256; 9],
     bias: std::arch::x86_64::__m256,
     relu: bool,
+    /// The first vector's [`edge_masks`].
+    first: [std::arch::x86_64::__m256i; 3],
+    /// Columns `8..inner_end`: the vectors whose taps `x - 1 ..= x + 8` all lie inside the row.
+    inner_end: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -582,21 +588,19 @@ impl Stride1Avx2 {
                 *row = r.as_ptr();
             }
         }
-        // Vectors at columns 8.. whose taps x - 1 ..= x + 8 all lie inside the row.
-        let inner_end = if w > 9 { 8 + (w - 9) / 8 * 8 } else { 8 };
-        let first = edge_masks(w, 0);
+        let first = &self.first;
         // Only the loads that would leave the row are masked: the first vector's left taps,
         // the last one's right taps (both, and the centre too, when the row is not a multiple
         // of eight wide).
         let sums = if w > 8 {
-            self.column::<N, true, false, false>(&input, 0, &first)
+            self.column::<N, true, false, false>(&input, 0, first)
         } else {
-            self.column::<N, true, true, true>(&input, 0, &first)
+            self.column::<N, true, true, true>(&input, 0, first)
         };
         self.store::<N>(sums, at, w, w);
         let mut x = 8;
-        while x < inner_end.min(w) {
-            let sums = self.column::<N, false, false, false>(&input, x, &first);
+        while x < self.inner_end.min(w) {
+            let sums = self.column::<N, false, false, false>(&input, x, first);
             self.store::<N>(sums, at.add(x), w, 8);
             x += 8;
         }
