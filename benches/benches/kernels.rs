@@ -134,7 +134,7 @@ fn resize_then_argmax(c: &mut Criterion) {
     let scores = random_tensor(&[1, 19, H, W], 11).unwrap();
     let input = data(&scores);
     let mut labels = vec![0u32; oh * ow];
-    let mut scratch = vec![0f32; resize_argmax_scratch_len(19, oh, ow)];
+    let mut scratch = vec![0f32; resize_argmax_scratch_len(19, (H, W), (oh, ow))];
     let mut group = c.benchmark_group("resize_argmax_19x96x192_to_768x1536");
     group.bench_function("candle_custom_op", |b| {
         b.iter(|| resize_argmax(&scores, oh, ow, true).unwrap())

@@ -220,7 +220,7 @@ impl CpuInference {
         let classes = self.num_classes();
         let (scores, sh, sw) = self.scores(image, h, w, pool, record)?;
         let start = Instant::now();
-        let mut scratch = pool.take(resize_argmax_scratch_len(classes, h, w));
+        let mut scratch = pool.take(resize_argmax_scratch_len(classes, (sh, sw), (h, w)));
         resize_argmax_planes(
             &scores,
             classes,
