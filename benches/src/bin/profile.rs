@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Parser;
 use fastscnn_benches::{random_tensor, reference_model};
-use fastscnn_model::{FastScnn, LoadOptions};
+use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
+use image::imageops::{self, FilterType};
 
 #[derive(Debug, Parser)]
 #[command(name = "profile")]
@@ -20,10 +22,15 @@ struct Args {
     /// Timed runs after one warm-up run; the median of each stage is shown.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Weights to profile; default: the reference network with constant weights (the time does
-    /// not depend on the values).
+    /// Weights to profile; default: the reference network with constant weights (but for the
+    /// resize + argmax, the time does not depend on the values).
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// A frame to profile, resized to --size, instead of random values: the resize + argmax
+    /// skips the scores where a block's source pixels share a label, so its time depends on
+    /// the scene (and on trained weights, with --weights).
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
 }
 
 fn parse_size(size: &str) -> Result<(usize, usize)> {
@@ -56,7 +63,14 @@ fn run(args: &Args) -> Result<()> {
         Some(path) => FastScnn::from_file(path, &LoadOptions::default())?,
         None => reference_model()?,
     };
-    let x = random_tensor(&[1, 3, h, w], 7)?;
+    let x = match &args.image {
+        Some(path) => {
+            let image = load_rgb_image(path)?;
+            let image = imageops::resize(&image, w as u32, h as u32, FilterType::Triangle);
+            image_to_tensor(&image, &model.config().normalization, &Device::Cpu)?
+        }
+        None => random_tensor(&[1, 3, h, w], 7)?,
+    };
     let mut order = Vec::new();
     let mut times: HashMap<&'static str, Vec<Duration>> = HashMap::new();
     model.predict_profiled(&x, |_, _| {})?;

@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Time this frame, resized to --size, instead of random noise: the label map skips the
+    /// scores of output blocks whose source pixels share a label, so its time depends on the
+    /// scene (noise, on which the network's labels hardly vary, is a fast case).
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -44,7 +44,7 @@ fn reports_median_min_and_fps() {
             "fresh output memory"
         };
         assert!(
-            text.contains(&format!("1 threads, {outputs}, 3 runs")),
+            text.contains(&format!("1 threads, {outputs}, input noise, 3 runs")),
             "{text}"
         );
         let report: serde_json::Value =
@@ -58,6 +58,7 @@ fn reports_median_min_and_fps() {
         assert!((fps - 1e3 / median).abs() < 1e-9);
         assert_eq!(report["mode"], mode);
         assert_eq!(report["freed_memory_kept"], kept);
+        assert!(report["image"].is_null());
         assert!(report["engine"]
             .as_str()
             .unwrap()
@@ -107,4 +108,37 @@ fn fresh_outputs_leave_the_allocator_default() {
     let (text, report) = quick_bench(&golden, &["--fresh-outputs"]);
     assert!(text.contains("fresh output memory"), "{text}");
     assert_eq!(report["freed_memory_kept"], false);
+}
+
+#[test]
+fn an_image_is_timed_resized_to_the_size() {
+    let Some(golden) = golden() else { return };
+    let image = golden.join("seed0_c19_256x512_input0.png");
+    let (text, report) = quick_bench(&golden, &["--image", image.to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("input {}, 2 runs", image.display())),
+        "{text}"
+    );
+    assert_eq!(report["image"], image.display().to_string());
+}
+
+#[test]
+fn an_unreadable_image_is_one_line_naming_it() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("frame.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let out = fastscnn()
+        .arg("bench")
+        .arg("--weights")
+        .arg(golden.join("fastscnn_seed0_c19.safetensors"))
+        .args(["--size", "64x128", "--iters", "1"])
+        .arg("--image")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
 }
