@@ -5,7 +5,10 @@ Times ONNX Runtime (CPU execution provider) on the golden ONNX exports
 (`fastscnn_seed0_c19_{768x1536,384x768}.onnx`, the reference-layout weights of
 `fastscnn_seed0_c19.safetensors`) and `fastscnn bench` on the safetensors, round after round
 so both see the same machine state, and prints each case's medians and the ratio. Before
-timing, it checks that both engines label a real Cityscapes frame the same way.
+timing, it checks that both engines label a real Cityscapes frame the same way. Both engines
+are timed on that frame resized to each case's size (`--noise` for random values instead): the
+label map's time depends on the scene, as fastscnn skips the scores where the network's labels
+do not change.
 
     cargo build --release -p fastscnn-cli
     python3 -m pip install onnxruntime numpy pillow
@@ -62,11 +65,28 @@ def ort_session(path, threads):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def time_ort(session, mode, size, iters, warmup):
+def first_frame(shared):
+    """The first Cityscapes frame of the fixtures, or None when there is none."""
+    frames = sorted((shared / "cityscapes-mini" / "leftImg8bit").rglob("*.png"))
+    return frames[0] if frames else None
+
+
+def network_input(frame, size):
+    """`frame` resized to `size` and normalised as the network expects, or noise without one."""
     import numpy as np
 
     h, w = size
-    x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+    if frame is None:
+        return np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(frame).convert("RGB").resize((w, h), Image.BILINEAR),
+                     dtype=np.float32) / 255.0
+    return ((rgb - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32).transpose(2, 0, 1)[None]
+
+
+def time_ort(session, mode, size, iters, warmup, frame):
+    x = network_input(frame, size)
 
     def once():
         logits = session.run(None, {"input": x})[0]
@@ -83,7 +103,7 @@ def time_ort(session, mode, size, iters, warmup):
     return statistics.median(times)
 
 
-def time_fastscnn(binary, weights, mode, size, iters, warmup, threads, candle_ops=False):
+def time_fastscnn(binary, weights, mode, size, iters, warmup, threads, frame, candle_ops=False):
     """`fastscnn bench` in a child process: its median ms and its peak resident memory in MB."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "bench.json"
@@ -91,7 +111,7 @@ def time_fastscnn(binary, weights, mode, size, iters, warmup, threads, candle_op
             str(binary), "bench", "--weights", str(weights), "--size", f"{size[0]}x{size[1]}",
             "--mode", mode, "--iters", str(iters), "--warmup", str(warmup),
             "--threads", str(threads), "--json", str(report),
-        ] + (["--candle-ops"] if candle_ops else [])
+        ] + (["--candle-ops"] if candle_ops else []) + (["--image", str(frame)] if frame else [])
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             fail(f"{' '.join(command)} failed: {done.stderr.strip()}")
@@ -107,13 +127,13 @@ def check_agreement(binary, weights, shared, threads):
     except ImportError:
         print("agreement check skipped: needs numpy and pillow")
         return None
-    frames = sorted((shared / "cityscapes-mini" / "leftImg8bit").rglob("*.png"))
-    if not frames:
+    source = first_frame(shared)
+    if source is None:
         print("agreement check skipped: no frame under cityscapes-mini/leftImg8bit")
         return None
     with tempfile.TemporaryDirectory() as tmp:
         frame = Path(tmp) / "frame.png"
-        Image.open(frames[0]).convert("RGB").resize((1536, 768), Image.BILINEAR).save(frame)
+        Image.open(source).convert("RGB").resize((1536, 768), Image.BILINEAR).save(frame)
         command = [
             str(binary), "segment", str(frame), "--weights", str(weights), "--out-dir", tmp,
             "--format", "trainid",
@@ -154,6 +174,8 @@ def main():
     parser.add_argument("--iters", type=int, default=10, help="timed frames per engine per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--noise", action="store_true",
+                        help="time both engines on random values instead of a Cityscapes frame")
     parser.add_argument("--no-candle-ops", action="store_true",
                         help="skip timing fastscnn through candle's ops (the path before the fused "
                              "CPU kernels), which is slow at 1024x2048")
@@ -169,12 +191,23 @@ def main():
         fail(f"{e.name} is missing: python3 -m pip install onnxruntime numpy pillow")
     shared = shared_dir(args.shared)
     weights = shared / "golden" / "fastscnn_seed0_c19.safetensors"
+    frame = None
+    if not args.noise:
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            fail("pillow is missing (python3 -m pip install pillow), or pass --noise")
+        frame = first_frame(shared)
+        if frame is None:
+            fail("no frame under cityscapes-mini/leftImg8bit; pass --noise to time random values")
+    what = f"the frame {frame.name} resized to each size" if frame else "random values"
 
     lines = [
         f"Machine: {machine()}. ONNX Runtime {onnxruntime.__version__} (CPU provider, "
         f"{args.threads} intra-op threads, sequential), fastscnn `bench` with {args.threads} "
         f"threads; float32, batch 1. Medians over {args.rounds} interleaved rounds of "
-        f"{args.iters} frames each (per round: ORT, fastscnn, fastscnn through candle's ops).",
+        f"{args.iters} frames each (per round: ORT, fastscnn, fastscnn through candle's ops), "
+        f"input {what}.",
         "",
     ]
     agreement = check_agreement(args.fastscnn, weights, shared, args.threads)
@@ -192,14 +225,14 @@ def main():
         ort_ms, ours_ms, candle_ms, rss = [], [], [], []
         for _ in range(args.rounds):
             if session is not None:
-                ort_ms.append(time_ort(session, mode, size, args.iters, args.warmup))
+                ort_ms.append(time_ort(session, mode, size, args.iters, args.warmup, frame))
             ms, peak = time_fastscnn(args.fastscnn, weights, mode, size, args.iters, args.warmup,
-                                     args.threads)
+                                     args.threads, frame)
             ours_ms.append(ms)
             rss.append(peak)
             if not args.no_candle_ops:
                 ms, _ = time_fastscnn(args.fastscnn, weights, mode, size, args.iters, args.warmup,
-                                      args.threads, candle_ops=True)
+                                      args.threads, frame, candle_ops=True)
                 candle_ms.append(ms)
         ours = statistics.median(ours_ms)
         if session is not None:
