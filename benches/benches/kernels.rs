@@ -1,7 +1,7 @@
 //! Each fused CPU kernel (`fastscnn_core::cpu`) against the candle-op path it replaced, at the
 //! shapes of a 768x1536 input (1/8 resolution: 96x192): the pointwise expansion of the first
 //! bottleneck, its stride-2 depthwise conv, a whole stride-1 bottleneck, and the final resize +
-//! argmax; the depthwise convs also at the small maps of a 384x768 input. Run with `cargo bench -p fastscnn-benches --bench kernels`.
+//! argmax (of random scores, and of a scene's regions); the depthwise convs also at the small maps of a 384x768 input. Run with `cargo bench -p fastscnn-benches --bench kernels`.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -13,6 +13,7 @@ use fastscnn_core::cpu::{
 };
 use fastscnn_core::layers::{Conv2d, ConvConfig, LinearBottleneck, NormOptions};
 use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
+use fastscnn_core::testing::region_scores;
 
 const H: usize = 96;
 const W: usize = 192;
@@ -141,6 +142,11 @@ fn resize_then_argmax(c: &mut Criterion) {
     });
     group.bench_function("separable", |b| {
         b.iter(|| resize_argmax_planes(&input, 19, H, W, &mut labels, oh, ow, true, &mut scratch))
+    });
+    // Scores of regions, as a scene's: most blocks take their source pixels' shared label.
+    let regions = region_scores(19, H, W, 11);
+    group.bench_function("separable_regions", |b| {
+        b.iter(|| resize_argmax_planes(&regions, 19, H, W, &mut labels, oh, ow, true, &mut scratch))
     });
     group.finish();
 

@@ -59,6 +59,33 @@ pub fn random_tensor(shape: &[usize], seed: u64) -> candle_core::Result<candle_c
     candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
 }
 
+/// Class scores (classes, h, w) shaped like a street scene's: each class highest in a region of
+/// its own (around a seeded point), plus a little noise, so most of a label map lies inside one
+/// region and some of it on the borders between them; random scores have a border at every
+/// pixel.
+pub fn region_scores(classes: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let values = |shape: &[usize], seed| -> Vec<f32> {
+        random_tensor(shape, seed)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .expect("a seeded CPU tensor")
+    };
+    let noise = values(&[classes, h, w], seed);
+    let centres = values(&[classes, 2], seed + 1);
+    let mut scores = vec![0f32; classes * h * w];
+    for c in 0..classes {
+        let (cy, cx) = (centres[2 * c] + 1.0, centres[2 * c + 1] + 1.0);
+        for y in 0..h {
+            for x in 0..w {
+                let dy = y as f32 / h as f32 * 2.0 - cy;
+                let dx = x as f32 / w as f32 * 2.0 - cx;
+                let at = (c * h + y) * w + x;
+                scores[at] = -(dy * dy + dx * dx) + 0.02 * noise[at];
+            }
+        }
+    }
+    scores
+}
+
 /// The largest absolute element-wise difference of two same-shaped f32 tensors.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");

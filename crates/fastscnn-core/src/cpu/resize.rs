@@ -968,7 +968,7 @@ unsafe fn source_block_avx2(
 mod tests {
     use super::*;
     use crate::ops::{resize_argmax, resize_bilinear};
-    use crate::testing::random_tensor;
+    use crate::testing::{random_tensor, region_scores};
     use candle_core::Tensor;
 
     #[test]
@@ -1032,39 +1032,6 @@ mod tests {
         }
     }
 
-    /// Scores shaped like a street scene's: each class highest in a region of its own (around
-    /// a point), plus noise, so most blocks of the label map lie inside one region and some on
-    /// the borders between them.
-    fn regions(classes: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
-        let noise: Vec<f32> = random_tensor(&[classes, h, w], seed)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let centres: Vec<f32> = random_tensor(&[classes, 2], seed + 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let mut scores = vec![0f32; classes * h * w];
-        for c in 0..classes {
-            let (cy, cx) = (centres[2 * c] + 1.0, centres[2 * c + 1] + 1.0);
-            for y in 0..h {
-                for x in 0..w {
-                    let (dy, dx) = (
-                        y as f32 / h as f32 * 2.0 - cy,
-                        x as f32 / w as f32 * 2.0 - cx,
-                    );
-                    let at = (c * h + y) * w + x;
-                    scores[at] = -(dy * dy + dx * dx) + 0.02 * noise[at];
-                }
-            }
-        }
-        scores
-    }
-
     #[test]
     fn label_scenes_of_regions_as_resizing_then_taking_the_argmax() {
         let c = 19;
@@ -1074,7 +1041,7 @@ mod tests {
                 ((24, 40), (190, 333)),
                 ((9, 70), (20, 150)),
             ] {
-                let data = regions(c, h, w, 5);
+                let data = region_scores(c, h, w, 5);
                 // The scene has both: blocks of one label and blocks on a border.
                 let label = |p: usize| {
                     (0..c)
