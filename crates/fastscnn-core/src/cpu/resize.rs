@@ -107,7 +107,8 @@ fn horizontal(plane: &[f32], columns: &Columns, out: &mut [MaybeUninit<f32>]) {
         input_stride: w,
         output_stride: ow,
     };
-    horizontal_rows(plane, columns, rows, 0..ow, out);
+    let whole_row = 0..ow;
+    horizontal_rows(plane, columns, rows, std::slice::from_ref(&whole_row), out);
 }
 
 /// The rows a horizontal pass takes: `count` input rows (`columns.w` floats each)
@@ -120,13 +121,15 @@ struct RowSet {
     output_stride: usize,
 }
 
-/// Output columns `span` of every row of `rows` interpolated horizontally (the rest of the
-/// output rows is left as it is). `span` starts at a multiple of [`WINDOW`].
+/// Output columns `spans` of every row of `rows` interpolated horizontally (the rest of the
+/// output rows is left as it is), row by row, each row's spans left to right: in one pass
+/// along the row, as the hardware prefetches it (a row's spans taken a few at a time over all
+/// the rows, 2.6x slower). Each span starts at a multiple of [`WINDOW`].
 fn horizontal_rows(
     input: &[f32],
     columns: &Columns,
     rows: RowSet,
-    span: Range<usize>,
+    spans: &[Range<usize>],
     out: &mut [MaybeUninit<f32>],
 ) {
     let (w, ow) = (columns.w, columns.x0.len());
@@ -136,11 +139,11 @@ fn horizontal_rows(
     assert!(
         input.len() >= (rows.count - 1) * rows.input_stride + w
             && out.len() >= (rows.count - 1) * rows.output_stride + ow
-            && span.end <= ow,
+            && spans.iter().all(|s| s.end <= ow),
         "horizontal resize rows"
     );
     assert!(
-        span.start.is_multiple_of(WINDOW),
+        spans.iter().all(|s| s.start.is_multiple_of(WINDOW)),
         "horizontal resize span start"
     );
     #[cfg(target_arch = "x86_64")]
@@ -148,16 +151,18 @@ fn horizontal_rows(
         match super::simd::Isa::detected() {
             // SAFETY: the processor has AVX-512F, and `windows` were built for it.
             super::simd::Isa::Avx512 => {
-                return unsafe { horizontal_windows(input, columns, windows, rows, span, out) }
+                return unsafe { horizontal_windows(input, columns, windows, rows, spans, out) }
             }
             // SAFETY: the processor has AVX2, and `windows` were built for it.
             super::simd::Isa::Avx2 => {
-                return unsafe { horizontal_windows_avx2(input, columns, windows, rows, span, out) }
+                return unsafe {
+                    horizontal_windows_avx2(input, columns, windows, rows, spans, out)
+                }
             }
             super::simd::Isa::Portable => {}
         }
     }
-    horizontal_gather(input, columns, rows, span, out)
+    horizontal_gather(input, columns, rows, spans, out)
 }
 
 /// Input row `r` of `rows` and its output row.
@@ -185,7 +190,7 @@ unsafe fn horizontal_windows(
     columns: &Columns,
     windows: &Windows,
     rows: RowSet,
-    span: Range<usize>,
+    spans: &[Range<usize>],
     out: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
@@ -193,30 +198,32 @@ unsafe fn horizontal_windows(
     let mask = |n: usize| lane_mask(n, 0);
     for r in 0..rows.count {
         let (row, out_row) = row_pair(input, columns, rows, r, out);
-        for b in span.start / WINDOW..span.end.div_ceil(WINDOW) {
-            let base = windows.base[b] as usize;
-            let left = w - base;
-            let at = b * WINDOW;
-            // SAFETY: the masks keep the loads inside the row and the store inside the span;
-            // the index and weight arrays hold whole blocks; every index is below 32, so the
-            // permutes pick lanes of the two loads, which `Windows::new` checked hold the taps.
-            unsafe {
-                let src = row.as_ptr().add(base);
-                let lo = _mm512_maskz_loadu_ps(mask(left), src);
-                let hi = _mm512_maskz_loadu_ps(
-                    mask(left.saturating_sub(WINDOW)),
-                    src.wrapping_add(WINDOW),
-                );
-                let i0 = _mm512_loadu_si512(windows.index0.as_ptr().add(at).cast());
-                let i1 = _mm512_loadu_si512(windows.index1.as_ptr().add(at).cast());
-                let a = _mm512_permutex2var_ps(lo, i0, hi);
-                let c = _mm512_permutex2var_ps(lo, i1, hi);
-                let w0 = _mm512_loadu_ps(windows.w0.as_ptr().add(at));
-                let w1 = _mm512_loadu_ps(windows.w1.as_ptr().add(at));
-                // w0·a + w1·c with two roundings, as the scalar pass.
-                let v = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, c));
-                let dst = out_row.as_mut_ptr().add(at).cast();
-                _mm512_mask_storeu_ps(dst, mask(span.end - at), v);
+        for span in spans {
+            for b in span.start / WINDOW..span.end.div_ceil(WINDOW) {
+                let base = windows.base[b] as usize;
+                let left = w - base;
+                let at = b * WINDOW;
+                // SAFETY: the masks keep the loads inside the row and the store inside the span;
+                // the index and weight arrays hold whole blocks; every index is below 32, so the
+                // permutes pick lanes of the two loads, which `Windows::new` checked hold the taps.
+                unsafe {
+                    let src = row.as_ptr().add(base);
+                    let lo = _mm512_maskz_loadu_ps(mask(left), src);
+                    let hi = _mm512_maskz_loadu_ps(
+                        mask(left.saturating_sub(WINDOW)),
+                        src.wrapping_add(WINDOW),
+                    );
+                    let i0 = _mm512_loadu_si512(windows.index0.as_ptr().add(at).cast());
+                    let i1 = _mm512_loadu_si512(windows.index1.as_ptr().add(at).cast());
+                    let a = _mm512_permutex2var_ps(lo, i0, hi);
+                    let c = _mm512_permutex2var_ps(lo, i1, hi);
+                    let w0 = _mm512_loadu_ps(windows.w0.as_ptr().add(at));
+                    let w1 = _mm512_loadu_ps(windows.w1.as_ptr().add(at));
+                    // w0·a + w1·c with two roundings, as the scalar pass.
+                    let v = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, c));
+                    let dst = out_row.as_mut_ptr().add(at).cast();
+                    _mm512_mask_storeu_ps(dst, mask(span.end - at), v);
+                }
             }
         }
     }
@@ -235,7 +242,7 @@ unsafe fn horizontal_windows_avx2(
     columns: &Columns,
     windows: &Windows,
     rows: RowSet,
-    span: Range<usize>,
+    spans: &[Range<usize>],
     out: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
@@ -243,37 +250,39 @@ unsafe fn horizontal_windows_avx2(
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for r in 0..rows.count {
         let (row, out_row) = row_pair(input, columns, rows, r, out);
-        for b in span.start / WINDOW_AVX2..span.end.div_ceil(WINDOW_AVX2) {
-            let base = windows.base[b] as usize;
-            let (left, at) = ((w - base).min(WINDOW_AVX2), b * WINDOW_AVX2);
-            // SAFETY: the load keeps to the row (masked at its end); the index and weight
-            // arrays hold whole blocks; every index is below 8 and `Windows::new` checked that
-            // the lanes it picks hold the taps.
-            unsafe {
-                let src = row.as_ptr().add(base);
-                let v = if left == WINDOW_AVX2 {
-                    _mm256_loadu_ps(src)
-                } else {
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes);
-                    _mm256_maskload_ps(src, mask)
-                };
-                let i0 = _mm256_loadu_si256(windows.index0.as_ptr().add(at).cast());
-                let i1 = _mm256_loadu_si256(windows.index1.as_ptr().add(at).cast());
-                let a = _mm256_permutevar8x32_ps(v, i0);
-                let c = _mm256_permutevar8x32_ps(v, i1);
-                let w0 = _mm256_loadu_ps(windows.w0.as_ptr().add(at));
-                let w1 = _mm256_loadu_ps(windows.w1.as_ptr().add(at));
-                // w0·a + w1·c with two roundings, as the scalar pass.
-                let v = _mm256_add_ps(_mm256_mul_ps(w0, a), _mm256_mul_ps(w1, c));
-                let n = span.end - at;
-                if n >= WINDOW_AVX2 {
-                    _mm256_storeu_ps(out_row.as_mut_ptr().add(at).cast(), v);
-                } else {
-                    // The span's tail, without a masked store (slow on AMD's processors).
-                    let mut tail = [0f32; WINDOW_AVX2];
-                    _mm256_storeu_ps(tail.as_mut_ptr(), v);
-                    for (o, &t) in out_row[at..span.end].iter_mut().zip(&tail) {
-                        o.write(t);
+        for span in spans {
+            for b in span.start / WINDOW_AVX2..span.end.div_ceil(WINDOW_AVX2) {
+                let base = windows.base[b] as usize;
+                let (left, at) = ((w - base).min(WINDOW_AVX2), b * WINDOW_AVX2);
+                // SAFETY: the load keeps to the row (masked at its end); the index and weight
+                // arrays hold whole blocks; every index is below 8 and `Windows::new` checked that
+                // the lanes it picks hold the taps.
+                unsafe {
+                    let src = row.as_ptr().add(base);
+                    let v = if left == WINDOW_AVX2 {
+                        _mm256_loadu_ps(src)
+                    } else {
+                        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes);
+                        _mm256_maskload_ps(src, mask)
+                    };
+                    let i0 = _mm256_loadu_si256(windows.index0.as_ptr().add(at).cast());
+                    let i1 = _mm256_loadu_si256(windows.index1.as_ptr().add(at).cast());
+                    let a = _mm256_permutevar8x32_ps(v, i0);
+                    let c = _mm256_permutevar8x32_ps(v, i1);
+                    let w0 = _mm256_loadu_ps(windows.w0.as_ptr().add(at));
+                    let w1 = _mm256_loadu_ps(windows.w1.as_ptr().add(at));
+                    // w0·a + w1·c with two roundings, as the scalar pass.
+                    let v = _mm256_add_ps(_mm256_mul_ps(w0, a), _mm256_mul_ps(w1, c));
+                    let n = span.end - at;
+                    if n >= WINDOW_AVX2 {
+                        _mm256_storeu_ps(out_row.as_mut_ptr().add(at).cast(), v);
+                    } else {
+                        // The span's tail, without a masked store (slow on AMD's processors).
+                        let mut tail = [0f32; WINDOW_AVX2];
+                        _mm256_storeu_ps(tail.as_mut_ptr(), v);
+                        for (o, &t) in out_row[at..span.end].iter_mut().zip(&tail) {
+                            o.write(t);
+                        }
                     }
                 }
             }
@@ -286,23 +295,25 @@ fn horizontal_body<M: MulAdd>(
     input: &[f32],
     columns: &Columns,
     rows: RowSet,
-    span: Range<usize>,
+    spans: &[Range<usize>],
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (x0, x1) = (&columns.x0[span.clone()], &columns.x1[span.clone()]);
-    let (w0, w1) = (&columns.w0[span.clone()], &columns.w1[span.clone()]);
     for r in 0..rows.count {
         let (row, out_row) = row_pair(input, columns, rows, r, out);
-        let out_row = &mut out_row[span.clone()];
-        for x in 0..out_row.len() {
-            // SAFETY: `Columns::new` checked every index against the row width `w`.
-            let (a, b) = unsafe {
-                (
-                    *row.get_unchecked(x0[x] as usize),
-                    *row.get_unchecked(x1[x] as usize),
-                )
-            };
-            out_row[x].write(w0[x] * a + w1[x] * b);
+        for span in spans {
+            let (x0, x1) = (&columns.x0[span.clone()], &columns.x1[span.clone()]);
+            let (w0, w1) = (&columns.w0[span.clone()], &columns.w1[span.clone()]);
+            let out_row = &mut out_row[span.clone()];
+            for x in 0..out_row.len() {
+                // SAFETY: `Columns::new` checked every index against the row width `w`.
+                let (a, b) = unsafe {
+                    (
+                        *row.get_unchecked(x0[x] as usize),
+                        *row.get_unchecked(x1[x] as usize),
+                    )
+                };
+                out_row[x].write(w0[x] * a + w1[x] * b);
+            }
         }
     }
 }
@@ -313,7 +324,7 @@ dispatch!(
         input: &[f32],
         columns: &Columns,
         rows: RowSet,
-        span: Range<usize>,
+        spans: &[Range<usize>],
         out: &mut [MaybeUninit<f32>],
     ) => horizontal_body
 );
@@ -652,13 +663,13 @@ unsafe fn argmax_block_avx2(
     }
 }
 
-/// Output columns `span` of source row `y` of every class plane of `scores` (classes, h,
+/// Output columns `spans` of source row `y` of every class plane of `scores` (classes, h,
 /// `columns.w`), interpolated horizontally into `out`'s rows of [`class_stride`] floats.
 fn horizontal_row(
     scores: &[f32],
     (classes, h, y): (usize, usize, usize),
     columns: &Columns,
-    span: Range<usize>,
+    spans: &[Range<usize>],
     out: &mut [f32],
 ) {
     let w = columns.w;
@@ -669,7 +680,7 @@ fn horizontal_row(
     };
     // SAFETY: `horizontal_rows` only writes values.
     let out = unsafe { as_uninit(out) };
-    horizontal_rows(&scores[y * w..], columns, rows, span, out);
+    horizontal_rows(&scores[y * w..], columns, rows, spans, out);
 }
 
 /// Output rows a label map's argmax is cut into, at most: a few per thread, each of which
@@ -706,9 +717,10 @@ fn class_stride(ow: usize) -> usize {
 /// its source pixels share. (The labels equal those of resizing then taking the argmax, but
 /// where rounding makes a lower class's blended score exactly equal the shared label's: the
 /// reference gives the lower class, this the shared one.) With the golden weights at 1024x2048,
-/// 42% and 56% of the blocks of the two cityscapes-mini frames are skipped (0.81x and 0.83x
-/// the time of computing every block, paired runs), 98% for noise input (0.24x); random
-/// scores, where none is, take 1.03-1.05x.
+/// 42% and 56% of the blocks of the two cityscapes-mini frames are skipped, 98% for noise
+/// input: 0.87x, 0.65x and 0.10x the previous kernel's time, which computed every block
+/// (medians of three alternating runs of 200 calls each); random scores, where no block is
+/// skipped, 0.91-1.04x.
 ///
 /// Each task walks its output rows keeping the two source rows they blend, interpolated
 /// horizontally for every class in the columns some block of them needs (the eight output rows
@@ -759,6 +771,8 @@ pub fn resize_argmax_planes(
     // Every output row's source rows and weights.
     let rows = row_taps(h, oh, align_corners);
     let chunks = ow.div_ceil(ARGMAX_COLUMNS);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = super::simd::Isa::detected() == super::simd::Isa::Avx2;
     labels
         .par_chunks_mut(rows_per_task * ow)
         .zip(scratch.par_chunks_mut(pair))
@@ -768,6 +782,10 @@ pub fn resize_argmax_planes(
             // The source rows `top` and `bottom` hold, and which blocks' columns of them.
             let mut held = [usize::MAX; 2];
             let mut ready = [vec![false; spans.len()], vec![false; spans.len()]];
+            // A run's label for each block its source pixels agree on, and the output columns
+            // whose scores it needs.
+            let mut shared = vec![None; spans.len()];
+            let mut needed: Vec<Range<usize>> = Vec::new();
             let first = task * rows_per_task;
             let taps = &rows[first..first + labels.len() / ow];
             let mut i = 0;
@@ -792,45 +810,126 @@ pub fn resize_argmax_planes(
                     ready[1].fill(false);
                 }
                 let (labels0, labels1) = (&source[y0 * w..][..w], &source[y1 * w..][..w]);
+                for (shared, &span) in shared.iter_mut().zip(&spans) {
+                    *shared = shared_label(labels0, labels1, span);
+                }
+                for (slot, y) in [(0, y0), (1, y1)] {
+                    needed.clear();
+                    for (b, ready) in ready[slot].iter_mut().enumerate() {
+                        if shared[b].is_some() || *ready {
+                            continue;
+                        }
+                        *ready = true;
+                        let x = b * ARGMAX_BLOCK..((b + 1) * ARGMAX_BLOCK).min(ow);
+                        match needed.last_mut() {
+                            Some(last) if last.end == x.start => last.end = x.end,
+                            _ => needed.push(x),
+                        }
+                    }
+                    if !needed.is_empty() {
+                        let row = if slot == 0 { &mut *top } else { &mut *bottom };
+                        horizontal_row(scores, (classes, h, y), &columns, &needed, row);
+                    }
+                }
                 // Column chunk by column chunk of the run, so the rows' columns stay in L1 for
                 // all of it.
                 for chunk in 0..chunks {
                     let x0 = chunk * ARGMAX_COLUMNS;
                     let x1 = (x0 + ARGMAX_COLUMNS).min(ow);
-                    let blocks = x0 / ARGMAX_BLOCK..x1.div_ceil(ARGMAX_BLOCK);
-                    let mut shared = [None; ARGMAX_COLUMNS / ARGMAX_BLOCK];
-                    for (shared, &span) in shared.iter_mut().zip(&spans[blocks.clone()]) {
-                        *shared = shared_label(labels0, labels1, span);
+                    let shared = &shared[x0 / ARGMAX_BLOCK..x1.div_ceil(ARGMAX_BLOCK)];
+                    let blocks = ArgmaxBlocks {
+                        top,
+                        bottom,
+                        classes,
+                        stride,
+                    };
+                    let run = &taps[i..end];
+                    let labels = &mut labels[i * ow..end * ow];
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the processor has AVX2; `top` and `bottom` hold `classes`
+                        // rows `stride` apart, of `ow` floats each, as `labels`' rows are.
+                        unsafe { blocks.run_avx2(run, x0..x1, shared, labels) };
+                        continue;
                     }
-                    let shared = &shared[..blocks.len()];
-                    // The scores of the blocks that need them, one span of the chunk for all
-                    // classes: block by block (the 19 class rows a multiple of 4 KiB apart) the
-                    // pass took 1.45x the time (perf samples, 1024x2048).
-                    for (slot, y) in [(0, y0), (1, y1)] {
-                        let needed = |&(b, shared): &(usize, &Option<u32>)| {
-                            shared.is_none() && !ready[slot][b]
-                        };
-                        let mut need = blocks.clone().zip(shared).filter(needed).map(|(b, _)| b);
-                        let Some(first) = need.next() else { continue };
-                        let last = need.next_back().unwrap_or(first);
-                        let span = first * ARGMAX_BLOCK..((last + 1) * ARGMAX_BLOCK).min(ow);
-                        let row = if slot == 0 { &mut *top } else { &mut *bottom };
-                        horizontal_row(scores, (classes, h, y), &columns, span, row);
-                        ready[slot][first..=last].fill(true);
-                    }
-                    for (r, &(_, _, wy0, wy1)) in taps.iter().enumerate().take(end).skip(i) {
-                        let row = &mut labels[r * ow..][..ow];
-                        for (x, shared) in (x0..x1).step_by(ARGMAX_BLOCK).zip(shared) {
-                            match *shared {
-                                Some(label) => row[x..(x + ARGMAX_BLOCK).min(ow)].fill(label),
-                                None => argmax_at(top, bottom, classes, stride, x, (wy0, wy1), row),
-                            }
-                        }
-                    }
+                    blocks.run(run, x0..x1, shared, labels);
                 }
                 i = end;
             }
         });
+}
+
+/// The argmax of a run's blocks: `top` and `bottom` are the horizontally interpolated source
+/// rows of every class, `stride` floats apart.
+struct ArgmaxBlocks<'a> {
+    top: &'a [f32],
+    bottom: &'a [f32],
+    classes: usize,
+    stride: usize,
+}
+
+impl ArgmaxBlocks<'_> {
+    /// The labels of `columns` (from a multiple of [`ARGMAX_BLOCK`]; `shared` has one entry per
+    /// block) of the output rows `labels` holds, which blend `top` and `bottom` by the weights
+    /// of `run`: each block's shared label where it has one, else the argmax of its blended
+    /// scores.
+    fn run(
+        &self,
+        run: &[(usize, usize, f32, f32)],
+        columns: Range<usize>,
+        shared: &[Option<u32>],
+        labels: &mut [u32],
+    ) {
+        let ow = labels.len() / run.len();
+        for (&(_, _, wy0, wy1), row) in run.iter().zip(labels.chunks_exact_mut(ow)) {
+            for (b, shared) in shared.iter().enumerate() {
+                let x = columns.start + b * ARGMAX_BLOCK;
+                match *shared {
+                    Some(label) => row[x..(x + ARGMAX_BLOCK).min(columns.end)].fill(label),
+                    None => {
+                        let (top, bottom) = (self.top, self.bottom);
+                        argmax_block(top, bottom, self.classes, self.stride, x, wy0, wy1, row)
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::run`] with [`argmax_block_avx2`] for whole blocks, its loops compiled for AVX2
+    /// too: called block by block from the task's loop (compiled for SSE2), the calls and that
+    /// loop added a quarter to the argmax's time on random scores (perf samples). Blocks are
+    /// counted, not stepped over: `step_by` divided on every call.
+    ///
+    /// # Safety
+    /// The processor must support AVX2; `top` and `bottom` hold `classes` rows `stride` apart,
+    /// each as long as the rows of `labels`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(
+        &self,
+        run: &[(usize, usize, f32, f32)],
+        columns: Range<usize>,
+        shared: &[Option<u32>],
+        labels: &mut [u32],
+    ) {
+        let (top, bottom, classes, stride) = (self.top, self.bottom, self.classes, self.stride);
+        let ow = labels.len() / run.len();
+        for (&(_, _, wy0, wy1), row) in run.iter().zip(labels.chunks_exact_mut(ow)) {
+            for (b, shared) in shared.iter().enumerate() {
+                let x = columns.start + b * ARGMAX_BLOCK;
+                match *shared {
+                    Some(label) => row[x..(x + ARGMAX_BLOCK).min(columns.end)].fill(label),
+                    None if x + ARGMAX_BLOCK <= ow => {
+                        // SAFETY: the caller's contract, and the block lies inside the rows.
+                        unsafe {
+                            argmax_block_avx2(top, bottom, (classes, stride, x), (wy0, wy1), row)
+                        }
+                    }
+                    None => argmax_block(top, bottom, classes, stride, x, wy0, wy1, row),
+                }
+            }
+        }
+    }
 }
 
 /// Output columns an argmax run takes at a time: 2 x 19 class rows of them, 19 KiB, stay in L1
@@ -846,27 +945,6 @@ fn shared_label(top: &[f32], bottom: &[f32], (lo, hi): (usize, usize)) -> Option
         .chain(&bottom[lo..=hi])
         .all(|&l| l == first);
     same.then_some(first as u32)
-}
-
-/// The labels of the argmax block at `x` (a multiple of [`ARGMAX_BLOCK`]) of one output row.
-#[allow(clippy::too_many_arguments)]
-fn argmax_at(
-    top: &[f32],
-    bottom: &[f32],
-    classes: usize,
-    stride: usize,
-    x: usize,
-    (wy0, wy1): (f32, f32),
-    row: &mut [u32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if x + ARGMAX_BLOCK <= row.len() && super::simd::Isa::detected() == super::simd::Isa::Avx2 {
-        // SAFETY: the processor has AVX2; `top` and `bottom` hold `classes` rows `stride`
-        // apart, of `row.len()` floats each.
-        unsafe { argmax_block_avx2(top, bottom, (classes, stride, x), (wy0, wy1), row) };
-        return;
-    }
-    argmax_block(top, bottom, classes, stride, x, wy0, wy1, row);
 }
 
 /// Every source pixel's label (the first class winning ties, as the argmax of the blend), as
