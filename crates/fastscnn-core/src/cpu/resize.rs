@@ -720,7 +720,7 @@ fn class_stride(ow: usize) -> usize {
 /// 42% and 56% of the blocks of the two cityscapes-mini frames are skipped, 98% for noise
 /// input: 0.87x, 0.65x and 0.10x the previous kernel's time, which computed every block
 /// (medians of three alternating runs of 200 calls each); random scores, where no block is
-/// skipped, 0.91-1.04x.
+/// skipped, 0.91x (0.88-1.04x per run).
 ///
 /// Each task walks its output rows keeping the two source rows they blend, interpolated
 /// horizontally for every class in the columns some block of them needs (the eight output rows
