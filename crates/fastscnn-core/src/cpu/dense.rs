@@ -144,6 +144,33 @@ impl DenseConv {
         unsafe { self.rows_raw(input, h, w, y0, rows, out.as_mut_ptr(), rows * ow, cols) }
     }
 
+    /// [`Self::run_rows`] into planes `out_stride` floats apart.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `out_channels` rows of `rows·ow` floats at stride
+    /// `out_stride`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn rows_into(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        y0: usize,
+        rows: usize,
+        out: *mut f32,
+        out_stride: usize,
+        cols: &mut Vec<f32>,
+    ) {
+        let (oh, _) = self.output_size(h, w);
+        self.check(input, h, w);
+        assert!(
+            y0 + rows <= oh,
+            "dense conv rows {y0}..{} of {oh}",
+            y0 + rows
+        );
+        self.rows_raw(input, h, w, y0, rows, out, out_stride, cols)
+    }
+
     /// # Safety
     /// `out` must be valid for writes of `out_channels` rows of `rows·ow` floats at stride
     /// `out_stride`, and the input checked by [`Self::check`].
