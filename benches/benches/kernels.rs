@@ -1,7 +1,10 @@
-//! Each fused CPU kernel (`fastscnn_core::cpu`) against the candle-op path it replaced, at the
+//! Each fused CPU kernel (`fastscnn_core::cpu`), most beside the candle-op path it replaced, at the
 //! shapes of a 768x1536 input (1/8 resolution: 96x192): the pointwise expansion of the first
-//! bottleneck, its stride-2 depthwise conv, a whole stride-1 bottleneck, and the final resize +
-//! argmax (of random scores, and of a scene's regions); the depthwise convs also at the small maps of a 384x768 input. Run with `cargo bench -p fastscnn-benches --bench kernels`.
+//! bottleneck, its stride-2 depthwise conv, the classifier's depthwise conv whole and in the
+//! two-row bands it runs in, the fused stem + separable conv, a whole stride-1 bottleneck, and
+//! the final resize + argmax (of random scores, and of a scene's regions); the depthwise convs
+//! also at the small maps of a 384x768 input. Run with
+//! `cargo bench -p fastscnn-benches --bench kernels`.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -9,9 +12,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
 use fastscnn_core::cpu::{
     resize_argmax_planes, resize_argmax_scratch_len, resize_planes, zeroed_vec, Bottleneck,
-    BufferPool, DepthwiseConv, PointwiseConv, Seed,
+    BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed, SeparableConv, StemSeparable,
 };
-use fastscnn_core::layers::{Conv2d, ConvConfig, LinearBottleneck, NormOptions};
+use fastscnn_core::layers::{Conv2d, ConvBnAct, ConvConfig, DSConv, LinearBottleneck, NormOptions};
 use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
 use fastscnn_core::testing::region_scores;
 
@@ -109,6 +112,77 @@ fn depthwise(c: &mut Criterion) {
         group.bench_function("fused", |b| b.iter(|| fused.run(&input, h, w, &mut out)));
         group.finish();
     }
+
+    // The classifier's and the feature fusion's depthwise convs as they run at 768x1536 and
+    // 1024x2048: bands of two rows, one after another on one thread.
+    let channels = 128;
+    let layer = conv(ConvConfig::depthwise(channels, 1), 13);
+    let input = data(&random_tensor(&[1, channels, H, W], 14).unwrap());
+    let fused = DepthwiseConv::new(
+        data(layer.weight()),
+        data(layer.bias().unwrap()),
+        channels,
+        1,
+        true,
+    );
+    let mut band = vec![0f32; channels * 2 * W];
+    let mut scratch = Vec::new();
+    let mut group = c.benchmark_group(format!(
+        "depthwise3x3_{channels}ch_{H}x{W}_stride1_relu_two_row_bands"
+    ));
+    group.bench_function("fused", |b| {
+        b.iter(|| {
+            for oy0 in (0..H).step_by(2) {
+                fused.run_band(
+                    0,
+                    &input,
+                    H * W,
+                    0,
+                    H,
+                    W,
+                    oy0,
+                    2 * W,
+                    &mut band,
+                    &mut scratch,
+                );
+            }
+        })
+    });
+    group.finish();
+}
+
+/// Learning to downsample's first two layers (the stem's 3x3/2 conv to 32 channels and the
+/// separable conv to 48 after it) on a 768x1536 input: fused, and as candle's layers.
+fn stem_separable(c: &mut Criterion) {
+    let (h, w) = (8 * H, 8 * W);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let stem = ConvBnAct::sequential(
+        ConvConfig::dense(3, 32, 3, 2, 1),
+        true,
+        NormOptions::default(),
+        vb.pp("stem"),
+    )
+    .unwrap();
+    let ds = DSConv::new(32, 48, 2, true, NormOptions::default(), vb.pp("ds")).unwrap();
+    let x = random_tensor(&[1, 3, h, w], 15).unwrap();
+    let input = data(&x);
+    let fused = StemSeparable {
+        stem: DenseConv::from_layer(&stem).unwrap(),
+        dsconv: SeparableConv::from_layer(&ds).unwrap(),
+    };
+    let mut pool = BufferPool::default();
+    let mut group = c.benchmark_group(format!("stem_separable_3x{h}x{w}"));
+    group.bench_function("candle_layers", |b| {
+        b.iter(|| ds.forward(&stem.forward(&x).unwrap()).unwrap())
+    });
+    group.bench_function("fused", |b| {
+        b.iter(|| {
+            let (out, _, _) = fused.run(&input, h, w, &mut pool);
+            pool.give(out);
+        })
+    });
+    group.finish();
 }
 
 fn bottleneck(c: &mut Criterion) {
@@ -173,6 +247,7 @@ criterion_group!(
     benches,
     pointwise,
     depthwise,
+    stem_separable,
     bottleneck,
     resize_then_argmax
 );
