@@ -484,8 +484,8 @@ impl StemSeparable {
     /// in the band did not. A band's first and last stem rows are shared with its neighbours and
     /// computed by both; rows shared by two steps are computed once. With bands of one step of
     /// two rows (what the cache budget allows at 1024x2048), a fifth of the stem's rows were
-    /// computed twice, a fourteenth with three steps; the stage, old and new interleaved in one
-    /// process: 1024x2048 0.93-0.95x the time, 768x1536 0.92-0.94x, 384x768 0.98x.
+    /// computed twice, a fourteenth with three steps. The block alone, old and new interleaved
+    /// in one process: 0.94x the time at 1024x2048, 0.92x at 768x1536, 0.98x at 384x768.
     #[cfg(target_arch = "x86_64")]
     fn run_stepped(
         &self,
@@ -1331,8 +1331,8 @@ mod tests {
                 d < 1e-4,
                 "stem + separable {h}x{w}, padding {padding}, stride {stride}: {d}"
             );
-            // Bands of several steps, which compute the stem rows two steps share once (the
-            // sizes above give one step a band but at 1024x2048 and beyond).
+            // Bands of several steps, which compute the stem rows two steps share once (at the
+            // sizes above every band is one step; several come from 768x1536 inputs up).
             for (most, step) in [(5, 2), (7, 3), (4, 1)] {
                 let c = fused.run_stepped(&x, h, w, RowBands::new(ah, most), step, &mut pool);
                 let d = max_diff(&c, &b);

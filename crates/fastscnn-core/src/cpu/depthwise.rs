@@ -567,9 +567,9 @@ unsafe fn stride1_avx2(
 /// were reloaded in every column of theirs (nine loads beside eighteen FMAs for two rows), where
 /// alone they hold the taps in registers. One core, a band of 128 channels 256 wide read from
 /// cache: two rows 16.2-17.3 -> 19.6-21.4 GMAC/s, one row 10.9-11.2 -> 14.2-14.8. The feature
-/// fusion's and the classifier's bands are two rows at 1024x2048; those stages, paired, 0.98
-/// and 0.96-0.97x the time there (no different at 384x768 and 768x1536, where their bands are
-/// taller).
+/// fusion's and the classifier's bands are two rows at 768x1536 and 1024x2048; those stages,
+/// paired, 0.98 and 0.96-0.97x the time at 1024x2048, no different at 768x1536 or at 384x768
+/// (bands of five rows).
 ///
 /// # Safety
 /// As [`stride1_avx2`].
