@@ -128,20 +128,14 @@ impl DenseConv {
         out: &mut [f32],
         cols: &mut Vec<f32>,
     ) {
-        let (oh, ow) = self.output_size(h, w);
-        self.check(input, h, w);
-        assert!(
-            y0 + rows <= oh,
-            "dense conv rows {y0}..{} of {oh}",
-            y0 + rows
-        );
+        let (_, ow) = self.output_size(h, w);
         assert_eq!(
             out.len(),
             self.out_channels * rows * ow,
             "dense conv rows output"
         );
         // SAFETY: `out` holds exactly (out_channels, rows·ow).
-        unsafe { self.rows_raw(input, h, w, y0, rows, out.as_mut_ptr(), rows * ow, cols) }
+        unsafe { self.rows_into(input, h, w, y0, rows, out.as_mut_ptr(), rows * ow, cols) }
     }
 
     /// [`Self::run_rows`] into planes `out_stride` floats apart.
