@@ -1,4 +1,5 @@
-//! The fused CPU path on the portable kernels (what runs without AVX2), on golden fixtures.
+//! The CPU path on the portable kernels (what runs without AVX2 or NEON: the `gemm` crate for the
+//! 1x1 convs, blocks layer by layer), on golden fixtures.
 
 mod common;
 

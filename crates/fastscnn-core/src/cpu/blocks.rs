@@ -5,21 +5,15 @@
 
 use candle_core::{bail, DType, Result, Tensor};
 
-#[cfg(target_arch = "x86_64")]
 use super::buffers::as_uninit;
-#[cfg(target_arch = "x86_64")]
 use super::epilogue::finish_row;
-#[cfg(target_arch = "x86_64")]
 use super::packed_gemm::{Epilogue, TILE_CHANNELS};
 use super::resize::resize_planes;
-#[cfg(target_arch = "x86_64")]
 use super::resize::{blend, horizontal_planes, row_taps};
-#[cfg(target_arch = "x86_64")]
 use super::SendPtr;
 use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
 use crate::layers::{self, Conv2d, ConvBnAct};
 use crate::ops::pool_planes;
-#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -167,7 +161,6 @@ impl SeparableConv {
         w: usize,
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
-        #[cfg(target_arch = "x86_64")]
         if self.pointwise.has_packed_kernel() {
             return self.run_fused(x, h, w, pool);
         }
@@ -182,7 +175,6 @@ impl SeparableConv {
 
     /// Band by band of output rows: the depthwise output of a band, all channels, stays in cache
     /// for the pointwise product instead of going to memory and back.
-    #[cfg(target_arch = "x86_64")]
     fn run_fused(
         &self,
         x: &[f32],
@@ -195,7 +187,6 @@ impl SeparableConv {
 
     /// [`Self::run_fused`], and when `then` is given, that 1x1 conv applied to each band while it
     /// is in cache, its output returned instead (the classifier's last conv).
-    #[cfg(target_arch = "x86_64")]
     fn run_fused_then(
         &self,
         x: &[f32],
@@ -251,7 +242,6 @@ impl SeparableConv {
     /// # Safety
     /// Both pointwise convs must have packed weights, and `out` must be valid for writes of `n`
     /// floats in each of the output channels' rows.
-    #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn band(
         &self,
@@ -332,7 +322,6 @@ impl SeparableConv {
 }
 
 /// A task's buffers for [`SeparableConv::band`].
-#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Default)]
 struct BandScratch {
     filtered: Vec<f32>,
@@ -344,7 +333,6 @@ struct BandScratch {
 /// The buffers of one band task of a fused block: a [`BandScratch`] and three more for what the
 /// block computes around it (stem rows, expanded or upsampled rows, filtered rows, the depthwise
 /// kernel's scratch).
-#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Default)]
 struct TaskScratch {
     band: BandScratch,
@@ -357,7 +345,6 @@ struct TaskScratch {
 /// rayon's `for_each_init`, state built anew for every piece of work a loop splits off, the
 /// fresh buffers' zeroing was 1.4% of a 384x768 frame. (A nested call, which the blocks never
 /// make, gets fresh buffers instead of failing.)
-#[cfg(target_arch = "x86_64")]
 fn with_task_scratch<R>(f: impl FnOnce(&mut TaskScratch) -> R) -> R {
     thread_local! {
         static KEPT: std::cell::RefCell<TaskScratch> = std::cell::RefCell::default();
@@ -370,7 +357,6 @@ fn with_task_scratch<R>(f: impl FnOnce(&mut TaskScratch) -> R) -> R {
 
 /// The first `n` floats of `buffer`, grown (with zeros) if it is shorter but never shrunk, so a
 /// kept buffer lent for various sizes is written by nothing but its users.
-#[cfg(target_arch = "x86_64")]
 fn grown(buffer: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if buffer.len() < n {
         buffer.resize(n, 0.0);
@@ -380,7 +366,6 @@ fn grown(buffer: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// Output rows per band of a fused block: the band's intermediate (`floats_per_row` per output
 /// row) about 256 KiB, and enough bands for every thread to get several.
-#[cfg(target_arch = "x86_64")]
 fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
     let by_cache = (64 * 1024 / floats_per_row.max(1)).max(1);
     let by_threads = out_rows.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -395,14 +380,12 @@ fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
 /// on a shared machine), the early one idle. One task per band lets it take the other's remaining
 /// bands: within 0.2 ms. Paired frames, new / old: 384x768 0.993, 1.004, 0.994; 1024x2048 label
 /// map 0.985.
-#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy)]
 struct RowBands {
     rows: usize,
     count: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl RowBands {
     fn new(rows: usize, most: usize) -> Self {
         let threads = rayon::current_num_threads().max(1);
@@ -444,7 +427,6 @@ impl StemSeparable {
         w: usize,
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
-        #[cfg(target_arch = "x86_64")]
         if self.dsconv.pointwise.has_packed_kernel() {
             return self.run_fused(x, h, w, pool);
         }
@@ -456,7 +438,6 @@ impl StemSeparable {
         out
     }
 
-    #[cfg(target_arch = "x86_64")]
     fn run_fused(
         &self,
         x: &[f32],
@@ -486,7 +467,6 @@ impl StemSeparable {
     /// two rows (what the cache budget allows at 1024x2048), a fifth of the stem's rows were
     /// computed twice, a fourteenth with three steps. The block alone, old and new interleaved
     /// in one process: 0.94x the time at 1024x2048, 0.92x at 768x1536, 0.98x at 384x768.
-    #[cfg(target_arch = "x86_64")]
     fn run_stepped(
         &self,
         x: &[f32],
@@ -582,7 +562,6 @@ impl Bottleneck {
         w: usize,
         pool: &mut BufferPool,
     ) -> (Buffer, usize, usize) {
-        #[cfg(target_arch = "x86_64")]
         if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
             let hidden = self.expand.out_channels * h * w;
             return if hidden >= fuse_above() {
@@ -613,7 +592,6 @@ impl Bottleneck {
     /// projection to the band's output. The 6x-wide hidden tensor never exists in full; what
     /// exists of it stays in cache. The price is recomputing the expansion of the one or two
     /// input rows two bands share.
-    #[cfg(target_arch = "x86_64")]
     fn run_fused(
         &self,
         x: &[f32],
@@ -716,7 +694,6 @@ impl Bottleneck {
     /// One parallel region per block instead of three, and no halo rows recomputed. One task per
     /// thread, the first projecting straight into the output with the bias and the shortcut: with
     /// two per thread and every share summed from its own buffer, a 384x768 frame took 1-2% longer.
-    #[cfg(target_arch = "x86_64")]
     fn run_split(
         &self,
         x: &[f32],
@@ -839,23 +816,24 @@ impl Bottleneck {
 /// block. (Measured on AVX-512: the three-region layer-by-layer path lost to one or the other at
 /// every size, by 3-4% of the frame where it ran, 0.4-0.9 M floats.) 1 M floats on AVX-512; 2 M
 /// on AVX2, where the 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 ran 5-30% faster split
-/// (bands of four rows there expanded half as many rows again).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// (bands of four rows there expanded half as many rows again). On NEON, unmeasured (no ARM
+/// machine has timed it), 1 M: ARM boards' last-level caches (2-4 MB) are no larger than the
+/// AVX-512 machine's share.
 fn fuse_above() -> usize {
     match super::simd::Isa::detected() {
         super::simd::Isa::Avx2 => 2 << 20,
-        super::simd::Isa::Avx512 | super::simd::Isa::Portable => 1 << 20,
+        super::simd::Isa::Avx512 | super::simd::Isa::Neon | super::simd::Isa::Portable => 1 << 20,
     }
 }
 
 /// Hidden channels a fused bottleneck expands at a time (a multiple of the kernels' eight-channel
 /// weight panels). On AVX2, 64: chunks of 32 packed the band's input and re-read its output for
 /// the projection twice as often (bottleneck group 1 at 768x1536: 19.0 -> 17.1 ms; 128 measured
-/// the same as 64). On AVX-512, 32, where 64 measured no different.
-#[cfg(target_arch = "x86_64")]
+/// the same as 64). On AVX-512, 32, where 64 measured no different. On NEON 64, unmeasured: its
+/// kernel packs strips of the input as AVX2's does, so the same count of packings is saved.
 fn hidden_chunk() -> usize {
     match super::simd::Isa::detected() {
-        super::simd::Isa::Avx2 => 64,
+        super::simd::Isa::Avx2 | super::simd::Isa::Neon => 64,
         super::simd::Isa::Avx512 | super::simd::Isa::Portable => 32,
     }
 }
@@ -960,7 +938,6 @@ impl FeatureFusion {
         lw: usize,
         pool: &mut BufferPool,
     ) -> Buffer {
-        #[cfg(target_arch = "x86_64")]
         if self.lower.has_packed_kernel() && self.higher.has_packed_kernel() {
             return self.run_fused(higher, h, w, lower, lh, lw, pool);
         }
@@ -990,7 +967,6 @@ impl FeatureFusion {
     /// from the horizontally interpolated global features (computed once, 1/4 of the rows), the
     /// filtered band stays in cache for the lower-branch product, and the higher branch is added
     /// to it in place. Neither the upsampled nor the filtered map is ever stored in full.
-    #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     fn run_fused(
         &self,
@@ -1109,7 +1085,6 @@ impl Classifier {
 
     pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (a, h, w) = self.dsconv1.run(x, h, w, pool);
-        #[cfg(target_arch = "x86_64")]
         if self.dsconv2.pointwise.has_packed_kernel() && self.conv.has_packed_kernel() {
             // The class scores straight from each band of the second DSConv.
             let (scores, _, _) = self
@@ -1170,7 +1145,6 @@ mod tests {
 
     /// Whatever the thread count, the bands of a fused block's rows are contiguous, cover every
     /// row once, keep to the height asked for and differ by at most a row.
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn row_bands_cover_the_rows_once_in_near_equal_bands_no_taller_than_asked() {
         for threads in [1, 2, 3] {
@@ -1332,8 +1306,14 @@ mod tests {
                 "stem + separable {h}x{w}, padding {padding}, stride {stride}: {d}"
             );
             // Bands of several steps, which compute the stem rows two steps share once (at the
-            // sizes above every band is one step; several come from 768x1536 inputs up).
-            for (most, step) in [(5, 2), (7, 3), (4, 1)] {
+            // sizes above every band is one step; several come from 768x1536 inputs up). The
+            // stepped path runs on the packed kernel alone.
+            let steps: &[(usize, usize)] = if fused.dsconv.pointwise.has_packed_kernel() {
+                &[(5, 2), (7, 3), (4, 1)]
+            } else {
+                &[]
+            };
+            for &(most, step) in steps {
                 let c = fused.run_stepped(&x, h, w, RowBands::new(ah, most), step, &mut pool);
                 let d = max_diff(&c, &b);
                 assert!(

@@ -9,13 +9,10 @@
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
 use super::depthwise::Band;
 use super::epilogue::finish_row;
 use super::packed_gemm::PackedWeights;
-#[cfg(target_arch = "x86_64")]
 use super::packed_gemm::{conv1x1, conv_gathered, Epilogue};
-#[cfg(target_arch = "x86_64")]
 use super::simd::{dispatch, MulAdd};
 use super::SendPtr;
 
@@ -180,7 +177,6 @@ impl DenseConv {
         out_stride: usize,
         cols: &mut Vec<f32>,
     ) {
-        #[cfg(target_arch = "x86_64")]
         if let Some(packed) = &self.packed {
             if (self.kernel, self.stride) == (3, 2) && self.padding <= 1 {
                 self.rows_3x3s2(packed, input, h, w, y0, rows, out, out_stride, cols);
@@ -194,7 +190,6 @@ impl DenseConv {
             cols.resize(depth * n, 0.0);
         }
         self.im2col(input, h, w, y0, rows, ow, &mut cols[..depth * n]);
-        #[cfg(target_arch = "x86_64")]
         if let Some(packed) = &self.packed {
             let epilogue = self.epilogue();
             conv1x1(
@@ -239,7 +234,6 @@ impl DenseConv {
     }
 
     /// The kernel's epilogue: the folded bias, then the ReLU if the layer has one.
-    #[cfg(target_arch = "x86_64")]
     fn epilogue(&self) -> Epilogue<'_> {
         Epilogue {
             bias: &self.bias,
@@ -256,7 +250,6 @@ impl DenseConv {
     ///
     /// # Safety
     /// As [`Self::rows_raw`], with `packed` this conv's weights.
-    #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn rows_3x3s2(
         &self,
@@ -386,7 +379,6 @@ impl DenseConv {
 /// Scratch row `j` holds padded row `p0 + j`, i.e. image row `p0 + j - 1` padded by one zero on
 /// each side (all zero outside the image), split by column parity: padded column `2k` at `k`,
 /// `2k + 1` at `half + k`. Padded column `q` is input column `q - 1`.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn deinterleave_body<M: MulAdd>(band: Band, p0: usize, half: usize, scratch: &mut [f32]) {
     let w = band.w;
@@ -414,7 +406,6 @@ fn deinterleave_body<M: MulAdd>(band: Band, p0: usize, half: usize, scratch: &mu
 }
 
 dispatch!(
-    #[cfg(target_arch = "x86_64")]
     fn deinterleave(band: Band, p0: usize, half: usize, scratch: &mut [f32]) => deinterleave_body
 );
 

@@ -4,7 +4,7 @@
 //! candle runs each conv, bias, BatchNorm and ReLU as its own pass with a freshly allocated output,
 //! and a 1x1 conv through reshapes and copies around its matrix product. Here:
 //!
-//! - a 1x1 conv ([`PointwiseConv`]) is one product on the NCHW layout, on AVX-512 and AVX2
+//! - a 1x1 conv ([`PointwiseConv`]) is one product on the NCHW layout, on AVX-512, AVX2 and NEON
 //!   machines by a kernel whose bias, shortcut and ReLU are applied in registers before the only
 //!   store ([`PackedWeights`]), elsewhere by the `gemm` crate followed by one pass per cache-sized
 //!   panel;
@@ -33,8 +33,8 @@ mod epilogue;
 mod gemm_avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx512;
-// Its packing is portable; the kernels, and so most of the rest, are x86-64 only.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod gemm_neon;
 mod packed_gemm;
 mod pointwise;
 mod resize;

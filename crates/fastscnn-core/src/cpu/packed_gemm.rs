@@ -4,8 +4,9 @@
 //!
 //! A general GEMM packs both operands and writes its result before any epilogue can run. Here the
 //! weights are packed once at load time, eight output channels at a time ([`PackedWeights`]), and
-//! X is read in place by a register-tiled kernel written for the machine's vector width: AVX-512
-//! ([`super::gemm_avx512`]) or AVX2 with FMA ([`super::gemm_avx2`]). The fused blocks run on
+//! X is read by a register-tiled kernel written for the machine's vector width: AVX-512
+//! ([`super::gemm_avx512`]), AVX2 with FMA ([`super::gemm_avx2`]) or NEON
+//! ([`super::gemm_neon`]). The fused blocks run on
 //! slices of it (a few channels of an expansion, a few input channels of a projection), so its
 //! contract is one per-slice call, whatever the instruction set.
 
@@ -30,11 +31,13 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// The weights packed for the processor's kernel, or `None` when it has neither AVX-512 nor
-    /// AVX2 with FMA (the `gemm` crate runs the product there).
+    /// The weights packed for the processor's kernel, or `None` when this crate has none for it
+    /// (the `gemm` crate runs the product there).
     pub fn for_this_processor(weight: &[f32], out_channels: usize, depth: usize) -> Option<Self> {
         match Isa::detected() {
-            isa @ (Isa::Avx512 | Isa::Avx2) => Some(Self::new(weight, out_channels, depth, isa)),
+            isa @ (Isa::Avx512 | Isa::Avx2 | Isa::Neon) => {
+                Some(Self::new(weight, out_channels, depth, isa))
+            }
             Isa::Portable => None,
         }
     }
@@ -97,7 +100,6 @@ pub(crate) struct Epilogue<'a> {
 /// `channels.start` and must be valid for reads and writes of `channels.len()` rows at stride
 /// `out_stride` over the same columns, not overlapping `x`. A residual is indexed from channel 0
 /// at stride `out_stride`.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn conv1x1(
     w: &PackedWeights,
@@ -124,7 +126,6 @@ pub(crate) unsafe fn conv1x1(
 ///
 /// # Safety
 /// As [`conv1x1`], with every row pointer valid for reads over columns `p0..p1`.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn conv_gathered(
     w: &PackedWeights,
@@ -155,7 +156,6 @@ pub(crate) unsafe fn conv_gathered(
 ///
 /// # Safety
 /// As [`conv1x1`].
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn product(
@@ -173,18 +173,23 @@ unsafe fn product(
     debug_assert!(depth.end <= w.depth);
     // SAFETY: weights are packed only for an instruction set the processor has.
     match w.isa {
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             super::gemm_avx512::product(w, channels, depth, x, out, out_stride, p0, p1, epilogue)
         }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             super::gemm_avx2::product(w, channels, depth, x, out, out_stride, p0, p1, epilogue)
         }
-        Isa::Portable => unreachable!("weights are never packed for the portable build"),
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        Isa::Neon => {
+            super::gemm_neon::product(w, channels, depth, x, out, out_stride, p0, p1, epilogue)
+        }
+        isa => unreachable!("weights are never packed for {isa:?} on this build target"),
     }
 }
 
 /// Where the rows of X are.
-#[cfg(target_arch = "x86_64")]
 pub(super) trait Rows: Copy {
     /// Row `k` (from the product's first row), column 0.
     ///
@@ -194,14 +199,12 @@ pub(super) trait Rows: Copy {
 }
 
 /// Rows one after another at a fixed stride: a channel-major feature map.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Strided {
     x: *const f32,
     stride: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Rows for Strided {
     #[inline(always)]
     unsafe fn row(self, k: usize) -> *const f32 {
@@ -210,11 +213,9 @@ impl Rows for Strided {
 }
 
 /// Rows wherever their pointers say.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Gathered<'a>(&'a [*const f32]);
 
-#[cfg(target_arch = "x86_64")]
 impl Rows for Gathered<'_> {
     #[inline(always)]
     unsafe fn row(self, k: usize) -> *const f32 {
@@ -222,19 +223,26 @@ impl Rows for Gathered<'_> {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::pointwise::tests::values;
 
     /// Every kernel this processor can run, not only the one `Isa::detected` picks.
     fn kernels() -> Vec<Isa> {
+        #[allow(unused_mut)]
         let mut isas = Vec::new();
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            isas.push(Isa::Avx512);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            isas.push(Isa::Avx2);
+        if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
+            isas.push(Isa::Neon);
         }
         isas
     }

@@ -10,7 +10,6 @@ use rayon::prelude::*;
 
 use super::epilogue::finish_row;
 use super::packed_gemm::PackedWeights;
-#[cfg(target_arch = "x86_64")]
 use super::packed_gemm::{conv1x1, Epilogue, PANEL_PIXELS};
 use super::SendPtr;
 
@@ -75,7 +74,6 @@ impl PointwiseConv {
         if let Seed::BiasPlus(residual) = seed {
             assert_eq!(residual.len(), out.len(), "pointwise residual");
         }
-        #[cfg(target_arch = "x86_64")]
         if let Some(packed) = &self.packed {
             return self.run_packed(packed, input, pixels, out, seed);
         }
@@ -125,7 +123,6 @@ impl PointwiseConv {
 }
 
 impl PointwiseConv {
-    #[cfg(target_arch = "x86_64")]
     fn run_packed(
         &self,
         packed: &PackedWeights,
@@ -178,7 +175,6 @@ impl PointwiseConv {
 
 impl PointwiseConv {
     /// Whether [`Self::gemm_slice`] can run: the weights are packed for this processor's kernel.
-    #[cfg(target_arch = "x86_64")]
     pub(crate) fn has_packed_kernel(&self) -> bool {
         self.packed.is_some()
     }
@@ -188,7 +184,6 @@ impl PointwiseConv {
     ///
     /// # Safety
     /// [`Self::has_packed_kernel`] must hold, and the pointers satisfy [`conv1x1`]'s contract.
-    #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn gemm_slice(
         &self,
@@ -212,17 +207,13 @@ impl PointwiseConv {
 }
 
 /// The epilogue's raw residual pointer, shared read-only by the tasks.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct SendEpilogue<'a>(Epilogue<'a>);
 
 // SAFETY: the residual is only read, and outlives the parallel loop.
-#[cfg(target_arch = "x86_64")]
 unsafe impl Send for SendEpilogue<'_> {}
-#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for SendEpilogue<'_> {}
 
-#[cfg(target_arch = "x86_64")]
 impl<'a> SendEpilogue<'a> {
     fn get(self) -> Epilogue<'a> {
         self.0

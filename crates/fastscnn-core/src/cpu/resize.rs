@@ -26,7 +26,8 @@ struct Columns {
     w1: Vec<f32>,
     /// The input width every index is below.
     w: usize,
-    /// The same taps by windows, where they fit (upsampling).
+    /// The same taps by windows, where they fit (upsampling) and a kernel reads them (x86-64's).
+    #[cfg(target_arch = "x86_64")]
     windows: Option<Windows>,
 }
 
@@ -35,6 +36,7 @@ struct Columns {
 /// loads and two in-register permutes, where gathers fetched each tap on its own (on AVX-512 a
 /// quarter of the logits' resize at 384x768; on AVX2 a third of the label map's resize + argmax).
 /// The weights are padded to whole blocks.
+#[cfg(target_arch = "x86_64")]
 struct Windows {
     base: Vec<u32>,
     index0: Vec<u32>,
@@ -46,6 +48,7 @@ struct Windows {
 /// Output columns per window on AVX-512: one vector; the taps may span two.
 const WINDOW: usize = 16;
 /// Output columns per window on AVX2: one vector, whose taps must lie in one vector too.
+#[cfg(target_arch = "x86_64")]
 const WINDOW_AVX2: usize = 8;
 
 impl Columns {
@@ -61,15 +64,17 @@ impl Columns {
             w0: taps.iter().map(|t| t.2).collect(),
             w1: taps.iter().map(|t| t.3).collect(),
             w,
+            #[cfg(target_arch = "x86_64")]
             windows: match super::simd::Isa::detected() {
                 super::simd::Isa::Avx512 => Windows::new(&taps, WINDOW, 2 * WINDOW),
                 super::simd::Isa::Avx2 => Windows::new(&taps, WINDOW_AVX2, WINDOW_AVX2),
-                super::simd::Isa::Portable => None,
+                super::simd::Isa::Neon | super::simd::Isa::Portable => None,
             },
         }
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Windows {
     /// Blocks of `width` outputs; `None` when some block's taps spread over `span` input columns
     /// or more (downsampling).
@@ -159,7 +164,7 @@ fn horizontal_rows(
                     horizontal_windows_avx2(input, columns, windows, rows, spans, out)
                 }
             }
-            super::simd::Isa::Portable => {}
+            super::simd::Isa::Neon | super::simd::Isa::Portable => {}
         }
     }
     horizontal_gather(input, columns, rows, spans, out)
@@ -415,6 +420,9 @@ pub fn resize_planes_uninit(
 ) {
     assert_eq!(input.len(), planes * h * w, "resize input");
     assert_eq!(out.len(), planes * oh * ow, "resize output");
+    // The streaming stores are x86-64's; elsewhere every output goes through the cache.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = streaming;
     if (h, w) == (oh, ow) {
         for (o, &v) in out.iter_mut().zip(input) {
             o.write(v);
@@ -445,7 +453,9 @@ pub fn resize_planes_uninit(
                             super::simd::Isa::Avx2 => unsafe {
                                 blend_streaming_avx2(top, bottom, wy0, wy1, out_row)
                             },
-                            super::simd::Isa::Portable => blend(top, bottom, wy0, wy1, out_row),
+                            super::simd::Isa::Neon | super::simd::Isa::Portable => {
+                                blend(top, bottom, wy0, wy1, out_row)
+                            }
                         }
                         continue;
                     }

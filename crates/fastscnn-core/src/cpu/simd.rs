@@ -4,7 +4,8 @@
 //! a quarter of an AVX-512 machine's vector width and no fused multiply-add. Each kernel body is
 //! written once, generic over [`MulAdd`], inlined into copies compiled with `target_feature`
 //! for AVX-512 and AVX2+FMA, and the copy to run is picked from what the processor reports. On
-//! aarch64 NEON and FMA are part of the base target, so the portable copy already uses them.
+//! aarch64 NEON and FMA are part of the base target, so the portable copy already uses them; what
+//! [`Isa::Neon`] adds there is this crate's NEON matrix kernel and the fused blocks built on it.
 
 use std::sync::OnceLock;
 
@@ -15,12 +16,16 @@ pub enum Isa {
     Avx512,
     /// x86-64 with AVX2 and FMA.
     Avx2,
-    /// Whatever the build target offers: SSE2 on x86-64, NEON on aarch64.
+    /// aarch64 with NEON (every aarch64 Linux, macOS and Windows target): the NEON matrix
+    /// kernel, so the 1x1 convs and the fused blocks run as on x86-64.
+    Neon,
+    /// Whatever the build target offers, with the `gemm` crate's matrix products and the blocks
+    /// layer by layer: SSE2 on x86-64, NEON (through the compiler) on aarch64.
     Portable,
 }
 
 impl Isa {
-    /// What this processor supports; `FASTSCNN_ISA=portable|avx2|avx512` narrows it (for
+    /// What this processor supports; `FASTSCNN_ISA=portable|avx2|avx512|neon` narrows it (for
     /// benchmarks and tests of the fallbacks), never widens it past what the processor has.
     pub fn detected() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
@@ -28,7 +33,7 @@ impl Isa {
             let best = Self::best_supported();
             match std::env::var("FASTSCNN_ISA").as_deref() {
                 Ok("portable") => Isa::Portable,
-                Ok("avx2") if best != Isa::Portable => Isa::Avx2,
+                Ok("avx2") if best == Isa::Avx512 => Isa::Avx2,
                 _ => best,
             }
         })
@@ -44,6 +49,9 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
+            return Isa::Neon;
+        }
         Isa::Portable
     }
 
@@ -51,6 +59,7 @@ impl Isa {
         match self {
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
             Isa::Portable => "portable",
         }
     }
@@ -73,6 +82,7 @@ impl MulAdd for Fused {
 }
 
 /// Two roundings: a multiply then an add.
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 pub struct Unfused;
 
 impl MulAdd for Unfused {
@@ -108,7 +118,7 @@ macro_rules! dispatch {
                     // SAFETY: `Isa::detected` reports only features the processor has.
                     $crate::cpu::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     $crate::cpu::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::cpu::simd::Isa::Portable => {}
+                    $crate::cpu::simd::Isa::Neon | $crate::cpu::simd::Isa::Portable => {}
                 }
             }
             $body::<$crate::cpu::simd::PortableMulAdd>($($arg),*)
@@ -138,9 +148,28 @@ mod tests {
         axpy(2.0, &x, &mut y);
         let expected: Vec<f32> = x.iter().map(|v| 2.0 * v + 1.0).collect();
         assert_eq!(y, expected);
-        assert!(matches!(
-            Isa::detected(),
-            Isa::Avx512 | Isa::Avx2 | Isa::Portable
-        ));
+    }
+
+    /// The instruction set is one of the build target's, and `FASTSCNN_ISA=portable` (how the
+    /// fallbacks are tested) is obeyed on every target.
+    #[test]
+    fn the_detected_instruction_set_belongs_to_the_build_target() {
+        let isa = Isa::detected();
+        if std::env::var("FASTSCNN_ISA").as_deref() == Ok("portable") {
+            assert_eq!(isa, Isa::Portable);
+        }
+        let arch = match isa {
+            Isa::Avx512 | Isa::Avx2 => Some("x86_64"),
+            Isa::Neon => Some("aarch64"),
+            Isa::Portable => None,
+        };
+        if let Some(arch) = arch {
+            assert_eq!(arch, std::env::consts::ARCH, "{isa:?}");
+        }
+        if cfg!(all(target_arch = "aarch64", target_feature = "neon"))
+            && std::env::var_os("FASTSCNN_ISA").is_none()
+        {
+            assert_eq!(isa, Isa::Neon);
+        }
     }
 }

@@ -13,7 +13,9 @@ pub fn check_golden_parity_with(isa: &str) {
     std::env::set_var("FASTSCNN_ISA", isa);
     let expected_isa = match isa {
         "portable" => Some(Isa::Portable),
-        "avx2" if Isa::detected() != Isa::Portable => Some(Isa::Avx2),
+        "avx2" if cfg!(target_arch = "x86_64") && Isa::detected() != Isa::Portable => {
+            Some(Isa::Avx2)
+        }
         _ => None,
     };
     if let Some(expected) = expected_isa {
