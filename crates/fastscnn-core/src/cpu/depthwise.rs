@@ -195,14 +195,17 @@ fn rectified(relu: bool, v: f32) -> f32 {
     }
 }
 
-/// One output value from its nine inputs: all nine taps in registers, one store.
+/// One output value from its nine inputs: all nine taps in registers, one store. Summed by
+/// kernel row, three independent chains of three multiply-adds then two adds, as the intrinsic
+/// kernels sum: one chain of nine kept a vectorised run waiting on each result (on NEON, whose
+/// FMA takes four cycles, 36 cycles a vector; `docs/performance.md`, the `llvm-mca` figures).
 #[inline(always)]
 fn nine<M: MulAdd>(t: &[f32; 9], bias: f32, v: [f32; 9]) -> f32 {
-    let mut acc = bias;
-    for k in 0..9 {
-        acc = M::mul_add(t[k], v[k], acc);
-    }
-    acc
+    let row = |r: usize, first: f32| {
+        let acc = M::mul_add(t[3 * r + 1], v[3 * r + 1], first);
+        M::mul_add(t[3 * r + 2], v[3 * r + 2], acc)
+    };
+    row(0, M::mul_add(t[0], v[0], bias)) + row(1, t[3] * v[3]) + row(2, t[6] * v[6])
 }
 
 /// Stride 1 straight from the input rows; rows above and below the image read `zeros`.
@@ -957,6 +960,22 @@ fn nine_run<M: MulAdd>(
     relu: bool,
     out: &mut [f32],
 ) {
+    // The ReLU chosen once per run, not tested in the loop (which NEON code did, lane by lane).
+    if relu {
+        nine_run_with::<M, true>(inputs, taps, bias, out)
+    } else {
+        nine_run_with::<M, false>(inputs, taps, bias, out)
+    }
+}
+
+/// [`nine_run`] with the ReLU fixed.
+#[inline(always)]
+fn nine_run_with<M: MulAdd, const RELU: bool>(
+    inputs: [&[f32]; 9],
+    taps: &[f32; 9],
+    bias: f32,
+    out: &mut [f32],
+) {
     let n = out.len();
     let [a0, b0, c0, a1, b1, c1, a2, b2, c2] = inputs.map(|row| &row[..n]);
     for x in 0..n {
@@ -967,7 +986,7 @@ fn nine_run<M: MulAdd>(
                 a0[x], b0[x], c0[x], a1[x], b1[x], c1[x], a2[x], b2[x], c2[x],
             ],
         );
-        out[x] = rectified(relu, v);
+        out[x] = rectified(RELU, v);
     }
 }
 
