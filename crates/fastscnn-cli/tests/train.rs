@@ -14,19 +14,20 @@ use common::{assert_clean_failure, fastscnn};
 const FRAME: &str = "frankfurt_000001_058914";
 
 /// A Cityscapes tree whose train and val splits both hold frankfurt_000001_058914 downscaled to
-/// 512x256 (image bilinear, labels nearest).
+/// 256x128 (image bilinear, labels nearest): an eighth of the frame's side, so that the 300 steps
+/// of the learning test take about a minute.
 fn one_frame_dataset(shared: &Path, root: &Path) {
     let mini = shared.join("cityscapes-mini");
     let image =
         image::open(mini.join(format!("leftImg8bit/val/frankfurt/{FRAME}_leftImg8bit.png")))
             .unwrap()
-            .resize_exact(512, 256, FilterType::Triangle)
+            .resize_exact(256, 128, FilterType::Triangle)
             .into_rgb8();
     let labels = image::open(mini.join(format!(
         "gtFine/val/frankfurt/{FRAME}_gtFine_labelTrainIds.png"
     )))
     .unwrap()
-    .resize_exact(512, 256, FilterType::Nearest)
+    .resize_exact(256, 128, FilterType::Nearest)
     .into_luma8();
     for split in ["train", "val"] {
         let images = root.join(format!("leftImg8bit/{split}/frankfurt"));
@@ -42,8 +43,8 @@ fn one_frame_dataset(shared: &Path, root: &Path) {
     }
 }
 
-/// `fastscnn train` on `root` into `out` with the default recipe at batch 2, crop 256x512 and
-/// no scaling, to which a test adds flags.
+/// `fastscnn train` on `root` into `out` with the default recipe at batch 2, crop 128x256 (the
+/// whole frame) and no scaling, to which a test adds flags.
 fn train(root: &Path, out: &Path) -> Command {
     let mut cmd = fastscnn();
     cmd.arg("train")
@@ -55,7 +56,7 @@ fn train(root: &Path, out: &Path) -> Command {
             "--batch-size",
             "2",
             "--crop",
-            "256x512",
+            "128x256",
             "--scale-range",
             "1-1",
         ])
@@ -93,8 +94,10 @@ fn learns_one_frame_with_the_default_recipe() {
     let accuracy = validations.last().unwrap()["pixel_accuracy"]
         .as_f64()
         .unwrap();
+    // 0.93 here after 100 steps and after 300; a network that has not learnt labels the
+    // frame's majority class, road, at 0.44 of its labelled pixels.
     assert!(
-        accuracy >= 0.85,
+        accuracy >= 0.9,
         "pixel accuracy {accuracy} after 300 iterations"
     );
     // The checkpoint is ordinary weights: `segment` loads it as it is.
