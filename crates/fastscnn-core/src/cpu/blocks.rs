@@ -1211,8 +1211,8 @@ mod tests {
         }
     }
 
-    /// The fused paths (AVX-512 and AVX2 machines) against the layer-by-layer ones, which run
-    /// everywhere.
+    /// The fused paths (AVX-512, AVX2 and NEON machines) against the layer-by-layer ones, which
+    /// run everywhere.
     #[test]
     fn fused_blocks_equal_the_layer_by_layer_path() {
         let mut pool = BufferPool::default();

@@ -66,8 +66,8 @@ impl DenseConv {
         }
     }
 
-    /// The same convolution through the `gemm` crate: what runs without AVX-512 or AVX2, and the
-    /// reference this crate's kernel is tested against.
+    /// The same convolution through the `gemm` crate: what runs without AVX-512, AVX2 or NEON,
+    /// and the reference this crate's kernel is tested against.
     pub fn without_packed_kernel(mut self) -> Self {
         self.packed = None;
         self

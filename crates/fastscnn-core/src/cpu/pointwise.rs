@@ -2,8 +2,8 @@
 //!
 //! A channel-major (C, H·W) plane is already the right-hand matrix of `W · X`, so a pointwise conv
 //! needs no im2col and no transposes. The output is cut into column panels, one per task. With
-//! AVX-512 or AVX2 the panel goes through this crate's kernel, which applies bias, shortcut and
-//! ReLU in registers; otherwise `gemm` writes the panel single-threaded and they are applied in
+//! AVX-512, AVX2 or NEON the panel goes through this crate's kernel, which applies bias, shortcut
+//! and ReLU in registers; otherwise `gemm` writes the panel single-threaded and they are applied in
 //! one pass while it is still in cache. Either way they cost no extra trip to memory.
 
 use rayon::prelude::*;
@@ -60,7 +60,7 @@ impl PointwiseConv {
     }
 
     /// The same convolution run by the `gemm` crate, whatever the processor: what runs without
-    /// AVX-512 or AVX2, and the reference this crate's kernel is tested against.
+    /// AVX-512, AVX2 or NEON, and the reference this crate's kernel is tested against.
     pub fn without_packed_kernel(mut self) -> Self {
         self.packed = None;
         self
