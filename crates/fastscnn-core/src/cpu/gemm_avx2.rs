@@ -15,7 +15,9 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::packed_gemm::{Epilogue, PackedWeights, Rows, TILE_CHANNELS};
+use super::packed_gemm::{
+    with_epilogue_constants, Epilogue, PackedWeights, ProductArgs, Rows, TILE_CHANNELS,
+};
 
 /// Output channels per tile: half a weight panel.
 const TILE_ROWS: usize = 4;
@@ -39,42 +41,15 @@ pub(super) unsafe fn product(
     p1: usize,
     epilogue: Epilogue,
 ) {
-    // One compiled copy per epilogue, so a tile's stores test no flags.
     let args = (w, channels, depth, x, out, out_stride, p0, p1, epilogue);
-    match (
-        epilogue.accumulate,
-        epilogue.residual.is_some(),
-        epilogue.relu,
-    ) {
-        (false, false, false) => product_with::<false, false, false>(args),
-        (false, false, true) => product_with::<false, false, true>(args),
-        (false, true, false) => product_with::<false, true, false>(args),
-        (false, true, true) => product_with::<false, true, true>(args),
-        (true, false, false) => product_with::<true, false, false>(args),
-        (true, false, true) => product_with::<true, false, true>(args),
-        (true, true, false) => product_with::<true, true, false>(args),
-        (true, true, true) => product_with::<true, true, true>(args),
-    }
+    with_epilogue_constants!(product_with, epilogue, args)
 }
-
-/// [`product`]'s arguments.
-type Args<'a, R> = (
-    &'a PackedWeights,
-    std::ops::Range<usize>,
-    std::ops::Range<usize>,
-    R,
-    *mut f32,
-    usize,
-    usize,
-    usize,
-    Epilogue<'a>,
-);
 
 /// [`product`] with the epilogue's choices fixed: add what the output holds (`ACCUMULATE`), add
 /// the residual (`RESIDUAL`), then the ReLU (`RELU`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn product_with<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU: bool>(
-    (w, channels, depth, x, out, out_stride, p0, p1, epilogue): Args<impl Rows>,
+    (w, channels, depth, x, out, out_stride, p0, p1, epilogue): ProductArgs<impl Rows>,
 ) {
     let k = depth.len();
     let bias = epilogue.bias;

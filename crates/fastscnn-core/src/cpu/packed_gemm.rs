@@ -19,6 +19,42 @@ pub(crate) const TILE_CHANNELS: usize = 8;
 /// tail tiles but the last.
 pub(crate) const PANEL_PIXELS: usize = 48;
 
+/// A kernel's `product` arguments in one tuple, as its epilogue-specialised copies take them.
+pub(super) type ProductArgs<'a, R> = (
+    &'a PackedWeights,
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    R,
+    *mut f32,
+    usize,
+    usize,
+    usize,
+    Epilogue<'a>,
+);
+
+/// `$kernel::<ACCUMULATE, RESIDUAL, RELU>($args)` with the epilogue's three choices as constants:
+/// one compiled copy of a kernel per epilogue, so that its stores test no flags.
+macro_rules! with_epilogue_constants {
+    ($kernel:ident, $epilogue:expr, $args:expr) => {
+        match (
+            $epilogue.accumulate,
+            $epilogue.residual.is_some(),
+            $epilogue.relu,
+        ) {
+            (false, false, false) => $kernel::<false, false, false>($args),
+            (false, false, true) => $kernel::<false, false, true>($args),
+            (false, true, false) => $kernel::<false, true, false>($args),
+            (false, true, true) => $kernel::<false, true, true>($args),
+            (true, false, false) => $kernel::<true, false, false>($args),
+            (true, false, true) => $kernel::<true, false, true>($args),
+            (true, true, false) => $kernel::<true, true, false>($args),
+            (true, true, true) => $kernel::<true, true, true>($args),
+        }
+    };
+}
+
+pub(super) use with_epilogue_constants;
+
 /// (out, K) weights as panels of eight rows stored k-major, the last panel padded with
 /// zero rows: the weights a step of the kernel broadcasts are adjacent.
 #[derive(Debug, Clone)]
