@@ -198,7 +198,8 @@ fn rectified(relu: bool, v: f32) -> f32 {
 /// One output value from its nine inputs: all nine taps in registers, one store. Summed by
 /// kernel row, three independent chains of three multiply-adds then two adds, as the intrinsic
 /// kernels sum: one chain of nine kept a vectorised run waiting on each result (on NEON, whose
-/// FMA takes four cycles, 36 cycles a vector; `docs/performance.md`, the `llvm-mca` figures).
+/// FMA takes four cycles, 36 cycles a vector; `benches/llvm_mca.py`, figures in
+/// `docs/platforms.md`).
 #[inline(always)]
 fn nine<M: MulAdd>(t: &[f32; 9], bias: f32, v: [f32; 9]) -> f32 {
     let row = |r: usize, first: f32| {
@@ -960,7 +961,8 @@ fn nine_run<M: MulAdd>(
     relu: bool,
     out: &mut [f32],
 ) {
-    // The ReLU chosen once per run, not tested in the loop (which NEON code did, lane by lane).
+    // The ReLU chosen once per run: tested in the loop, it compiled for NEON to eight lane-mask
+    // instructions a vector.
     if relu {
         nine_run_with::<M, true>(inputs, taps, bias, out)
     } else {
