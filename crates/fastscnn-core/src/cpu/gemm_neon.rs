@@ -3,7 +3,7 @@
 //! vector registers. Each step over K loads one X row's three vectors and the eight weights, and
 //! multiplies every X vector by every weight lane (`fmla v.4s, v.4s, v.s[lane]`): 24 FMAs for 5
 //! loads, so the two FMA pipes of a Cortex-A76 class core, not the loads, set the pace
-//! (`docs/performance.md` has the `llvm-mca` analysis of the compiled loop).
+//! (`docs/platforms.md` has the `llvm-mca` analysis of the compiled loop).
 //!
 //! As on AVX2, the tiles run a few pixel strips at a time: each strip of X (K rows of 12 pixels)
 //! is copied once into a contiguous buffer, zero-padded past a tail, and every channel panel's
