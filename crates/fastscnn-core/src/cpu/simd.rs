@@ -9,8 +9,10 @@
 
 use std::sync::OnceLock;
 
-/// The instruction sets a kernel has a compiled copy for, best first.
+/// The instruction sets a kernel has a compiled copy for, best first. More may come (SVE, say),
+/// so a `match` outside this crate needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Isa {
     /// x86-64 with AVX-512F (512-bit vectors) and FMA.
     Avx512,
@@ -25,8 +27,9 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// What this processor supports; `FASTSCNN_ISA=portable|avx2|avx512|neon` narrows it (for
-    /// benchmarks and tests of the fallbacks), never widens it past what the processor has.
+    /// What this processor supports, narrowed by `FASTSCNN_ISA` (for benchmarks and tests of the
+    /// fallbacks): `portable` anywhere, `avx2` on an AVX-512 machine; any other value, or one
+    /// naming more than the processor has, leaves the best.
     pub fn detected() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {

@@ -16,6 +16,7 @@ pub fn check_golden_parity_with(isa: &str) {
         "avx2" if cfg!(target_arch = "x86_64") && Isa::detected() != Isa::Portable => {
             Some(Isa::Avx2)
         }
+        "neon" if cfg!(all(target_arch = "aarch64", target_feature = "neon")) => Some(Isa::Neon),
         _ => None,
     };
     if let Some(expected) = expected_isa {
