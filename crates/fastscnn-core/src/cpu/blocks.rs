@@ -816,9 +816,9 @@ impl Bottleneck {
 /// block. (Measured on AVX-512: the three-region layer-by-layer path lost to one or the other at
 /// every size, by 3-4% of the frame where it ran, 0.4-0.9 M floats.) 1 M floats on AVX-512; 2 M
 /// on AVX2, where the 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 ran 5-30% faster split
-/// (bands of four rows there expanded half as many rows again). On NEON, unmeasured (no ARM
-/// machine has timed it), 1 M: ARM boards' last-level caches (2-4 MB) are no larger than the
-/// AVX-512 machine's share.
+/// (bands of four rows there expanded half as many rows again). On NEON, 1 M, the AVX-512 value,
+/// unmeasured: no ARM machine has timed the blocks. Small boards' last-level caches (2-4 MB)
+/// suggest no larger value; Apple's and Graviton's larger caches might take one.
 fn fuse_above() -> usize {
     match super::simd::Isa::detected() {
         super::simd::Isa::Avx2 => 2 << 20,

@@ -196,7 +196,7 @@ fn rectified(relu: bool, v: f32) -> f32 {
 }
 
 /// One output value from its nine inputs: all nine taps in registers, one store. Summed by
-/// kernel row, three independent chains of three multiply-adds then two adds, as the intrinsic
+/// kernel row, three independent chains of three multiply-adds then two adds, as the AVX-512
 /// kernels sum: one chain of nine kept a vectorised run waiting on each result (on NEON, whose
 /// FMA takes four cycles, 36 cycles a vector; `benches/llvm_mca.py`, figures in
 /// `docs/platforms.md`).
@@ -290,8 +290,8 @@ const NARROW: usize = 128;
 /// [`stride1_body`] on AVX-512, row by row with masked vectors: the loads at columns `x - 1` and
 /// `x + 1` leave out the lanes beyond the row's ends (the zero padding) and the last vector of a
 /// row is masked, so no output is computed one at a time; rows outside the image are skipped.
-/// The nine products are summed by kernel row (three chains, then two adds), so the results may
-/// differ from [`nine`]'s in the last bit.
+/// The nine products are summed by kernel row (three chains, then two adds), as [`nine`] sums
+/// them.
 ///
 /// # Safety
 /// The processor must support AVX-512F.

@@ -8,7 +8,8 @@
 //!   machines by a kernel whose bias, shortcut and ReLU are applied in registers before the only
 //!   store ([`PackedWeights`]), elsewhere by the `gemm` crate followed by one pass per cache-sized
 //!   panel;
-//! - depthwise convs ([`DepthwiseConv`]) are direct kernels compiled for each [`Isa`];
+//! - depthwise convs ([`DepthwiseConv`]) are direct kernels: in intrinsics for AVX-512 and AVX2,
+//!   and portable code the compiler vectorises for each [`Isa`] (NEON on aarch64);
 //! - dense convs ([`DenseConv`]: the stem, OpenMMLab's 3x3 pyramid-pooling output) are im2col over
 //!   bands of rows and the same product;
 //! - the blocks ([`StemSeparable`], [`SeparableConv`], [`Bottleneck`], [`FeatureFusion`],
