@@ -94,10 +94,11 @@ fn learns_one_frame_with_the_default_recipe() {
     let accuracy = validations.last().unwrap()["pixel_accuracy"]
         .as_f64()
         .unwrap();
-    // 0.93 here after 100 steps and after 300; a network that has not learnt labels the
-    // frame's majority class, road, at 0.44 of its labelled pixels.
+    // 0.93 here after 100 steps and after 300 (the margin is for other machines' arithmetic);
+    // a network that has not learnt labels the frame's majority class, road, at 0.44 of its
+    // labelled pixels.
     assert!(
-        accuracy >= 0.9,
+        accuracy >= 0.88,
         "pixel accuracy {accuracy} after 300 iterations"
     );
     // The checkpoint is ordinary weights: `segment` loads it as it is.
