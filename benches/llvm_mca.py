@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """Throughput of the CPU kernels' inner loops on processors this machine cannot time, by llvm-mca.
 
-Compiles fastscnn-core in release for aarch64 and x86-64 Linux with `--emit asm`, finds each
-kernel's inner loop by its instructions, and runs llvm-mca on it for a few processor models.
-For every loop it prints the cycles per iteration, and beside them the bound of the loop's
-multiply-adds alone (the same number of them, independent of each other, on the same model): a
-loop at that bound runs its FMA units flat out.
+Builds fastscnn-core in release for aarch64 and x86-64 Linux (the code a release build ships:
+the library's object files, disassembled), finds each kernel's inner loop by its instructions,
+and runs llvm-mca on it for a few processor models. For every loop it prints the cycles per
+iteration, and beside them the bound of the loop's multiply-adds alone (the same number of them,
+independent of each other, on the same model): a loop at that bound runs its FMA units flat out.
 
-    python3 benches/llvm_mca.py [--llvm-mca llvm-mca-19] [--no-build]
+    python3 benches/llvm_mca.py [--llvm /usr/lib/llvm-19/bin] [--no-build]
 
-Needs llvm-mca from LLVM 19 or newer (Debian's `llvm-19`: /usr/lib/llvm-19/bin/llvm-mca; older
-ones lack the Neoverse models) and `rustup target add aarch64-unknown-linux-gnu`. The cross
-build needs no linker: only assembly is emitted. Models: Neoverse N1 is the server twin of the
-Cortex-A76 (Raspberry Pi 5, RK3588's big cores; LLVM gives the A76 itself an older core's
-model), Cortex-A72 the Raspberry Pi 4's core, Cortex-A55 a little core, Apple M1, Neoverse V2
-(Graviton 4, Grace); Zen 4 and Skylake-X for AVX-512, Zen 3 and Skylake for AVX2.
+Needs llvm-mca and llvm-objdump from LLVM 19 or newer (Debian's `llvm-19`; older ones lack the
+Neoverse models) and `rustup target add aarch64-unknown-linux-gnu`; run on an x86-64 Linux host.
+The cross build needs no linker: a library is not linked. Models: Neoverse N1 is the server
+twin of the Cortex-A76 (Raspberry Pi 5, RK3588's big cores; LLVM gives the A76 itself an older
+core's model), Cortex-A72 the Raspberry Pi 4's core, Cortex-A55 a little core, Apple M1,
+Neoverse V2 (Graviton 4, Grace); Zen 4 and Skylake-X for AVX-512, Zen 3 and Skylake for AVX2.
 """
 
 import argparse
@@ -87,7 +87,7 @@ LOOPS = {
         (
             "depthwise 3x3 flat run, stride 1, ReLU (AVX-512 rows over 128)",
             ["znver4", "skylake-avx512"],
-            lambda f, b: "depthwise7stride16avx512" in f
+            lambda f, b: "depthwise::stride1::avx512" in f
             and per_output(b, ZMM_FMA, r"\bvaddps\s+.*%zmm", r"\bvmaxps\s+.*%zmm"),
             ZMM_FMA,
             "vfmadd231ps %zmm30, %zmm31, %zmm{i}",
@@ -97,38 +97,55 @@ LOOPS = {
 }
 
 
-def emit_asm(target):
-    """fastscnn-core's release build for `target` as one assembly file; returns its path."""
-    subprocess.run(
-        [
-            "cargo", "rustc", "--release", "--quiet", "-p", "fastscnn-core", "--lib",
-            "--target", target, "--", "--emit", "asm", "-C", "debuginfo=0",
-        ],
-        cwd=ROOT,
-        check=True,
-    )
-    files = glob.glob(os.path.join(ROOT, "target", target, "release", "deps", "fastscnn_core-*.s"))
-    return max(files, key=os.path.getmtime)
+def library(target, build):
+    """fastscnn-core's release library for `target`, built first unless `build` is false."""
+    if build:
+        subprocess.run(
+            ["cargo", "build", "--release", "--quiet", "-p", "fastscnn-core", "--target", target],
+            cwd=ROOT,
+            check=True,
+        )
+    path = os.path.join(ROOT, "target", target, "release", "libfastscnn_core.rlib")
+    if not os.path.exists(path):
+        sys.exit(f"{path} does not exist: run without --no-build first")
+    return path
 
 
-def loops(path):
-    """(function, body) of every loop that ends in a branch back to its own label: the
-    compiler's (`.LBB…:` … `b.ne .LBB…`) and inline assembly's, which the compiler prints with
-    labels of its own (`.Ltmp…`)."""
-    function, labels, found = "", {}, []
-    lines = open(path).read().split("\n")
-    for i, line in enumerate(lines):
-        if re.match(r"^[A-Za-z_][\w$.]*:$", line):
-            function, labels = line[:-1], {}
-        m = re.match(r"^(\.LBB\d+_\d+|\.Ltmp\d+):", line)
+def disassembly(objdump, rlib):
+    """The text of every object file in `rlib`, disassembled, names demangled."""
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run(["ar", "x", os.path.abspath(rlib)], cwd=work, check=True)
+        objects = sorted(glob.glob(os.path.join(work, "*.o")))
+        return subprocess.run(
+            [objdump, "-d", "-C", "--no-show-raw-insn", *objects],
+            capture_output=True, text=True, check=True,
+        ).stdout
+
+
+def loops(text, comment):
+    """(function, body) of every loop in the disassembly that ends in a branch back into its own
+    function: the instructions from the branch's target to the branch, comments dropped and the
+    branch aimed at a label at the body's start, as llvm-mca reads them."""
+    function, found, code = "", [], []
+    for line in text.split("\n"):
+        m = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
         if m:
-            labels[m.group(1)] = i
+            function, code = m.group(2), []
             continue
-        m = re.match(r"^\s*(?:b\.\w+|cbn?z\s+\w+,|tbn?z\s+\w+, #\d+,|j\w+)\s+(\S+)$", line)
-        if m and m.group(1) in labels:
-            body = lines[labels[m.group(1)] + 1 : i + 1]
-            body = [l for l in body if l.strip() and not l.strip().startswith((".", "#"))]
-            found.append((function, body))
+        m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
+        if not m:
+            continue
+        address = int(m.group(1), 16)
+        instruction = m.group(2).split(comment)[0].strip()
+        code.append((address, instruction))
+        b = re.match(r"^(b\.\w+|cbn?z|tbn?z|j\w+)\s+(?:.*,\s*)?(?:0x)?([0-9a-f]+)(?:\s*<.*>)?$", instruction)
+        if not b:
+            continue
+        target = int(b.group(2), 16)
+        body = [ins for at, ins in code if target <= at <= address]
+        if target < address and code[0][0] <= target and len(body) > 1:
+            branch = re.sub(r"(?:0x)?[0-9a-f]+(?:\s*<.*>)?$", ".Lloop", body[-1])
+            found.append((function, [".Lloop:"] + body[:-1] + [branch]))
     return found
 
 
@@ -148,18 +165,16 @@ def mca(tool, triple, cpu, body):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--llvm-mca", default="/usr/lib/llvm-19/bin/llvm-mca")
-    parser.add_argument("--no-build", action="store_true", help="read the last emitted assembly")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--llvm", default="/usr/lib/llvm-19/bin", help="where llvm-mca is")
+    parser.add_argument("--no-build", action="store_true", help="read the last release build")
     args = parser.parse_args()
+    tool = os.path.join(args.llvm, "llvm-mca")
+    objdump = os.path.join(args.llvm, "llvm-objdump")
     for target, wanted in LOOPS.items():
         triple = target.split("-")[0]
-        if args.no_build:
-            files = glob.glob(os.path.join(ROOT, "target", target, "release", "deps", "fastscnn_core-*.s"))
-            path = max(files, key=os.path.getmtime)
-        else:
-            path = emit_asm(target)
-        found = loops(path)
+        comment = "//" if triple == "aarch64" else "#"
+        found = loops(disassembly(objdump, library(target, not args.no_build)), comment)
         for name, models, predicate, fma, bound, accumulators in wanted:
             # Inner loops only (an outer loop holding a whole kernel can match the counts too),
             # each distinct compiled copy once: the same code inlined in several places, or
@@ -169,16 +184,16 @@ def main():
                 if len(body) <= 80 and predicate(function, body) and body not in copies:
                     copies.append(body)
             if not copies:
-                sys.exit(f"{target}: no loop of {name!r} in {path}")
+                sys.exit(f"{target}: no loop of {name!r} in fastscnn-core's release build")
             fmas = count(fma, copies[0])
             independent = [bound.format(i=i % accumulators) for i in range(fmas)]
-            sizes = span([len(body) for body in copies], "{:d}")
+            sizes = span([len(body) - 1 for body in copies], "{:d}")  # less the label
             print(f"\n{name}, {target}: {len(copies)} compiled cop{'ies' if len(copies) > 1 else 'y'}"
                   f", {sizes} instructions a step, {fmas} of them multiply-adds")
             print(f"  {'model':16} {'cycles':>12} {'FMA bound':>10} {'of peak':>10}")
             for cpu in models:
-                cycles = [mca(args.llvm_mca, triple, cpu, body) for body in copies]
-                floor = mca(args.llvm_mca, triple, cpu, independent)
+                cycles = [mca(tool, triple, cpu, body) for body in copies]
+                floor = mca(tool, triple, cpu, independent)
                 peak = span([round(100 * floor / c) for c in cycles], "{:d}%")
                 print(f"  {cpu:16} {span(cycles, '{:.2f}'):>12} {floor:10.2f} {peak:>10}")
 
