@@ -8,7 +8,7 @@ use image::{GrayImage, RgbImage};
 
 use crate::error::{DataError, Result};
 use crate::image_io::{image_size, read_gray, read_rgb};
-use crate::labels::label_id_to_train_id_table;
+use crate::labels::{is_train_id, label_id_to_train_id_table};
 
 const IMAGE_SUFFIX: &str = "_leftImg8bit.png";
 pub(crate) const LABEL_IDS_SUFFIX: &str = "_gtFine_labelIds.png";
@@ -66,15 +66,40 @@ impl Sample {
                 label_size: train_ids.dimensions(),
             });
         }
-        if label.encoding == LabelEncoding::LabelIds {
-            let table = label_id_to_train_id_table();
-            train_ids.iter_mut().for_each(|v| *v = table[*v as usize]);
-        }
+        to_train_ids(&mut train_ids, label.encoding, &label.path)?;
         Ok(LoadedSample {
             image,
             train_ids: Some(train_ids),
         })
     }
+}
+
+/// Turns a label image into train ids in place: label ids through the official table, train ids
+/// as they are. A value the encoding does not have is an error naming the first pixel holding
+/// it, as cityscapesScripts refuses it, rather than a silent "ignore".
+pub fn to_train_ids(labels: &mut GrayImage, encoding: LabelEncoding, path: &Path) -> Result<()> {
+    let width = labels.width().max(1);
+    let unknown = |index: usize, what, value| DataError::UnknownLabel {
+        path: path.to_path_buf(),
+        what,
+        value,
+        x: (index as u64 % u64::from(width)) as u32,
+        y: (index as u64 / u64::from(width)) as u32,
+    };
+    match encoding {
+        LabelEncoding::LabelIds => {
+            let table = label_id_to_train_id_table();
+            for (index, v) in labels.iter_mut().enumerate() {
+                *v = table[usize::from(*v)].ok_or_else(|| unknown(index, "label id", *v))?;
+            }
+        }
+        LabelEncoding::TrainIds => {
+            if let Some(index) = labels.iter().position(|&v| !is_train_id(v)) {
+                return Err(unknown(index, "train id", labels.as_raw()[index]));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Options of [`discover`].
@@ -164,7 +189,23 @@ fn check_root(root: &Path) -> Result<()> {
     }
 }
 
+/// A split names one folder under `leftImg8bit/` and `gtFine/`: one normal path component, so
+/// that no split reaches outside the dataset root.
+pub fn check_split_name(split: &str) -> Result<()> {
+    let mut components = Path::new(split).components();
+    let one_normal = matches!(components.next(), Some(std::path::Component::Normal(_)))
+        && components.next().is_none();
+    if one_normal && !split.contains(['/', '\\']) {
+        Ok(())
+    } else {
+        Err(DataError::InvalidSplit {
+            split: split.to_string(),
+        })
+    }
+}
+
 pub(crate) fn split_folder(root: &Path, kind: &str, split: &str) -> Result<PathBuf> {
+    check_split_name(split)?;
     let path = root.join(kind).join(split);
     if path.is_dir() {
         Ok(path)

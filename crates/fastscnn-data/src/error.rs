@@ -29,6 +29,40 @@ pub enum DataError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error(
+        "{}: {width}x{height} is {:.1} megapixels, over the budget of {:.1}",
+        path.display(), megapixels(u64::from(*width) * u64::from(*height)), megapixels(*max_pixels)
+    )]
+    TooManyPixels {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error(
+        "{}: {bytes} bytes, more than an image within the budget of {:.1} megapixels can hold",
+        path.display(), megapixels(*max_pixels)
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        bytes: u64,
+        max_pixels: u64,
+    },
+    #[error("{}: the file ends before the image does (truncated JPEG)", path.display())]
+    Truncated { path: PathBuf },
+    #[error(
+        "{}: pixel ({x}, {y}) holds {what} {value}, which the Cityscapes label table does not have",
+        path.display()
+    )]
+    UnknownLabel {
+        path: PathBuf,
+        what: &'static str,
+        value: u8,
+        x: u32,
+        y: u32,
+    },
+    #[error("split `{split}`: a split is one folder name, without `/`, `\\` or `..`")]
+    InvalidSplit { split: String },
     #[error("{}: expected an 8-bit single-channel label image, found {found}", path.display())]
     LabelFormat { path: PathBuf, found: String },
     #[error("{}: cannot read folder", path.display())]
@@ -50,3 +84,7 @@ pub enum DataError {
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;
+
+fn megapixels(pixels: u64) -> f64 {
+    pixels as f64 / 1e6
+}

@@ -1,10 +1,25 @@
-//! Decoding the dataset's PNGs with errors that name the file.
+//! Decoding images with errors that name the file, and with the checks an untrusted file needs
+//! before its pixels are trusted: the size its header declares against a pixel budget (before a
+//! byte is allocated for the pixels), a JPEG cut short (which the decoder would fill in and
+//! return as if whole), and the EXIF orientation a camera writes instead of rotating the pixels.
 
+use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{DataError, Result};
+use crate::jpeg::jpeg_is_complete;
+
+/// The largest image, in pixels, the dataset readers decode: 16 Cityscapes frames (32 MP). A
+/// dataset of larger frames needs its own reader.
+pub const DATASET_MAX_PIXELS: u64 = 16 * 1024 * 2048;
+
+/// Bytes a file may hold per pixel of the budget: no PNG or JPEG of an image within the budget
+/// is larger (raw 8-bit RGBA is 4), so a larger file is refused before it is read.
+const MAX_FILE_BYTES_PER_PIXEL: u64 = 8;
+/// Files below this size are read whatever the budget: headers and metadata of tiny images.
+const MIN_FILE_BYTE_LIMIT: u64 = 1 << 20;
 
 fn read_error(path: &Path, source: image::ImageError) -> DataError {
     DataError::ReadImage {
@@ -13,12 +28,58 @@ fn read_error(path: &Path, source: image::ImageError) -> DataError {
     }
 }
 
-fn decode(path: &Path) -> Result<DynamicImage> {
-    image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| read_error(path, image::ImageError::IoError(e)))?
-        .decode()
-        .map_err(|e| read_error(path, e))
+fn io_error(path: &Path, source: std::io::Error) -> DataError {
+    read_error(path, image::ImageError::IoError(source))
+}
+
+/// Decodes `path`, refusing an image of more than `max_pixels` pixels from its header alone, a
+/// JPEG without its end, and rotating or mirroring the pixels as the EXIF orientation says.
+pub fn decode_within(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
+    let byte_limit = max_pixels
+        .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
+        .max(MIN_FILE_BYTE_LIMIT);
+    let size = std::fs::metadata(path)
+        .map_err(|e| io_error(path, e))?
+        .len();
+    if size > byte_limit {
+        return Err(DataError::FileTooLarge {
+            path: path.to_path_buf(),
+            bytes: size,
+            max_pixels,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| io_error(path, e))?;
+    let mut limits = Limits::default();
+    // The decoder's own allocations: the pixels at up to 16 bits per channel, and room for its
+    // tables.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    let format = reader.format();
+    let mut decoder = reader.into_decoder().map_err(|e| read_error(path, e))?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(DataError::TooManyPixels {
+            path: path.to_path_buf(),
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    if format == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+        });
+    }
+    // A file whose orientation tag cannot be read is shown unrotated by viewers too.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| read_error(path, e))?;
+    image.apply_orientation(orientation);
+    Ok(image)
 }
 
 /// Width and height from the file's header, without decoding the pixels.
@@ -26,19 +87,95 @@ pub fn image_size(path: &Path) -> Result<(u32, u32)> {
     image::image_dimensions(path).map_err(|e| read_error(path, e))
 }
 
-/// Any image the `image` crate reads, as 8-bit RGB.
+/// Any image the `image` crate reads within [`DATASET_MAX_PIXELS`], as 8-bit RGB.
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
-    Ok(decode(path)?.into_rgb8())
+    Ok(decode_within(path, DATASET_MAX_PIXELS)?.into_rgb8())
 }
 
 /// An 8-bit single-channel image. Anything else is refused rather than converted: a colour or
 /// 16-bit file where ids are expected would silently become wrong ids.
 pub fn read_gray(path: &Path) -> Result<GrayImage> {
-    match decode(path)? {
+    match decode_within(path, DATASET_MAX_PIXELS)? {
         DynamicImage::ImageLuma8(image) => Ok(image),
         other => Err(DataError::LabelFormat {
             path: path.to_path_buf(),
             found: format!("{:?}", other.color()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::codecs::jpeg::JpegEncoder;
+    use image::codecs::png::PngEncoder;
+    use image::ImageEncoder;
+
+    fn png_bytes(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        PngEncoder::new(&mut out)
+            .write_image(
+                &vec![7u8; (width * height * 3) as usize],
+                width,
+                height,
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        out
+    }
+
+    fn jpeg_bytes(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let pixels: Vec<u8> = (0..width * height * 3)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect();
+        JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_budget_is_checked_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        std::fs::write(&path, png_bytes(40, 30)).unwrap();
+        assert_eq!(decode_within(&path, 1200).unwrap().width(), 40);
+        let err = decode_within(&path, 1199).unwrap_err();
+        assert!(matches!(
+            err,
+            DataError::TooManyPixels {
+                width: 40,
+                height: 30,
+                ..
+            }
+        ));
+        assert!(err.to_string().starts_with(&path.display().to_string()));
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = jpeg_bytes(64, 48);
+        let whole = dir.path().join("whole.jpg");
+        std::fs::write(&whole, &bytes).unwrap();
+        assert!(decode_within(&whole, 1 << 20).is_ok());
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let err = decode_within(&cut, 1 << 20).unwrap_err();
+        assert!(matches!(err, DataError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_larger_than_any_image_within_the_budget_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        let mut bytes = png_bytes(4, 4);
+        bytes.resize(MIN_FILE_BYTE_LIMIT as usize + 1, 0);
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            decode_within(&path, 16).unwrap_err(),
+            DataError::FileTooLarge { .. }
+        ));
     }
 }

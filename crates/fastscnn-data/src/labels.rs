@@ -219,17 +219,24 @@ pub fn train_class_names() -> [&'static str; NUM_TRAIN_CLASSES] {
     names
 }
 
-/// A 256-entry lookup from label id to train id: unknown ids and every label whose train id is
-/// 255 or -1 map to [`IGNORE_TRAIN_ID`], as cityscapesScripts' `createTrainIdLabelImgs` does.
-pub fn label_id_to_train_id_table() -> [u8; 256] {
-    let mut table = [IGNORE_TRAIN_ID; 256];
-    for l in LABELS
-        .iter()
-        .filter(|l| l.id >= 0 && (0..NUM_TRAIN_CLASSES as i16).contains(&l.train_id))
-    {
-        table[l.id as usize] = l.train_id as u8;
+/// A 256-entry lookup from label id to train id: every label whose train id is 255 or -1 maps to
+/// [`IGNORE_TRAIN_ID`], and an id the table does not have to `None`, which cityscapesScripts'
+/// `createTrainIdLabelImgs` refuses too (its `id2label` lookup fails).
+pub fn label_id_to_train_id_table() -> [Option<u8>; 256] {
+    let mut table = [None; 256];
+    for l in LABELS.iter().filter(|l| l.id >= 0) {
+        table[l.id as usize] = Some(if (0..NUM_TRAIN_CLASSES as i16).contains(&l.train_id) {
+            l.train_id as u8
+        } else {
+            IGNORE_TRAIN_ID
+        });
     }
     table
+}
+
+/// Whether `value` may appear in a train-id label file: an evaluated class or ignore.
+pub fn is_train_id(value: u8) -> bool {
+    usize::from(value) < NUM_TRAIN_CLASSES || value == IGNORE_TRAIN_ID
 }
 
 /// The colour of each train id; [`IGNORE_TRAIN_ID`] and anything out of range is black.
@@ -295,11 +302,14 @@ mod tests {
     fn id_and_train_id_round_trip() {
         let table = label_id_to_train_id_table();
         for t in 0..NUM_TRAIN_CLASSES as u8 {
-            assert_eq!(table[train_id_to_label_id(t) as usize], t);
+            assert_eq!(table[train_id_to_label_id(t) as usize], Some(t));
         }
-        assert_eq!(table[0], IGNORE_TRAIN_ID);
-        assert_eq!(table[9], IGNORE_TRAIN_ID, "parking is not evaluated");
-        assert_eq!(table[200], IGNORE_TRAIN_ID);
+        assert_eq!(table[0], Some(IGNORE_TRAIN_ID));
+        assert_eq!(table[9], Some(IGNORE_TRAIN_ID), "parking is not evaluated");
+        assert_eq!(table[33], Some(18));
+        assert_eq!(table[34], None, "no label has id 34");
+        assert_eq!(table[200], None);
+        assert!(is_train_id(18) && is_train_id(IGNORE_TRAIN_ID) && !is_train_id(19));
         assert_eq!(train_id_to_label_id(IGNORE_TRAIN_ID), 0);
     }
 

@@ -5,7 +5,8 @@
 pub mod augment;
 pub mod dataset;
 mod error;
-mod image_io;
+pub mod image_io;
+mod jpeg;
 pub mod labels;
 pub mod loader;
 pub mod palette;
@@ -20,4 +21,4 @@ pub use dataset::{
 pub use error::{DataError, Result};
 pub use labels::{Label, IGNORE_TRAIN_ID, LABELS, NUM_TRAIN_CLASSES};
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
-pub use palette::{colorize_train_ids, label_id_image, overlay_train_ids, train_id_image};
+pub use palette::{colorize_train_ids, label_id_image, overlay_train_ids, train_id_image, Palette};

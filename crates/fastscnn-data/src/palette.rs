@@ -2,19 +2,85 @@
 
 use image::{GrayImage, RgbImage};
 
-use crate::labels::{train_id_color, train_id_to_label_id};
+use crate::labels::{train_id_color, train_id_to_label_id, NUM_TRAIN_CLASSES};
+
+/// A colour for every class a model can output; 255 (ignore) and classes the model does not have
+/// are black.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Palette {
+    colours: [[u8; 3]; 256],
+}
+
+impl Palette {
+    /// The Cityscapes colours of the 19 train ids.
+    pub fn cityscapes() -> Self {
+        Self {
+            colours: std::array::from_fn(|t| train_id_color(t as u8)),
+        }
+    }
+
+    /// The palette for a model of `classes` classes: Cityscapes' for 19, otherwise the
+    /// bit-interleaved palette of PASCAL VOC (as mmsegmentation and torchvision draw any class
+    /// count), starting at its second colour so that no class is the black of "ignore".
+    pub fn for_classes(classes: usize) -> Self {
+        if classes == NUM_TRAIN_CLASSES {
+            return Self::cityscapes();
+        }
+        let mut colours = [[0u8; 3]; 256];
+        for (class, slot) in colours.iter_mut().enumerate().take(classes.min(255)) {
+            *slot = voc_colour(class + 1);
+        }
+        Self { colours }
+    }
+
+    pub fn colour(&self, class: u8) -> [u8; 3] {
+        self.colours[usize::from(class)]
+    }
+
+    /// A label map (row-major, `width * height` values) in these colours.
+    pub fn colorize(&self, labels: &[u8], width: u32, height: u32) -> RgbImage {
+        let mut image = RgbImage::new(width, height);
+        for (pixel, &t) in image.pixels_mut().zip(labels) {
+            pixel.0 = self.colours[usize::from(t)];
+        }
+        image
+    }
+
+    /// These colours blended over `image`: `alpha` of the colour, `1 - alpha` of the photo.
+    /// `None` when the sizes disagree.
+    pub fn overlay(&self, image: &RgbImage, labels: &[u8], alpha: f32) -> Option<RgbImage> {
+        let (width, height) = image.dimensions();
+        if labels.len() != (width as usize) * (height as usize) {
+            return None;
+        }
+        let mut out = image.clone();
+        for (pixel, &t) in out.pixels_mut().zip(labels) {
+            let colour = self.colours[usize::from(t)];
+            for (p, &c) in pixel.0.iter_mut().zip(&colour) {
+                *p = (alpha * c as f32 + (1.0 - alpha) * *p as f32).round() as u8;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Colour `index` of the PASCAL VOC palette: the bits of the index spread over the high bits of
+/// red, green and blue, three at a time.
+fn voc_colour(index: usize) -> [u8; 3] {
+    let mut colour = [0u8; 3];
+    let mut id = index;
+    for shift in (0..8).rev() {
+        for (channel, c) in colour.iter_mut().enumerate() {
+            *c |= (((id >> channel) & 1) as u8) << shift;
+        }
+        id >>= 3;
+    }
+    colour
+}
 
 /// A train-id map (row-major, `width * height` values) coloured with the Cityscapes palette.
 pub fn colorize_train_ids(train_ids: &[u8], width: u32, height: u32) -> RgbImage {
-    let mut lut = [[0u8; 3]; 256];
-    for (t, slot) in lut.iter_mut().enumerate() {
-        *slot = train_id_color(t as u8);
-    }
-    let mut image = RgbImage::new(width, height);
-    for (pixel, &t) in image.pixels_mut().zip(train_ids) {
-        pixel.0 = lut[t as usize];
-    }
-    image
+    Palette::cityscapes().colorize(train_ids, width, height)
 }
 
 /// A train-id map as an 8-bit grey image, the format of `*_gtFine_labelTrainIds.png`.
@@ -33,21 +99,10 @@ pub fn label_id_image(train_ids: &[u8], width: u32, height: u32) -> Option<GrayI
     )
 }
 
-/// The palette colours blended over `image`: `alpha` of the colour, `1 - alpha` of the photo.
+/// The Cityscapes colours blended over `image`: `alpha` of the colour, `1 - alpha` of the photo.
 /// `None` when the sizes disagree.
 pub fn overlay_train_ids(image: &RgbImage, train_ids: &[u8], alpha: f32) -> Option<RgbImage> {
-    let (width, height) = image.dimensions();
-    if train_ids.len() != (width * height) as usize {
-        return None;
-    }
-    let colours = colorize_train_ids(train_ids, width, height);
-    let mut out = image.clone();
-    for (pixel, colour) in out.pixels_mut().zip(colours.pixels()) {
-        for (p, &c) in pixel.0.iter_mut().zip(&colour.0) {
-            *p = (alpha * c as f32 + (1.0 - alpha) * *p as f32).round() as u8;
-        }
-    }
-    Some(out)
+    Palette::cityscapes().overlay(image, train_ids, alpha)
 }
 
 #[cfg(test)]
@@ -61,6 +116,23 @@ mod tests {
         assert_eq!(img.get_pixel(1, 0).0, [70, 130, 180]);
         assert_eq!(img.get_pixel(0, 1).0, [0, 0, 0]);
         assert_eq!(img.get_pixel(1, 1).0, [119, 11, 32]);
+    }
+
+    #[test]
+    fn every_class_of_any_model_has_its_own_colour() {
+        assert_eq!(voc_colour(1), [128, 0, 0]);
+        assert_eq!(voc_colour(2), [0, 128, 0]);
+        assert_eq!(voc_colour(7), [128, 128, 128]);
+        assert_eq!(voc_colour(8), [64, 0, 0]);
+        let palette = Palette::for_classes(200);
+        let mut seen = std::collections::HashSet::new();
+        for class in 0..200u8 {
+            let colour = palette.colour(class);
+            assert_ne!(colour, [0, 0, 0], "class {class}");
+            assert!(seen.insert(colour), "class {class} repeats a colour");
+        }
+        assert_eq!(palette.colour(255), [0, 0, 0]);
+        assert_eq!(Palette::for_classes(19), Palette::cityscapes());
     }
 
     #[test]

@@ -9,11 +9,11 @@ use image::ImageFormat;
 use rayon::prelude::*;
 
 use crate::dataset::{
-    files_with_suffix, split_folder, subfolders, LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX,
+    files_with_suffix, split_folder, subfolders, to_train_ids, LabelEncoding, LABEL_IDS_SUFFIX,
+    TRAIN_IDS_SUFFIX,
 };
 use crate::error::{DataError, Result};
 use crate::image_io::read_gray;
-use crate::labels::label_id_to_train_id_table;
 
 /// What happened to one label file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +91,8 @@ pub fn prepare_train_ids(
 }
 
 fn prepare_one(label_ids: &Path) -> Result<PrepareOutcome> {
-    let table = label_id_to_train_id_table();
     let mut train_ids = read_gray(label_ids)?;
-    train_ids.iter_mut().for_each(|v| *v = table[*v as usize]);
+    to_train_ids(&mut train_ids, LabelEncoding::LabelIds, label_ids)?;
 
     let dest = train_ids_path(label_ids);
     // Equal pixels, not timestamps, decide: copies and archives do not keep modification times.

@@ -28,7 +28,11 @@ fn label_ids_map_to_the_shipped_train_ids_pixel_for_pixel() {
         let ids = gray(&label_path(&root, frame, "labelIds"));
         let expected = gray(&label_path(&root, frame, "labelTrainIds"));
         assert_eq!(ids.dimensions(), expected.dimensions());
-        let mapped: Vec<u8> = ids.as_raw().iter().map(|&id| table[id as usize]).collect();
+        let mapped: Vec<u8> = ids
+            .as_raw()
+            .iter()
+            .map(|&id| table[id as usize].unwrap())
+            .collect();
         assert!(
             mapped == *expected.as_raw(),
             "{frame}: mapped train ids differ"
