@@ -29,13 +29,18 @@ pub enum ModelError {
     },
     #[error("{}: {} unexpected tensor(s): {}", path.display(), keys.len(), summarise(keys))]
     UnexpectedTensors { path: PathBuf, keys: Vec<String> },
+    #[error("{}: tensor `{key}` {why}", path.display())]
+    BadTensor {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+    #[error("{}: {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
     #[error("{}: not a Fast-SCNN checkpoint in a known layout ({reason})", path.display())]
     UnknownLayout { path: PathBuf, reason: String },
-    #[error("{}: cannot read image", path.display())]
-    ReadImage {
-        path: PathBuf,
-        source: image::ImageError,
-    },
+    #[error(transparent)]
+    Image(#[from] fastscnn_data::DataError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

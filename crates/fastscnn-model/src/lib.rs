@@ -23,6 +23,7 @@ mod fast_scnn;
 mod global_feature_extractor;
 mod layout;
 mod learning_to_downsample;
+pub mod pickle_check;
 mod preprocess;
 mod weights;
 
@@ -35,5 +36,5 @@ pub use fastscnn_core::Normalization;
 pub use global_feature_extractor::GlobalFeatureExtractor;
 pub use layout::WeightLayout;
 pub use learning_to_downsample::LearningToDownsample;
-pub use preprocess::{image_to_tensor, load_rgb_image};
-pub use weights::{WeightFile, WeightFormat};
+pub use preprocess::{image_to_tensor, load_rgb_image, load_rgb_image_within, DEFAULT_MAX_PIXELS};
+pub use weights::{WeightFile, WeightFormat, TRAINING_STATE_PREFIX};

@@ -6,28 +6,23 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::Normalization;
 
-/// Decodes an image file of any format the `image` crate reads, converted to 8-bit RGB.
+/// The largest image [`load_rgb_image`] decodes, in pixels: 4096x4096, eight Cityscapes frames,
+/// which a 12-megapixel photo fits. The network's memory grows with the pixels it runs on.
+pub const DEFAULT_MAX_PIXELS: u64 = 1 << 24;
+
+/// Decodes an image file of any format the `image` crate reads, converted to 8-bit RGB, within
+/// [`DEFAULT_MAX_PIXELS`].
 pub fn load_rgb_image(path: impl AsRef<Path>) -> Result<RgbImage> {
-    let path = path.as_ref();
-    let image = image::ImageReader::open(path)
-        .map_err(|e| ModelError::ReadImage {
-            path: path.to_path_buf(),
-            source: image::ImageError::IoError(e),
-        })?
-        .with_guessed_format()
-        .map_err(|e| ModelError::ReadImage {
-            path: path.to_path_buf(),
-            source: image::ImageError::IoError(e),
-        })?
-        .decode()
-        .map_err(|source| ModelError::ReadImage {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(image.into_rgb8())
+    load_rgb_image_within(path, DEFAULT_MAX_PIXELS)
+}
+
+/// Decodes an image of at most `max_pixels` pixels (checked from its header, before decoding),
+/// turned upright as its EXIF orientation says, as 8-bit RGB. A JPEG cut short is an error.
+pub fn load_rgb_image_within(path: impl AsRef<Path>, max_pixels: u64) -> Result<RgbImage> {
+    Ok(fastscnn_data::image_io::decode_within(path.as_ref(), max_pixels)?.into_rgb8())
 }
 
 /// An RGB image as a normalised f32 (1, 3, H, W) tensor: `(v / 255 - mean) / std` per channel.

@@ -14,6 +14,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::error::{ModelError, Result};
 use crate::layout::{WeightLayout, CLASSIFIER_KEY};
+use crate::pickle_check::check_pickle;
 use fastscnn_core::atomic_write::write_atomically;
 
 /// BatchNorm's step counter, stored by PyTorch but meaningless for inference.
@@ -21,6 +22,11 @@ const IGNORED_SUFFIXES: &[&str] = &["num_batches_tracked"];
 
 /// BatchNorm statistics: stored with the weights but not learned by gradient descent.
 const BUFFER_SUFFIXES: &[&str] = &["running_mean", "running_var"];
+
+/// Keys under this prefix are a training run's optimiser state, saved in the same file as the
+/// weights so that the two are committed together: kept apart from the weights, never loaded
+/// into a network.
+pub const TRAINING_STATE_PREFIX: &str = "train_state.";
 
 /// Where a zip archive starts; PyTorch's `torch.save` writes one since 1.6.
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
@@ -50,6 +56,7 @@ pub struct WeightFile {
     path: PathBuf,
     format: WeightFormat,
     tensors: HashMap<String, Tensor>,
+    training_state: HashMap<String, Tensor>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -106,46 +113,69 @@ impl WeightFile {
 
     /// Reads a PyTorch zip checkpoint: a bare state_dict (`torch.save(model.state_dict())`) or a
     /// dict holding one under `state_dict` or `model` (mmsegmentation, most trainers). A
-    /// `module.` prefix left by `DataParallel` is removed.
+    /// `module.` prefix left by `DataParallel` is removed. Every pickle in the archive is checked
+    /// first (see [`check_pickle`]), and every tensor's declared size against the bytes its entry
+    /// holds, so a hostile file is refused before candle's reader allocates or recurses.
     pub fn open_pytorch(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut last_error = None;
+        let mut archive = open_archive(path)?;
+        check_pickles(path, &mut archive)?;
         for key in [None, Some("state_dict"), Some("model")] {
-            match candle_core::pickle::read_all_with_key(path, key) {
-                Ok(tensors) if !tensors.is_empty() => {
-                    let tensors = strip_data_parallel_prefix(tensors.into_iter().collect());
-                    let mut file = Self::from_tensors(path, tensors);
-                    file.format = WeightFormat::PyTorch;
-                    return Ok(file);
-                }
-                Ok(_) => {}
-                Err(error) => last_error = Some(error),
+            let pth =
+                match unwind_to_error(path, || candle_core::pickle::PthTensors::new(path, key))? {
+                    Ok(pth) => pth,
+                    // The key is absent: try the next place a state_dict is kept.
+                    Err(e) if key.is_some() && e.to_string().ends_with("not found") => continue,
+                    Err(e) => return Err(read_error(path, e)),
+                };
+            if pth.tensor_infos().is_empty() {
+                continue;
             }
+            let mut tensors = HashMap::new();
+            for (name, info) in pth.tensor_infos() {
+                check_stored_size(path, &mut archive, name, info)?;
+                let tensor = unwind_to_error(path, || pth.get(name))?;
+                if let Some(tensor) = tensor.map_err(|e| read_error(path, e))? {
+                    tensors.insert(name.clone(), tensor);
+                }
+            }
+            let tensors = strip_data_parallel_prefix(tensors);
+            let mut file = Self::from_tensors(path, tensors);
+            file.format = WeightFormat::PyTorch;
+            return Ok(file);
         }
-        Err(read_error(
-            path,
-            last_error.unwrap_or_else(|| {
-                candle_core::Error::Msg(
-                    "no tensors found (neither a state_dict nor a dict with `state_dict` or \
-                     `model`)"
-                        .into(),
-                )
-            }),
-        ))
+        Err(ModelError::Corrupt {
+            path: path.to_path_buf(),
+            why: "a PyTorch archive without tensors: neither a state_dict nor a dict holding one \
+                  under `state_dict` or `model`"
+                .into(),
+        })
     }
 
     /// Wraps tensors that came from elsewhere; `origin` is the name errors will use.
+    /// Keys under [`TRAINING_STATE_PREFIX`] go to [`WeightFile::training_state`].
     pub fn from_tensors(origin: impl Into<PathBuf>, tensors: HashMap<String, Tensor>) -> Self {
-        let tensors = tensors
+        let (training_state, tensors): (HashMap<_, _>, HashMap<_, _>) = tensors
             .into_iter()
             .filter(|(k, _)| !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+            .partition(|(k, _)| k.starts_with(TRAINING_STATE_PREFIX));
+        let training_state = training_state
+            .into_iter()
+            .map(|(k, v)| (k[TRAINING_STATE_PREFIX.len()..].to_string(), v))
             .collect();
         Self {
             path: origin.into(),
             format: WeightFormat::Safetensors,
             tensors,
+            training_state,
             metadata: BTreeMap::new(),
         }
+    }
+
+    /// The optimiser state a training checkpoint carries beside its weights, by key without
+    /// [`TRAINING_STATE_PREFIX`]; empty for other files.
+    pub fn training_state(&self) -> &HashMap<String, Tensor> {
+        &self.training_state
     }
 
     pub fn path(&self) -> &Path {
@@ -190,7 +220,12 @@ impl WeightFile {
             .get(&key)
             .ok_or_else(|| unknown(format!("{layout} layout without a `{key}` tensor")))?;
         match classifier.dims() {
-            [classes, _, 1, 1] if *classes > 0 => Ok(*classes),
+            [classes, _, 1, 1] if *classes > 0 => match self.metadata.get("classes") {
+                Some(said) if said.parse() != Ok(*classes) => Err(unknown(format!(
+                    "its metadata says {said} classes but `{key}` has {classes}"
+                ))),
+                _ => Ok(*classes),
+            },
             dims => Err(unknown(format!(
                 "`{key}` has shape {dims:?}, expected (classes, C, 1, 1)"
             ))),
@@ -329,7 +364,9 @@ impl Tracker<'_> {
         candle_core::Error::Msg(message)
     }
 
-    /// Records `name` as used and returns its tensor in the asked dtype and device.
+    /// Records `name` as used and returns its tensor in the asked dtype and device, once its
+    /// values are known to be weights: floats, finite, and non-negative where they are
+    /// BatchNorm variances. Anything else would load and run, and label every pixel alike.
     fn hand_out(
         &self,
         name: &str,
@@ -341,6 +378,13 @@ impl Tracker<'_> {
             .lock()
             .expect("tracker lock")
             .insert(name.to_string());
+        if let Some(why) = value_problem(name, tensor)? {
+            return Err(self.fail(ModelError::BadTensor {
+                path: self.file.path.clone(),
+                key: name.to_string(),
+                why,
+            }));
+        }
         tensor.to_dtype(dtype)?.to_device(dev)
     }
 }
@@ -388,6 +432,134 @@ impl SimpleBackend for &Tracker<'_> {
     fn contains_tensor(&self, name: &str) -> bool {
         self.file.contains(&self.layout.file_key(name))
     }
+}
+
+/// What is wrong with the values of a weight tensor, if anything.
+fn value_problem(name: &str, tensor: &Tensor) -> candle_core::Result<Option<String>> {
+    if !tensor.dtype().is_float() {
+        return Ok(Some(format!(
+            "has dtype {:?}; weights are floating point",
+            tensor.dtype()
+        )));
+    }
+    let values = tensor
+        .flatten_all()?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Ok(Some(format!("holds {} at index {i}", values[i])));
+    }
+    if name.ends_with("running_var") {
+        if let Some(i) = values.iter().position(|&v| v < 0.0) {
+            return Ok(Some(format!(
+                "holds {} at index {i}: a BatchNorm variance cannot be negative",
+                values[i]
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs a call into candle's pickle reader, which indexes into the records it reads without
+/// checking their length (a tensor record with a short argument tuple panics): a panic there
+/// means a malformed file, reported as one. The panic hook still runs first; the `fastscnn`
+/// binary's hook only records the message, which its `main` prints if the panic reaches it.
+fn unwind_to_error<T>(path: &Path, read: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        ModelError::Corrupt {
+            path: path.to_path_buf(),
+            why: format!("a tensor record the PyTorch reader cannot read ({message})"),
+        }
+    })
+}
+
+/// The largest number of bytes deflate makes of one compressed byte.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+/// The largest pickle read: a state_dict's is kilobytes.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+fn open_archive(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<File>>> {
+    let file = File::open(path).map_err(|source| read_error(path, source.into()))?;
+    zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        why: format!("not a readable zip archive ({e})"),
+    })
+}
+
+/// Runs [`check_pickle`] over every `data.pkl` of the archive.
+fn check_pickles(
+    path: &Path,
+    archive: &mut zip::ZipArchive<std::io::BufReader<File>>,
+) -> Result<()> {
+    let corrupt = |why: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    };
+    let names: Vec<String> = archive
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .filter(|n| n.ends_with("data.pkl"))
+        .collect();
+    if names.is_empty() {
+        return Err(corrupt(
+            "a zip archive without `data.pkl`: not a PyTorch checkpoint".into(),
+        ));
+    }
+    for name in names {
+        let entry = archive
+            .by_name(&name)
+            .map_err(|e| corrupt(format!("`{name}`: {e}")))?;
+        if entry.size() > MAX_PICKLE_BYTES {
+            return Err(corrupt(format!(
+                "`{name}` is {} bytes, more than any checkpoint's",
+                entry.size()
+            )));
+        }
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_PICKLE_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| corrupt(format!("`{name}`: {e}")))?;
+        check_pickle(&bytes).map_err(|e| corrupt(format!("`{name}`: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Refuses a tensor whose declared shape needs more bytes than its archive entry holds, before
+/// candle allocates them.
+fn check_stored_size(
+    path: &Path,
+    archive: &mut zip::ZipArchive<std::io::BufReader<File>>,
+    name: &str,
+    info: &candle_core::pickle::TensorInfo,
+) -> Result<()> {
+    let corrupt = |why: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        why: format!("tensor `{name}`: {why}"),
+    };
+    let entry = archive
+        .by_name(&info.path)
+        .map_err(|e| corrupt(format!("its data `{}`: {e}", info.path)))?;
+    // candle keeps the storage offset in bytes.
+    let needed = (info.layout.shape().elem_count() as u64)
+        .saturating_mul(info.dtype.size_in_bytes() as u64)
+        .saturating_add(info.layout.start_offset() as u64);
+    let holds = entry
+        .size()
+        .min(entry.compressed_size().saturating_mul(MAX_DEFLATE_RATIO));
+    if needed > holds {
+        return Err(corrupt(format!(
+            "shape {:?} needs {needed} bytes, its data `{}` holds {holds}",
+            info.layout.dims(),
+            info.path
+        )));
+    }
+    Ok(())
 }
 
 fn read_error(path: &Path, source: candle_core::Error) -> ModelError {
