@@ -1,20 +1,23 @@
-//! What a run leaves in its folder, and reading it back: `last.safetensors` (the weights in the
-//! model's own key layout, loadable by `fastscnn segment --weights`), `last.state.safetensors`
-//! (momentum buffers, step, best score and the run configuration), `best.safetensors`. Every file
-//! is written to a temporary name and renamed, the weights last, so a killed run leaves the
-//! previous checkpoint whole.
+//! What a run leaves in its folder, and reading it back. `last.safetensors` holds the weights in
+//! the model's own key layout (loadable by `fastscnn segment --weights`) and, in the same file,
+//! the momentum buffers (under [`TRAINING_STATE_PREFIX`]), the step, the best score and the run
+//! configuration: one file renamed into place is one commit, so a kill at any instant leaves the
+//! previous checkpoint or the new one, each whole and resumable. `best.safetensors` holds the
+//! weights of the best validation score.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_model::WeightFile;
+use fastscnn_model::{WeightFile, TRAINING_STATE_PREFIX};
 
 use crate::error::{Result, TrainError};
 use crate::TrainConfig;
 
 pub const LAST: &str = "last.safetensors";
+/// The optimiser state of a checkpoint kept in a second file: read when `last.safetensors`
+/// carries none, and removed once a checkpoint carrying its own is written.
 pub const LAST_STATE: &str = "last.state.safetensors";
 pub const BEST: &str = "best.safetensors";
 
@@ -26,6 +29,31 @@ pub struct SavedState {
     pub best_miou: Option<f64>,
     pub buffers: BTreeMap<String, Tensor>,
     pub weights: WeightFile,
+}
+
+/// The weights of one checkpoint, as the model names them.
+pub struct CheckpointWeights<'a> {
+    pub tensors: HashMap<String, Tensor>,
+    pub layout: &'a str,
+    pub classes: usize,
+    pub step: u64,
+    /// The validation mIoU at this step, when the run validates.
+    pub miou: Option<f64>,
+}
+
+impl CheckpointWeights<'_> {
+    fn metadata(&self) -> HashMap<String, String> {
+        let mut metadata = HashMap::from([
+            ("layout".to_string(), self.layout.to_string()),
+            ("classes".to_string(), self.classes.to_string()),
+            ("source".to_string(), "fastscnn train".to_string()),
+            ("step".to_string(), self.step.to_string()),
+        ]);
+        if let Some(miou) = self.miou {
+            metadata.insert("miou".into(), format!("{miou}"));
+        }
+        metadata
+    }
 }
 
 fn write_safetensors(
@@ -43,100 +71,89 @@ fn write_safetensors(
     })
 }
 
-/// Writes the weights (under the model's layout names) as `name` in `dir`.
-pub fn save_weights(
-    dir: &Path,
-    name: &str,
-    tensors: HashMap<String, Tensor>,
-    layout: &str,
-    classes: usize,
-    step: u64,
-    extra: &[(&str, String)],
-) -> Result<PathBuf> {
+/// Writes weights alone as `name` in `dir` (the best checkpoint).
+pub fn save_weights(dir: &Path, name: &str, weights: CheckpointWeights) -> Result<PathBuf> {
     let path = dir.join(name);
-    let mut metadata = HashMap::from([
-        ("layout".to_string(), layout.to_string()),
-        ("classes".to_string(), classes.to_string()),
-        ("source".to_string(), "fastscnn train".to_string()),
-        ("step".to_string(), step.to_string()),
-    ]);
-    for (k, v) in extra {
-        metadata.insert(k.to_string(), v.clone());
-    }
-    write_safetensors(&path, tensors, metadata)?;
+    let metadata = weights.metadata();
+    write_safetensors(&path, weights.tensors, metadata)?;
     Ok(path)
 }
 
-/// Writes the optimiser state and run configuration beside the weights.
-pub fn save_state(
+/// Writes `last.safetensors`: the weights with the optimiser state and run configuration, in one
+/// file.
+pub fn save_last(
     dir: &Path,
+    weights: CheckpointWeights,
     config: &TrainConfig,
-    step: u64,
     best_miou: Option<f64>,
     buffers: &BTreeMap<String, Tensor>,
-) -> Result<()> {
-    let mut metadata = HashMap::from([
-        ("step".to_string(), step.to_string()),
-        (
-            "config".to_string(),
-            serde_json::to_string(config).expect("the config serialises"),
-        ),
-    ]);
+) -> Result<PathBuf> {
+    let path = dir.join(LAST);
+    let mut metadata = weights.metadata();
+    metadata.insert(
+        "config".into(),
+        serde_json::to_string(config).expect("the config serialises"),
+    );
     if let Some(best) = best_miou {
         metadata.insert("best_miou".into(), format!("{best:e}"));
     }
-    let tensors = buffers
-        .iter()
-        .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
-        .collect();
-    write_safetensors(&dir.join(LAST_STATE), tensors, metadata)
+    let mut tensors = weights.tensors;
+    for (name, buffer) in buffers {
+        tensors.insert(
+            format!("{TRAINING_STATE_PREFIX}momentum.{name}"),
+            buffer.clone(),
+        );
+    }
+    write_safetensors(&path, tensors, metadata)?;
+    // The state now travels with the weights; a second file would only be stale.
+    let _ = std::fs::remove_file(dir.join(LAST_STATE));
+    Ok(path)
 }
 
-/// Reads `last.*` back, checking that the two files belong to the same step.
-pub fn load_last(dir: &Path, device: &Device) -> Result<SavedState> {
-    let state_path = dir.join(LAST_STATE);
-    let weights_path = dir.join(LAST);
-    let problem = |path: &Path, why: String| TrainError::Checkpoint {
+fn problem(path: &Path, why: String) -> TrainError {
+    TrainError::Checkpoint {
         path: path.to_path_buf(),
         why,
-    };
-    if !state_path.is_file() || !weights_path.is_file() {
+    }
+}
+
+fn read_step(file: &WeightFile) -> Result<u64> {
+    file.metadata()
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| problem(file.path(), "no `step` in the metadata".into()))
+}
+
+/// Reads `last.safetensors` back with its optimiser state.
+pub fn load_last(dir: &Path, device: &Device) -> Result<SavedState> {
+    let weights_path = dir.join(LAST);
+    if !weights_path.is_file() {
         return Err(problem(
             dir,
-            format!("no checkpoint to resume from (needs {LAST} and {LAST_STATE})"),
+            format!("no checkpoint to resume from (no {LAST})"),
         ));
     }
-    let state = WeightFile::open_safetensors(&state_path)?;
-    let meta = state.metadata();
-    let read_step = |file: &WeightFile, path: &Path| -> Result<u64> {
-        file.metadata()
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| problem(path, "no `step` in the metadata".into()))
+    let weights = WeightFile::open_safetensors(&weights_path)?;
+    let step = read_step(&weights)?;
+    let separate;
+    let (state, stored) = if weights.training_state().is_empty() {
+        separate = separate_state(dir, step)?;
+        (&separate, separate.tensors())
+    } else {
+        (&weights, weights.training_state())
     };
-    let step = read_step(&state, &state_path)?;
+    let meta = state.metadata();
     let config: TrainConfig = meta
         .get("config")
         .and_then(|c| serde_json::from_str(c).ok())
-        .ok_or_else(|| problem(&state_path, "no readable run configuration".into()))?;
+        .ok_or_else(|| problem(state.path(), "no readable run configuration".into()))?;
     let best_miou = meta.get("best_miou").and_then(|v| v.parse().ok());
     let mut buffers = BTreeMap::new();
-    for (key, tensor) in state.tensors() {
+    for (key, tensor) in stored {
         let name = key
             .strip_prefix("momentum.")
-            .ok_or_else(|| problem(&state_path, format!("unexpected tensor `{key}`")))?;
+            .ok_or_else(|| problem(state.path(), format!("unexpected state tensor `{key}`")))?;
         buffers.insert(name.to_string(), tensor.to_device(device)?);
-    }
-    let weights = WeightFile::open_safetensors(&weights_path)?;
-    let weights_step = read_step(&weights, &weights_path)?;
-    if weights_step != step {
-        return Err(problem(
-            dir,
-            format!(
-                "{LAST} is from step {weights_step} but {LAST_STATE} from step {step}; the run \
-                 was stopped while saving, resume from a copy of the one you trust"
-            ),
-        ));
     }
     Ok(SavedState {
         config,
@@ -145,4 +162,28 @@ pub fn load_last(dir: &Path, device: &Device) -> Result<SavedState> {
         buffers,
         weights,
     })
+}
+
+/// The optimiser state of a checkpoint that keeps it in [`LAST_STATE`], which must be from the
+/// same step as the weights.
+fn separate_state(dir: &Path, step: u64) -> Result<WeightFile> {
+    let state_path = dir.join(LAST_STATE);
+    if !state_path.is_file() {
+        return Err(problem(
+            &dir.join(LAST),
+            "holds weights without the optimiser state a run resumes from".into(),
+        ));
+    }
+    let state = WeightFile::open_safetensors(&state_path)?;
+    let state_step = read_step(&state)?;
+    if state_step != step {
+        return Err(problem(
+            dir,
+            format!(
+                "{LAST} is from step {step} but {LAST_STATE} from step {state_step}; resume from \
+                 a copy of the one you trust"
+            ),
+        ));
+    }
+    Ok(state)
 }

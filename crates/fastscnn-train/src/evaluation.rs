@@ -25,6 +25,11 @@ pub enum EvalError {
     Data(#[from] fastscnn_data::DataError),
     #[error("{image}: {source}")]
     Metrics { image: String, source: MetricsError },
+    #[error("{image}: {source}")]
+    Network {
+        image: String,
+        source: candle_core::Error,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -115,7 +120,12 @@ pub fn evaluate(
         };
         let (b, h, w) = labels.dims3()?;
         let start = Instant::now();
-        let predictions = model.predict_at(&batch.images.to_device(device)?, h, w)?;
+        let predictions = model
+            .predict_at(&batch.images.to_device(device)?, h, w)
+            .map_err(|source| EvalError::Network {
+                image: name(0),
+                source,
+            })?;
         // Reading the result back waits for an asynchronous device to finish.
         let predictions: Vec<u8> = predictions.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
         model_time += start.elapsed();

@@ -9,6 +9,7 @@ pub mod evaluation;
 pub mod loss;
 pub mod metrics;
 pub mod optimizer;
+mod run_dir;
 pub mod schedule;
 pub mod trainable;
 pub mod trainer;

@@ -19,11 +19,12 @@ use fastscnn_data::{
 use fastscnn_model::{FastScnnConfig, WeightFile, WeightLayout};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, BEST, LAST};
+use crate::checkpoint::{self, CheckpointWeights, BEST, LAST};
 use crate::error::{Result, TrainError};
 use crate::evaluation::{evaluate, Evaluation};
 use crate::loss::{Ohem, SegmentationLoss};
 use crate::optimizer::Sgd;
+use crate::run_dir::RunDir;
 use crate::schedule::PolyLr;
 use crate::trainable::TrainableModel;
 
@@ -89,6 +90,10 @@ impl TrainConfig {
             .layout
             .parse::<WeightLayout>()
             .map_err(TrainError::Config)?;
+        fastscnn_data::dataset::check_split_name(&self.train_split)?;
+        if let Some(split) = &self.val_split {
+            fastscnn_data::dataset::check_split_name(split)?;
+        }
         if self.iters == 0 {
             return invalid("the run needs at least one iteration".into());
         }
@@ -100,6 +105,12 @@ impl TrainConfig {
         }
         if self.val_every == 0 || self.log_every == 0 {
             return invalid("--val-every and the log interval must be at least 1".into());
+        }
+        if self.warmup_iters >= self.iters {
+            return invalid(format!(
+                "{} warm-up iterations leave nothing of a {}-iteration run",
+                self.warmup_iters, self.iters
+            ));
         }
         Ok(layout)
     }
@@ -148,6 +159,7 @@ pub enum Event<'a> {
 pub struct Trainer {
     config: TrainConfig,
     runtime: Runtime,
+    run_dir: RunDir,
     model: TrainableModel,
     optimizer: Sgd,
     loader: Loader,
@@ -162,6 +174,8 @@ pub struct Trainer {
 impl Trainer {
     /// A new run in `runtime.run_dir` (created; refused if it already holds a checkpoint).
     pub fn start(config: TrainConfig, runtime: Runtime) -> Result<Self> {
+        config.validate()?;
+        let run_dir = RunDir::claim(&runtime.run_dir)?;
         if runtime.run_dir.join(LAST).exists() {
             return Err(TrainError::Checkpoint {
                 path: runtime.run_dir.clone(),
@@ -169,7 +183,9 @@ impl Trainer {
                     .into(),
             });
         }
-        let trainer = Self::build(config, runtime)?;
+        // Lines of an earlier start that never reached a checkpoint.
+        run_dir.trim_logs(0)?;
+        let trainer = Self::build(config, runtime, run_dir)?;
         if let Some(init) = trainer.config.init.clone() {
             let weights = WeightFile::open(&init)?;
             trainer.model.load(&weights, true)?;
@@ -180,14 +196,16 @@ impl Trainer {
     /// Continues the run in `runtime.run_dir` from its last checkpoint, with its saved
     /// configuration.
     pub fn resume(runtime: Runtime) -> Result<Self> {
+        let run_dir = RunDir::claim(&runtime.run_dir)?;
         let saved = checkpoint::load_last(&runtime.run_dir, &runtime.device)?;
-        let mut trainer = Self::build(saved.config, runtime)?;
+        run_dir.trim_logs(saved.step)?;
+        let mut trainer = Self::build(saved.config, runtime, run_dir)?;
         trainer.model.load(&saved.weights, false)?;
         trainer
             .optimizer
             .load_buffers(saved.buffers)
             .map_err(|e| TrainError::Checkpoint {
-                path: trainer.runtime.run_dir.join(checkpoint::LAST_STATE),
+                path: trainer.runtime.run_dir.join(LAST),
                 why: e.to_string(),
             })?;
         trainer.step = saved.step;
@@ -196,12 +214,8 @@ impl Trainer {
         Ok(trainer)
     }
 
-    fn build(config: TrainConfig, runtime: Runtime) -> Result<Self> {
+    fn build(config: TrainConfig, runtime: Runtime, run_dir: RunDir) -> Result<Self> {
         let layout = config.validate()?;
-        std::fs::create_dir_all(&runtime.run_dir).map_err(|source| TrainError::Write {
-            path: runtime.run_dir.clone(),
-            source,
-        })?;
         // Training uses every auxiliary head of the preset.
         let model_config: FastScnnConfig = layout.config(NUM_TRAIN_CLASSES);
         let model = TrainableModel::new(&model_config, &runtime.device, config.seed)?;
@@ -252,6 +266,7 @@ impl Trainer {
         Ok(Self {
             config,
             runtime,
+            run_dir,
             model,
             optimizer,
             loader,
@@ -364,8 +379,8 @@ impl Trainer {
                 });
             }
         }
-        let run_dir = self.runtime.run_dir.clone();
-        let layout = self.model.model.config().layout;
+        let run_dir = self.run_dir.path().to_path_buf();
+
         let mut miou = None;
         if let Some(val) = &self.val_loader {
             let evaluation = evaluate(&self.model.model, val, &self.runtime.device, || {})?;
@@ -377,37 +392,16 @@ impl Trainer {
             });
             if !value.is_nan() && self.best_miou.is_none_or(|best| value > best) {
                 self.best_miou = Some(value);
-                checkpoint::save_weights(
-                    &run_dir,
-                    BEST,
-                    self.model.layout_tensors()?,
-                    layout.name(),
-                    NUM_TRAIN_CLASSES,
-                    self.step,
-                    &[("miou", format!("{value}"))],
-                )?;
+                checkpoint::save_weights(&run_dir, BEST, self.checkpoint_weights(Some(value))?)?;
             }
             miou = Some(value);
         }
-        checkpoint::save_state(
+        let path = checkpoint::save_last(
             &run_dir,
+            self.checkpoint_weights(miou)?,
             &self.config,
-            self.step,
             self.best_miou,
             self.optimizer.buffers(),
-        )?;
-        let mut extra = Vec::new();
-        if let Some(miou) = miou {
-            extra.push(("miou", format!("{miou}")));
-        }
-        let path = checkpoint::save_weights(
-            &run_dir,
-            LAST,
-            self.model.layout_tensors()?,
-            layout.name(),
-            NUM_TRAIN_CLASSES,
-            self.step,
-            &extra,
         )?;
         self.last_checkpoint = self.step;
         on_event(Event::Checkpoint {
@@ -415,6 +409,16 @@ impl Trainer {
             path: &path,
         });
         Ok(())
+    }
+
+    fn checkpoint_weights(&self, miou: Option<f64>) -> Result<CheckpointWeights<'static>> {
+        Ok(CheckpointWeights {
+            tensors: self.model.layout_tensors()?,
+            layout: self.model.model.config().layout.name(),
+            classes: NUM_TRAIN_CLASSES,
+            step: self.step,
+            miou,
+        })
     }
 
     fn append(&self, file: &str, line: &str) -> Result<()> {
