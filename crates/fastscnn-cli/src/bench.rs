@@ -11,16 +11,23 @@ use fastscnn_model::{image_to_tensor, load_rgb_image};
 use image::imageops::{self, FilterType};
 
 use crate::cli::{BenchArgs, BenchMode};
+use crate::file_roles::FileRoles;
 use crate::{device, weights};
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
+    let (h, w) = args.size;
+    if (h as u64) * (w as u64) > args.max_pixels {
+        bail!(
+            "--size {h}x{w}: {:.1} megapixels, over the budget of {:.1} (--max-pixels {})",
+            (h * w) as f64 / 1e6,
+            args.max_pixels as f64 / 1e6,
+            args.max_pixels
+        );
+    }
     if let Some(threads) = args.threads {
-        if threads == 0 {
-            bail!("--threads must be at least 1");
-        }
         // candle's matrix products read the variable, the direct kernels use rayon's pool.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         rayon::ThreadPoolBuilder::new()
@@ -32,6 +39,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let kept = !args.fresh_outputs && fastscnn_core::cpu::keep_freed_memory();
     let device = device::select(args.device)?;
     let (model, path) = weights::load_model(&args.weights, &device)?;
+    if let Some(dest) = &args.json {
+        let mut roles = FileRoles::default();
+        roles.input(&path, "the weights");
+        if let Some(image) = &args.image {
+            roles.input(image, "--image");
+        }
+        roles.output(dest, "--json")?;
+    }
     let model = if args.candle_ops {
         model.with_cpu_kernels(false)?
     } else {
@@ -42,7 +57,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         "candle ops".to_string()
     };
-    let (h, w) = args.size;
     // Noise by default: no file needed; but the network labels noise almost uniformly, which
     // makes the label map faster than on a real frame.
     let input = match &args.image {

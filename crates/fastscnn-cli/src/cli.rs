@@ -60,8 +60,8 @@ pub struct BenchArgs {
     /// scene (noise, on which the network's labels hardly vary, is a fast case).
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads (default: all cores; at most 4 per core).
+    #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Also write `median_ms`, `min_ms`, `fps` and `peak_rss_mb` (and the setup) as JSON here.
     #[arg(long, value_name = "FILE")]
@@ -78,6 +78,9 @@ pub struct BenchArgs {
     pub fresh_outputs: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The largest frame, in pixels, to time (see `segment --max-pixels`).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS, value_parser = pixel_count)]
+    pub max_pixels: u64,
 }
 
 /// Where the weights come from: a local file, or a Hugging Face Hub repository.
@@ -132,9 +135,9 @@ pub struct SegmentArgs {
     /// What to write per image (comma-separated or repeated).
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["color", "trainid"])]
     pub format: Vec<OutputFormat>,
-    /// Weight of the colours in the overlay, 0 (photo only) to 1 (colours only).
-    #[arg(long, default_value_t = 0.5, value_parser = unit_interval)]
-    pub overlay_alpha: f32,
+    /// Weight of the colours in the overlay, 0 (photo only) to 1 (colours only) [default: 0.5].
+    #[arg(long, value_parser = unit_interval)]
+    pub overlay_alpha: Option<f32>,
     /// Run the network on the image scaled by this factor (1, 0.5, 0.25: the paper's faster
     /// modes); predictions are resized back to the image's size.
     #[arg(long, default_value_t = 1.0, value_parser = input_scale)]
@@ -147,6 +150,11 @@ pub struct SegmentArgs {
     pub save_logits: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The most pixels the network runs on per image (after --input-scale), and the most the
+    /// scores of --probs and --save-logits cover: the bound on memory. A larger image is refused
+    /// with the --input-scale that fits it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS, value_parser = pixel_count)]
+    pub max_pixels: u64,
 }
 
 #[derive(Debug, Args)]
@@ -166,8 +174,8 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
-    /// Threads decoding images ahead of the network.
-    #[arg(long, default_value_t = 2)]
+    /// Threads decoding images ahead of the network (0: decode on the main thread).
+    #[arg(long, default_value_t = 2, value_parser = worker_count)]
     pub workers: usize,
 }
 
@@ -195,8 +203,9 @@ pub struct TrainArgs {
     /// The run folder: checkpoints (last, best), train.log, metrics.jsonl.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run in --out from its last checkpoint, with its saved configuration.
-    #[arg(long)]
+    /// Continue the run in --out from its last checkpoint, with its saved configuration (so
+    /// the flags that set the recipe cannot be given with it).
+    #[arg(long, conflicts_with_all = RECIPE_FLAGS)]
     pub resume: bool,
     #[arg(long, default_value = "train")]
     pub train_split: String,
@@ -216,7 +225,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub stop_at: Option<u64>,
     /// Images per batch [paper: 12].
-    #[arg(long)]
+    #[arg(long, value_parser = batch_size)]
     pub batch_size: Option<usize>,
     /// Training crop, HEIGHTxWIDTH [paper: 1024x1024].
     #[arg(long, value_parser = size_pair)]
@@ -247,19 +256,96 @@ pub struct TrainArgs {
     /// Start from these weights (same layout; missing auxiliary heads start fresh).
     #[arg(long, value_name = "WEIGHTS")]
     pub init: Option<PathBuf>,
-    #[arg(long, default_value_t = 2)]
+    /// Threads decoding and augmenting images ahead of the network (0: on the main thread).
+    #[arg(long, default_value_t = 2, value_parser = worker_count)]
     pub workers: usize,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The most pixels one batch may hold (batch size x crop): the bound on training memory
+    /// [default: 32 M, 2.7 times the paper's 12 crops of 1024x1024].
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH_PIXELS, value_parser = pixel_count)]
+    pub max_batch_pixels: u64,
+}
+
+/// The flags that set a run's recipe, saved with its checkpoints: `--resume` takes them from
+/// there.
+const RECIPE_FLAGS: [&str; 17] = [
+    "train_split",
+    "val_split",
+    "no_val",
+    "iters",
+    "epochs",
+    "batch_size",
+    "crop",
+    "scale_range",
+    "lr",
+    "warmup_iters",
+    "ohem",
+    "seed",
+    "val_every",
+    "log_every",
+    "layout",
+    "init",
+    "max_batch_pixels",
+];
+
+/// The default of `--max-pixels`: the model crate's image budget.
+pub const DEFAULT_MAX_PIXELS: u64 = fastscnn_model::DEFAULT_MAX_PIXELS;
+/// The default of `--max-batch-pixels`.
+pub const DEFAULT_MAX_BATCH_PIXELS: u64 = 1 << 25;
+
+/// Threads beyond this many per core only add switching, and a typo such as 100000 would spawn
+/// that many.
+const THREADS_PER_CORE: usize = 4;
+
+fn max_threads() -> usize {
+    THREADS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn thread_count(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let max = max_threads();
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is not between 1 and {max} ({THREADS_PER_CORE} per core of this machine)"
+        ))
+    }
+}
+
+fn worker_count(s: &str) -> Result<usize, String> {
+    if s == "0" {
+        Ok(0)
+    } else {
+        thread_count(s)
+    }
+}
+
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n as usize),
+        _ => Err(format!("`{s}` is not a batch size from 1 to {}", u32::MAX)),
+    }
+}
+
+fn pixel_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive number of pixels")),
+    }
 }
 
 fn size_pair(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s
         .split_once('x')
         .ok_or_else(|| format!("`{s}` is not HEIGHTxWIDTH"))?;
-    match (h.parse(), w.parse()) {
-        (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok((h, w)),
-        _ => Err(format!("`{s}` is not HEIGHTxWIDTH with positive sides")),
+    match (h.parse::<u32>(), w.parse::<u32>()) {
+        (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok((h as usize, w as usize)),
+        _ => Err(format!(
+            "`{s}` is not HEIGHTxWIDTH with sides from 1 to {}",
+            u32::MAX
+        )),
     }
 }
 
@@ -268,10 +354,15 @@ fn scale_range(s: &str) -> Result<(f32, f32), String> {
         .split_once('-')
         .ok_or_else(|| format!("`{s}` is not MIN-MAX"))?;
     match (lo.parse::<f32>(), hi.parse::<f32>()) {
-        (Ok(lo), Ok(hi)) if lo > 0.0 && lo <= hi => Ok((lo, hi)),
-        _ => Err(format!("`{s}` is not MIN-MAX with 0 < MIN <= MAX")),
+        (Ok(lo), Ok(hi)) if lo > 0.0 && lo <= hi && hi <= MAX_SCALE => Ok((lo, hi)),
+        _ => Err(format!(
+            "`{s}` is not MIN-MAX with 0 < MIN <= MAX <= {MAX_SCALE}"
+        )),
     }
 }
+
+/// Scaling a frame up more than this only makes a crop of a few source pixels.
+const MAX_SCALE: f32 = 8.0;
 
 fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
@@ -326,6 +417,8 @@ mod tests {
         assert_eq!(scale_range("1-1"), Ok((1.0, 1.0)));
         assert_eq!(scale_range("0.5-2"), Ok((0.5, 2.0)));
         assert!(scale_range("2-1").is_err());
+        assert!(scale_range("0.5-inf").is_err());
+        assert!(size_pair("100000000000x5").is_err());
     }
 
     #[test]
@@ -335,5 +428,29 @@ mod tests {
         assert!(input_scale("2").is_err());
         assert!(unit_interval("1.5").is_err());
         assert!(unit_interval("x").is_err());
+        assert!(unit_interval("NaN").is_err());
+        assert!(input_scale("NaN").is_err());
+    }
+
+    #[test]
+    fn threads_are_bounded_by_the_machine() {
+        assert_eq!(thread_count("1"), Ok(1));
+        assert!(thread_count("0").is_err());
+        assert!(thread_count("100000").unwrap_err().contains("per core"));
+        assert_eq!(worker_count("0"), Ok(0));
+    }
+
+    #[test]
+    fn resume_refuses_recipe_flags() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["fastscnn", "train", "--dataset-root", "d", "--out", "o"];
+            args.extend(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(parse(&["--resume"]).is_ok());
+        assert!(parse(&["--resume", "--workers", "1"]).is_ok());
+        let err = parse(&["--resume", "--lr", "0.1"]).unwrap_err().to_string();
+        assert!(err.contains("--lr"), "{err}");
+        assert!(parse(&["--resume", "--seed", "1"]).is_err());
     }
 }

@@ -9,6 +9,7 @@ use fastscnn_train::{evaluate, Evaluation};
 use serde_json::{json, Map, Value};
 
 use crate::cli::EvalArgs;
+use crate::file_roles::FileRoles;
 use crate::{device, progress, weights};
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -21,6 +22,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             model.num_classes()
         );
     }
+    if let Some(dest) = &args.json {
+        let mut roles = FileRoles::default();
+        roles.input(&weights_path, "the weights");
+        roles.output(dest, "--json")?;
+    }
     let discovery = discover(&args.dataset_root, &args.split, DiscoverOptions::default())?;
     let images = discovery.samples.len();
     let config = LoaderConfig {
@@ -32,8 +38,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     let bar = progress::bar(images, "images");
     bar.set_message(format!("eval {}", args.split));
-    let evaluation = evaluate(&model, &loader, &device, || bar.inc(1))
-        .with_context(|| weights_path.display().to_string())?;
+    let evaluation = evaluate(&model, &loader, &device, || bar.inc(1))?;
     bar.finish_and_clear();
 
     print!("{}", table(&evaluation));

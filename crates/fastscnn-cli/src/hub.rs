@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
@@ -20,9 +20,29 @@ fn offline() -> bool {
     })
 }
 
+/// Hub names become paths in the cache (`snapshots/<commit>/<file>`, `refs/<revision>`): each
+/// must be a relative path of plain names, so none reaches outside the cache. Revisions such as
+/// `refs/pr/1` and files in subfolders keep their `/`.
+fn check_relative(flag: &str, value: &str) -> Result<()> {
+    let plain = |part: &str| {
+        !part.is_empty() && part != "." && part != ".." && !part.contains(['\\', ':', '\0'])
+    };
+    if value.split('/').all(plain) {
+        Ok(())
+    } else {
+        bail!("{flag} `{value}`: must be a relative path of plain names (no `..`, `.`, `\\`, `:` or empty part)")
+    }
+}
+
 /// The local path of `file` at `revision` of the model repository `repo_id`: from the cache
 /// when it is there, otherwise downloaded into it (unless offline).
 pub fn fetch(repo_id: &str, file: &str, revision: &str) -> Result<PathBuf> {
+    check_relative("--hf-file", file)?;
+    check_relative("--revision", revision)?;
+    if repo_id.split('/').count() != 2 {
+        bail!("--hf-repo `{repo_id}`: expected OWNER/NAME");
+    }
+    check_relative("--hf-repo", repo_id)?;
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let cache = Cache::from_env();
     if offline() {
@@ -42,4 +62,35 @@ pub fn fetch(repo_id: &str, file: &str, revision: &str) -> Result<PathBuf> {
     let url = repo.url(file);
     repo.get(file)
         .map_err(|e| anyhow!("{repo_id}: cannot fetch `{file}` from {url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_names_stay_inside_the_cache() {
+        for good in [
+            "model.safetensors",
+            "sub/model.pth",
+            "refs/pr/1",
+            "main",
+            "v1.0",
+        ] {
+            assert!(check_relative("--hf-file", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "../../x",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            "",
+            ".",
+            "c:x",
+            "a\\b",
+        ] {
+            let err = check_relative("--hf-file", bad).unwrap_err().to_string();
+            assert!(err.starts_with("--hf-file"), "{bad}: {err}");
+        }
+    }
 }

@@ -43,6 +43,12 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             heads.join(", ")
         }
     );
+    if !file.training_state().is_empty() {
+        println!(
+            "train state {} tensors (a `fastscnn train` checkpoint, resumable)",
+            file.training_state().len()
+        );
+    }
     for (key, value) in file.metadata() {
         println!("metadata    {key} = {value}");
     }

@@ -2,7 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+
 use anyhow::{bail, Context, Result};
+
+use crate::segment::OUTPUT_SUFFIXES;
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 
@@ -22,15 +26,15 @@ pub fn expand(inputs: &[String]) -> Result<Vec<PathBuf>> {
     for input in inputs {
         let path = Path::new(input);
         if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            let found: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("{input}: cannot list folder"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| is_image(p))
                 .collect();
+            let found = without_earlier_outputs(found);
             if found.is_empty() {
                 bail!("{input}: folder holds no .png, .jpg or .jpeg image");
             }
-            found.sort();
             images.extend(found);
         } else if path.exists() || !input.contains(['*', '?', '[']) {
             // A plain path; if it does not exist, reading it names it.
@@ -49,6 +53,28 @@ pub fn expand(inputs: &[String]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(images)
+}
+
+/// The images of one folder, sorted, without the label images an earlier `segment` into that
+/// folder wrote: `<stem>_color.png` and the rest, where `<stem>` is another image of the folder.
+/// Segmenting a folder into itself twice then reads the same images both times.
+fn without_earlier_outputs(mut found: Vec<PathBuf>) -> Vec<PathBuf> {
+    found.sort();
+    let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let stems: HashSet<String> = found.iter().filter_map(|p| stem(p)).collect();
+    found
+        .into_iter()
+        .filter(|p| {
+            let Some(name) = stem(p) else { return true };
+            let is_output = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+                && OUTPUT_SUFFIXES.iter().any(|suffix| {
+                    name.strip_suffix(suffix)
+                        .and_then(|rest| rest.strip_suffix('_'))
+                        .is_some_and(|source| stems.contains(source))
+                });
+            !is_output
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -75,6 +101,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no .png"));
+        for name in [
+            "b_color.png",
+            "b_trainid.png",
+            "orphan_color.png",
+            "a_overlay.jpg",
+        ] {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        assert_eq!(
+            expand(&[s(d)]).unwrap(),
+            [
+                d.join("a.JPG"),
+                d.join("a_overlay.jpg"),
+                d.join("b.png"),
+                d.join("orphan_color.png")
+            ],
+            "outputs of b skipped, files that only look like outputs kept"
+        );
         assert!(expand(&[s(&d.join("*.bmp"))])
             .unwrap_err()
             .to_string()

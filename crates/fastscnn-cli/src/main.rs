@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod device;
 mod eval;
+mod file_roles;
 mod hub;
 mod info;
 mod inputs;
@@ -14,12 +15,14 @@ mod train;
 mod weights;
 
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use clap::Parser;
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    report_bugs_not_user_errors_with_backtraces();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Segment(_) | Command::Eval(_)) {
         // Frame after frame, outputs reuse the memory of the previous frame's instead of fresh
@@ -27,20 +30,58 @@ fn main() -> ExitCode {
         // itself; training's memory is left to the allocator's defaults.
         fastscnn_core::cpu::keep_freed_memory();
     }
-    let result = match cli.command {
+    let result = std::panic::catch_unwind(|| match cli.command {
         Command::Segment(args) => segment::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Bench(args) => bench::run(&args),
-    };
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
             // One line: the whole context chain, outermost first.
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+        Err(_) => {
+            let panic = LAST_PANIC
+                .lock()
+                .ok()
+                .and_then(|mut p| p.take())
+                .unwrap_or_default();
+            eprintln!("error: internal error in fastscnn (please report it): {panic}");
+            ExitCode::from(101)
+        }
     }
+}
+
+/// The message (and backtrace, when asked for) of the latest panic, which `main` prints if the
+/// panic reaches it. A panic the libraries catch (candle's pickle reader on a malformed file
+/// becomes an error naming the file) prints nothing.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// A user error (a bad file, a bad flag) is one line whatever `RUST_BACKTRACE` says; a panic is
+/// a bug and keeps its backtrace when one was asked for.
+///
+/// candle and anyhow capture a backtrace into every error when the variable is set, and candle's
+/// errors print it with their message. Both read the variable once, at their first capture, so
+/// removing it before any work is done keeps backtraces out of user errors; the panic hook
+/// captures its own when the user had asked for one.
+fn report_bugs_not_user_errors_with_backtraces() {
+    let wanted = ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"]
+        .iter()
+        .any(|var| std::env::var(var).is_ok_and(|v| v != "0"));
+    std::env::remove_var("RUST_BACKTRACE");
+    std::env::remove_var("RUST_LIB_BACKTRACE");
+    std::panic::set_hook(Box::new(move |info| {
+        let mut message = info.to_string();
+        if wanted {
+            message = format!("{message}\n{}", std::backtrace::Backtrace::force_capture());
+        }
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(message);
+        }
+    }));
 }

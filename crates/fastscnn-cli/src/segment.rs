@@ -9,11 +9,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
 use fastscnn_data::augment::resize_image;
-use fastscnn_data::{colorize_train_ids, label_id_image, overlay_train_ids, train_id_image};
-use fastscnn_model::{image_to_tensor, load_rgb_image};
+use fastscnn_data::{label_id_image, train_id_image, Palette, NUM_TRAIN_CLASSES};
+use fastscnn_model::{image_to_tensor, load_rgb_image_within};
 use image::{ImageFormat, RgbImage};
 
 use crate::cli::{OutputFormat, SegmentArgs};
+use crate::file_roles::FileRoles;
 use crate::{device, inputs, progress, weights};
 
 const CONCRETE_FORMATS: [OutputFormat; 4] = [
@@ -35,15 +36,49 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     }
     let stems = output_stems(&images)?;
     let formats = formats(&args.format);
+    if args.overlay_alpha.is_some() && !formats.contains(&OutputFormat::Overlay) {
+        bail!("--overlay-alpha: no overlay is written; add --format overlay");
+    }
+    let alpha = args.overlay_alpha.unwrap_or(0.5);
     let device = device::select(args.device)?;
     let (model, weights_path) = weights::load_model(&args.weights, &device)?;
-    if model.num_classes() > 255 {
+    let classes = model.num_classes();
+    // 255 is "ignore" in a train-id map.
+    if classes > 255 {
         bail!(
-            "{}: {} classes do not fit an 8-bit label map",
-            weights_path.display(),
-            model.num_classes()
+            "{}: {classes} classes do not fit an 8-bit label map",
+            weights_path.display()
         );
     }
+    if classes != NUM_TRAIN_CLASSES && formats.contains(&OutputFormat::Labelid) {
+        bail!(
+            "{}: --format labelid writes Cityscapes label ids, but the weights classify {classes} \
+             classes, not Cityscapes' {NUM_TRAIN_CLASSES}",
+            weights_path.display()
+        );
+    }
+    let palette = Palette::for_classes(classes);
+
+    let mut roles = FileRoles::default();
+    roles.input(&weights_path, "the weights");
+    for path in &images {
+        roles.input(path, format!("input {}", path.display()));
+    }
+    for stem in &stems {
+        for format in &formats {
+            let dest = output_path(&args.out_dir, stem, *format);
+            roles.output(&dest, format!("the {} output", suffix(*format)))?;
+        }
+    }
+    for (flag, dest) in [
+        ("--probs", &args.probs),
+        ("--save-logits", &args.save_logits),
+    ] {
+        if let Some(dest) = dest {
+            roles.output(dest, flag)?;
+        }
+    }
+    let keep_scores = args.probs.is_some() || args.save_logits.is_some();
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create output folder", args.out_dir.display()))?;
 
@@ -51,7 +86,11 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     bar.set_message("segment");
     let start = Instant::now();
     for (path, stem) in images.iter().zip(&stems) {
-        let image = load_rgb_image(path)?;
+        let image = load_rgb_image_within(
+            path,
+            decode_budget(args.max_pixels, args.input_scale, keep_scores),
+        )
+        .map_err(|e| with_scale_hint(e, args.max_pixels, args.input_scale, keep_scores))?;
         let (width, height) = image.dimensions();
         let scaled;
         let network_input = if args.input_scale < 1.0 {
@@ -60,24 +99,14 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         } else {
             &image
         };
-        let input = image_to_tensor(network_input, &model.config().normalization, &device)?;
-        let (h, w) = (height as usize, width as usize);
-        // Logits are only kept at full resolution when they are to be written.
-        let logits = if args.probs.is_some() || args.save_logits.is_some() {
-            Some(model.logits_at(&input, h, w)?)
-        } else {
-            None
-        };
-        let labels = match &logits {
-            Some(logits) => logits.argmax(1)?,
-            None => model.predict_at(&input, h, w)?,
-        };
-        let labels: Vec<u8> = labels.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
+        let (logits, labels) =
+            segment_one(&model, &device, network_input, (height, width), keep_scores)
+                .with_context(|| path.display().to_string())?;
 
         let mut written = Vec::new();
         for format in &formats {
-            let dest = args.out_dir.join(format!("{stem}_{}.png", suffix(*format)));
-            write_label_image(&dest, *format, &image, &labels, args.overlay_alpha)?;
+            let dest = output_path(&args.out_dir, stem, *format);
+            write_label_image(&dest, *format, &image, &labels, alpha, &palette)?;
             written.push(dest);
         }
         if let (Some(dest), Some(logits)) = (&args.probs, &logits) {
@@ -103,6 +132,77 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     Ok(())
 }
 
+/// The label map of one image at its full size, and the scores too when they are kept.
+fn segment_one(
+    model: &fastscnn_model::FastScnn,
+    device: &candle_core::Device,
+    network_input: &RgbImage,
+    (height, width): (u32, u32),
+    keep_scores: bool,
+) -> Result<(Option<Tensor>, Vec<u8>)> {
+    let input = image_to_tensor(network_input, &model.config().normalization, device)?;
+    let (h, w) = (height as usize, width as usize);
+    // Logits are only kept at full resolution when they are to be written.
+    let logits = if keep_scores {
+        Some(model.logits_at(&input, h, w)?)
+    } else {
+        None
+    };
+    let labels = match &logits {
+        Some(logits) => logits.argmax(1)?,
+        None => model.predict_at(&input, h, w)?,
+    };
+    let labels: Vec<u8> = labels.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
+    Ok((logits, labels))
+}
+
+/// The most pixels an image may have for the network to run on `max_pixels` of them at
+/// `input_scale`; the scores written at full size bound it at `max_pixels` itself.
+fn decode_budget(max_pixels: u64, input_scale: f32, keep_scores: bool) -> u64 {
+    if keep_scores {
+        max_pixels
+    } else {
+        (max_pixels as f64 / (f64::from(input_scale) * f64::from(input_scale))) as u64
+    }
+}
+
+/// An image over the budget is told the largest of the paper's scales (½, ¼, ⅛) that fits it.
+fn with_scale_hint(
+    error: fastscnn_model::ModelError,
+    max_pixels: u64,
+    input_scale: f32,
+    keep_scores: bool,
+) -> anyhow::Error {
+    let fastscnn_model::ModelError::Image(fastscnn_data::DataError::TooManyPixels {
+        width,
+        height,
+        ..
+    }) = &error
+    else {
+        return error.into();
+    };
+    let pixels = u64::from(*width) * u64::from(*height);
+    let fits = [0.5f32, 0.25, 0.125]
+        .into_iter()
+        .filter(|&s| s < input_scale)
+        .find(|&s| pixels <= decode_budget(max_pixels, s, false));
+    let hint = match (keep_scores, fits) {
+        (true, _) => "--probs and --save-logits write full-size scores; raise --max-pixels if \
+                      the machine has the memory"
+            .to_string(),
+        (false, Some(scale)) => format!(
+            "segment it with --input-scale {scale}, or raise --max-pixels if the machine has the \
+             memory"
+        ),
+        (false, None) => "raise --max-pixels if the machine has the memory".to_string(),
+    };
+    anyhow::anyhow!("{error} (--max-pixels {max_pixels}); {hint}")
+}
+
+fn output_path(out_dir: &Path, stem: &str, format: OutputFormat) -> PathBuf {
+    out_dir.join(format!("{stem}_{}.png", suffix(format)))
+}
+
 /// The formats asked for, `all` expanded, each once, in a fixed order.
 fn formats(asked: &[OutputFormat]) -> Vec<OutputFormat> {
     CONCRETE_FORMATS
@@ -110,6 +210,9 @@ fn formats(asked: &[OutputFormat]) -> Vec<OutputFormat> {
         .filter(|f| asked.contains(f) || asked.contains(&OutputFormat::All))
         .collect()
 }
+
+/// The name endings of the label images, after `<stem>_`.
+pub const OUTPUT_SUFFIXES: [&str; 4] = ["color", "overlay", "trainid", "labelid"];
 
 fn suffix(format: OutputFormat) -> &'static str {
     match format {
@@ -127,16 +230,18 @@ fn write_label_image(
     image: &RgbImage,
     labels: &[u8],
     alpha: f32,
+    palette: &Palette,
 ) -> Result<()> {
     let (w, h) = image.dimensions();
     let size_error =
         || anyhow::anyhow!("{}: label map size differs from the image", dest.display());
     write_atomically(dest, |tmp| {
         let saved = match format {
-            OutputFormat::Color => {
-                colorize_train_ids(labels, w, h).save_with_format(tmp, ImageFormat::Png)
-            }
-            OutputFormat::Overlay => overlay_train_ids(image, labels, alpha)
+            OutputFormat::Color => palette
+                .colorize(labels, w, h)
+                .save_with_format(tmp, ImageFormat::Png),
+            OutputFormat::Overlay => palette
+                .overlay(image, labels, alpha)
                 .ok_or_else(size_error)?
                 .save_with_format(tmp, ImageFormat::Png),
             OutputFormat::Trainid => train_id_image(labels, w, h)
@@ -184,6 +289,19 @@ fn save_tensor(dest: &Path, key: &str, tensor: &Tensor) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_suffixes_are_the_formats_names() {
+        let names: Vec<&str> = CONCRETE_FORMATS.iter().map(|f| suffix(*f)).collect();
+        assert_eq!(names, OUTPUT_SUFFIXES);
+    }
+
+    #[test]
+    fn the_budget_grows_with_the_inverse_square_of_the_scale() {
+        assert_eq!(decode_budget(100, 1.0, false), 100);
+        assert_eq!(decode_budget(100, 0.5, false), 400);
+        assert_eq!(decode_budget(100, 0.5, true), 100);
+    }
 
     #[test]
     fn all_expands_to_every_format_once() {

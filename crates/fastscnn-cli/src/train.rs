@@ -1,7 +1,7 @@
 //! `fastscnn train`: the paper's recipe on a Cityscapes copy, with a progress bar, logs in the run
 //! folder and checkpoints that `segment` and `eval` load directly.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use fastscnn_data::{discover, DiscoverOptions};
 use fastscnn_train::{Event, Runtime, TrainConfig, Trainer};
 
@@ -29,6 +29,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
 
     let total = trainer.config().iters;
+    if let Some(stop_at) = args.stop_at {
+        if stop_at <= trainer.step() || stop_at > total {
+            bail!(
+                "--stop-at {stop_at}: must be after the {} iterations done and at most the run's {total}",
+                trainer.step()
+            );
+        }
+    }
     let bar = progress::bar(total as usize, "iterations");
     bar.set_position(trainer.step());
     bar.set_message("train");
@@ -75,17 +83,34 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
             // Training drops the last partial batch of every epoch (a split smaller than one batch
             // is repeated to fill one).
             let per_epoch = (train.samples.len() / batch_size.max(1)).max(1) as u64;
-            epochs * per_epoch
+            epochs.checked_mul(per_epoch).with_context(|| {
+                format!("--epochs {epochs}: more iterations than can be counted")
+            })?
         }
         (None, None) => bail!("give the length of the run: --iters N or --epochs E"),
     };
+    let crop = args.crop.unwrap_or(paper.crop);
+    let batch_pixels = (batch_size as u64)
+        .saturating_mul(crop.0 as u64)
+        .saturating_mul(crop.1 as u64);
+    if batch_pixels > args.max_batch_pixels {
+        bail!(
+            "--batch-size {batch_size} with --crop {}x{}: {:.1} megapixels a batch, over the \
+             budget of {:.1} (--max-batch-pixels {})",
+            crop.0,
+            crop.1,
+            batch_pixels as f64 / 1e6,
+            args.max_batch_pixels as f64 / 1e6,
+            args.max_batch_pixels
+        );
+    }
     Ok(TrainConfig {
         layout: args.layout.clone(),
         train_split: args.train_split.clone(),
         val_split: (!args.no_val).then(|| args.val_split.clone()),
         iters,
         batch_size,
-        crop: args.crop.unwrap_or(paper.crop),
+        crop,
         scale_range: args.scale_range.unwrap_or(paper.scale_range),
         lr: args.lr.unwrap_or(paper.lr),
         warmup_iters: args.warmup_iters,

@@ -64,6 +64,18 @@ fn train(root: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// `fastscnn train --resume` of the run in `out`: the recipe comes from its checkpoint.
+fn resume(root: &Path, out: &Path) -> Command {
+    let mut cmd = fastscnn();
+    cmd.arg("train")
+        .arg("--dataset-root")
+        .arg(root)
+        .arg("--out")
+        .arg(out)
+        .args(["--resume", "--workers", "0"]);
+    cmd
+}
+
 fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
     let shared = shared_dir()?;
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +144,7 @@ fn resuming_gives_the_same_weights_bit_for_bit() {
         .success();
     // A second start in the same folder is refused rather than overwriting the run.
     assert_clean_failure(train(&root, &split).args(flags), "--resume");
-    train(&root, &split).arg("--resume").assert().success();
+    resume(&root, &split).assert().success();
 
     let a = candle_core::safetensors::load(whole.join("last.safetensors"), &Device::Cpu).unwrap();
     let b = candle_core::safetensors::load(split.join("last.safetensors"), &Device::Cpu).unwrap();
@@ -210,4 +222,150 @@ fn starts_from_given_weights_of_the_same_layout() {
             .arg(golden.join("mmseg_fastscnn_c19.pth")),
         "openmmlab layout",
     );
+}
+
+#[test]
+fn stop_at_must_leave_something_to_do() {
+    let Some((dir, root)) = setup() else { return };
+    let out = dir.path().join("run");
+    for stop_at in ["0", "7"] {
+        assert_clean_failure(
+            train(&root, &out).args(["--iters", "6", "--no-val", "--stop-at", stop_at]),
+            &format!("--stop-at {stop_at}"),
+        );
+    }
+    assert!(!out.join("last.safetensors").exists());
+}
+
+/// The steps a log names, in order: train.log's `step N/...` lines and metrics.jsonl's records.
+fn logged_steps(out: &Path) -> (Vec<u64>, Vec<u64>) {
+    let log = std::fs::read_to_string(out.join("train.log")).unwrap();
+    let text = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("step ")?.split('/').next()?.parse().ok())
+        .collect();
+    let json = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    (text, json)
+}
+
+#[test]
+fn one_run_per_folder_at_a_time() {
+    let Some((dir, root)) = setup() else { return };
+    let out = dir.path().join("run");
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("fastscnn"))
+        .args(train(&root, &out).get_args())
+        .args(["--iters", "100000", "--no-val", "--val-every", "1"])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !out.join("last.safetensors").exists() {
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_clean_failure(
+        train(&root, &out).args(["--iters", "5"]),
+        "another `fastscnn train` is running in this folder",
+    );
+    assert_clean_failure(
+        &mut resume(&root, &out),
+        "another `fastscnn train` is running in this folder",
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The kill released the lock.
+    let weights = fastscnn_model::WeightFile::open(out.join("last.safetensors")).unwrap();
+    assert!(!weights.training_state().is_empty());
+}
+
+/// SIGKILL at pseudo-random instants of a run that checkpoints every step, then resume, until
+/// the run is done: every kill leaves a checkpoint that resumes, and the result is the
+/// uninterrupted run's, bit for bit, with each step logged once.
+#[cfg(unix)]
+#[test]
+fn killed_at_any_instant_it_resumes_to_the_same_result() {
+    let Some((dir, root)) = setup() else { return };
+    let flags = [
+        "--iters",
+        "8",
+        "--no-val",
+        "--val-every",
+        "1",
+        "--log-every",
+        "1",
+    ];
+    let whole = dir.path().join("whole");
+    train(&root, &whole).args(flags).assert().success();
+
+    let out = dir.path().join("killed");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let (mut kills, mut launches) = (0, 0);
+    loop {
+        launches += 1;
+        assert!(launches < 60, "the run never finished");
+        let command = if out.join("last.safetensors").exists() {
+            resume(&root, &out)
+        } else {
+            let mut fresh = train(&root, &out);
+            fresh.args(flags);
+            fresh
+        };
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("fastscnn"))
+            .args(command.get_args())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // xorshift: delays from 50 to 1550 ms.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(50 + state % 1500);
+        while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if kills < 15 && child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            if out.join("last.safetensors").exists() {
+                let weights = fastscnn_model::WeightFile::open(out.join("last.safetensors"))
+                    .unwrap_or_else(|e| panic!("after kill {kills}: {e}"));
+                assert!(!weights.training_state().is_empty());
+            }
+            continue;
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        break;
+    }
+    assert!(kills >= 3, "only {kills} kills landed");
+
+    let a = candle_core::safetensors::load(whole.join("last.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (key, tensor) in &a {
+        assert_eq!(max_abs_diff(tensor, &b[key]), 0.0, "{key} differs");
+    }
+    let steps: Vec<u64> = (1..=8).collect();
+    assert_eq!(logged_steps(&out), (steps.clone(), steps));
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
