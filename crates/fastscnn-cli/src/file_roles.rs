@@ -3,25 +3,32 @@
 //! another of its outputs, whatever spelling, `..` or symbolic link names them.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-/// The file `path` names, spelled one way: the canonical path when it exists, otherwise its
-/// folder's canonical path (or the absolute path, for a folder still to be created) and its
-/// name.
+/// The file `path` names, spelled one way: its longest existing ancestor canonical (links
+/// resolved), the rest (folders still to be created, the file's name) appended with `.` and `..`
+/// applied, which is exact there since a path that does not exist holds no link.
 fn identity(path: &Path) -> PathBuf {
-    if let Ok(canonical) = path.canonicalize() {
-        return canonical;
-    }
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(parent), Some(name)) => parent
-            .canonicalize()
-            .unwrap_or_else(|_| parent.to_path_buf())
-            .join(name),
-        _ => absolute,
+    let components: Vec<Component> = absolute.components().collect();
+    for split in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..split].iter().collect();
+        if let Ok(mut identity) = prefix.canonicalize() {
+            for component in &components[split..] {
+                match component {
+                    Component::ParentDir => {
+                        identity.pop();
+                    }
+                    Component::CurDir => {}
+                    other => identity.push(other),
+                }
+            }
+            return identity;
+        }
     }
+    absolute
 }
 
 /// The files of one run, each with the flag or role that names it, for the message.
@@ -84,6 +91,9 @@ mod tests {
         assert!(err.contains("--save-logits and --probs"), "{err}");
         roles.output(&d.join("new/x.png"), "a colour map").unwrap();
         assert!(roles.output(&d.join("new/x.png"), "an overlay").is_err());
+        assert!(roles
+            .output(&d.join("new/deeper/../x.png"), "a label map")
+            .is_err());
     }
 
     #[cfg(unix)]

@@ -6,6 +6,7 @@ use fastscnn_data::{discover, DiscoverOptions};
 use fastscnn_train::{Event, Runtime, TrainConfig, Trainer};
 
 use crate::cli::TrainArgs;
+use crate::file_roles::FileRoles;
 use crate::{device, progress};
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -89,6 +90,16 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
         }
         (None, None) => bail!("give the length of the run: --iters N or --epochs E"),
     };
+    if let Some(init) = &args.init {
+        let mut roles = FileRoles::default();
+        roles.input(init, "--init");
+        for name in [
+            fastscnn_train::checkpoint::LAST,
+            fastscnn_train::checkpoint::BEST,
+        ] {
+            roles.output(&args.out.join(name), format!("the run's {name}"))?;
+        }
+    }
     let crop = args.crop.unwrap_or(paper.crop);
     let batch_pixels = (batch_size as u64)
         .saturating_mul(crop.0 as u64)

@@ -448,5 +448,13 @@ fn training_budgets_and_the_resumed_recipe() {
         "--max-batch-pixels",
     );
     assert_usage_error(&mut train(&["--resume", "--lr", "0.1"]), "--resume");
+    // Weights to start from that the run would overwrite.
+    let run = dir.path().join("run");
+    assert_clean_failure(
+        train(&[])
+            .arg("--init")
+            .arg(run.join("x/../best.safetensors")),
+        "the run's best.safetensors would overwrite --init",
+    );
     assert!(!dir.path().join("run").exists());
 }
