@@ -49,12 +49,12 @@ pub struct BenchArgs {
     pub size: (usize, usize),
     #[arg(long, value_enum, default_value = "labels")]
     pub mode: BenchMode,
-    /// Timed runs.
-    #[arg(long, default_value_t = 20)]
-    pub iters: usize,
-    /// Untimed runs first.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
+    /// Timed runs (at most 100000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub iters: u32,
+    /// Untimed runs first (at most 100000).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub warmup: u32,
     /// Time this frame, resized to --size, instead of random noise: the label map skips the
     /// scores of output blocks whose source pixels share a label, so its time depends on the
     /// scene (noise, on which the network's labels hardly vary, is a fast case).
@@ -269,7 +269,7 @@ pub struct TrainArgs {
 
 /// The flags that set a run's recipe, saved with its checkpoints: `--resume` takes them from
 /// there.
-const RECIPE_FLAGS: [&str; 17] = [
+const RECIPE_FLAGS: [&str; 16] = [
     "train_split",
     "val_split",
     "no_val",
@@ -286,7 +286,6 @@ const RECIPE_FLAGS: [&str; 17] = [
     "log_every",
     "layout",
     "init",
-    "max_batch_pixels",
 ];
 
 /// The default of `--max-pixels`: the model crate's image budget.

@@ -22,12 +22,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             model.num_classes()
         );
     }
+    let discovery = discover(&args.dataset_root, &args.split, DiscoverOptions::default())?;
     if let Some(dest) = &args.json {
         let mut roles = FileRoles::default();
         roles.input(&weights_path, "the weights");
+        for sample in &discovery.samples {
+            roles.input(&sample.image, "an image of the split");
+            if let Some(label) = &sample.label {
+                roles.input(&label.path, "a label of the split");
+            }
+        }
         roles.output(dest, "--json")?;
     }
-    let discovery = discover(&args.dataset_root, &args.split, DiscoverOptions::default())?;
     let images = discovery.samples.len();
     let config = LoaderConfig {
         workers: args.workers,

@@ -48,6 +48,9 @@ impl FileRoles {
     /// Adds an output; an error when it is an input or another output of the run.
     pub fn output(&mut self, path: &Path, role: impl Into<String>) -> Result<()> {
         let role = role.into();
+        if path.is_dir() {
+            bail!("{}: {role} names a folder, not a file", path.display());
+        }
         let id = identity(path);
         if let Some((_, input)) = self.inputs.get(&id) {
             bail!(

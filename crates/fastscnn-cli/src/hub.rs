@@ -2,7 +2,7 @@
 //! once are shared with every other Hub tool on the machine.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::ApiBuilder;
@@ -45,23 +45,67 @@ pub fn fetch(repo_id: &str, file: &str, revision: &str) -> Result<PathBuf> {
     check_relative("--hf-repo", repo_id)?;
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let cache = Cache::from_env();
-    if offline() {
-        return cache.repo(repo).get(file).ok_or_else(|| {
+    let repo_folder = cache.path().join(repo.folder_name());
+    let path = if offline() {
+        cached(&cache, &repo, &repo_folder, file, revision).ok_or_else(|| {
             anyhow!(
                 "{repo_id}: `{file}` at `{revision}` is not in the Hugging Face cache ({}) and \
                  {OFFLINE_VAR} is set; run once with network access, or pass --weights FILE",
                 cache.path().display()
             )
-        });
+        })?
+    } else {
+        let api = ApiBuilder::from_env()
+            .with_progress(std::io::stderr().is_terminal())
+            .build()
+            .context("cannot set up the Hugging Face Hub client")?;
+        let api_repo = api.repo(repo);
+        let url = api_repo.url(file);
+        api_repo
+            .get(file)
+            .map_err(|e| anyhow!("{repo_id}: cannot fetch `{file}` from {url}: {e}"))?
+    };
+    inside(&path, &repo_folder).with_context(|| format!("{repo_id}: `{file}` at `{revision}`"))?;
+    Ok(path)
+}
+
+/// The cached file of `revision`: through its ref (a branch or tag names a commit there), or
+/// straight from the snapshot when the revision is a commit hash.
+fn cached(
+    cache: &Cache,
+    repo: &Repo,
+    repo_folder: &Path,
+    file: &str,
+    revision: &str,
+) -> Option<PathBuf> {
+    let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_commit {
+        let snapshot = repo_folder.join("snapshots").join(revision).join(file);
+        if snapshot.is_file() {
+            return Some(snapshot);
+        }
     }
-    let api = ApiBuilder::from_env()
-        .with_progress(std::io::stderr().is_terminal())
-        .build()
-        .context("cannot set up the Hugging Face Hub client")?;
-    let repo = api.repo(repo);
-    let url = repo.url(file);
-    repo.get(file)
-        .map_err(|e| anyhow!("{repo_id}: cannot fetch `{file}` from {url}: {e}"))
+    cache.repo(repo.clone()).get(file)
+}
+
+/// The cache's files resolve inside the repository's folder (snapshot links point into its
+/// blobs); a ref whose content is a path rather than a commit hash could lead anywhere.
+fn inside(path: &Path, repo_folder: &Path) -> Result<()> {
+    let resolved = path
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", path.display()))?;
+    let folder = repo_folder
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", repo_folder.display()))?;
+    if resolved.starts_with(&folder) {
+        Ok(())
+    } else {
+        bail!(
+            "resolves to {}, outside the cache's folder {}; the cache's refs are damaged",
+            resolved.display(),
+            folder.display()
+        )
+    }
 }
 
 #[cfg(test)]

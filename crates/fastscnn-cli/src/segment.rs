@@ -157,16 +157,21 @@ fn segment_one(
 }
 
 /// The most pixels an image may have for the network to run on `max_pixels` of them at
-/// `input_scale`; the scores written at full size bound it at `max_pixels` itself.
+/// `input_scale`, up to [`MAX_DECODE_FACTOR`] times `max_pixels`: the decoded image and its
+/// full-size label images are memory too. The scores written at full size bound it at
+/// `max_pixels` itself.
 fn decode_budget(max_pixels: u64, input_scale: f32, keep_scores: bool) -> u64 {
     if keep_scores {
-        max_pixels
-    } else {
-        (max_pixels as f64 / (f64::from(input_scale) * f64::from(input_scale))) as u64
+        return max_pixels;
     }
+    let scaled = max_pixels as f64 / (f64::from(input_scale) * f64::from(input_scale));
+    (scaled as u64).min(max_pixels.saturating_mul(MAX_DECODE_FACTOR))
 }
 
-/// An image over the budget is told the largest of the paper's scales (½, ¼, ⅛) that fits it.
+/// How far a reduced `--input-scale` raises the decoding budget: the paper's quarter scale.
+const MAX_DECODE_FACTOR: u64 = 16;
+
+/// An image over the budget is told the larger of the paper's scales (½, ¼) that fits it.
 fn with_scale_hint(
     error: fastscnn_model::ModelError,
     max_pixels: u64,
@@ -182,7 +187,7 @@ fn with_scale_hint(
         return error.into();
     };
     let pixels = u64::from(*width) * u64::from(*height);
-    let fits = [0.5f32, 0.25, 0.125]
+    let fits = [0.5f32, 0.25]
         .into_iter()
         .filter(|&s| s < input_scale)
         .find(|&s| pixels <= decode_budget(max_pixels, s, false));
@@ -301,6 +306,7 @@ mod tests {
         assert_eq!(decode_budget(100, 1.0, false), 100);
         assert_eq!(decode_budget(100, 0.5, false), 400);
         assert_eq!(decode_budget(100, 0.5, true), 100);
+        assert_eq!(decode_budget(100, 0.01, false), 1600);
     }
 
     #[test]

@@ -16,8 +16,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         device: device::select(args.device)?,
         workers: args.workers,
     };
+    if args.stop_at == Some(0) {
+        bail!("--stop-at 0: must be after the iterations done");
+    }
     let mut trainer = if args.resume {
         let trainer = Trainer::resume(runtime)?;
+        check_stop_at(args.stop_at, trainer.step(), trainer.config().iters)?;
+        let config = trainer.config();
+        check_batch_pixels(config.batch_size, config.crop, args.max_batch_pixels)
+            .map_err(|e| anyhow::anyhow!("{}: its saved recipe: {e}", args.out.display()))?;
         eprintln!(
             "resuming {} at iteration {} of {} with its saved configuration",
             args.out.display(),
@@ -30,14 +37,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
 
     let total = trainer.config().iters;
-    if let Some(stop_at) = args.stop_at {
-        if stop_at <= trainer.step() || stop_at > total {
-            bail!(
-                "--stop-at {stop_at}: must be after the {} iterations done and at most the run's {total}",
-                trainer.step()
-            );
-        }
-    }
+    check_stop_at(args.stop_at, trainer.step(), total)?;
     let bar = progress::bar(total as usize, "iterations");
     bar.set_position(trainer.step());
     bar.set_message("train");
@@ -69,6 +69,34 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn check_stop_at(stop_at: Option<u64>, done: u64, total: u64) -> Result<()> {
+    match stop_at {
+        Some(stop_at) if stop_at <= done || stop_at > total => bail!(
+            "--stop-at {stop_at}: must be after the {done} iterations done and at most the run's \
+             {total}"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Batch size x crop within the budget of `--max-batch-pixels`.
+fn check_batch_pixels(batch_size: usize, crop: (usize, usize), max: u64) -> Result<()> {
+    let batch_pixels = (batch_size as u64)
+        .saturating_mul(crop.0 as u64)
+        .saturating_mul(crop.1 as u64);
+    if batch_pixels > max {
+        bail!(
+            "--batch-size {batch_size} with --crop {}x{}: {} a batch, over the budget of {} \
+             (--max-batch-pixels {max})",
+            crop.0,
+            crop.1,
+            fastscnn_data::format_pixels(batch_pixels),
+            fastscnn_data::format_pixels(max),
+        );
+    }
+    Ok(())
+}
+
 /// The run configuration from the flags: the paper's recipe with the user's overrides.
 fn config(args: &TrainArgs) -> Result<TrainConfig> {
     let paper = TrainConfig::paper(1);
@@ -96,25 +124,14 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
         for name in [
             fastscnn_train::checkpoint::LAST,
             fastscnn_train::checkpoint::BEST,
+            "train.log",
+            "metrics.jsonl",
         ] {
             roles.output(&args.out.join(name), format!("the run's {name}"))?;
         }
     }
     let crop = args.crop.unwrap_or(paper.crop);
-    let batch_pixels = (batch_size as u64)
-        .saturating_mul(crop.0 as u64)
-        .saturating_mul(crop.1 as u64);
-    if batch_pixels > args.max_batch_pixels {
-        bail!(
-            "--batch-size {batch_size} with --crop {}x{}: {:.1} megapixels a batch, over the \
-             budget of {:.1} (--max-batch-pixels {})",
-            crop.0,
-            crop.1,
-            batch_pixels as f64 / 1e6,
-            args.max_batch_pixels as f64 / 1e6,
-            args.max_batch_pixels
-        );
-    }
+    check_batch_pixels(batch_size, crop, args.max_batch_pixels)?;
     Ok(TrainConfig {
         layout: args.layout.clone(),
         train_split: args.train_split.clone(),

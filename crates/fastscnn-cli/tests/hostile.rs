@@ -120,6 +120,13 @@ fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
         fastscnn().args(["bench", "--size", "100000x100000"]),
         "--size 100000x100000",
     );
+    // A reduced scale raises the budget sixteen times at most.
+    let vast = dir.path().join("vast.png");
+    std::fs::write(&vast, png_declaring(60000, 60000)).unwrap();
+    assert_clean_failure(
+        segment(&vast, &golden.join(WEIGHTS), dir.path()).args(["--input-scale", "0.01"]),
+        "vast.png: 60000x60000 is 3600.0 megapixels",
+    );
 }
 
 #[test]
@@ -236,6 +243,10 @@ fn flags_without_effect_or_out_of_range_are_refused() {
         "--threads",
     );
     assert_usage_error(
+        fastscnn().args(["bench", "--iters", "1000000000000"]),
+        "--iters",
+    );
+    assert_usage_error(
         segment(&image, &golden.join(WEIGHTS), dir.path()).args(["--input-scale", "NaN"]),
         "--input-scale",
     );
@@ -281,9 +292,38 @@ fn outputs_never_overwrite_inputs_or_each_other() {
             .arg(dir.path()),
         "frame_color.png: the color output would overwrite input",
     );
+    assert_clean_failure(
+        segment(&image, &weights, dir.path())
+            .arg("--probs")
+            .arg(dir.path()),
+        "--probs names a folder",
+    );
     assert_eq!(std::fs::read(&weights).unwrap(), before);
     assert_eq!(std::fs::read(&colour).unwrap(), b"mine");
     assert!(!same.exists());
+    assert!(!dir.path().join("frame_trainid.png").exists());
+}
+
+#[test]
+fn eval_json_never_overwrites_the_split() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let label = dataset_with_label(
+        dir.path(),
+        &image::GrayImage::from_pixel(64, 32, image::Luma([7])),
+    );
+    let before = std::fs::read(&label).unwrap();
+    assert_clean_failure(
+        fastscnn()
+            .args(["eval", "--dataset-root"])
+            .arg(dir.path())
+            .arg("--weights")
+            .arg(golden.join(WEIGHTS))
+            .arg("--json")
+            .arg(&label),
+        "--json would overwrite a label of the split",
+    );
+    assert_eq!(std::fs::read(&label).unwrap(), before);
 }
 
 #[test]

@@ -100,3 +100,38 @@ fn weights_and_hub_are_exclusive() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn a_damaged_ref_cannot_lead_outside_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let outside = home.path().join("secret.safetensors");
+    std::fs::write(&outside, b"x").unwrap();
+    let refs = home.path().join("hub/models--fastscnn--golden/refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::write(refs.join("evil"), "../../..").unwrap();
+    let snapshots = home.path().join("hub/models--fastscnn--golden/snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    assert_clean_failure(
+        fastscnn()
+            .args(["info", "--hf-repo", REPO, "--revision", "evil"])
+            .args(["--hf-file", "secret.safetensors"])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1"),
+        "outside the cache's folder",
+    );
+}
+
+#[test]
+fn hub_names_cannot_leave_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    for (flag, value) in [("--hf-file", "../../x"), ("--revision", "../x")] {
+        assert_clean_failure(
+            fastscnn()
+                .args(["info", "--hf-repo", REPO, flag, value])
+                .env("HF_HOME", home.path())
+                .env("HF_HUB_OFFLINE", "1"),
+            &format!("{flag} `{value}`"),
+        );
+    }
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
+}

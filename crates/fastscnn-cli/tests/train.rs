@@ -369,3 +369,21 @@ fn killed_at_any_instant_it_resumes_to_the_same_result() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_validation_frame_that_cannot_be_read_keeps_the_training_done() {
+    let Some((dir, root)) = setup() else { return };
+    let label = root.join(format!(
+        "gtFine/val/frankfurt/{FRAME}_gtFine_labelTrainIds.png"
+    ));
+    image::GrayImage::from_pixel(256, 128, image::Luma([77]))
+        .save(&label)
+        .unwrap();
+    let out = dir.path().join("run");
+    assert_clean_failure(
+        train(&root, &out).args(["--iters", "4", "--val-every", "2"]),
+        "step 2: validation failed (the checkpoint of step 2 is saved)",
+    );
+    let weights = fastscnn_model::WeightFile::open(out.join("last.safetensors")).unwrap();
+    assert_eq!(weights.metadata()["step"], "2");
+}

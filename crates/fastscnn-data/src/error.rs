@@ -30,8 +30,8 @@ pub enum DataError {
         source: image::ImageError,
     },
     #[error(
-        "{}: {width}x{height} is {:.1} megapixels, over the budget of {:.1}",
-        path.display(), megapixels(u64::from(*width) * u64::from(*height)), megapixels(*max_pixels)
+        "{}: {width}x{height} is {}, over the budget of {}",
+        path.display(), format_pixels(u64::from(*width) * u64::from(*height)), format_pixels(*max_pixels)
     )]
     TooManyPixels {
         path: PathBuf,
@@ -40,8 +40,8 @@ pub enum DataError {
         max_pixels: u64,
     },
     #[error(
-        "{}: {bytes} bytes, more than an image within the budget of {:.1} megapixels can hold",
-        path.display(), megapixels(*max_pixels)
+        "{}: {bytes} bytes, more than an image within the budget of {} can hold",
+        path.display(), format_pixels(*max_pixels)
     )]
     FileTooLarge {
         path: PathBuf,
@@ -85,6 +85,11 @@ pub enum DataError {
 
 pub type Result<T> = std::result::Result<T, DataError>;
 
-fn megapixels(pixels: u64) -> f64 {
-    pixels as f64 / 1e6
+/// A pixel count as people read it: megapixels from a tenth of one, otherwise exact.
+pub fn format_pixels(count: u64) -> String {
+    if count >= 100_000 {
+        format!("{:.1} megapixels", count as f64 / 1e6)
+    } else {
+        format!("{count} pixels")
+    }
 }

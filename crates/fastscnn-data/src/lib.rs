@@ -18,7 +18,7 @@ pub use dataset::{
     available_splits, discover, DiscoverOptions, Discovery, LabelEncoding, LabelFile, LoadedSample,
     Sample,
 };
-pub use error::{DataError, Result};
+pub use error::{format_pixels, DataError, Result};
 pub use labels::{Label, IGNORE_TRAIN_ID, LABELS, NUM_TRAIN_CLASSES};
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use palette::{colorize_train_ids, label_id_image, overlay_train_ids, train_id_image, Palette};

@@ -228,7 +228,7 @@ impl Loader {
 
         let b = indices.len();
         let (w, h) = self.common_size(indices, images.iter().map(|i| i.dimensions()))?;
-        let plane = (w * h) as usize;
+        let plane = w as usize * h as usize;
         let mut data = vec![0f32; b * 3 * plane];
         for (image, out) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
             config.normalization.rgb_to_planar(image.as_raw(), out);

@@ -260,6 +260,24 @@ impl WeightFile {
         })
     }
 
+    /// Checks every tensor's values as loading a network does (floating point, finite,
+    /// BatchNorm variances non-negative): for callers that read the tensors themselves, such as
+    /// training from `--init` weights.
+    pub fn check_values(&self) -> Result<()> {
+        let mut keys: Vec<&String> = self.tensors.keys().collect();
+        keys.sort();
+        for key in keys {
+            if let Some(why) = value_problem(key, &self.tensors[key])? {
+                return Err(ModelError::BadTensor {
+                    path: self.path.clone(),
+                    key: key.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The number of learned values: every tensor except BatchNorm's running statistics.
     pub fn parameter_count(&self) -> usize {
         self.count_parameters(|_| true)

@@ -134,6 +134,7 @@ pub fn load_last(dir: &Path, device: &Device) -> Result<SavedState> {
         ));
     }
     let weights = WeightFile::open_safetensors(&weights_path)?;
+    weights.check_values()?;
     let step = read_step(&weights)?;
     let separate;
     let (state, stored) = if weights.training_state().is_empty() {
@@ -148,6 +149,12 @@ pub fn load_last(dir: &Path, device: &Device) -> Result<SavedState> {
         .and_then(|c| serde_json::from_str(c).ok())
         .ok_or_else(|| problem(state.path(), "no readable run configuration".into()))?;
     let best_miou = meta.get("best_miou").and_then(|v| v.parse().ok());
+    if step > config.iters {
+        return Err(problem(
+            &weights_path,
+            format!("is from step {step} of a {}-iteration run", config.iters),
+        ));
+    }
     let mut buffers = BTreeMap::new();
     for (key, tensor) in stored {
         let name = key

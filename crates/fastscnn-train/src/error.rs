@@ -29,6 +29,8 @@ pub enum TrainError {
     Data(#[from] fastscnn_data::DataError),
     #[error(transparent)]
     Eval(#[from] EvalError),
+    #[error("step {step}: validation failed (the checkpoint of step {step} is saved): {source}")]
+    Validation { step: u64, source: EvalError },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

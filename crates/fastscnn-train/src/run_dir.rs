@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use fastscnn_core::atomic_write::write_atomically;
 
+use crate::checkpoint::{BEST, LAST, LAST_STATE};
 use crate::error::{Result, TrainError};
 
 const LOCK: &str = ".lock";
@@ -58,12 +59,28 @@ impl RunDir {
             path: path.to_path_buf(),
             _lock: lock,
         };
+        dir.refuse_links()?;
         dir.remove_temporaries()?;
         Ok(dir)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The files a run writes are its own: a link in their place would have the logs appended
+    /// to, or a checkpoint renamed over, a file elsewhere (perhaps one the run reads).
+    fn refuse_links(&self) -> Result<()> {
+        for name in LOGS.iter().chain(&[LAST, LAST_STATE, BEST]) {
+            let path = self.path.join(name);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(TrainError::Checkpoint {
+                    path,
+                    why: "is a link; the files of a run folder must be its own".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Removes the hidden `.<name>.<pid>-<thread>.tmp` files an interrupted atomic write leaves;
@@ -150,6 +167,18 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".lock", "last.safetensors", "notes.tmp"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_in_place_of_the_run_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("label.png"), b"x").unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("label.png"), run.join("train.log")).unwrap();
+        let err = RunDir::claim(&run).unwrap_err().to_string();
+        assert!(err.contains("train.log: is a link"), "{err}");
     }
 
     #[test]

@@ -175,6 +175,15 @@ impl Trainer {
     /// A new run in `runtime.run_dir` (created; refused if it already holds a checkpoint).
     pub fn start(config: TrainConfig, runtime: Runtime) -> Result<Self> {
         config.validate()?;
+        // Everything that can be refused is, before the folder is created.
+        let init = match &config.init {
+            Some(path) => {
+                let weights = WeightFile::open(path)?;
+                weights.check_values()?;
+                Some(weights)
+            }
+            None => None,
+        };
         let run_dir = RunDir::claim(&runtime.run_dir)?;
         if runtime.run_dir.join(LAST).exists() {
             return Err(TrainError::Checkpoint {
@@ -186,8 +195,7 @@ impl Trainer {
         // Lines of an earlier start that never reached a checkpoint.
         run_dir.trim_logs(0)?;
         let trainer = Self::build(config, runtime, run_dir)?;
-        if let Some(init) = trainer.config.init.clone() {
-            let weights = WeightFile::open(&init)?;
+        if let Some(weights) = init {
             trainer.model.load(&weights, true)?;
         }
         Ok(trainer)
@@ -196,6 +204,12 @@ impl Trainer {
     /// Continues the run in `runtime.run_dir` from its last checkpoint, with its saved
     /// configuration.
     pub fn resume(runtime: Runtime) -> Result<Self> {
+        if !runtime.run_dir.join(LAST).is_file() {
+            return Err(TrainError::Checkpoint {
+                path: runtime.run_dir.clone(),
+                why: format!("no checkpoint to resume from (no {LAST})"),
+            });
+        }
         let run_dir = RunDir::claim(&runtime.run_dir)?;
         let saved = checkpoint::load_last(&runtime.run_dir, &runtime.device)?;
         run_dir.trim_logs(saved.step)?;
@@ -383,7 +397,17 @@ impl Trainer {
 
         let mut miou = None;
         if let Some(val) = &self.val_loader {
-            let evaluation = evaluate(&self.model.model, val, &self.runtime.device, || {})?;
+            let evaluation = match evaluate(&self.model.model, val, &self.runtime.device, || {}) {
+                Ok(evaluation) => evaluation,
+                Err(error) => {
+                    // A validation frame that cannot be read must not cost the training done.
+                    self.save_last(None)?;
+                    return Err(TrainError::Validation {
+                        step: self.step,
+                        source: error,
+                    });
+                }
+            };
             let value = evaluation.mean_iou();
             self.log_validation(&evaluation)?;
             on_event(Event::Validation {
@@ -396,19 +420,24 @@ impl Trainer {
             }
             miou = Some(value);
         }
+        let path = self.save_last(miou)?;
+        on_event(Event::Checkpoint {
+            step: self.step,
+            path: &path,
+        });
+        Ok(())
+    }
+
+    fn save_last(&mut self, miou: Option<f64>) -> Result<std::path::PathBuf> {
         let path = checkpoint::save_last(
-            &run_dir,
+            self.run_dir.path(),
             self.checkpoint_weights(miou)?,
             &self.config,
             self.best_miou,
             self.optimizer.buffers(),
         )?;
         self.last_checkpoint = self.step;
-        on_event(Event::Checkpoint {
-            step: self.step,
-            path: &path,
-        });
-        Ok(())
+        Ok(path)
     }
 
     fn checkpoint_weights(&self, miou: Option<f64>) -> Result<CheckpointWeights<'static>> {
