@@ -57,9 +57,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The message (and backtrace, when asked for) of the latest panic, which `main` prints if the
-/// panic reaches it. A panic the libraries catch (candle's pickle reader on a malformed file
-/// becomes an error naming the file) prints nothing.
+/// The message (and backtrace, when asked for) of the latest panic, which `main` prints when the
+/// panic reaches it: one report, after the progress bars are gone.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 /// A user error (a bad file, a bad flag) is one line whatever `RUST_BACKTRACE` says; a panic is

@@ -405,6 +405,24 @@ fn hostile_pytorch_archives_are_refused() {
     pth(&huge, &p, &[("0", &[0u8; 16])]);
     assert_clean_failure(&mut info(&huge), "tensor `w`: shape [100000, 100000] needs");
 
+    // The same record with a negative side, and with a storage type no weights have.
+    let negative = dir.path().join("negative.pth");
+    let mut q = p.clone();
+    let at = q
+        .windows(5)
+        .position(|w| w == b"J\xa0\x86\x01\x00")
+        .unwrap();
+    q[at + 1..at + 5].copy_from_slice(&(-3i32).to_le_bytes());
+    pth(&negative, &q, &[("0", &[0u8; 16])]);
+    assert_clean_failure(&mut info(&negative), "tensor `w`: the size is Int(-3)");
+    let boolean = dir.path().join("bool.pth");
+    let at = p.windows(12).position(|w| w == b"FloatStorage").unwrap();
+    let mut r = p[..at].to_vec();
+    r.extend(b"BoolStorage");
+    r.extend(&p[at + 12..]);
+    pth(&boolean, &r, &[("0", &[0u8; 16])]);
+    assert_clean_failure(&mut info(&boolean), "storage type torch.BoolStorage");
+
     let empty = dir.path().join("empty.pth");
     let mut zip = zip::ZipWriter::new(std::fs::File::create(&empty).unwrap());
     zip.start_file("readme.txt", zip::write::SimpleFileOptions::default())

@@ -23,8 +23,9 @@ mod fast_scnn;
 mod global_feature_extractor;
 mod layout;
 mod learning_to_downsample;
-pub mod pickle_check;
+pub mod pickle;
 mod preprocess;
+mod pytorch;
 mod weights;
 
 pub use config::{AuxSource, FastScnnConfig};

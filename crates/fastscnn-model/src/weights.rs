@@ -14,7 +14,6 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::error::{ModelError, Result};
 use crate::layout::{WeightLayout, CLASSIFIER_KEY};
-use crate::pickle_check::check_pickle;
 use fastscnn_core::atomic_write::write_atomically;
 
 /// BatchNorm's step counter, stored by PyTorch but meaningless for inference.
@@ -112,44 +111,15 @@ impl WeightFile {
     }
 
     /// Reads a PyTorch zip checkpoint: a bare state_dict (`torch.save(model.state_dict())`) or a
-    /// dict holding one under `state_dict` or `model` (mmsegmentation, most trainers). A
-    /// `module.` prefix left by `DataParallel` is removed. Every pickle in the archive is checked
-    /// first (see [`check_pickle`]), and every tensor's declared size against the bytes its entry
-    /// holds, so a hostile file is refused before candle's reader allocates or recurses.
+    /// dict holding one under `state_dict` or `model` (mmsegmentation, most trainers), through
+    /// [`crate::pytorch`], which trusts nothing in the file. A `module.` prefix left by
+    /// `DataParallel` is removed.
     pub fn open_pytorch(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut archive = open_archive(path)?;
-        check_pickles(path, &mut archive)?;
-        for key in [None, Some("state_dict"), Some("model")] {
-            let pth =
-                match unwind_to_error(path, || candle_core::pickle::PthTensors::new(path, key))? {
-                    Ok(pth) => pth,
-                    // The key is absent: try the next place a state_dict is kept.
-                    Err(e) if key.is_some() && e.to_string().ends_with("not found") => continue,
-                    Err(e) => return Err(read_error(path, e)),
-                };
-            if pth.tensor_infos().is_empty() {
-                continue;
-            }
-            let mut tensors = HashMap::new();
-            for (name, info) in pth.tensor_infos() {
-                check_stored_size(path, &mut archive, name, info)?;
-                let tensor = unwind_to_error(path, || pth.get(name))?;
-                if let Some(tensor) = tensor.map_err(|e| read_error(path, e))? {
-                    tensors.insert(name.clone(), tensor);
-                }
-            }
-            let tensors = strip_data_parallel_prefix(tensors);
-            let mut file = Self::from_tensors(path, tensors);
-            file.format = WeightFormat::PyTorch;
-            return Ok(file);
-        }
-        Err(ModelError::Corrupt {
-            path: path.to_path_buf(),
-            why: "a PyTorch archive without tensors: neither a state_dict nor a dict holding one \
-                  under `state_dict` or `model`"
-                .into(),
-        })
+        let tensors = strip_data_parallel_prefix(crate::pytorch::read_state_dict(path)?);
+        let mut file = Self::from_tensors(path, tensors);
+        file.format = WeightFormat::PyTorch;
+        Ok(file)
     }
 
     /// Wraps tensors that came from elsewhere; `origin` is the name errors will use.
@@ -476,108 +446,6 @@ fn value_problem(name: &str, tensor: &Tensor) -> candle_core::Result<Option<Stri
         }
     }
     Ok(None)
-}
-
-/// Runs a call into candle's pickle reader, which indexes into the records it reads without
-/// checking their length (a tensor record with a short argument tuple panics): a panic there
-/// means a malformed file, reported as one. The panic hook still runs first; the `fastscnn`
-/// binary's hook only records the message, which its `main` prints if the panic reaches it.
-fn unwind_to_error<T>(path: &Path, read: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
-        ModelError::Corrupt {
-            path: path.to_path_buf(),
-            why: format!("a tensor record the PyTorch reader cannot read ({message})"),
-        }
-    })
-}
-
-/// The largest number of bytes deflate makes of one compressed byte.
-const MAX_DEFLATE_RATIO: u64 = 1032;
-/// The largest pickle read: a state_dict's is kilobytes.
-const MAX_PICKLE_BYTES: u64 = 256 << 20;
-
-fn open_archive(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<File>>> {
-    let file = File::open(path).map_err(|source| read_error(path, source.into()))?;
-    zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| ModelError::Corrupt {
-        path: path.to_path_buf(),
-        why: format!("not a readable zip archive ({e})"),
-    })
-}
-
-/// Runs [`check_pickle`] over every `data.pkl` of the archive.
-fn check_pickles(
-    path: &Path,
-    archive: &mut zip::ZipArchive<std::io::BufReader<File>>,
-) -> Result<()> {
-    let corrupt = |why: String| ModelError::Corrupt {
-        path: path.to_path_buf(),
-        why,
-    };
-    let names: Vec<String> = archive
-        .file_names()
-        .filter_map(|n| n.ok().map(|n| n.into_owned()))
-        .filter(|n| n.ends_with("data.pkl"))
-        .collect();
-    if names.is_empty() {
-        return Err(corrupt(
-            "a zip archive without `data.pkl`: not a PyTorch checkpoint".into(),
-        ));
-    }
-    for name in names {
-        let entry = archive
-            .by_name(&name)
-            .map_err(|e| corrupt(format!("`{name}`: {e}")))?;
-        if entry.size() > MAX_PICKLE_BYTES {
-            return Err(corrupt(format!(
-                "`{name}` is {} bytes, more than any checkpoint's",
-                entry.size()
-            )));
-        }
-        let mut bytes = Vec::new();
-        entry
-            .take(MAX_PICKLE_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| corrupt(format!("`{name}`: {e}")))?;
-        check_pickle(&bytes).map_err(|e| corrupt(format!("`{name}`: {e}")))?;
-    }
-    Ok(())
-}
-
-/// Refuses a tensor whose declared shape needs more bytes than its archive entry holds, before
-/// candle allocates them.
-fn check_stored_size(
-    path: &Path,
-    archive: &mut zip::ZipArchive<std::io::BufReader<File>>,
-    name: &str,
-    info: &candle_core::pickle::TensorInfo,
-) -> Result<()> {
-    let corrupt = |why: String| ModelError::Corrupt {
-        path: path.to_path_buf(),
-        why: format!("tensor `{name}`: {why}"),
-    };
-    let entry = archive
-        .by_name(&info.path)
-        .map_err(|e| corrupt(format!("its data `{}`: {e}", info.path)))?;
-    // candle keeps the storage offset in bytes.
-    let needed = (info.layout.shape().elem_count() as u64)
-        .saturating_mul(info.dtype.size_in_bytes() as u64)
-        .saturating_add(info.layout.start_offset() as u64);
-    let holds = entry
-        .size()
-        .min(entry.compressed_size().saturating_mul(MAX_DEFLATE_RATIO));
-    if needed > holds {
-        return Err(corrupt(format!(
-            "shape {:?} needs {needed} bytes, its data `{}` holds {holds}",
-            info.layout.dims(),
-            info.path
-        )));
-    }
-    Ok(())
 }
 
 fn read_error(path: &Path, source: candle_core::Error) -> ModelError {
