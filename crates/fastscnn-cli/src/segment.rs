@@ -1,7 +1,7 @@
 //! `fastscnn segment`: images in; colour maps, overlays, train-id and label-id maps, and
 //! optionally probabilities or logits out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -283,11 +283,13 @@ fn output_stems(images: &[PathBuf]) -> Result<Vec<String>> {
         .collect()
 }
 
+/// Written as the label images are, so that the file gets the same permissions.
 fn save_tensor(dest: &Path, key: &str, tensor: &Tensor) -> Result<()> {
-    let tensors = HashMap::from([(key.to_string(), tensor.to_dtype(DType::F32)?)]);
+    let tensor = tensor.to_dtype(DType::F32)?;
+    let bytes = safetensors::serialize([(key, &tensor)], None)
+        .with_context(|| format!("{}: cannot serialise", dest.display()))?;
     write_atomically(dest, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp)
-            .with_context(|| format!("{}: cannot write", dest.display()))
+        std::fs::write(tmp, &bytes).with_context(|| format!("{}: cannot write", dest.display()))
     })
 }
 
