@@ -238,6 +238,7 @@ fn stop_at_must_leave_something_to_do() {
 }
 
 /// The steps a log names, in order: train.log's `step N/...` lines and metrics.jsonl's records.
+#[cfg(unix)]
 fn logged_steps(out: &Path) -> (Vec<u64>, Vec<u64>) {
     let log = std::fs::read_to_string(out.join("train.log")).unwrap();
     let text = log
