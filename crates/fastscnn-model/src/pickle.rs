@@ -1,9 +1,15 @@
 //! A pickle reader for PyTorch checkpoints that trusts nothing in the file: it builds plain
 //! values (no code runs: a global is a name, a call is a record of callable and arguments), and
 //! refuses nesting deeper than [`MAX_DEPTH`] (so that nothing that walks or drops a value can
-//! overflow the stack), more than [`MAX_NODES`] values in all (memo reads copy, and a few bytes
-//! could otherwise ask for exponentially many), lengths past the end of the data, unknown opcodes,
-//! and a stack or memo used out of turn. Every error names the byte offset of its opcode.
+//! overflow the stack), more than [`MAX_NODES`] values in all, a string counting one value per
+//! [`BYTES_PER_NODE`] bytes (memo reads and DUP copy, and a few bytes could otherwise ask for
+//! exponentially many values or gigabytes of copied strings), lengths past the end of the data,
+//! unknown opcodes, and a stack or memo used out of turn. Every error names the byte offset of its
+//! opcode.
+//!
+//! A memo entry holds its value as it was when stored: a list or dict memoised before its items
+//! were added reads back without them. PyTorch's state_dicts never read such an entry back (each
+//! container is written once), so this costs them nothing and keeps every value a plain tree.
 
 use std::collections::HashMap;
 
@@ -12,6 +18,9 @@ use std::collections::HashMap;
 pub const MAX_DEPTH: u32 = 256;
 /// The most values one pickle may build: a state_dict builds a few thousand.
 pub const MAX_NODES: u64 = 10_000_000;
+/// The bytes of a string or byte string that count as one value towards [`MAX_NODES`]: at most
+/// 160 MB of strings, however often they are copied.
+pub const BYTES_PER_NODE: u64 = 16;
 
 /// A pickled value, as data.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +54,38 @@ pub enum Value {
 }
 
 impl Value {
+    /// What the value is, in at most a line: its kind, its size and the start of a string, for
+    /// error messages about values a file may have made arbitrarily large.
+    pub fn brief(&self) -> String {
+        const SHOWN: usize = 40;
+        match self {
+            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) => format!("{self:?}"),
+            Value::Str(s) if s.len() <= SHOWN => format!("{s:?}"),
+            Value::Str(s) => {
+                let end = (0..=SHOWN)
+                    .rev()
+                    .find(|&i| s.is_char_boundary(i))
+                    .unwrap_or(0);
+                format!("a string of {} bytes starting {:?}", s.len(), &s[..end])
+            }
+            Value::Bytes(b) => format!("{} bytes", b.len()),
+            Value::Tuple(v) => format!("a tuple of {} items", v.len()),
+            Value::List(v) => format!("a list of {} items", v.len()),
+            Value::Dict(v) => format!("a dict of {} items", v.len()),
+            Value::Global { module, name } => {
+                let name = format!("{module}.{name}");
+                if name.len() <= SHOWN {
+                    name
+                } else {
+                    format!("a global of {} bytes", name.len())
+                }
+            }
+            Value::Call { callable, .. } => format!("a call of {}", callable.brief()),
+            Value::Persistent(_) => "a persistent id".into(),
+            Value::Built { object, .. } => format!("{} with state", object.brief()),
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -165,11 +206,17 @@ impl<'a> Machine<'a> {
     }
 
     fn push_leaf(&mut self, value: Value) -> Result<(), PickleError> {
-        self.nodes += 1;
+        let bytes = match &value {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        let nodes = 1 + bytes as u64 / BYTES_PER_NODE;
+        self.nodes += nodes;
         self.push_checked(Sized {
             value,
             depth: 1,
-            nodes: 1,
+            nodes,
         })
     }
 
@@ -648,6 +695,28 @@ mod tests {
         bytes.push(b'.');
         let err = parse(&bytes).unwrap_err();
         assert!(err.why.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn copies_of_long_strings_count_their_bytes() {
+        // One string of 1 MiB, then 200 copies of it through the memo: 200 MiB of copies from a
+        // file of 1 MiB.
+        let mut bytes = vec![0x80, 2, b'(', b'B'];
+        bytes.extend((1u32 << 20).to_le_bytes());
+        bytes.extend(std::iter::repeat_n(b'x', 1 << 20));
+        bytes.extend([b'q', 0]);
+        bytes.extend(std::iter::repeat_n([b'h', 0], 200).flatten());
+        bytes.extend([b'l', b'.']);
+        let err = parse(&bytes).unwrap_err();
+        assert!(err.why.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn briefs_stay_short() {
+        let long = Value::Str("y".repeat(1 << 20));
+        assert!(long.brief().len() < 100, "{}", long.brief());
+        assert_eq!(Value::Bytes(vec![0; 1 << 20]).brief(), "1048576 bytes");
+        assert_eq!(Value::Str("ab".into()).brief(), "\"ab\"");
     }
 
     #[test]

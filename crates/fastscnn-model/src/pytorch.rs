@@ -19,6 +19,33 @@ type Archive = zip::ZipArchive<BufReader<File>>;
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 /// The largest number of bytes deflate makes of one compressed byte.
 const MAX_DEFLATE_RATIO: u64 = 1032;
+/// The most dimensions a tensor record may have: the network's weights have at most four.
+const MAX_DIMS: usize = 8;
+
+/// The bytes the archive's tensors may take: together no more than their distinct storage
+/// entries hold, so that records pointing at one storage many times cannot each make a copy
+/// of it.
+#[derive(Default)]
+struct ByteBudget {
+    holds: HashMap<String, u64>,
+    needed: u64,
+}
+
+impl ByteBudget {
+    fn take(&mut self, entry: &str, holds: u64, needed: u64) -> std::result::Result<(), String> {
+        self.holds.insert(entry.to_string(), holds);
+        self.needed = self.needed.saturating_add(needed);
+        let available = self.holds.values().fold(0u64, |a, &b| a.saturating_add(b));
+        if self.needed > available {
+            return Err(format!(
+                "the tensors so far need {} bytes, more than the {available} their storages \
+                 hold: records reading the same storage more than once",
+                self.needed
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Every tensor of the archive's state_dict, by key. Entries that are not tensors (metadata,
 /// step counts as numbers) are left out; a tensor record that cannot be read is an error naming
@@ -46,6 +73,7 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
         ));
     }
     let mut tensors = HashMap::new();
+    let mut budget = ByteBudget::default();
     for name in pickles {
         let bytes =
             read_pickle(&mut archive, &name).map_err(|why| corrupt(format!("`{name}`: {why}")))?;
@@ -58,7 +86,7 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
             let (Some(key), Some(args)) = (key.as_str(), tensor_args(record)) else {
                 continue;
             };
-            let tensor = read_tensor(&mut archive, file_len, prefix, args)
+            let tensor = read_tensor(&mut archive, &mut budget, file_len, prefix, args)
                 .map_err(|why| corrupt(format!("tensor `{key}`: {why}")))?;
             tensors.insert(key.to_string(), tensor);
         }
@@ -147,14 +175,23 @@ fn tensor_args(value: &Value) -> Option<&Value> {
 fn non_negative(value: &Value, what: &str) -> std::result::Result<u64, String> {
     match value.as_int() {
         Some(v) if v >= 0 => Ok(v as u64),
-        _ => Err(format!("{what} is {value:?}, not a non-negative integer")),
+        _ => Err(format!(
+            "{what} is {}, not a non-negative integer",
+            value.brief()
+        )),
     }
 }
 
 fn dims(value: &Value, what: &str) -> std::result::Result<Vec<usize>, String> {
     let Value::Tuple(items) = value else {
-        return Err(format!("{what} is {value:?}, not a tuple"));
+        return Err(format!("{what} is {}, not a tuple", value.brief()));
     };
+    if items.len() > MAX_DIMS {
+        return Err(format!(
+            "{what} has {} dimensions, more than any weight's {MAX_DIMS}",
+            items.len()
+        ));
+    }
     items
         .iter()
         .map(|v| non_negative(v, what).map(|v| v as usize))
@@ -163,7 +200,7 @@ fn dims(value: &Value, what: &str) -> std::result::Result<Vec<usize>, String> {
 
 fn storage_dtype(class: &Value) -> std::result::Result<DType, String> {
     let Value::Global { module, name } = class else {
-        return Err(format!("storage type {class:?} is not a class"));
+        return Err(format!("storage type {} is not a class", class.brief()));
     };
     Ok(match (module.as_str(), name.as_str()) {
         ("torch", "FloatStorage") => DType::F32,
@@ -174,7 +211,8 @@ fn storage_dtype(class: &Value) -> std::result::Result<DType, String> {
         ("torch", "LongStorage") => DType::I64,
         _ => {
             return Err(format!(
-                "storage type {module}.{name}, which fastscnn does not read"
+                "storage type {}, which fastscnn does not read",
+                class.brief()
             ))
         }
     })
@@ -183,12 +221,16 @@ fn storage_dtype(class: &Value) -> std::result::Result<DType, String> {
 /// Reads the tensor `_rebuild_tensor_v2(storage, offset, size, stride, ...)` describes.
 fn read_tensor(
     archive: &mut Archive,
+    budget: &mut ByteBudget,
     file_len: u64,
     prefix: &str,
     args: &Value,
 ) -> std::result::Result<Tensor, String> {
     let Value::Tuple(args) = args else {
-        return Err(format!("a tensor record whose arguments are {args:?}"));
+        return Err(format!(
+            "a tensor record whose arguments are {}",
+            args.brief()
+        ));
     };
     let [storage, offset, size, stride, ..] = args.as_slice() else {
         return Err(format!(
@@ -204,15 +246,15 @@ fn read_tensor(
         _ => &[],
     };
     let [kind, class, key, _location, _numel, ..] = storage_parts else {
-        return Err(format!("a storage reference {storage:?}"));
+        return Err(format!("a storage reference {}", storage.brief()));
     };
     if kind.as_str() != Some("storage") {
-        return Err(format!("a storage reference of kind {kind:?}"));
+        return Err(format!("a storage reference of kind {}", kind.brief()));
     }
     let dtype = storage_dtype(class)?;
     let key = key
         .as_str()
-        .ok_or_else(|| format!("a storage key {key:?}"))?;
+        .ok_or_else(|| format!("a storage key {}", key.brief()))?;
     let offset = non_negative(offset, "the storage offset")?;
     let shape = dims(size, "the size")?;
     let stride = dims(stride, "the stride")?;
@@ -221,17 +263,19 @@ fn read_tensor(
             "size {shape:?} and stride {stride:?} differ in length"
         ));
     }
-    let numel = shape
+    // The product of the non-zero sides bounds every stride below, so none of them overflows
+    // (and a tensor with no elements still gets strides candle can compute).
+    let sides = shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .filter(|&n| n <= isize::MAX as u64)
         .ok_or_else(|| format!("shape {shape:?} has more elements than can be counted"))?;
+    let numel = if shape.contains(&0) { 0 } else { sides };
     let element = dtype.size_in_bytes() as u64;
-    let row_major: Vec<usize> = (0..shape.len())
-        .map(|i| shape[i + 1..].iter().product())
-        .collect();
-    let column_major: Vec<usize> = (0..shape.len())
-        .map(|i| shape[..i].iter().product())
-        .collect();
+    let product = |sides: &[usize]| sides.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+    let row_major: Vec<usize> = (0..shape.len()).map(|i| product(&shape[i + 1..])).collect();
+    let column_major: Vec<usize> = (0..shape.len()).map(|i| product(&shape[..i])).collect();
     let fortran = numel > 1 && stride != row_major && stride == column_major;
     if numel > 1 && stride != row_major && !fortran {
         return Err(format!(
@@ -248,18 +292,20 @@ fn read_tensor(
         .and_then(|n| n.checked_mul(element))
         .unwrap_or(u64::MAX);
     // What the entry can hold: its stated size, if its compressed bytes (which lie in the file)
-    // can make that many.
-    let holds = entry.size().min(
-        entry
-            .compressed_size()
-            .min(file_len)
-            .saturating_mul(MAX_DEFLATE_RATIO),
-    );
+    // can make that many; a stored entry's bytes are its compressed ones.
+    let ratio = match entry.compression() {
+        zip::CompressionMethod::Stored => 1,
+        _ => MAX_DEFLATE_RATIO,
+    };
+    let holds = entry
+        .size()
+        .min(entry.compressed_size().min(file_len).saturating_mul(ratio));
     if needed > holds {
         return Err(format!(
             "shape {shape:?} needs {needed} bytes, its data `{entry_name}` holds {holds}"
         ));
     }
+    budget.take(&entry_name, holds, numel * element)?;
     let mut reader = entry;
     std::io::copy(
         &mut (&mut reader).take(offset * element),
@@ -282,5 +328,94 @@ fn read_tensor(
             .map_err(error)
     } else {
         Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu).map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A pickled int below 2^63 (LONG1, eight bytes, little-endian).
+    fn int(v: u64) -> Vec<u8> {
+        let mut bytes = vec![0x8a, 8];
+        bytes.extend(v.to_le_bytes());
+        bytes
+    }
+
+    fn tuple(items: &[u64]) -> Vec<u8> {
+        let mut bytes = vec![b'('];
+        for &v in items {
+            bytes.extend(int(v));
+        }
+        bytes.push(b't');
+        bytes
+    }
+
+    /// A state_dict pickle of `(key, storage, size, stride)` float tensor records, as torch
+    /// writes them (without the OrderedDict and the hooks).
+    fn state_dict(records: &[(&str, &str, &[u64], &[u64])]) -> Vec<u8> {
+        let mut p = b"\x80\x02}(".to_vec();
+        for (key, storage, size, stride) in records {
+            p.push(b'X');
+            p.extend((key.len() as u32).to_le_bytes());
+            p.extend(key.as_bytes());
+            p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+            p.extend(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX");
+            p.extend((storage.len() as u32).to_le_bytes());
+            p.extend(storage.as_bytes());
+            p.extend(b"X\x03\x00\x00\x00cpuK\x04tQK\x00");
+            p.extend(tuple(size));
+            p.extend(tuple(stride));
+            p.extend(b"\x89}tR");
+        }
+        p.extend(b"u.");
+        p
+    }
+
+    /// A `.pth` archive of `pickle` and storages `0` and `1` of four floats each.
+    fn archive(dir: &Path, pickle: &[u8]) -> std::path::PathBuf {
+        let path = dir.join("model.pth");
+        let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("archive/data.pkl", stored).unwrap();
+        zip.write_all(pickle).unwrap();
+        for storage in ["0", "1"] {
+            zip.start_file(format!("archive/data/{storage}"), stored)
+                .unwrap();
+            zip.write_all(&[0u8; 16]).unwrap();
+        }
+        zip.finish().unwrap();
+        path
+    }
+
+    fn read(records: &[(&str, &str, &[u64], &[u64])]) -> Result<HashMap<String, Tensor>> {
+        let dir = tempfile::tempdir().unwrap();
+        read_state_dict(&archive(dir.path(), &state_dict(records)))
+    }
+
+    #[test]
+    fn tensors_of_their_own_storages_are_read() {
+        let tensors = read(&[("a", "0", &[2, 2], &[2, 1]), ("b", "1", &[4], &[1])]).unwrap();
+        assert_eq!(tensors["a"].dims(), [2, 2]);
+        assert_eq!(tensors["b"].dims(), [4]);
+    }
+
+    #[test]
+    fn records_reading_one_storage_twice_are_refused() {
+        let err = read(&[("a", "0", &[4], &[1]), ("b", "0", &[4], &[1])]).unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn sides_beyond_counting_are_refused_even_beside_a_zero() {
+        let huge = 1u64 << 40;
+        let err = read(&[("a", "0", &[0, huge, huge], &[1, 1, 1])]).unwrap_err();
+        assert!(err.to_string().contains("more elements than"), "{err}");
+        let many = [1u64; 9];
+        let err = read(&[("a", "0", &many, &many)]).unwrap_err();
+        assert!(err.to_string().contains("dimensions"), "{err}");
     }
 }

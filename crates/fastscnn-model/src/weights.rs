@@ -14,7 +14,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::error::{ModelError, Result};
 use crate::layout::{WeightLayout, CLASSIFIER_KEY};
-use fastscnn_core::atomic_write::write_atomically;
+use fastscnn_core::atomic_write::write_durably;
 
 /// BatchNorm's step counter, stored by PyTorch but meaningless for inference.
 const IGNORED_SUFFIXES: &[&str] = &["num_batches_tracked"];
@@ -68,6 +68,15 @@ impl WeightFile {
         let mut head = [0u8; 9];
         let mut read = 0;
         let mut file = File::open(path).map_err(|source| read_error(path, source.into()))?;
+        // A device or a pipe would be read without end.
+        match file.metadata() {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                let why = "not a regular file".to_string();
+                return Err(read_error(path, candle_core::Error::Msg(why)));
+            }
+            Err(source) => return Err(read_error(path, source.into())),
+        }
         while read < head.len() {
             match file.read(&mut head[read..]) {
                 Ok(0) => break,
@@ -222,7 +231,7 @@ impl WeightFile {
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = safetensors::serialize(tensors, Some(metadata))
             .map_err(|e| ModelError::Candle(e.into()))?;
-        write_atomically(dest, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| {
+        write_durably(dest, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| {
             ModelError::WriteWeights {
                 path: dest.to_path_buf(),
                 source,
