@@ -353,15 +353,13 @@ fn scale_range(s: &str) -> Result<(f32, f32), String> {
         .split_once('-')
         .ok_or_else(|| format!("`{s}` is not MIN-MAX"))?;
     match (lo.parse::<f32>(), hi.parse::<f32>()) {
-        (Ok(lo), Ok(hi)) if lo > 0.0 && lo <= hi && hi <= MAX_SCALE => Ok((lo, hi)),
+        (Ok(lo), Ok(hi)) if lo > 0.0 && lo <= hi && hi <= fastscnn_train::MAX_SCALE => Ok((lo, hi)),
         _ => Err(format!(
-            "`{s}` is not MIN-MAX with 0 < MIN <= MAX <= {MAX_SCALE}"
+            "`{s}` is not MIN-MAX with 0 < MIN <= MAX <= {}",
+            fastscnn_train::MAX_SCALE
         )),
     }
 }
-
-/// Scaling a frame up more than this only makes a crop of a few source pixels.
-const MAX_SCALE: f32 = 8.0;
 
 fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;

@@ -15,16 +15,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         run_dir: args.out.clone(),
         device: device::select(args.device)?,
         workers: args.workers,
+        max_batch_pixels: args.max_batch_pixels,
     };
     if args.stop_at == Some(0) {
         bail!("--stop-at 0: must be after the iterations done");
     }
     let mut trainer = if args.resume {
+        // The library refuses a saved recipe over the budget of --max-batch-pixels.
         let trainer = Trainer::resume(runtime)?;
         check_stop_at(args.stop_at, trainer.step(), trainer.config().iters)?;
-        let config = trainer.config();
-        check_batch_pixels(config.batch_size, config.crop, args.max_batch_pixels)
-            .map_err(|e| anyhow::anyhow!("{}: its saved recipe: {e}", args.out.display()))?;
         eprintln!(
             "resuming {} at iteration {} of {} with its saved configuration",
             args.out.display(),

@@ -6,22 +6,68 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Runs `write` on a temporary path in the destination's folder, then renames it into place. On
-/// failure the temporary file is removed and the destination is untouched.
+/// failure the temporary file is removed and the destination is untouched. A killed process
+/// leaves the old file or the new one; after a power cut, the file system may hold either or an
+/// empty file: what must survive that goes through [`write_durably`].
 pub fn write_atomically<E: From<io::Error>>(
     dest: &Path,
     write: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
+    write_then_rename(dest, false, write)
+}
+
+/// [`write_atomically`], with the new file's data flushed to the disk before the rename and the
+/// rename itself flushed after it (the folder, where the system allows): after a power cut the
+/// destination is the old file or the whole new one. For checkpoints, which a run resumes from.
+pub fn write_durably<E: From<io::Error>>(
+    dest: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    write_then_rename(dest, true, write)
+}
+
+fn write_then_rename<E: From<io::Error>>(
+    dest: &Path,
+    durable: bool,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let tmp = temporary_path(dest);
+    let failed = |what: &str, e: io::Error| {
+        let message = format!("{}: cannot {what}: {e}", dest.display());
+        E::from(io::Error::new(e.kind(), message))
+    };
     let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, dest).map_err(|e| {
-            let message = format!("{}: cannot move into place: {e}", dest.display());
-            E::from(io::Error::new(e.kind(), message))
-        })
+        if durable {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| failed("flush it to disk", e))?;
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| failed("move into place", e))?;
+        if durable {
+            sync_folder(dest);
+        }
+        Ok(())
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Flushes the entry of `file` in its folder. Only Unix opens a folder to flush it; the rename
+/// has happened either way, so a failure here loses nothing but the guarantee.
+fn sync_folder(file: &Path) {
+    #[cfg(unix)]
+    if let Some(folder) = file.parent() {
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let _ = std::fs::File::open(folder).and_then(|f| f.sync_all());
+    }
+    #[cfg(not(unix))]
+    let _ = file;
 }
 
 /// A hidden name beside `dest`, unique per process and thread so that parallel writers of

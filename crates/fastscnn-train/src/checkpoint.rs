@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use fastscnn_core::atomic_write::write_atomically;
+use candle_core::{DType, Device, Tensor};
+use fastscnn_core::atomic_write::write_durably;
 use fastscnn_model::{WeightFile, TRAINING_STATE_PREFIX};
 
 use crate::error::{Result, TrainError};
@@ -65,7 +65,7 @@ fn write_safetensors(
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let bytes = safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| TrainError::Candle(e.into()))?;
-    write_atomically(path, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| TrainError::Write {
+    write_durably(path, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| TrainError::Write {
         path: path.to_path_buf(),
         source,
     })
@@ -160,6 +160,23 @@ pub fn load_last(dir: &Path, device: &Device) -> Result<SavedState> {
         let name = key
             .strip_prefix("momentum.")
             .ok_or_else(|| problem(state.path(), format!("unexpected state tensor `{key}`")))?;
+        // The momentum feeds every later step: a wrong type or a NaN would spoil the weights.
+        if tensor.dtype() != DType::F32 {
+            return Err(problem(
+                state.path(),
+                format!(
+                    "state tensor `{key}` has dtype {:?}, not f32",
+                    tensor.dtype()
+                ),
+            ));
+        }
+        let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(problem(
+                state.path(),
+                format!("state tensor `{key}` holds {} at index {i}", values[i]),
+            ));
+        }
         buffers.insert(name.to_string(), tensor.to_device(device)?);
     }
     Ok(SavedState {

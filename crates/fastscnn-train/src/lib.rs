@@ -21,4 +21,4 @@ pub use metrics::{ConfusionMatrix, MetricsError};
 pub use optimizer::Sgd;
 pub use schedule::PolyLr;
 pub use trainable::TrainableModel;
-pub use trainer::{Event, Runtime, StepReport, TrainConfig, Trainer};
+pub use trainer::{Event, Runtime, StepReport, TrainConfig, Trainer, MAX_SCALE};

@@ -84,7 +84,9 @@ impl TrainConfig {
         }
     }
 
-    fn validate(&self) -> Result<WeightLayout> {
+    /// Refuses a recipe that cannot run or would run out of memory, before anything is built:
+    /// a resumed run's saved recipe is checked the same way as a new one's.
+    fn validate(&self, max_batch_pixels: u64) -> Result<WeightLayout> {
         let invalid = |why: String| Err(TrainError::Config(why));
         let layout = self
             .layout
@@ -100,8 +102,44 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return invalid("the batch size must be at least 1".into());
         }
+        let (crop_h, crop_w) = self.crop;
+        if crop_h == 0 || crop_w == 0 {
+            return invalid(format!("crop {crop_h}x{crop_w} has no pixels"));
+        }
+        let batch_pixels = (self.batch_size as u64)
+            .saturating_mul(crop_h as u64)
+            .saturating_mul(crop_w as u64);
+        if batch_pixels > max_batch_pixels {
+            return invalid(format!(
+                "batch size {} with crop {crop_h}x{crop_w}: {} a batch, over the budget of {}",
+                self.batch_size,
+                fastscnn_data::format_pixels(batch_pixels),
+                fastscnn_data::format_pixels(max_batch_pixels),
+            ));
+        }
+        let (lo, hi) = self.scale_range;
+        if !(lo > 0.0 && lo <= hi && hi <= MAX_SCALE) {
+            return invalid(format!(
+                "scale range {lo}-{hi} is not MIN-MAX with 0 < MIN <= MAX <= {MAX_SCALE}"
+            ));
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return invalid(format!("learning rate {} must be positive", self.lr));
+        }
+        for (name, value, top) in [
+            ("the LR power", self.power, f64::INFINITY),
+            ("the weight decay", self.weight_decay, f64::INFINITY),
+            ("the auxiliary weight", self.aux_weight, f64::INFINITY),
+            ("the momentum", self.momentum, 1.0),
+        ] {
+            if !(value.is_finite() && value >= 0.0 && value < top) {
+                return invalid(format!("{name} {value} is out of range"));
+            }
+        }
+        if let Some((threshold, _)) = self.ohem {
+            if !(threshold > 0.0 && threshold <= 1.0) {
+                return invalid(format!("OHEM threshold {threshold} is not in (0, 1]"));
+            }
         }
         if self.val_every == 0 || self.log_every == 0 {
             return invalid("--val-every and the log interval must be at least 1".into());
@@ -130,7 +168,13 @@ pub struct Runtime {
     pub run_dir: PathBuf,
     pub device: Device,
     pub workers: usize,
+    /// The most pixels one batch (batch size x crop) may hold: a recipe over it, new or saved
+    /// in a checkpoint, is refused before its batches are allocated.
+    pub max_batch_pixels: u64,
 }
+
+/// Scaling a frame up more than this only makes a crop of a few source pixels.
+pub const MAX_SCALE: f32 = 8.0;
 
 /// One logged training step.
 #[derive(Debug, Clone, Serialize)]
@@ -174,7 +218,7 @@ pub struct Trainer {
 impl Trainer {
     /// A new run in `runtime.run_dir` (created; refused if it already holds a checkpoint).
     pub fn start(config: TrainConfig, runtime: Runtime) -> Result<Self> {
-        config.validate()?;
+        config.validate(runtime.max_batch_pixels)?;
         // Everything that can be refused is, before the folder is created.
         let init = match &config.init {
             Some(path) => {
@@ -212,6 +256,13 @@ impl Trainer {
         }
         let run_dir = RunDir::claim(&runtime.run_dir)?;
         let saved = checkpoint::load_last(&runtime.run_dir, &runtime.device)?;
+        saved
+            .config
+            .validate(runtime.max_batch_pixels)
+            .map_err(|e| TrainError::Checkpoint {
+                path: runtime.run_dir.join(LAST),
+                why: format!("its saved recipe: {e}"),
+            })?;
         run_dir.trim_logs(saved.step)?;
         let mut trainer = Self::build(saved.config, runtime, run_dir)?;
         trainer.model.load(&saved.weights, false)?;
@@ -229,7 +280,7 @@ impl Trainer {
     }
 
     fn build(config: TrainConfig, runtime: Runtime, run_dir: RunDir) -> Result<Self> {
-        let layout = config.validate()?;
+        let layout = config.validate(runtime.max_batch_pixels)?;
         // Training uses every auxiliary head of the preset.
         let model_config: FastScnnConfig = layout.config(NUM_TRAIN_CLASSES);
         let model = TrainableModel::new(&model_config, &runtime.device, config.seed)?;
@@ -534,7 +585,10 @@ mod tests {
             (12, (1024, 1024), 0.045, 0.9)
         );
         assert_eq!((c.weight_decay, c.aux_weight, c.power), (4e-5, 0.4, 0.9));
-        assert!(c.validate().is_ok());
+        // The paper's batch: 12 crops of 1024x1024.
+        let budget = 12 << 20;
+        assert!(c.validate(budget).is_ok());
+        assert!(c.validate(budget - 1).is_err());
         for bad in [
             TrainConfig {
                 iters: 0,
@@ -548,8 +602,40 @@ mod tests {
                 layout: "caffe".into(),
                 ..c.clone()
             },
+            TrainConfig {
+                batch_size: 4_000_000_000,
+                ..c.clone()
+            },
+            TrainConfig {
+                crop: (0, 1024),
+                ..c.clone()
+            },
+            TrainConfig {
+                scale_range: (0.5, 1e30),
+                ..c.clone()
+            },
+            TrainConfig {
+                scale_range: (f32::NAN, 2.0),
+                ..c.clone()
+            },
+            TrainConfig {
+                momentum: 1.0,
+                ..c.clone()
+            },
+            TrainConfig {
+                weight_decay: -1.0,
+                ..c.clone()
+            },
+            TrainConfig {
+                aux_weight: f64::INFINITY,
+                ..c.clone()
+            },
+            TrainConfig {
+                ohem: Some((f32::NAN, 100)),
+                ..c.clone()
+            },
         ] {
-            assert!(bad.validate().is_err());
+            assert!(bad.validate(budget).is_err(), "{bad:?}");
         }
     }
 
