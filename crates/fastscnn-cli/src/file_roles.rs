@@ -7,28 +7,25 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-/// The file `path` names, spelled one way: its longest existing ancestor canonical (links
-/// resolved), the rest (folders still to be created, the file's name) appended with `.` and `..`
-/// applied, which is exact there since a path that does not exist holds no link.
+/// The file `path` names, spelled one way: walked component by component as the system will
+/// once the run has created its folders, every prefix that exists made canonical (links
+/// resolved, so a `..` after a link leaves the link's target) and the rest applied as written.
 fn identity(path: &Path) -> PathBuf {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let components: Vec<Component> = absolute.components().collect();
-    for split in (1..=components.len()).rev() {
-        let prefix: PathBuf = components[..split].iter().collect();
-        if let Ok(mut identity) = prefix.canonicalize() {
-            for component in &components[split..] {
-                match component {
-                    Component::ParentDir => {
-                        identity.pop();
-                    }
-                    Component::CurDir => {}
-                    other => identity.push(other),
-                }
+    let mut identity = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                identity.pop();
             }
-            return identity;
+            Component::CurDir => {}
+            other => identity.push(other),
+        }
+        if let Ok(real) = identity.canonicalize() {
+            identity = real;
         }
     }
-    absolute
+    identity
 }
 
 /// The files of one run, each with the flag or role that names it, for the message.
@@ -109,5 +106,21 @@ mod tests {
         let mut roles = FileRoles::default();
         roles.input(&d.join("a.png"), "input image");
         assert!(roles.output(&d.join("link.png"), "a colour map").is_err());
+    }
+
+    /// `new/../lnk/w` once `new` exists is `lnk/w`, and `lnk` a link to the weights' folder:
+    /// the link is followed even after a folder the run has yet to create.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_after_a_folder_still_to_be_created_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("b")).unwrap();
+        std::fs::write(d.join("b/w.safetensors"), b"w").unwrap();
+        std::os::unix::fs::symlink(d.join("b"), d.join("lnk")).unwrap();
+        let mut roles = FileRoles::default();
+        roles.input(&d.join("b/w.safetensors"), "--weights");
+        let probs = d.join("new/../lnk/w.safetensors");
+        assert!(roles.output(&probs, "--probs").is_err());
     }
 }

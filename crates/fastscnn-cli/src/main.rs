@@ -43,18 +43,24 @@ fn main() -> ExitCode {
         Ok(Err(error)) => {
             // One line: the whole context chain, outermost first.
             eprintln!("error: {error:#}");
+            // A worker thread's panic comes back as an error of its own ("a worker stopped");
+            // what it said is a bug to report.
+            if let Some(panic) = last_panic() {
+                eprintln!("error: internal error in fastscnn (please report it): {panic}");
+                return ExitCode::from(101);
+            }
             ExitCode::FAILURE
         }
         Err(_) => {
-            let panic = LAST_PANIC
-                .lock()
-                .ok()
-                .and_then(|mut p| p.take())
-                .unwrap_or_default();
+            let panic = last_panic().unwrap_or_default();
             eprintln!("error: internal error in fastscnn (please report it): {panic}");
             ExitCode::from(101)
         }
     }
+}
+
+fn last_panic() -> Option<String> {
+    LAST_PANIC.lock().ok().and_then(|mut p| p.take())
 }
 
 /// The message (and backtrace, when asked for) of the latest panic, which `main` prints when the

@@ -3,7 +3,7 @@
 //! byte is allocated for the pixels), a JPEG cut short (which the decoder would fill in and
 //! return as if whole), and the EXIF orientation a camera writes instead of rotating the pixels.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
@@ -38,17 +38,26 @@ pub fn decode_within(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
     let byte_limit = max_pixels
         .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
         .max(MIN_FILE_BYTE_LIMIT);
-    let size = std::fs::metadata(path)
-        .map_err(|e| io_error(path, e))?
-        .len();
-    if size > byte_limit {
+    // Read through the opened file, never more than the limit: its size can change between a
+    // check and a read, and a device or a pipe has none.
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let is_file = file.metadata().map_err(|e| io_error(path, e))?.is_file();
+    if !is_file {
+        let why = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(io_error(path, why));
+    }
+    let mut bytes = Vec::new();
+    file.take(byte_limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > byte_limit {
+        let bytes = std::fs::metadata(path).map_or(byte_limit + 1, |m| m.len().max(byte_limit + 1));
         return Err(DataError::FileTooLarge {
             path: path.to_path_buf(),
-            bytes: size,
+            bytes,
             max_pixels,
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
     let mut reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| io_error(path, e))?;
@@ -133,6 +142,28 @@ mod tests {
             .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
             .unwrap();
         out
+    }
+
+    /// A folder, and on Unix a device that never ends, named like an image.
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("a.png");
+        std::fs::create_dir(&folder).unwrap();
+        let why = |path: &Path| {
+            let err = decode_within(path, 1 << 20).unwrap_err();
+            let source = std::error::Error::source(&err).map(|s| s.to_string());
+            format!("{err}: {}", source.unwrap_or_default())
+        };
+        let err = why(&folder);
+        assert!(err.contains("not a regular file"), "{err}");
+        #[cfg(unix)]
+        {
+            let zeros = dir.path().join("zeros.png");
+            std::os::unix::fs::symlink("/dev/zero", &zeros).unwrap();
+            let err = why(&zeros);
+            assert!(err.contains("not a regular file"), "{err}");
+        }
     }
 
     #[test]
