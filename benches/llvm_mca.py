@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of the CPU kernels' inner loops on processors this machine cannot time, by llvm-mca.
 
-Builds fastscnn-core in release for aarch64 and x86-64 Linux (the code a release build ships:
+Builds fastscnn-cpu in release for aarch64 and x86-64 Linux (the code a release build ships:
 the library's object files, disassembled), finds each kernel's inner loop by its instructions,
 and runs llvm-mca on it for a few processor models. For every loop it prints the cycles per
 iteration, and beside them the bound of the loop's multiply-adds alone (the same number of them,
@@ -98,14 +98,14 @@ LOOPS = {
 
 
 def library(target, build):
-    """fastscnn-core's release library for `target`, built first unless `build` is false."""
+    """fastscnn-cpu's release library for `target`, built first unless `build` is false."""
     if build:
         subprocess.run(
-            ["cargo", "build", "--release", "--quiet", "-p", "fastscnn-core", "--target", target],
+            ["cargo", "build", "--release", "--quiet", "-p", "fastscnn-cpu", "--target", target],
             cwd=ROOT,
             check=True,
         )
-    path = os.path.join(ROOT, "target", target, "release", "libfastscnn_core.rlib")
+    path = os.path.join(ROOT, "target", target, "release", "libfastscnn_cpu.rlib")
     if not os.path.exists(path):
         sys.exit(f"{path} does not exist: run without --no-build first")
     return path
@@ -184,7 +184,7 @@ def main():
                 if len(body) <= 80 and predicate(function, body) and body not in copies:
                     copies.append(body)
             if not copies:
-                sys.exit(f"{target}: no loop of {name!r} in fastscnn-core's release build")
+                sys.exit(f"{target}: no loop of {name!r} in fastscnn-cpu's release build")
             fmas = count(fma, copies[0])
             independent = [bound.format(i=i % accumulators) for i in range(fmas)]
             sizes = span([len(body) - 1 for body in copies], "{:d}")  # less the label

@@ -1,4 +1,4 @@
-//! Each fused CPU kernel (`fastscnn_core::cpu`), most beside the candle-op path it replaced, at the
+//! Each fused CPU kernel (`fastscnn_cpu`), most beside the candle-op path it replaced, at the
 //! shapes of a 768x1536 input (1/8 resolution: 96x192): the pointwise expansion of the first
 //! bottleneck, its stride-2 depthwise conv, the classifier's depthwise conv whole and in the
 //! two-row bands it runs in, the fused stem + separable conv, a whole stride-1 bottleneck, and
@@ -10,13 +10,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
-use fastscnn_core::cpu::{
-    resize_argmax_planes, resize_argmax_scratch_len, resize_planes, zeroed_vec, Bottleneck,
-    BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed, SeparableConv, StemSeparable,
-};
 use fastscnn_core::layers::{Conv2d, ConvBnAct, ConvConfig, DSConv, LinearBottleneck, NormOptions};
 use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
 use fastscnn_core::testing::region_scores;
+use fastscnn_cpu::{
+    resize_argmax_planes, resize_argmax_scratch_len, resize_planes, zeroed_vec, BufferPool,
+    DenseConv, DepthwiseConv, FusedBottleneck, Seed, SeparableConv, StemSeparable,
+};
+use fastscnn_model::cpu_blocks::{pointwise_from_conv, FromLayer};
 
 const H: usize = 96;
 const W: usize = 192;
@@ -36,7 +37,7 @@ fn pointwise(c: &mut Criterion) {
     let layer = conv(ConvConfig::pointwise(64, 384), 1);
     let x = random_tensor(&[1, 64, H, W], 3).unwrap();
     let input = data(&x);
-    let fused = PointwiseConv::from_conv(&layer, true).unwrap();
+    let fused = pointwise_from_conv(&layer, true).unwrap();
     let gemm_crate = fused.clone().without_packed_kernel();
     let mut out = vec![0f32; 384 * H * W];
     let mut group = c.benchmark_group("pointwise_64to384_96x192_relu");
@@ -56,7 +57,7 @@ fn pointwise(c: &mut Criterion) {
     let layer = conv(ConvConfig::pointwise(384, 64), 12);
     let x = random_tensor(&[1, 384, h, w], 13).unwrap();
     let input = data(&x);
-    let fused = PointwiseConv::from_conv(&layer, false).unwrap();
+    let fused = pointwise_from_conv(&layer, false).unwrap();
     let gemm_crate = fused.clone().without_packed_kernel();
     let mut out = vec![0f32; 64 * h * w];
     let mut group = c.benchmark_group("pointwise_384to64_48x96");
@@ -191,7 +192,7 @@ fn bottleneck(c: &mut Criterion) {
     let layer = LinearBottleneck::new(64, 64, 6, 1, NormOptions::default(), vb).unwrap();
     let x = random_tensor(&[1, 64, H, W], 9).unwrap();
     let input = data(&x);
-    let fused = Bottleneck::from_layer(&layer).unwrap();
+    let fused = FusedBottleneck::from_layer(&layer).unwrap();
     let mut pool = BufferPool::default();
     let mut group = c.benchmark_group("bottleneck_64_expand6_96x192_stride1");
     group.bench_function("candle_layers", |b| b.iter(|| layer.forward(&x).unwrap()));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Module, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_core::cpu::Isa;
+use fastscnn_cpu::Isa;
 use fastscnn_model::{image_to_tensor, load_rgb_image};
 use image::imageops::{self, FilterType};
 
@@ -33,7 +33,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .context("cannot size the thread pool")?;
     }
     let threads = rayon::current_num_threads();
-    let kept = !args.fresh_outputs && fastscnn_core::cpu::keep_freed_memory();
+    let kept = !args.fresh_outputs && fastscnn_cpu::keep_freed_memory();
     let device = device::select(args.device)?;
     let (model, path) = weights::load_model(&args.weights, &device)?;
     if let Some(dest) = &args.json {

@@ -72,7 +72,7 @@ pub struct BenchArgs {
     pub candle_ops: bool,
     /// Leave the C allocator's default policy, under which each frame's output (90 MB of logits
     /// at 768x1536) is fresh memory the kernel zeroes first: what a program embedding the library
-    /// gets unless it calls `fastscnn_core::cpu::keep_freed_memory`. By default `fastscnn` keeps
+    /// gets unless it calls `fastscnn_cpu::keep_freed_memory`. By default `fastscnn` keeps
     /// freed memory for reuse, as for `segment` and `eval`.
     #[arg(long)]
     pub fresh_outputs: bool,

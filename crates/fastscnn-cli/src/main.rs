@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         // Frame after frame, outputs reuse the memory of the previous frame's instead of fresh
         // pages the kernel must zero first (6 ms of logits at 768x1536). `bench` decides for
         // itself; training's memory is left to the allocator's defaults.
-        fastscnn_core::cpu::keep_freed_memory();
+        fastscnn_cpu::keep_freed_memory();
     }
     let result = std::panic::catch_unwind(|| match cli.command {
         Command::Segment(args) => segment::run(&args),

@@ -2,11 +2,11 @@
 //!
 //! [`layers`] holds the network's modules; [`ops`] the operations candle lacks or runs slowly
 //! (depthwise 3x3 convolution, adaptive average pooling, bilinear resize), as custom ops with direct
-//! CPU kernels and candle-composite fallbacks on other devices. [`cpu`] runs inference on plain
-//! buffers with kernels fused for Fast-SCNN's shapes.
+//! CPU kernels and candle-composite fallbacks on other devices. The kernels of the fused CPU
+//! inference engine are `fastscnn-cpu`'s, on plain buffers; this crate shares its sampling code
+//! (bilinear source indices, pooling windows), so both follow PyTorch the same way.
 
 pub mod atomic_write;
-pub mod cpu;
 pub mod layers;
 mod normalization;
 pub mod ops;

@@ -1,4 +1,4 @@
-//! The whole network on the CPU kernels of [`fastscnn_core::cpu`], built once from a loaded model.
+//! The whole network on the CPU kernels of [`fastscnn_cpu`], built once from a loaded model.
 //!
 //! The candle network stays the one source of truth (loading, training, other devices); this is
 //! its inference path on the CPU, with every BatchNorm folded, fused layers and buffers kept from
@@ -9,12 +9,13 @@ use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
-use fastscnn_core::cpu::{
+use fastscnn_cpu::{
     output_vec, resize_argmax_planes, resize_argmax_scratch_len, resize_planes_uninit,
-    softmax_planes, zeroed_vec, Bottleneck, Buffer, BufferPool, Classifier, DenseConv,
-    FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
+    softmax_planes, zeroed_vec, Buffer, BufferPool, DenseConv, FusedBottleneck, FusedClassifier,
+    FusedFeatureFusion, FusedPyramidPooling, SeparableConv, StemSeparable,
 };
 
+use crate::cpu_blocks::FromLayer;
 use crate::global_feature_extractor::GlobalFeatureExtractor;
 use crate::learning_to_downsample::LearningToDownsample;
 
@@ -38,10 +39,10 @@ pub(crate) struct CpuInference {
     /// The stem conv and the first DSConv, fused.
     stem: StemSeparable,
     dsconv2: SeparableConv,
-    groups: Vec<Vec<Bottleneck>>,
-    ppm: PyramidPooling,
-    fusion: FeatureFusion,
-    classifier: Classifier,
+    groups: Vec<Vec<FusedBottleneck>>,
+    ppm: FusedPyramidPooling,
+    fusion: FusedFeatureFusion,
+    classifier: FusedClassifier,
     align_corners: bool,
     pub(crate) pool: Mutex<BufferPool>,
 }
@@ -63,11 +64,11 @@ impl CpuInference {
             groups: gfe
                 .groups()
                 .iter()
-                .map(|g| g.iter().map(Bottleneck::from_layer).collect())
+                .map(|g| g.iter().map(FusedBottleneck::from_layer).collect())
                 .collect::<Result<_>>()?,
-            ppm: PyramidPooling::from_layer(gfe.pyramid_pooling())?,
-            fusion: FeatureFusion::from_layer(fusion)?,
-            classifier: Classifier::from_layer(classifier)?,
+            ppm: FusedPyramidPooling::from_layer(gfe.pyramid_pooling())?,
+            fusion: FusedFeatureFusion::from_layer(fusion)?,
+            classifier: FusedClassifier::from_layer(classifier)?,
             align_corners,
             pool: Mutex::new(BufferPool::default()),
         })

@@ -16,6 +16,7 @@
 //! ```
 
 mod config;
+pub mod cpu_blocks;
 mod cpu_inference;
 mod default_weights;
 mod error;

@@ -4,17 +4,10 @@
 //! is not a multiple of `out` the windows are uneven and overlap (an 8x16 map pooled to 3x3 or 6x6,
 //! as in the pyramid pooling of a 256x512 input), which no fixed-stride pooling reproduces.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{has_cpu_kernel, run_f32_or_f64, PlaneKernel};
-
-/// The input range `start..end` that output cell `i` of `output` cells averages over `input` cells.
-pub fn pool_window(i: usize, input: usize, output: usize) -> (usize, usize) {
-    let start = i * input / output;
-    let end = ((i + 1) * input).div_ceil(output);
-    (start, end)
-}
+use super::{has_cpu_kernel, pool_planes, pool_window, run_f32_or_f64, Float, PlaneKernel};
 
 /// Adaptive average pooling of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
@@ -69,41 +62,13 @@ struct AdaptiveAvgPool2d {
 impl PlaneKernel for AdaptiveAvgPool2d {
     const NAME: &'static str = "adaptive-avg-pool2d";
 
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let mut out = vec![T::zero(); n * c * oh * ow];
         pool_planes(x, h, w, &mut out, oh, ow);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
-}
-
-/// The pooling on raw planes: every (h, w) plane of `x` to an (oh, ow) plane of `out`, summed in
-/// f64. The op's kernel and the CPU inference path's pyramid pooling share it.
-pub(crate) fn pool_planes<T: WithDType>(
-    x: &[T],
-    h: usize,
-    w: usize,
-    out: &mut [T],
-    oh: usize,
-    ow: usize,
-) {
-    out.par_chunks_mut(oh * ow)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(out_plane, input)| {
-            for i in 0..oh {
-                let (y0, y1) = pool_window(i, h, oh);
-                for j in 0..ow {
-                    let (x0, x1) = pool_window(j, w, ow);
-                    let mut sum = 0f64;
-                    for row in input[y0 * w..y1 * w].chunks_exact(w) {
-                        sum += row[x0..x1].iter().map(|v| v.to_f64()).sum::<f64>();
-                    }
-                    let count = ((y1 - y0) * (x1 - x0)) as f64;
-                    out_plane[i * ow + j] = T::from_f64(sum / count);
-                }
-            }
-        });
 }
 
 impl CustomOp1 for AdaptiveAvgPool2d {
@@ -156,7 +121,7 @@ struct AdaptiveAvgPool2dGrad {
 impl PlaneKernel for AdaptiveAvgPool2dGrad {
     const NAME: &'static str = "adaptive-avg-pool2d-grad";
 
-    fn run<T: WithDType>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
         let mut out = vec![T::zero(); n * c * h * w];

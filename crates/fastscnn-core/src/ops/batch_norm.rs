@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, has_cpu_kernel};
+use super::{contiguous_slice, has_cpu_kernel, Float};
 
 /// `(x − mean) / √(var + eps) · gamma + beta` with each channel's mean and biased variance over
 /// the batch and both spatial axes, as BatchNorm computes in training; `x` is (N, C, H, W),
@@ -72,13 +72,7 @@ pub fn channel_mean_var(x: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// (mean, 1/√(var + eps)) of every channel, in f64, one channel per task.
-fn channel_stats<T: WithDType>(
-    x: &[T],
-    n: usize,
-    c: usize,
-    plane: usize,
-    eps: f64,
-) -> Vec<(f64, f64)> {
+fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, plane: usize, eps: f64) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -103,7 +97,7 @@ struct ChannelMeanVar;
 impl super::PlaneKernel for ChannelMeanVar {
     const NAME: &'static str = "channel-mean-var";
 
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         // eps 0 and inverted back: the variance itself.
         let stats = channel_stats(x, n, c, h * w, 0.0);
@@ -126,7 +120,7 @@ impl candle_core::CustomOp1 for ChannelMeanVar {
 /// A three-input CPU kernel written once for f32 and f64.
 trait TripleKernel {
     const NAME: &'static str;
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         a: &[T],
         shape: &Shape,
@@ -174,7 +168,7 @@ struct BatchNormTrain {
 impl TripleKernel for BatchNormTrain {
     const NAME: &'static str = "batch-norm-train";
 
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         x: &[T],
         shape: &Shape,
@@ -258,7 +252,7 @@ struct BatchNormGradSums {
 impl TripleKernel for BatchNormGradSums {
     const NAME: &'static str = "batch-norm-grad-sums";
 
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         x: &[T],
         shape: &Shape,
@@ -319,7 +313,7 @@ struct BatchNormGradInput {
 impl TripleKernel for BatchNormGradInput {
     const NAME: &'static str = "batch-norm-grad-input";
 
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         x: &[T],
         shape: &Shape,

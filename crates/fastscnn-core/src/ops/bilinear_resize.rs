@@ -6,48 +6,10 @@
 //! composite path is differentiable through candle's matmul, and its CPU kernel is tested against
 //! both.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{has_cpu_kernel, run_f32_or_f64, PlaneKernel};
-
-/// Where output index `dst` samples the input: the two neighbouring input indices and the weight of
-/// the second one, exactly as PyTorch's `upsample_bilinear2d` computes them.
-pub fn source_index(
-    dst: usize,
-    input: usize,
-    output: usize,
-    align_corners: bool,
-) -> (usize, usize, f64) {
-    let src = if align_corners {
-        if output > 1 {
-            dst as f64 * (input as f64 - 1.0) / (output as f64 - 1.0)
-        } else {
-            0.0
-        }
-    } else {
-        let scale = input as f64 / output as f64;
-        ((dst as f64 + 0.5) * scale - 0.5).max(0.0)
-    };
-    let i0 = (src as usize).min(input - 1);
-    let i1 = (i0 + 1).min(input - 1);
-    (i0, i1, src - i0 as f64)
-}
-
-/// For every output index along one axis, its two source indices and their weights in `T`: the
-/// table the resize kernels (forward, backward, fused argmax) share.
-pub(crate) fn taps<T: WithDType>(
-    input: usize,
-    output: usize,
-    align_corners: bool,
-) -> Vec<(usize, usize, T, T)> {
-    (0..output)
-        .map(|o| {
-            let (i0, i1, l) = source_index(o, input, output, align_corners);
-            (i0, i1, T::from_f64(1.0 - l), T::from_f64(l))
-        })
-        .collect()
-}
+use super::{has_cpu_kernel, run_f32_or_f64, source_index, taps, Float, PlaneKernel};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -123,7 +85,7 @@ struct BilinearResize {
 impl PlaneKernel for BilinearResize {
     const NAME: &'static str = "resize-bilinear";
 
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let columns = taps::<T>(w, ow, self.align_corners);
@@ -187,7 +149,7 @@ struct BilinearResizeGrad {
 impl PlaneKernel for BilinearResizeGrad {
     const NAME: &'static str = "resize-bilinear-grad";
 
-    fn run<T: WithDType>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
         let columns = taps::<T>(w, ow, self.align_corners);

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{has_cpu_kernel, run_f32_or_f64, PlaneKernel};
+use super::{has_cpu_kernel, run_f32_or_f64, Float, PlaneKernel};
 
 /// Pixels per parallel task: large enough to amortise, small enough to spread over cores.
 const BLOCK: usize = 4096;
@@ -122,7 +122,7 @@ fn for_block(
 impl PlaneKernel for SoftmaxCrossEntropy {
     const NAME: &'static str = "softmax-cross-entropy";
 
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let blocks = self.targets.len().div_ceil(BLOCK);
@@ -177,7 +177,7 @@ struct SoftmaxCrossEntropyGrad {
 impl PlaneKernel for SoftmaxCrossEntropyGrad {
     const NAME: &'static str = "softmax-cross-entropy-grad";
 
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let scale = 1.0 / self.count.max(1) as f64;

@@ -4,15 +4,10 @@
 //! layer means one tiny GEMM per channel. Every depthwise layer of Fast-SCNN is 3x3 with padding 1,
 //! so a direct kernel over each channel plane is both simpler and much faster.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, has_cpu_kernel};
-
-/// Output side length of a 3x3 convolution with padding 1.
-pub fn depthwise_output_size(input: usize, stride: usize) -> usize {
-    (input + 2 - 3) / stride + 1
-}
+use super::{contiguous_slice, depthwise_output_size, has_cpu_kernel, Float};
 
 /// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
 ///
@@ -65,7 +60,7 @@ struct DepthwiseConv3x3 {
 impl PairKernel for DepthwiseConv3x3 {
     const NAME: &'static str = "depthwise-conv3x3";
 
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         x: &[T],
         x_shape: &Shape,
@@ -94,7 +89,7 @@ impl PairKernel for DepthwiseConv3x3 {
 
 /// One channel plane: every output row accumulates the up-to-three input rows it overlaps, with a
 /// branch-free loop over the interior columns and checked loops at the two borders.
-fn conv_plane<T: WithDType>(
+fn conv_plane<T: Float>(
     input: &[T],
     h: usize,
     w: usize,
@@ -224,7 +219,7 @@ fn run_pair<K: PairKernel>(
 
 trait PairKernel {
     const NAME: &'static str;
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         a: &[T],
         a_shape: &Shape,
@@ -255,7 +250,7 @@ struct DepthwiseConv3x3InputGrad {
 impl PairKernel for DepthwiseConv3x3InputGrad {
     const NAME: &'static str = "depthwise-conv3x3-input-grad";
 
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         g: &[T],
         g_shape: &Shape,
@@ -311,7 +306,7 @@ struct DepthwiseConv3x3WeightGrad {
 impl PairKernel for DepthwiseConv3x3WeightGrad {
     const NAME: &'static str = "depthwise-conv3x3-weight-grad";
 
-    fn run<T: WithDType>(
+    fn run<T: Float>(
         &self,
         x: &[T],
         x_shape: &Shape,

@@ -11,16 +11,17 @@ mod cross_entropy;
 mod depthwise_conv;
 mod resize_argmax;
 
-pub(crate) use adaptive_avg_pool::pool_planes;
-pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite, pool_window};
+pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite};
 pub use batch_norm::{batch_norm_train, batch_norm_train_composite, channel_mean_var};
-pub(crate) use bilinear_resize::taps;
-pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite, source_index};
+pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite};
 pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
 };
-pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped, depthwise_output_size};
+pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
 pub use resize_argmax::resize_argmax;
+
+pub use fastscnn_cpu::sampling::{depthwise_output_size, pool_window, source_index};
+use fastscnn_cpu::sampling::{pool_planes, taps};
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
@@ -43,10 +44,16 @@ fn has_cpu_kernel(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
+/// The float types the CPU kernels run on: f32 and f64, as candle's dtype and as the sampling
+/// code of `fastscnn-cpu` takes them.
+trait Float: WithDType + fastscnn_cpu::Real {}
+
+impl<T: WithDType + fastscnn_cpu::Real> Float for T {}
+
 /// A one-input CPU kernel written once for any float type.
 trait PlaneKernel {
     const NAME: &'static str;
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)>;
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)>;
 }
 
 /// Runs `kernel` on f32 or f64 storage; the public wrappers send nothing else here.

@@ -2,11 +2,12 @@
 //! classes in one pass, so the (C, H, W) logits at full resolution are never stored (the paper's
 //! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::bilinear_resize::taps;
-use super::{has_cpu_kernel, resize_bilinear, run_f32_or_f64, source_index, PlaneKernel};
+use super::{
+    has_cpu_kernel, resize_bilinear, run_f32_or_f64, source_index, taps, Float, PlaneKernel,
+};
 
 /// `argmax` over classes of `resize_bilinear(scores, out_h, out_w, align_corners)`, as (N, out_h,
 /// out_w) u32, with the same arithmetic as the resize (so the same labels) and the first class
@@ -41,7 +42,7 @@ struct ResizeArgmax {
 impl PlaneKernel for ResizeArgmax {
     const NAME: &'static str = "resize-argmax";
 
-    fn run<T: WithDType>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let columns = taps::<T>(w, ow, self.align_corners);

@@ -2,8 +2,8 @@
 //! caller is its own test binary, so its process picks the set before anything runs a kernel.
 
 use candle_core::{Device, Module};
-use fastscnn_core::cpu::Isa;
 use fastscnn_core::testing::{label_agreement, max_abs_diff, shared_dir};
+use fastscnn_cpu::Isa;
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
 
 /// Forces `isa` (no effect past what the processor has) and checks both public layouts against

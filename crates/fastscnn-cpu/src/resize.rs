@@ -15,7 +15,7 @@ use super::buffers::as_uninit;
 #[cfg(target_arch = "x86_64")]
 use super::gemm_avx512::lane_mask;
 use super::simd::{dispatch, MulAdd};
-use crate::ops::{source_index, taps};
+use crate::sampling::{source_index, taps};
 
 /// The horizontal pass's taps, one entry per output column, as separate arrays so that the
 /// compiler can vectorise the pass with gathers.
@@ -710,6 +710,12 @@ pub fn resize_argmax_scratch_len(
     h * w + argmax_tasks(oh) * 2 * classes * class_stride(ow)
 }
 
+/// The least scratch [`resize_argmax_planes`] runs with: the source map's labels and one task's
+/// two rows of every class, all tasks taking turns with it.
+pub fn resize_argmax_min_scratch_len(classes: usize, (h, w): (usize, usize), ow: usize) -> usize {
+    h * w + 2 * classes * class_stride(ow)
+}
+
 /// Floats from one class's interpolated row to the next's: a 64-byte line more than a whole
 /// number of lines, so that the 38 rows an argmax block reads do not fall in the same few L1
 /// sets, as rows a multiple of 4 KiB apart did (8 KiB at 2048 wide: 1.5x slower there).
@@ -1050,115 +1056,5 @@ unsafe fn source_block_avx2(
     }
     for (j, label) in label.into_iter().enumerate() {
         _mm256_storeu_ps(labels.as_mut_ptr().add(8 * j), label);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::{resize_argmax, resize_bilinear};
-    use crate::testing::{random_tensor, region_scores};
-    use candle_core::Tensor;
-
-    #[test]
-    fn equal_the_resize_and_argmax_ops_exactly() {
-        for align_corners in [true, false] {
-            for ((h, w), (oh, ow)) in [
-                ((8, 16), (64, 128)),
-                ((5, 30), (40, 301)),
-                ((6, 11), (37, 90)),
-                ((3, 40), (5, 41)),
-                ((2, 50), (3, 20)),
-                ((5, 7), (13, 3)),
-                ((4, 4), (4, 4)),
-                ((3, 5), (1, 1)),
-            ] {
-                let c = 19;
-                let x = random_tensor(&[1, c, h, w], 7).unwrap();
-                let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-                let mut out = vec![0f32; c * oh * ow];
-                resize_planes(&data, c, h, w, &mut out, oh, ow, align_corners);
-                let expected: Vec<f32> = resize_bilinear(&x, oh, ow, align_corners)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                assert_eq!(out, expected, "{h}x{w} -> {oh}x{ow}");
-                // Into fresh memory, with streaming stores where the processor has them.
-                let mut fresh = crate::cpu::output_vec::<f32>(c * oh * ow);
-                let spare = &mut fresh.spare_capacity_mut()[..c * oh * ow];
-                resize_planes_uninit(&data, c, h, w, spare, oh, ow, align_corners, true);
-                // SAFETY: the resize initialised all of it.
-                unsafe { fresh.set_len(c * oh * ow) };
-                assert_eq!(fresh, expected, "streaming {h}x{w} -> {oh}x{ow}");
-                assert_labels_equal_the_reference(&data, c, (h, w), (oh, ow), align_corners);
-            }
-        }
-    }
-
-    /// The labels of `resize_argmax_planes` on `data` (c, h, w), with every task's scratch and
-    /// with one task's (all rows on one walk), equal the reference op's.
-    fn assert_labels_equal_the_reference(
-        data: &[f32],
-        c: usize,
-        (h, w): (usize, usize),
-        (oh, ow): (usize, usize),
-        align_corners: bool,
-    ) {
-        let x = Tensor::from_vec(data.to_vec(), (1, c, h, w), &candle_core::Device::Cpu).unwrap();
-        let expected: Vec<u32> = resize_argmax(&x, oh, ow, align_corners)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let all = resize_argmax_scratch_len(c, (h, w), (oh, ow));
-        let one = h * w + 2 * c * class_stride(ow);
-        for (scratch, tasks) in [(all, "every task"), (one, "one task")] {
-            let mut labels = vec![u32::MAX; oh * ow];
-            let mut scratch = vec![0f32; scratch];
-            resize_argmax_planes(
-                data,
-                c,
-                h,
-                w,
-                &mut labels,
-                oh,
-                ow,
-                align_corners,
-                &mut scratch,
-            );
-            assert_eq!(
-                labels, expected,
-                "{h}x{w} -> {oh}x{ow}, align_corners {align_corners}, {tasks}"
-            );
-        }
-    }
-
-    #[test]
-    fn label_scenes_of_regions_as_resizing_then_taking_the_argmax() {
-        let c = 19;
-        for align_corners in [true, false] {
-            for ((h, w), (oh, ow)) in [
-                ((32, 64), (256, 512)),
-                ((24, 40), (190, 333)),
-                ((9, 70), (20, 150)),
-            ] {
-                let data = region_scores(c, h, w, 5);
-                // The scene has both: blocks of one label and blocks on a border.
-                let label = |p: usize| {
-                    (0..c)
-                        .max_by(|&a, &b| data[a * h * w + p].total_cmp(&data[b * h * w + p]))
-                        .unwrap()
-                };
-                let borders = (1..h * w).filter(|&p| label(p) != label(p - 1)).count();
-                assert!(
-                    borders > 0 && borders < h * w / 4,
-                    "{borders} border pixels"
-                );
-                assert_labels_equal_the_reference(&data, c, (h, w), (oh, ow), align_corners);
-            }
-        }
     }
 }

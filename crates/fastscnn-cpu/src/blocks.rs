@@ -1,9 +1,8 @@
-//! Fast-SCNN's blocks on plain buffers, each built from its candle layer with BatchNorm folded.
+//! Fast-SCNN's blocks on plain buffers, each made of the convolutions of its layers with
+//! BatchNorm folded into them.
 //!
 //! Every `run` takes one image's (C, H, W) input and returns its output in a buffer from the
 //! [`BufferPool`], handing its intermediates back to the pool as soon as they are read.
-
-use candle_core::{bail, DType, Result, Tensor};
 
 use super::buffers::as_uninit;
 use super::epilogue::finish_row;
@@ -12,84 +11,8 @@ use super::resize::resize_planes;
 use super::resize::{blend, horizontal_planes, row_taps};
 use super::SendPtr;
 use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
-use crate::layers::{self, Conv2d, ConvBnAct};
-use crate::ops::pool_planes;
+use crate::sampling::pool_planes;
 use rayon::prelude::*;
-
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
-}
-
-/// The weight and the bias (zeros when the conv has none) of `conv`.
-fn parts(conv: &Conv2d) -> Result<(Vec<f32>, Vec<f32>)> {
-    let bias = match conv.bias() {
-        Some(b) => to_vec(b)?,
-        None => vec![0.0; conv.config().out_channels],
-    };
-    Ok((to_vec(conv.weight())?, bias))
-}
-
-/// The conv of a layer whose BatchNorm was folded at load time.
-fn folded(layer: &ConvBnAct) -> Result<&Conv2d> {
-    if !layer.is_folded() {
-        bail!("CPU inference needs the BatchNorm folded into the convolutions (BatchNormMode::Folded)")
-    }
-    Ok(layer.conv())
-}
-
-impl PointwiseConv {
-    pub fn from_conv(conv: &Conv2d, relu: bool) -> Result<Self> {
-        let c = conv.config();
-        if !c.is_pointwise() {
-            bail!("not a pointwise convolution: {c:?}")
-        }
-        let (weight, bias) = parts(conv)?;
-        Ok(Self::new(weight, bias, c.in_channels, c.out_channels, relu))
-    }
-
-    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
-        Self::from_conv(folded(layer)?, layer.relu())
-    }
-}
-
-impl DepthwiseConv {
-    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
-        let conv = folded(layer)?;
-        let c = conv.config();
-        if !c.depthwise || !(c.stride == 1 || c.stride == 2) {
-            bail!("not a depthwise 3x3 convolution of stride 1 or 2: {c:?}")
-        }
-        let (weight, bias) = parts(conv)?;
-        Ok(Self::new(
-            weight,
-            bias,
-            c.in_channels,
-            c.stride,
-            layer.relu(),
-        ))
-    }
-}
-
-impl DenseConv {
-    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
-        let conv = folded(layer)?;
-        let c = conv.config();
-        if c.depthwise {
-            bail!("not a dense convolution: {c:?}")
-        }
-        let (weight, bias) = parts(conv)?;
-        Ok(Self::new(
-            weight,
-            bias,
-            c.in_channels,
-            c.out_channels,
-            c.kernel,
-            c.stride,
-            c.padding,
-            layer.relu(),
-        ))
-    }
-}
 
 /// A dense conv routed to the pointwise kernel when it is 1x1.
 #[derive(Debug, Clone)]
@@ -99,15 +22,6 @@ pub enum AnyConv {
 }
 
 impl AnyConv {
-    pub fn from_layer(layer: &ConvBnAct) -> Result<Self> {
-        let c = folded(layer)?.config();
-        Ok(if c.is_pointwise() {
-            AnyConv::Pointwise(PointwiseConv::from_layer(layer)?)
-        } else {
-            AnyConv::Dense(DenseConv::from_layer(layer)?)
-        })
-    }
-
     pub fn out_channels(&self) -> usize {
         match self {
             AnyConv::Pointwise(c) => c.out_channels,
@@ -147,13 +61,6 @@ pub struct SeparableConv {
 }
 
 impl SeparableConv {
-    pub fn from_layer(layer: &layers::DSConv) -> Result<Self> {
-        Ok(Self {
-            depthwise: DepthwiseConv::from_layer(layer.depthwise())?,
-            pointwise: PointwiseConv::from_layer(layer.pointwise())?,
-        })
-    }
-
     pub fn run(
         &self,
         x: &[f32],
@@ -538,23 +445,14 @@ impl StemSeparable {
 
 /// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
 #[derive(Debug, Clone)]
-pub struct Bottleneck {
+pub struct FusedBottleneck {
     pub expand: PointwiseConv,
     pub depthwise: DepthwiseConv,
     pub project: PointwiseConv,
     pub shortcut: bool,
 }
 
-impl Bottleneck {
-    pub fn from_layer(layer: &layers::LinearBottleneck) -> Result<Self> {
-        Ok(Self {
-            expand: PointwiseConv::from_layer(layer.expand())?,
-            depthwise: DepthwiseConv::from_layer(layer.depthwise())?,
-            project: PointwiseConv::from_layer(layer.project())?,
-            shortcut: layer.has_shortcut(),
-        })
-    }
-
+impl FusedBottleneck {
     pub fn run(
         &self,
         x: &[f32],
@@ -688,7 +586,7 @@ impl Bottleneck {
     }
 }
 
-impl Bottleneck {
+impl FusedBottleneck {
     /// For maps too small to cut into bands: each task takes a share of the hidden channels over
     /// the whole map, expands, filters and projects them, and the partial projections are summed.
     /// One parallel region per block instead of three, and no halo rows recomputed. One task per
@@ -841,25 +739,13 @@ fn hidden_chunk() -> usize {
 /// Pyramid pooling: the input, and each bin's pooled, projected and upsampled features, concatenated
 /// and fused by the output conv.
 #[derive(Debug, Clone)]
-pub struct PyramidPooling {
+pub struct FusedPyramidPooling {
     pub branches: Vec<(usize, PointwiseConv)>,
     pub out: AnyConv,
     pub align_corners: bool,
 }
 
-impl PyramidPooling {
-    pub fn from_layer(layer: &layers::PyramidPooling) -> Result<Self> {
-        Ok(Self {
-            branches: layer
-                .branches()
-                .iter()
-                .map(|(bin, conv)| Ok((*bin, PointwiseConv::from_layer(conv)?)))
-                .collect::<Result<_>>()?,
-            out: AnyConv::from_layer(layer.out())?,
-            align_corners: layer.align_corners(),
-        })
-    }
-
+impl FusedPyramidPooling {
     pub fn run(
         &self,
         x: &[f32],
@@ -904,7 +790,7 @@ impl PyramidPooling {
 /// Feature fusion: the global features upsampled, depthwise-filtered and projected, plus the
 /// projected higher-resolution features, rectified.
 #[derive(Debug, Clone)]
-pub struct FeatureFusion {
+pub struct FusedFeatureFusion {
     pub depthwise: DepthwiseConv,
     pub lower: PointwiseConv,
     /// Carries the ReLU of the sum, applied after its product is added to the lower branch's.
@@ -912,20 +798,7 @@ pub struct FeatureFusion {
     pub align_corners: bool,
 }
 
-impl FeatureFusion {
-    pub fn from_layer(layer: &layers::FeatureFusion) -> Result<Self> {
-        let mut higher = PointwiseConv::from_layer(layer.conv_higher_res())?;
-        higher.relu = true;
-        let mut lower = PointwiseConv::from_layer(layer.conv_lower_res())?;
-        lower.relu = false;
-        Ok(Self {
-            depthwise: DepthwiseConv::from_layer(layer.dwconv())?,
-            lower,
-            higher,
-            align_corners: layer.align_corners(),
-        })
-    }
-
+impl FusedFeatureFusion {
     /// `higher` is (c_h, h, w), `lower` (c_l, lh, lw); the output is (out, h, w).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -1068,21 +941,13 @@ impl FeatureFusion {
 
 /// Two DSConvs and the 1x1 conv to class scores (dropout is the identity at inference).
 #[derive(Debug, Clone)]
-pub struct Classifier {
+pub struct FusedClassifier {
     pub dsconv1: SeparableConv,
     pub dsconv2: SeparableConv,
     pub conv: PointwiseConv,
 }
 
-impl Classifier {
-    pub fn from_layer(layer: &layers::Classifier) -> Result<Self> {
-        Ok(Self {
-            dsconv1: SeparableConv::from_layer(layer.dsconv1())?,
-            dsconv2: SeparableConv::from_layer(layer.dsconv2())?,
-            conv: PointwiseConv::from_conv(layer.conv(), false)?,
-        })
-    }
-
+impl FusedClassifier {
     pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (a, h, w) = self.dsconv1.run(x, h, w, pool);
         if self.dsconv2.pointwise.has_packed_kernel() && self.conv.has_packed_kernel() {
@@ -1105,14 +970,36 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_nn::VarBuilder;
+    use crate::pointwise::tests::values;
 
-    use crate::layers::NormOptions;
-    use crate::testing::random_tensor;
+    /// Seeded weights scaled by `1/sqrt(fan_in)`, so that activations keep their magnitude
+    /// through the layers.
+    fn weights(n: usize, fan_in: usize, seed: u32) -> Vec<f32> {
+        let scale = (fan_in as f32).sqrt().recip();
+        values(n, seed).into_iter().map(|v| v * scale).collect()
+    }
 
-    /// [`crate::testing::random_layer`], unwrapped.
-    fn random_layer<T>(seed: u64, build: impl Fn(VarBuilder) -> Result<T>) -> T {
-        crate::testing::random_layer(seed, build).unwrap()
+    fn pointwise(cin: usize, cout: usize, relu: bool, seed: u32) -> PointwiseConv {
+        let weight = weights(cout * cin, cin, seed);
+        PointwiseConv::new(weight, values(cout, seed + 1), cin, cout, relu)
+    }
+
+    fn depthwise(channels: usize, stride: usize, relu: bool, seed: u32) -> DepthwiseConv {
+        let weight = weights(channels * 9, 9, seed);
+        DepthwiseConv::new(weight, values(channels, seed + 1), channels, stride, relu)
+    }
+
+    /// Depthwise 3x3 then 1x1, both rectified, as every DSConv of the network.
+    fn separable(cin: usize, cout: usize, stride: usize, seed: u32) -> SeparableConv {
+        SeparableConv {
+            depthwise: depthwise(cin, stride, true, seed),
+            pointwise: pointwise(cin, cout, true, seed + 2),
+        }
+    }
+
+    /// `n` seeded input values.
+    fn input(n: usize, seed: u32) -> Vec<f32> {
+        values(n, seed)
     }
 
     /// The largest difference between `a` and `b`, relative to `b`'s largest magnitude (at
@@ -1130,12 +1017,19 @@ mod tests {
 
     /// A random bottleneck (expansion 6) on the packed kernels where the processor has them, and
     /// the same one layer by layer.
-    fn bottleneck_pair(cin: usize, cout: usize, stride: usize) -> (Bottleneck, Bottleneck) {
-        let layer = random_layer(1, |vb| {
-            layers::LinearBottleneck::new(cin, cout, 6, stride, NormOptions::default(), vb)
-        });
-        let fused = Bottleneck::from_layer(&layer).unwrap();
-        let plain = Bottleneck {
+    fn bottleneck_pair(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+    ) -> (FusedBottleneck, FusedBottleneck) {
+        let hidden = 6 * cin;
+        let fused = FusedBottleneck {
+            expand: pointwise(cin, hidden, true, 1),
+            depthwise: depthwise(hidden, stride, true, 3),
+            project: pointwise(hidden, cout, false, 5),
+            shortcut: stride == 1 && cin == cout,
+        };
+        let plain = FusedBottleneck {
             expand: fused.expand.clone().without_packed_kernel(),
             project: fused.project.clone().without_packed_kernel(),
             ..fused.clone()
@@ -1192,7 +1086,7 @@ mod tests {
         for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2)] {
             let (fused, plain) = bottleneck_pair(cin, cout, stride);
             let (h, w) = (13, 21);
-            let x: Vec<f32> = random_tensor(&[cin * h * w], 5).unwrap().to_vec1().unwrap();
+            let x = input(cin * h * w, 5);
             let mut pool = BufferPool::default();
             let (expected, _, _) = plain.run(&x, h, w, &mut pool);
             for threads in [1, 2, 3] {
@@ -1228,7 +1122,7 @@ mod tests {
         ] {
             assert_eq!(6 * cin * h * w >= fuse_above(), h > 13, "{cin}x{h}x{w}");
             let (fused, plain) = bottleneck_pair(cin, cout, stride);
-            let x: Vec<f32> = random_tensor(&[cin * h * w], 3).unwrap().to_vec1().unwrap();
+            let x = input(cin * h * w, 3);
             let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
             let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
             assert_eq!((ah, aw), (bh, bw));
@@ -1237,30 +1131,19 @@ mod tests {
             pool.give(a);
             pool.give(b);
         }
-        let config = layers::FeatureFusionConfig {
-            higher_in_channels: 24,
-            lower_in_channels: 40,
-            out_channels: 40,
-            conv_bias: true,
+        let fused = FusedFeatureFusion {
+            depthwise: depthwise(40, 1, true, 11),
+            lower: pointwise(40, 40, false, 13),
+            higher: pointwise(24, 40, true, 15),
             align_corners: false,
         };
-        let layer = random_layer(2, |vb| {
-            layers::FeatureFusion::new(&config, NormOptions::default(), vb)
-        });
-        let fused = FeatureFusion::from_layer(&layer).unwrap();
-        let plain = FeatureFusion {
+        let plain = FusedFeatureFusion {
             lower: fused.lower.clone().without_packed_kernel(),
             higher: fused.higher.clone().without_packed_kernel(),
             ..fused.clone()
         };
-        let higher: Vec<f32> = random_tensor(&[24 * 37 * 45], 6)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let lower: Vec<f32> = random_tensor(&[40 * 10 * 12], 7)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let higher = input(24 * 37 * 45, 6);
+        let lower = input(40 * 10 * 12, 7);
         let a = fused.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
         let b = plain.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
         let d = max_diff(&a, &b);
@@ -1273,20 +1156,10 @@ mod tests {
             (1, 2, 41, 1500),
             (1, 1, 41, 1500),
         ] {
-            let (stem, ds) = random_layer(3, |vb| {
-                let stem = layers::ConvBnAct::sequential(
-                    layers::ConvConfig::dense(3, 16, 3, 2, padding),
-                    true,
-                    NormOptions::default(),
-                    vb.pp("stem"),
-                )?;
-                let ds =
-                    layers::DSConv::new(16, 24, stride, true, NormOptions::default(), vb.pp("ds"))?;
-                Ok((stem, ds))
-            });
+            let stem_weight = weights(16 * 3 * 9, 3 * 9, 21);
             let fused = StemSeparable {
-                stem: DenseConv::from_layer(&stem).unwrap(),
-                dsconv: SeparableConv::from_layer(&ds).unwrap(),
+                stem: DenseConv::new(stem_weight, values(16, 22), 3, 16, 3, 2, padding, true),
+                dsconv: separable(16, 24, stride, 23),
             };
             let plain = StemSeparable {
                 stem: fused.stem.clone().without_packed_kernel(),
@@ -1295,7 +1168,7 @@ mod tests {
                     ..fused.dsconv.clone()
                 },
             };
-            let x: Vec<f32> = random_tensor(&[3 * h * w], 8).unwrap().to_vec1().unwrap();
+            let x = input(3 * h * w, 8);
             let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
             let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
             assert_eq!((ah, aw), (bh, bw));
@@ -1324,11 +1197,12 @@ mod tests {
                 pool.give(c);
             }
         }
-        let layer = random_layer(4, |vb| {
-            layers::Classifier::new(24, 19, true, NormOptions::default(), vb)
-        });
-        let fused = Classifier::from_layer(&layer).unwrap();
-        let plain = Classifier {
+        let fused = FusedClassifier {
+            dsconv1: separable(24, 24, 1, 31),
+            dsconv2: separable(24, 24, 1, 35),
+            conv: pointwise(24, 19, false, 39),
+        };
+        let plain = FusedClassifier {
             dsconv1: SeparableConv {
                 pointwise: fused.dsconv1.pointwise.clone().without_packed_kernel(),
                 ..fused.dsconv1.clone()
@@ -1339,27 +1213,18 @@ mod tests {
             },
             conv: fused.conv.clone().without_packed_kernel(),
         };
-        let x: Vec<f32> = random_tensor(&[24 * 29 * 53], 9)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = input(24 * 29 * 53, 9);
         let a = fused.run(&x, 29, 53, &mut pool);
         let b = plain.run(&x, 29, 53, &mut pool);
         let d = max_diff(&a, &b);
         assert!(d < 1e-4, "classifier: {d}");
         for stride in [1, 2] {
-            let layer = random_layer(5, |vb| {
-                layers::DSConv::new(24, 40, stride, true, NormOptions::default(), vb)
-            });
-            let fused = SeparableConv::from_layer(&layer).unwrap();
+            let fused = separable(24, 40, stride, 41);
             let plain = SeparableConv {
                 pointwise: fused.pointwise.clone().without_packed_kernel(),
                 ..fused.clone()
             };
-            let x: Vec<f32> = random_tensor(&[24 * 33 * 47], 5)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let x = input(24 * 33 * 47, 5);
             let (a, _, _) = fused.run(&x, 33, 47, &mut pool);
             let (b, _, _) = plain.run(&x, 33, 47, &mut pool);
             let d = max_diff(&a, &b);

@@ -262,7 +262,7 @@ impl Rows for Gathered<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::pointwise::tests::values;
+    use crate::pointwise::tests::values;
 
     /// Every kernel this processor can run, not only the one `Isa::detected` picks.
     fn kernels() -> Vec<Isa> {

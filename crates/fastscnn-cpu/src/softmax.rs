@@ -126,7 +126,7 @@ pub fn softmax_planes(scores: &mut [f32], classes: usize, pixels: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::simd::Unfused;
+    use crate::simd::Unfused;
 
     #[test]
     fn exp_is_within_a_few_ulp_of_the_library() {

@@ -1,5 +1,7 @@
-//! Inference on plain f32 buffers for the CPU: the network's layers with BatchNorm folded, run by
-//! kernels written for the shapes Fast-SCNN has, instead of through candle's generic ops.
+//! Fast-SCNN's inference on plain f32 buffers for the CPU: the network's layers with BatchNorm
+//! folded, run by kernels written for the shapes Fast-SCNN has, instead of through candle's
+//! generic ops. Nothing here knows candle: the blocks are built from weight vectors
+//! (`fastscnn-model` builds them from its loaded layers).
 //!
 //! candle runs each conv, bias, BatchNorm and ReLU as its own pass with a freshly allocated output,
 //! and a 1x1 conv through reshapes and copies around its matrix product. Here:
@@ -12,8 +14,8 @@
 //!   and portable code the compiler vectorises for each [`Isa`] (NEON on aarch64);
 //! - dense convs ([`DenseConv`]: the stem, OpenMMLab's 3x3 pyramid-pooling output) are im2col over
 //!   bands of rows and the same product;
-//! - the blocks ([`StemSeparable`], [`SeparableConv`], [`Bottleneck`], [`FeatureFusion`],
-//!   [`Classifier`]) run band by band of output rows, so that the maps between their layers (the
+//! - the blocks ([`StemSeparable`], [`SeparableConv`], [`FusedBottleneck`], [`FusedFeatureFusion`],
+//!   [`FusedClassifier`]) run band by band of output rows, so that the maps between their layers (the
 //!   stem's output, the bottlenecks' 6x-wide tensors) exist only a few rows at a time, in cache;
 //! - the final upsampling is separable and can end in the argmax without storing the logits
 //!   ([`resize_planes`], [`resize_argmax_planes`]), or in a one-pass softmax
@@ -38,21 +40,26 @@ mod gemm_avx512;
 mod gemm_neon;
 mod packed_gemm;
 mod pointwise;
+mod real;
 mod resize;
+pub mod sampling;
 pub(crate) mod simd;
 mod softmax;
 
 pub use allocator::keep_freed_memory;
 pub use blocks::{
-    AnyConv, Bottleneck, Classifier, FeatureFusion, PyramidPooling, SeparableConv, StemSeparable,
+    AnyConv, FusedBottleneck, FusedClassifier, FusedFeatureFusion, FusedPyramidPooling,
+    SeparableConv, StemSeparable,
 };
 pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
+pub use real::Real;
 pub use resize::{
-    resize_argmax_planes, resize_argmax_scratch_len, resize_planes, resize_planes_uninit,
+    resize_argmax_min_scratch_len, resize_argmax_planes, resize_argmax_scratch_len, resize_planes,
+    resize_planes_uninit,
 };
 pub use simd::Isa;
 pub use softmax::softmax_planes;

@@ -16,7 +16,7 @@ use super::gemm_avx512::lane_mask;
 #[cfg(target_arch = "x86_64")]
 use super::simd::Isa;
 use super::simd::{dispatch, MulAdd};
-use crate::ops::depthwise_output_size;
+use crate::sampling::depthwise_output_size;
 
 /// A depthwise 3x3 convolution with its BatchNorm folded in: `weight` is (channels, 9).
 #[derive(Debug, Clone)]

@@ -111,20 +111,20 @@ macro_rules! dispatch {
             {
                 #[target_feature(enable = "avx512f,avx512vl,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
-                    $body::<$crate::cpu::simd::Fused>($($arg),*)
+                    $body::<$crate::simd::Fused>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
-                    $body::<$crate::cpu::simd::Fused>($($arg),*)
+                    $body::<$crate::simd::Fused>($($arg),*)
                 }
-                match $crate::cpu::simd::Isa::detected() {
+                match $crate::simd::Isa::detected() {
                     // SAFETY: `Isa::detected` reports only features the processor has.
-                    $crate::cpu::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    $crate::cpu::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::cpu::simd::Isa::Neon | $crate::cpu::simd::Isa::Portable => {}
+                    $crate::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Isa::Neon | $crate::simd::Isa::Portable => {}
                 }
             }
-            $body::<$crate::cpu::simd::PortableMulAdd>($($arg),*)
+            $body::<$crate::simd::PortableMulAdd>($($arg),*)
         }
     };
 }
