@@ -26,8 +26,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Segment(_) | Command::Eval(_)) {
         // Frame after frame, outputs reuse the memory of the previous frame's instead of fresh
-        // pages the kernel must zero first (6 ms of logits at 768x1536). `bench` decides for
-        // itself; training's memory is left to the allocator's defaults.
+        // pages the kernel must zero first (`fastscnn bench --fresh-outputs` times the other
+        // way). `bench` decides for itself; training's memory is left to the allocator's
+        // defaults.
         fastscnn_cpu::keep_freed_memory();
     }
     let result = std::panic::catch_unwind(|| match cli.command {

@@ -2,8 +2,9 @@
 //!
 //! The logits at 768x1536 are 90 MB in a fresh `Vec` every frame. glibc serves blocks that large
 //! with `mmap` and unmaps them on free, so every frame the kernel zeroes 90 MB of new pages before
-//! the resize writes them: 6 ms of a 38 ms frame on a two-core machine. Keeping freed blocks in
-//! the heap gives the next frame the same memory back instead. That is a choice for the whole
+//! the resize writes them (`cargo bench -p fastscnn-benches --bench kernels -- resize_19x96`
+//! times `separable_fresh_buffer` against `separable_kept_buffer`). Keeping freed blocks in the
+//! heap gives the next frame the same memory back instead. That is a choice for the whole
 //! process (freed memory stays resident until reused), so the library never makes it on its own:
 //! the `fastscnn` binary opts in for inference, a program embedding the library may call
 //! [`keep_freed_memory`] too, or use an allocator that keeps freed blocks (jemalloc does).

@@ -248,10 +248,10 @@ struct TaskScratch {
     third: Vec<f32>,
 }
 
-/// Runs `f` with this thread's [`TaskScratch`], kept between tasks, blocks and frames: with
-/// rayon's `for_each_init`, state built anew for every piece of work a loop splits off, the
-/// fresh buffers' zeroing was 1.4% of a 384x768 frame. (A nested call, which the blocks never
-/// make, gets fresh buffers instead of failing.)
+/// Runs `f` with this thread's [`TaskScratch`], kept between tasks, blocks and frames, so that no
+/// task zeroes fresh buffers: rayon's `for_each_init` would build the state anew for every piece
+/// of work a loop splits off. (A nested call, which the blocks never make, gets fresh buffers
+/// instead of failing.)
 fn with_task_scratch<R>(f: impl FnOnce(&mut TaskScratch) -> R) -> R {
     thread_local! {
         static KEPT: std::cell::RefCell<TaskScratch> = std::cell::RefCell::default();
@@ -280,13 +280,11 @@ fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
 }
 
 /// A fused block's output rows cut into bands of near-equal height, each a task of its own: no
-/// more than `most` rows a band, and as many bands as a multiple of the thread count. With bands
-/// of exactly `most` rows the last was short (at 384x768 the stem's twentieth band was one row of
-/// five) and rayon handed each thread half the bands in one piece; logged per band, the two
-/// threads of one stem region finished 0.3-1.0 ms apart in 10 of 13 frames (one core ran slower,
-/// on a shared machine), the early one idle. One task per band lets it take the other's remaining
-/// bands: within 0.2 ms. Paired frames, new / old: 384x768 0.993, 1.004, 0.994; 1024x2048 label
-/// map 0.985.
+/// more than `most` rows a band, and as many bands as a multiple of the thread count, so that no
+/// band is left short (bands of exactly `most` rows would make the stem's last band at 384x768
+/// one row of five). One task per band, never a run of bands handed to a thread in one piece:
+/// when one core runs slower than the others (a shared machine), the threads that finish early
+/// take its remaining bands rather than wait idle at the end of the region.
 #[derive(Debug, Clone, Copy)]
 struct RowBands {
     rows: usize,
@@ -371,9 +369,9 @@ impl StemSeparable {
     /// rows run one after the other, each step computing only the stem rows the steps before it
     /// in the band did not. A band's first and last stem rows are shared with its neighbours and
     /// computed by both; rows shared by two steps are computed once. With bands of one step of
-    /// two rows (what the cache budget allows at 1024x2048), a fifth of the stem's rows were
-    /// computed twice, a fourteenth with three steps. The block alone, old and new interleaved
-    /// in one process: 0.94x the time at 1024x2048, 0.92x at 768x1536, 0.98x at 384x768.
+    /// two rows (what the cache budget allows at 1024x2048), a fifth of the stem's rows would be
+    /// computed twice; with three steps a band, a fourteenth (the block alone:
+    /// `cargo bench -p fastscnn-benches --bench kernels -- stem_separable`).
     fn run_stepped(
         &self,
         x: &[f32],
@@ -590,8 +588,9 @@ impl FusedBottleneck {
     /// For maps too small to cut into bands: each task takes a share of the hidden channels over
     /// the whole map, expands, filters and projects them, and the partial projections are summed.
     /// One parallel region per block instead of three, and no halo rows recomputed. One task per
-    /// thread, the first projecting straight into the output with the bias and the shortcut: with
-    /// two per thread and every share summed from its own buffer, a 384x768 frame took 1-2% longer.
+    /// thread, the first projecting straight into the output with the bias and the shortcut: every
+    /// other share's partial projection is kept in a buffer of its own and summed after, so the
+    /// fewer shares the better, and the first needs no buffer.
     fn run_split(
         &self,
         x: &[f32],
@@ -711,12 +710,13 @@ impl FusedBottleneck {
 /// Hidden tensors (in floats) worth cutting into bands: smaller ones stay in the last-level cache
 /// anyway, and their bands would be so thin that recomputing the shared input rows costs more
 /// than the memory traffic saved; they are split by channels instead, one parallel region per
-/// block. (Measured on AVX-512: the three-region layer-by-layer path lost to one or the other at
-/// every size, by 3-4% of the frame where it ran, 0.4-0.9 M floats.) 1 M floats on AVX-512; 2 M
-/// on AVX2, where the 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 ran 5-30% faster split
-/// (bands of four rows there expanded half as many rows again). On NEON, 1 M, the AVX-512 value,
-/// unmeasured: no ARM machine has timed the blocks. Small boards' last-level caches (2-4 MB)
-/// suggest no larger value; Apple's and Graviton's larger caches might take one.
+/// block. Either way beats the three layers in three parallel regions, the path left to the
+/// processors without the packed kernel. 1 M floats on AVX-512; 2 M on AVX2, where the
+/// 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 run faster split, as their bands of four
+/// rows expand half as many rows again (`cargo xtask profile --size 768x1536`, the bottleneck
+/// groups). On NEON, 1 M, the AVX-512 value, not timed on an ARM machine: small boards'
+/// last-level caches (2-4 MB) suggest no larger value; Apple's and Graviton's larger caches
+/// might take one.
 fn fuse_above() -> usize {
     match super::simd::Isa::detected() {
         super::simd::Isa::Avx2 => 2 << 20,
@@ -725,10 +725,11 @@ fn fuse_above() -> usize {
 }
 
 /// Hidden channels a fused bottleneck expands at a time (a multiple of the kernels' eight-channel
-/// weight panels). On AVX2, 64: chunks of 32 packed the band's input and re-read its output for
-/// the projection twice as often (bottleneck group 1 at 768x1536: 19.0 -> 17.1 ms; 128 measured
-/// the same as 64). On AVX-512, 32, where 64 measured no different. On NEON 64, unmeasured: its
-/// kernel packs strips of the input as AVX2's does, so the same count of packings is saved.
+/// weight panels). On AVX2, 64: each chunk packs the band's input and re-reads its output for
+/// the projection, so chunks of 32 would do both twice as often, and 128 saves nothing more
+/// (`cargo xtask profile --size 768x1536`, bottleneck group 1). On AVX-512, 32, where 64 is no
+/// faster. On NEON 64, not timed on an ARM machine: its kernel packs strips of the input as
+/// AVX2's does, so the same count of packings is saved.
 fn hidden_chunk() -> usize {
     match super::simd::Isa::detected() {
         super::simd::Isa::Avx2 | super::simd::Isa::Neon => 64,

@@ -1,9 +1,9 @@
 //! Feature-map buffers kept between frames.
 //!
-//! A fresh multi-megabyte `Vec` costs a page fault per 4 KiB the first time it is written, which at
-//! 1024x2048 added up to more than the convolutions it fed. The pool hands back the buffers of the
-//! previous frame instead, so after the first frame inference allocates nothing but its output;
-//! a buffer is never truncated, so lending it for a larger size again writes nothing either.
+//! A fresh multi-megabyte `Vec` costs a page fault per 4 KiB the first time it is written, every
+//! frame anew. The pool hands back the buffers of the previous frame instead, so after the first
+//! frame inference allocates nothing but its output; a buffer is never truncated, so lending it
+//! for a larger size again writes nothing either.
 
 /// A zeroed `Vec` of `len` elements whose pages the kernel may back with 2 MiB huge pages.
 ///

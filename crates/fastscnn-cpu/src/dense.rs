@@ -246,7 +246,8 @@ impl DenseConv {
     /// [`Self::rows_raw`] for a 3x3 stride-2 conv with padding 0 or 1 (the stem) on the kernel,
     /// without im2col: each input row the band reads is padded and split into even and odd
     /// columns once (`scratch`), where every tap's row is a contiguous run the kernel reads in
-    /// place; im2col wrote 27 floats per output pixel and split each input row three times.
+    /// place, where im2col would write 27 floats per output pixel and split each input row three
+    /// times.
     ///
     /// # Safety
     /// As [`Self::rows_raw`], with `packed` this conv's weights.

@@ -197,7 +197,7 @@ fn rectified(relu: bool, v: f32) -> f32 {
 
 /// One output value from its nine inputs: all nine taps in registers, one store. Summed by
 /// kernel row, three independent chains of three multiply-adds then two adds, as the AVX-512
-/// kernels sum: one chain of nine kept a vectorised run waiting on each result (on NEON, whose
+/// kernels sum: one chain of nine keeps a vectorised run waiting on each result (on NEON, whose
 /// FMA takes four cycles, 36 cycles a vector; `benches/llvm_mca.py`, figures in
 /// `docs/platforms.md`).
 #[inline(always)]
@@ -216,7 +216,8 @@ fn nine<M: MulAdd>(t: &[f32; 9], bias: f32, v: [f32; 9]) -> f32 {
 /// whatever its row, and one vector loop (nine loads, nine FMAs and one store per vector) covers
 /// them all. Each row's first and last columns, where that run wraps to the neighbouring row,
 /// are then redone with their missing taps as zeros. Row by row, maps 24 to 96 pixels wide (the
-/// bottlenecks', the classifier's) spent most of their time in loop tails and per-row set-up.
+/// bottlenecks', the classifier's) would spend most of their time in loop tails and per-row
+/// set-up.
 #[inline(always)]
 fn stride1_body<M: MulAdd>(
     band: Band,
@@ -282,8 +283,9 @@ fn stride1_body<M: MulAdd>(
 }
 
 /// Input widths up to which the AVX-512 kernels run: on rows of 12 to 96 (the bottlenecks' maps
-/// and, at 384x768, the classifier's) they beat the flat runs by 20-40%; on rows of 192 and more,
-/// mostly read from memory rather than cache, the flat runs' long streams were 5-20% faster.
+/// and, at 384x768, the classifier's) they beat the flat runs; on rows of 192 and more, mostly
+/// read from memory rather than cache, the flat runs' long streams are faster
+/// (`cargo bench -p fastscnn-benches --bench kernels -- depthwise3x3`: rows of 24 to 192).
 #[cfg(target_arch = "x86_64")]
 const NARROW: usize = 128;
 
@@ -502,7 +504,7 @@ lanes!(__m256: _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_max_ps)
 
 /// Input widths up to which the AVX2 kernels run: [`ZERO_ROW`]'s, the widest map of a 1024x2048
 /// frame they see. Unlike AVX-512's, the stride-1 kernel is no slower than the flat runs on wide
-/// rows (1.8% faster a 768x1536 frame, no different at 1024x2048).
+/// rows (`cargo bench -p fastscnn-benches --bench kernels -- depthwise3x3`: rows of 24 to 192).
 #[cfg(target_arch = "x86_64")]
 const WIDE: usize = 1024;
 
@@ -512,21 +514,18 @@ const WIDE: usize = 1024;
 static ZERO_ROW: [f32; WIDE + 32] = [0.0; WIDE + 32];
 
 /// Output rows [`stride1_avx2`] computes at a time, from `STRIDE1_ROWS + 2` input rows: each
-/// input row's three loads serve every output row it is a kernel row of. One core, three rows
-/// against the two of the kernel before (which loaded all four rows' vectors first and summed
-/// each output as three chains): 128 channels of 48x96 21.5 -> 27.5 GMAC/s, 384 of 24x48
-/// 18.7 -> 23.4, 576 of 12x24 16.3 -> 18.8; four rows (16 live vectors with the taps) ran
-/// between the two. A 384x768 frame: 0.6-1.0% faster in three paired runs.
+/// input row's three loads serve every output row it is a kernel row of. Three rather than two,
+/// whose loads serve fewer rows, or four, whose sums with the taps are 16 live vectors, all of
+/// AVX2's registers (`cargo bench -p fastscnn-benches --bench kernels -- stride1`).
 #[cfg(target_arch = "x86_64")]
 const STRIDE1_ROWS: usize = 3;
 
 /// [`stride1_avx512`] on AVX2: eight lanes, [`STRIDE1_ROWS`] output rows at a time. Rows outside
 /// the image read [`ZERO_ROW`], so every column vector runs the same straight-line code; only a
 /// row's first and last vectors use masked loads, and only a tail narrower than a vector a masked
-/// store (AVX2's masked stores are slow on AMD). Written with the image rows as `Option`s and
-/// every load masked, as the AVX-512 kernel is, LLVM branched on the rows in every vector and
-/// spilled around the branches; one core, a band of 32 channels of 48x96 ran 7.6 -> 15.5 GMAC/s,
-/// 128 channels 15.1 -> 21.1, 144 of 12x24 10.4 -> 12.6 (a 384x768 frame: 4.7% faster).
+/// store (AVX2's masked stores are slow on AMD). Not written with the image rows as `Option`s and
+/// every load masked, as the AVX-512 kernel is: LLVM branches on such rows in every vector and
+/// spills around the branches (`cargo bench -p fastscnn-benches --bench kernels -- stride1`).
 ///
 /// # Safety
 /// The processor must support AVX2 and FMA, and the rows be at most [`WIDE`] wide.
@@ -555,7 +554,7 @@ unsafe fn stride1_avx2(
     let mut i = 0;
     while i < rows {
         // The last step takes the one or two rows left, not three with some thrown away (a
-        // band of ten rows computed twelve).
+        // band of ten rows would compute twelve).
         let at = out.add(i * w);
         match rows - i {
             1 => short_step::<1>(&kernel, band, oy0 + i, at),
@@ -567,13 +566,11 @@ unsafe fn stride1_avx2(
 }
 
 /// A step of one or two rows of [`stride1_avx2`], compiled apart from the three-row step. Inlined
-/// beside it, the short steps had the registers it left them: the taps it keeps on the stack
-/// were reloaded in every column of theirs (nine loads beside eighteen FMAs for two rows), where
-/// alone they hold the taps in registers. One core, a band of 128 channels 256 wide read from
-/// cache: two rows 16.2-17.3 -> 19.6-21.4 GMAC/s, one row 10.9-11.2 -> 14.2-14.8. The feature
-/// fusion's and the classifier's bands are two rows at 768x1536 and 1024x2048; those stages,
-/// paired, 0.98 and 0.96-0.97x the time at 1024x2048, no different at 768x1536 or at 384x768
-/// (bands of five rows).
+/// beside it, the short steps would get the registers it leaves them: the taps it keeps on the
+/// stack would be reloaded in every column of theirs (nine loads beside eighteen FMAs for two
+/// rows), where alone they hold the taps in registers. The feature fusion's and the classifier's
+/// bands are two rows at 768x1536 and 1024x2048
+/// (`cargo bench -p fastscnn-benches --bench kernels -- two_row_bands`).
 ///
 /// # Safety
 /// As [`stride1_avx2`].
@@ -651,7 +648,7 @@ impl Stride1Avx2 {
     ) -> [std::arch::x86_64::__m256; STRIDE1_ROWS] {
         use std::arch::x86_64::*;
         // No closures and no `array::map` here: they do not inherit the caller's target
-        // features, and every intrinsic in them became a call.
+        // features, and every intrinsic in them becomes a call.
         let mut sums = [self.bias; STRIDE1_ROWS];
         for (j, row) in input.iter().enumerate().take(N + 2) {
             let at = row.wrapping_add(x);
@@ -704,10 +701,10 @@ impl Stride1Avx2 {
 /// as four loads, at `2x - 1`, `2x + 7`, `2x` and `2x + 8`: the even lanes of the first pair are
 /// the left taps, the even lanes of the second pair the centre taps and its odd lanes the right
 /// taps, each picked by one in-lane shuffle. The shuffles leave the outputs in the order
-/// 0 1 4 5 2 3 6 7, put right by one permute before the store. The parity planes it replaces
-/// copied every input row once more first: one core, 96 channels of 48x96 ran 8.3 -> 11.0
-/// GMAC/s, 32 of 16x384 7.5 -> 9.0 (a 384x768 frame: 2.7% faster). Two output rows at a time,
-/// sharing one input row, measured no faster.
+/// 0 1 4 5 2 3 6 7, put right by one permute before the store. No input row is copied first, as
+/// the [`parity_planes`] of the portable path copy every one; and one output row at a time, as
+/// two sharing an input row are no faster
+/// (`cargo bench -p fastscnn-benches --bench kernels -- stride2`).
 ///
 /// # Safety
 /// The processor must support AVX2 and FMA, and the rows be at most [`WIDE`] wide.
@@ -961,7 +958,7 @@ fn nine_run<M: MulAdd>(
     relu: bool,
     out: &mut [f32],
 ) {
-    // The ReLU chosen once per run: tested in the loop, it compiled for NEON to eight lane-mask
+    // The ReLU chosen once per run: tested in the loop, it compiles for NEON to eight lane-mask
     // instructions a vector.
     if relu {
         nine_run_with::<M, true>(inputs, taps, bias, out)

@@ -6,10 +6,10 @@
 //! once into a contiguous buffer, zero-padded past a tail, and every output channel's tiles read
 //! it from L1 or L2; only the weights (a few KB per panel) stream from L2.
 //!
-//! The loop over K is written in assembly. With all sixteen registers live, LLVM rotated the
-//! accumulators through the registers every step (a dozen moves and a spill per 12 FMAs, 1.5x
-//! slower than the 8-accumulator tile it was meant to beat); the assembly is the loop a
-//! register allocator should have produced.
+//! The loop over K is written in assembly: with all sixteen registers live, LLVM rotates the
+//! accumulators through the registers every step (a dozen moves and a spill per 12 FMAs), where
+//! the assembly keeps each in one register, the loop a register allocator should produce
+//! (`cargo bench -p fastscnn-benches --bench kernels -- pointwise`, `fused_packed_kernel`).
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -98,8 +98,8 @@ unsafe fn product_with<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU:
 }
 
 /// Strips packed and run through every channel tile together: each output row is written
-/// `STRIPS_PER_BLOCK` tiles (384 bytes) at a time instead of one, which kept outputs that do not
-/// fit in cache from being written a partial line per row per strip.
+/// `STRIPS_PER_BLOCK` tiles (384 bytes) at a time instead of one, so that outputs that do not fit
+/// in cache are not written a partial line per row per strip.
 const STRIPS_PER_BLOCK: usize = 4;
 
 thread_local! {
@@ -109,7 +109,7 @@ thread_local! {
 
 /// Pixels `p..p + width` of every row of X into `strip`, the lanes past them as zeros.
 /// X's rows are a feature map's planes, often a multiple of 4 KiB apart: read in place, a strip's
-/// rows all fell in the same few L1 sets and came from L2 every time.
+/// rows would all fall in the same few L1 sets and come from L2 every time.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn pack_strip(x: impl Rows, p: usize, width: usize, strip: &mut [[__m256; 3]]) {
@@ -173,8 +173,9 @@ impl Tile {
             32,
             "the loop steps the weights by 32 bytes"
         );
-        // The loop's start is aligned to a 64-byte line: 1-2% of a frame (paired runs at
-        // 384x768 and 1024x2048) against wherever the function's layout put it.
+        // The loop's start is aligned to a 64-byte line, so that its speed does not depend on
+        // where the function's layout puts it
+        // (`cargo bench -p fastscnn-benches --bench kernels -- pointwise`).
         // SAFETY: `strip` holds `depth` rows of three vectors; the weights hold `depth` steps
         // of TILE_CHANNELS floats from `self.weights` (the caller's contract).
         asm!(
@@ -237,7 +238,7 @@ impl Tile {
     /// stores are slow, so only tails pay for them).
     ///
     /// Inlined into [`product`], whose target features it runs with: as a call of its own it
-    /// took the twelve sums through memory.
+    /// would take the twelve sums through memory.
     #[inline(always)]
     unsafe fn store<
         const FULL: bool,
@@ -253,7 +254,7 @@ impl Tile {
     ) {
         let masks = lane_masks(width);
         let [s0, s1, s2, s3] = sums;
-        // Spelt out rather than a loop over the array, which LLVM kept on the stack, or a
+        // Spelt out rather than a loop over the array, which LLVM keeps on the stack, or a
         // closure, which has none of `product`'s target features.
         self.store_row::<FULL, ACCUMULATE, RESIDUAL, RELU>(0, s0, &masks, bias, residual);
         if self.rows > 1 {

@@ -99,7 +99,7 @@ unsafe fn tile(
     }
     let zero = _mm512_setzero_ps();
     // A loop over all eight rows with a test, not `take(rows)`: unrolled with constant indices,
-    // the accumulators stay in registers (with a run-time bound they were kept in a stack array
+    // the accumulators stay in registers (with a run-time bound LLVM keeps them in a stack array
     // as well, zeroed by a 1.5 KB memset per tile).
     for (r, acc_row) in acc.iter().enumerate() {
         if r >= rows {

@@ -165,7 +165,7 @@ impl Tile {
     /// The epilogue and the only store of each of the tile's rows (the first always exists).
     ///
     /// The sums are taken apart first: as one loop over the array, bounded or not by
-    /// `self.rows`, LLVM took the 24 sums through the stack.
+    /// `self.rows`, LLVM takes the 24 sums through the stack.
     #[inline(always)]
     unsafe fn store<const ACCUMULATE: bool, const RESIDUAL: bool, const RELU: bool>(
         self,

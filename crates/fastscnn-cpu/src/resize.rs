@@ -33,9 +33,9 @@ struct Columns {
 
 /// The taps by blocks of one vector of output columns, each block's taps relative to its first
 /// input column `base`: within a vector or two of it when upsampling, so a block is one or two
-/// loads and two in-register permutes, where gathers fetched each tap on its own (on AVX-512 a
-/// quarter of the logits' resize at 384x768; on AVX2 a third of the label map's resize + argmax).
-/// The weights are padded to whole blocks.
+/// loads and two in-register permutes, where gathers fetch each tap on its own (the horizontal
+/// pass of both resizes: `cargo bench -p fastscnn-benches --bench kernels -- resize`). The weights
+/// are padded to whole blocks.
 #[cfg(target_arch = "x86_64")]
 struct Windows {
     base: Vec<u32>,
@@ -128,8 +128,8 @@ struct RowSet {
 
 /// Output columns `spans` of every row of `rows` interpolated horizontally (the rest of the
 /// output rows is left as it is), row by row, each row's spans left to right: in one pass
-/// along the row, as the hardware prefetches it (a row's spans taken a few at a time over all
-/// the rows, 2.6x slower). Each span starts at a multiple of [`WINDOW`].
+/// along the row, as the hardware prefetches it, not a row's spans a few at a time over all the
+/// rows. Each span starts at a multiple of [`WINDOW`].
 fn horizontal_rows(
     input: &[f32],
     columns: &Columns,
@@ -405,7 +405,7 @@ pub fn resize_planes(
 /// [`resize_planes`] into memory not written yet (an [`output_vec`](super::output_vec)'s spare
 /// capacity), every element of which it initialises. With `streaming`, for an output nothing
 /// reads again soon (the logits handed to the caller), its lines go straight to memory rather
-/// than through the cache on AVX-512 and AVX2 machines (3% of the frame at 768x1536).
+/// than through the cache on AVX-512 and AVX2 machines (`fastscnn bench --mode logits`).
 #[allow(clippy::too_many_arguments)]
 pub fn resize_planes_uninit(
     input: &[f32],
@@ -629,9 +629,9 @@ dispatch!(
 );
 
 /// [`argmax_block`] on AVX2, with intrinsics: compiled from the portable body, the running best
-/// lived on the stack and was updated by masked stores (`vmaskmovps`), which AMD's processors run
-/// at a fraction of the rate of an ordinary store (2-3x slower in all). The same arithmetic (two
-/// products, one sum) and tie rule (a later class must score higher), so the same labels.
+/// lives on the stack and is updated by masked stores (`vmaskmovps`), which AMD's processors run
+/// at a fraction of the rate of an ordinary store. The same arithmetic (two products, one sum)
+/// and tie rule (a later class must score higher), so the same labels.
 ///
 /// # Safety
 /// The processor must support AVX2; `top` and `bottom` hold `classes` rows `stride` floats
@@ -718,7 +718,7 @@ pub fn resize_argmax_min_scratch_len(classes: usize, (h, w): (usize, usize), ow:
 
 /// Floats from one class's interpolated row to the next's: a 64-byte line more than a whole
 /// number of lines, so that the 38 rows an argmax block reads do not fall in the same few L1
-/// sets, as rows a multiple of 4 KiB apart did (8 KiB at 2048 wide: 1.5x slower there).
+/// sets, as rows a multiple of 4 KiB apart would (8 KiB at 2048 wide).
 fn class_stride(ow: usize) -> usize {
     ow.next_multiple_of(16) + 16
 }
@@ -732,11 +732,10 @@ fn class_stride(ow: usize) -> usize {
 /// corners does so in the blend too. Such a block of [`ARGMAX_BLOCK`] pixels takes the label
 /// its source pixels share. (The labels equal those of resizing then taking the argmax, but
 /// where rounding makes a lower class's blended score exactly equal the shared label's: the
-/// reference gives the lower class, this the shared one.) With the golden weights at 1024x2048,
-/// 42% and 56% of the blocks of the two cityscapes-mini frames are skipped, 98% for noise
-/// input: 0.87x, 0.65x and 0.10x the previous kernel's time, which computed every block
-/// (medians of three alternating runs of 200 calls each); random scores, where no block is
-/// skipped, 0.91x (0.88-1.04x per run).
+/// reference gives the lower class, this the shared one.) The time therefore depends on the
+/// scene: `cargo bench -p fastscnn-benches --bench kernels -- resize_argmax` times random scores,
+/// where no block is skipped (`separable`), and a scene's regions (`separable_regions`);
+/// `fastscnn bench --image` times a real frame.
 ///
 /// Each task walks its output rows keeping the two source rows they blend, interpolated
 /// horizontally for every class in the columns some block of them needs (the eight output rows
@@ -912,9 +911,10 @@ impl ArgmaxBlocks<'_> {
     }
 
     /// [`Self::run`] with [`argmax_block_avx2`] for whole blocks, its loops compiled for AVX2
-    /// too: called block by block from the task's loop (compiled for SSE2), the calls and that
-    /// loop added a quarter to the argmax's time on random scores (perf samples). Blocks are
-    /// counted, not stepped over: `step_by` divided on every call.
+    /// too: a call per block from the task's loop (compiled for SSE2) would add the calls and
+    /// that loop to every block
+    /// (`cargo bench -p fastscnn-benches --bench kernels -- resize_argmax`, `separable`). Blocks
+    /// are counted, not stepped over: `step_by` divides on every call.
     ///
     /// # Safety
     /// The processor must support AVX2; `top` and `bottom` hold `classes` rows `stride` apart,
@@ -949,7 +949,7 @@ impl ArgmaxBlocks<'_> {
 }
 
 /// Output columns an argmax run takes at a time: 2 x 19 class rows of them, 19 KiB, stay in L1
-/// for all its output rows, where whole rows (300 KiB at 2048 wide) came from L2 for each.
+/// for all its output rows, where whole rows (300 KiB at 2048 wide) would come from L2 for each.
 const ARGMAX_COLUMNS: usize = 4 * ARGMAX_BLOCK;
 
 /// The label the source pixels in columns `lo..=hi` of two source rows' labels share, if they
@@ -1019,8 +1019,9 @@ dispatch!(
 
 /// [`source_block`] of a whole block on AVX2, with intrinsics, for the reason of
 /// [`argmax_block_avx2`]: the same comparisons (a later class must score higher), so the same
-/// labels. The loop is written out in both: shared as a function taking the scores and the label
-/// ids as closures, the label map's argmax took 1.3x as long on random scores.
+/// labels. The loop is written out in both, not shared as a function taking the scores and the
+/// label ids as closures, which compiles to a slower loop
+/// (`cargo bench -p fastscnn-benches --bench kernels -- resize_argmax`, `separable`).
 ///
 /// # Safety
 /// The processor must support AVX2; `scores` holds `classes` planes of `plane` floats, each

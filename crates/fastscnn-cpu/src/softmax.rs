@@ -49,7 +49,7 @@ fn softmax_block_body<M: MulAdd>(
     max.copy_from_slice(&planes[start..start + len]);
     for c in 1..classes {
         let row = &planes[c * plane + start..c * plane + start + len];
-        // `f32::max`, stored whole: `if v > m { v } else { m }` compiled to masked stores, slow
+        // `f32::max`, stored whole: `if v > m { v } else { m }` compiles to masked stores, slow
         // on AMD. They differ only where `m` is NaN, whose pixel comes out NaN either way.
         for (m, &v) in max.iter_mut().zip(row) {
             *m = m.max(v);
