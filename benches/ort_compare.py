@@ -14,6 +14,10 @@ do not change.
     python3 -m pip install onnxruntime numpy pillow
     python3 benches/ort_compare.py --markdown /tmp/ort.md
 
+`--baseline BINARY` times a second build of `fastscnn` (another commit's) in the same rounds and
+adds its medians and this build's time against it: a change's effect on the whole frame, with
+ONNX Runtime as the yardstick both are measured against.
+
 Not run by CI: it needs the Python packages and takes a few minutes. docs/performance.md holds
 its output on the machine it ran on.
 """
@@ -168,6 +172,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fastscnn", type=Path, default=ROOT / "target" / "release" / "fastscnn",
                         help="the fastscnn binary (default: target/release/fastscnn)")
+    parser.add_argument("--only", help="time only the cases whose name contains this, e.g. 384x768")
+    parser.add_argument("--baseline", type=Path,
+                        help="another fastscnn binary to time in the same rounds (e.g. the build "
+                             "of the commit before a change)")
     parser.add_argument("--shared", help="fixtures folder (default: $FASTSCNN_SHARED or ../shared)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
@@ -184,6 +192,8 @@ def main():
         fail("--threads, --rounds and --iters must be at least 1")
     if not args.fastscnn.is_file():
         fail(f"{args.fastscnn}: no such binary; run `cargo build --release -p fastscnn-cli`")
+    if args.baseline is not None and not args.baseline.is_file():
+        fail(f"--baseline {args.baseline}: no such binary")
     try:
         import numpy  # noqa: F401
         import onnxruntime
@@ -206,8 +216,9 @@ def main():
         f"Machine: {machine()}. ONNX Runtime {onnxruntime.__version__} (CPU provider, "
         f"{args.threads} intra-op threads, sequential), fastscnn `bench` with {args.threads} "
         f"threads; float32, batch 1. Medians over {args.rounds} interleaved rounds of "
-        f"{args.iters} frames each (per round: ORT, fastscnn, fastscnn through candle's ops), "
-        f"input {what}.",
+        f"{args.iters} frames each (per round: ORT, fastscnn"
+        f"{', the baseline build' if args.baseline else ''}"
+        f"{'' if args.no_candle_ops else ', fastscnn through candle ops'}), input {what}.",
         "",
     ]
     agreement = check_agreement(args.fastscnn, weights, shared, args.threads)
@@ -215,21 +226,33 @@ def main():
         lines += [f"Label agreement with ORT on a Cityscapes frame at 768x1536: {agreement:.4%}.", ""]
         print(lines[-2], flush=True)
 
+    baseline_head = (" baseline ms | baseline / fastscnn |", " ---: | ---: |") if args.baseline \
+        else ("", "")
     lines += [
-        "| case | ONNX Runtime ms | fastscnn ms | vs ORT | target | fastscnn via candle ops ms "
-        "| fused kernels vs candle ops | peak RSS (fastscnn) |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| case | ONNX Runtime ms | fastscnn ms | vs ORT | target |" + baseline_head[0] +
+        " fastscnn via candle ops ms | fused kernels vs candle ops | peak RSS (fastscnn) |",
+        "| --- | ---: | ---: | ---: | --- |" + baseline_head[1] + " ---: | ---: | ---: |",
     ]
-    for name, mode, size, onnx, target in CASES:
+    cases = [c for c in CASES if args.only is None or args.only in c[0]]
+    if not cases:
+        fail(f"--only {args.only}: no case is named so ({', '.join(c[0] for c in CASES)})")
+    for name, mode, size, onnx, target in cases:
         session = ort_session(shared / "golden" / onnx, args.threads) if onnx else None
-        ort_ms, ours_ms, candle_ms, rss = [], [], [], []
-        for _ in range(args.rounds):
+        ort_ms, ours_ms, baseline_ms, candle_ms, rss = [], [], [], [], []
+        for round in range(args.rounds):
             if session is not None:
                 ort_ms.append(time_ort(session, mode, size, args.iters, args.warmup, frame))
-            ms, peak = time_fastscnn(args.fastscnn, weights, mode, size, args.iters, args.warmup,
-                                     args.threads, frame)
-            ours_ms.append(ms)
-            rss.append(peak)
+            # The two builds take turns at going first: the second of two runs in a row is
+            # measurably faster on these machines.
+            builds = [(args.fastscnn, ours_ms)]
+            if args.baseline is not None:
+                builds.insert(round % 2, (args.baseline, baseline_ms))
+            for binary, times in builds:
+                ms, peak = time_fastscnn(binary, weights, mode, size, args.iters, args.warmup,
+                                         args.threads, frame)
+                times.append(ms)
+                if binary == args.fastscnn:
+                    rss.append(peak)
             if not args.no_candle_ops:
                 ms, _ = time_fastscnn(args.fastscnn, weights, mode, size, args.iters, args.warmup,
                                       args.threads, frame, candle_ops=True)
@@ -245,8 +268,12 @@ def main():
             candle_cell, gain = f"{before:.1f}", f"{before / ours:.2f}x"
         else:
             candle_cell, gain = "—", "—"
-        row = (f"| {name} | {ort_cell} | {ours:.1f} | {ratio} | {target} | {candle_cell} | {gain} "
-               f"| {max(rss):.0f} MB |")
+        baseline_cell = ""
+        if baseline_ms:
+            earlier = statistics.median(baseline_ms)
+            baseline_cell = f" {earlier:.1f} | {earlier / ours:.3f} |"
+        row = (f"| {name} | {ort_cell} | {ours:.1f} | {ratio} | {target} |{baseline_cell} "
+               f"{candle_cell} | {gain} | {max(rss):.0f} MB |")
         lines.append(row)
         print(row, flush=True)
 
