@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
-use fastscnn_core::layers::{Conv2d, ConvBnAct, ConvConfig, DSConv, LinearBottleneck, NormOptions};
+use fastscnn_core::layers::{Conv2d, ConvBnAct, ConvConfig, DSConv, NormOptions};
 use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
 use fastscnn_core::testing::region_scores;
 use fastscnn_cpu::{
@@ -18,6 +18,7 @@ use fastscnn_cpu::{
     DenseConv, DepthwiseConv, FusedBottleneck, Seed, SeparableConv, StemSeparable,
 };
 use fastscnn_model::cpu_blocks::{pointwise_from_conv, FromLayer};
+use fastscnn_model::stages::LinearBottleneck;
 
 const H: usize = 96;
 const W: usize = 192;

@@ -1,6 +1,6 @@
 //! The network's hyper-parameters and the presets of the public implementations.
 
-use fastscnn_core::layers::{FeatureFusionConfig, PyramidPoolingConfig};
+use crate::stages::{FeatureFusionConfig, PyramidPoolingConfig};
 use fastscnn_core::Normalization;
 
 use crate::layout::{WeightLayout, AUX_GLOBAL_PREFIX, AUX_HIGHER_RES_PREFIX};

@@ -2,11 +2,13 @@
 //! the weights of every conv, with its BatchNorm folded in at load time, copied out as f32.
 
 use candle_core::{bail, DType, Result, Tensor};
-use fastscnn_core::layers::{self, Conv2d, ConvBnAct};
+use fastscnn_core::layers::{Conv2d, ConvBnAct, DSConv};
 use fastscnn_cpu::{
     AnyConv, DenseConv, DepthwiseConv, FusedBottleneck, FusedClassifier, FusedFeatureFusion,
     FusedPyramidPooling, PointwiseConv, SeparableConv,
 };
+
+use crate::stages;
 
 /// A CPU block made from the candle layer `L` it runs.
 pub trait FromLayer<L>: Sized {
@@ -106,8 +108,8 @@ impl FromLayer<ConvBnAct> for AnyConv {
     }
 }
 
-impl FromLayer<layers::DSConv> for SeparableConv {
-    fn from_layer(layer: &layers::DSConv) -> Result<Self> {
+impl FromLayer<DSConv> for SeparableConv {
+    fn from_layer(layer: &DSConv) -> Result<Self> {
         Ok(Self {
             depthwise: DepthwiseConv::from_layer(layer.depthwise())?,
             pointwise: PointwiseConv::from_layer(layer.pointwise())?,
@@ -115,8 +117,8 @@ impl FromLayer<layers::DSConv> for SeparableConv {
     }
 }
 
-impl FromLayer<layers::LinearBottleneck> for FusedBottleneck {
-    fn from_layer(layer: &layers::LinearBottleneck) -> Result<Self> {
+impl FromLayer<stages::LinearBottleneck> for FusedBottleneck {
+    fn from_layer(layer: &stages::LinearBottleneck) -> Result<Self> {
         Ok(Self {
             expand: PointwiseConv::from_layer(layer.expand())?,
             depthwise: DepthwiseConv::from_layer(layer.depthwise())?,
@@ -126,8 +128,8 @@ impl FromLayer<layers::LinearBottleneck> for FusedBottleneck {
     }
 }
 
-impl FromLayer<layers::PyramidPooling> for FusedPyramidPooling {
-    fn from_layer(layer: &layers::PyramidPooling) -> Result<Self> {
+impl FromLayer<stages::PyramidPooling> for FusedPyramidPooling {
+    fn from_layer(layer: &stages::PyramidPooling) -> Result<Self> {
         Ok(Self {
             branches: layer
                 .branches()
@@ -140,10 +142,10 @@ impl FromLayer<layers::PyramidPooling> for FusedPyramidPooling {
     }
 }
 
-impl FromLayer<layers::FeatureFusion> for FusedFeatureFusion {
+impl FromLayer<stages::FeatureFusion> for FusedFeatureFusion {
     /// The lower-resolution branch's 1x1 is linear and the higher's carries the ReLU of the sum,
     /// which the CPU block applies after adding the two.
-    fn from_layer(layer: &layers::FeatureFusion) -> Result<Self> {
+    fn from_layer(layer: &stages::FeatureFusion) -> Result<Self> {
         let mut higher = PointwiseConv::from_layer(layer.conv_higher_res())?;
         higher.relu = true;
         let mut lower = PointwiseConv::from_layer(layer.conv_lower_res())?;
@@ -157,8 +159,8 @@ impl FromLayer<layers::FeatureFusion> for FusedFeatureFusion {
     }
 }
 
-impl FromLayer<layers::Classifier> for FusedClassifier {
-    fn from_layer(layer: &layers::Classifier) -> Result<Self> {
+impl FromLayer<stages::Classifier> for FusedClassifier {
+    fn from_layer(layer: &stages::Classifier) -> Result<Self> {
         Ok(Self {
             dsconv1: SeparableConv::from_layer(layer.dsconv1())?,
             dsconv2: SeparableConv::from_layer(layer.dsconv2())?,

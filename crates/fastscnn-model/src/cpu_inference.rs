@@ -16,8 +16,8 @@ use fastscnn_cpu::{
 };
 
 use crate::cpu_blocks::FromLayer;
-use crate::global_feature_extractor::GlobalFeatureExtractor;
-use crate::learning_to_downsample::LearningToDownsample;
+use crate::stages::GlobalFeatureExtractor;
+use crate::stages::LearningToDownsample;
 
 /// What a forward pass ends in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,8 @@ impl CpuInference {
     pub(crate) fn new(
         ltd: &LearningToDownsample,
         gfe: &GlobalFeatureExtractor,
-        fusion: &fastscnn_core::layers::FeatureFusion,
-        classifier: &fastscnn_core::layers::Classifier,
+        fusion: &crate::stages::FeatureFusion,
+        classifier: &crate::stages::Classifier,
         align_corners: bool,
     ) -> Result<Self> {
         Ok(Self {

@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use fastscnn_core::layers::{AuxHead, BatchNormMode, Classifier, FeatureFusion, Mode, NormOptions};
+use fastscnn_core::layers::{BatchNormMode, Mode, NormOptions};
+
+use crate::stages::{AuxHead, Classifier, FeatureFusion};
 use fastscnn_core::ops::{resize_argmax, resize_bilinear};
 
 use crate::cpu_inference::CpuInference;
 use crate::error::Result;
-use crate::global_feature_extractor::GlobalFeatureExtractor;
-use crate::learning_to_downsample::LearningToDownsample;
+use crate::stages::GlobalFeatureExtractor;
+use crate::stages::LearningToDownsample;
 use crate::weights::WeightFile;
 use crate::{AuxSource, FastScnnConfig};
 

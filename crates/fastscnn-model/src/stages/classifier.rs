@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{dropout, Conv2d, ConvBnAct, ConvConfig, DSConv, Mode, NormOptions};
+use fastscnn_core::layers::{dropout, Conv2d, ConvBnAct, ConvConfig, DSConv, Mode, NormOptions};
 
 /// The paper's classifier: two DSConv, dropout (training only) and a 1x1 convolution to the
 /// classes.

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
+use fastscnn_core::layers::{ConvBnAct, ConvConfig, Mode, NormOptions};
 
 #[derive(Debug, Clone)]
 pub struct LinearBottleneck {
@@ -91,8 +91,8 @@ impl Module for LinearBottleneck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{max_abs_diff, random_tensor};
     use candle_core::{DType, Device};
+    use fastscnn_core::testing::{max_abs_diff, random_tensor};
 
     // With all-zero weights (BN scale 0) the residual branch outputs exactly zero, which isolates
     // the shortcut.

@@ -4,8 +4,8 @@
 use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
-use crate::ops::resize_bilinear;
+use fastscnn_core::layers::{ConvBnAct, ConvConfig, Mode, NormOptions};
+use fastscnn_core::ops::resize_bilinear;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureFusionConfig {
@@ -101,8 +101,8 @@ impl FeatureFusion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::random_tensor;
     use candle_core::{DType, Device};
+    use fastscnn_core::testing::random_tensor;
 
     fn config(lower: usize) -> FeatureFusionConfig {
         FeatureFusionConfig {

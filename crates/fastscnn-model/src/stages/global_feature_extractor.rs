@@ -3,7 +3,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use fastscnn_core::layers::{LinearBottleneck, Mode, NormOptions, PyramidPooling};
+use fastscnn_core::layers::{Mode, NormOptions};
+
+use super::{LinearBottleneck, PyramidPooling};
 
 use crate::FastScnnConfig;
 

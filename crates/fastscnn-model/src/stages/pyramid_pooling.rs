@@ -3,8 +3,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
-use crate::ops::{adaptive_avg_pool2d, resize_bilinear};
+use fastscnn_core::layers::{ConvBnAct, ConvConfig, Mode, NormOptions};
+use fastscnn_core::ops::{adaptive_avg_pool2d, resize_bilinear};
 
 /// The choices in which the public Fast-SCNN implementations differ.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,8 +96,8 @@ impl Module for PyramidPooling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::random_tensor;
     use candle_core::{DType, Device};
+    use fastscnn_core::testing::random_tensor;
 
     #[test]
     fn reads_a_quarter_width_branch_per_bin_and_keeps_the_size() {
