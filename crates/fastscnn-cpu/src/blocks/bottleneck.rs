@@ -1,0 +1,300 @@
+//! The MobileNet-V2 bottleneck, fused band by band or split by hidden channels.
+
+use super::*;
+use crate::Isa;
+
+/// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
+#[derive(Debug, Clone)]
+pub struct FusedBottleneck {
+    pub expand: PointwiseConv,
+    pub depthwise: DepthwiseConv,
+    pub project: PointwiseConv,
+    pub shortcut: bool,
+}
+
+impl FusedBottleneck {
+    pub fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
+            let hidden = self.expand.out_channels * h * w;
+            return if hidden >= fuse_above() {
+                self.run_fused(x, h, w, pool)
+            } else {
+                self.run_split(x, h, w, pool)
+            };
+        }
+        let mut expanded = pool.take(self.expand.out_channels * h * w);
+        self.expand.run(x, h * w, &mut expanded, Seed::Bias);
+        let (oh, ow) = self.depthwise.output_size(h, w);
+        let mut filtered = pool.take(self.depthwise.channels * oh * ow);
+        self.depthwise.run(&expanded, h, w, &mut filtered);
+        pool.give(expanded);
+        let mut out = pool.take(self.project.out_channels * oh * ow);
+        let seed = if self.shortcut {
+            Seed::BiasPlus(x)
+        } else {
+            Seed::Bias
+        };
+        self.project.run(&filtered, oh * ow, &mut out, seed);
+        pool.give(filtered);
+        (out, oh, ow)
+    }
+
+    /// Band by band of output rows, and within a band [`hidden_chunk`] hidden channels at a time:
+    /// expand the input rows the band reads, filter them depthwise, and add their share of the
+    /// projection to the band's output. The 6x-wide hidden tensor never exists in full; what
+    /// exists of it stays in cache. The price is recomputing the expansion of the one or two
+    /// input rows two bands share.
+    pub(super) fn run_fused(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let (expand, dw, project) = (&self.expand, &self.depthwise, &self.project);
+        let (oh, ow) = dw.output_size(h, w);
+        let (cin, hidden, cout, stride) = (
+            expand.in_channels,
+            expand.out_channels,
+            project.out_channels,
+            dw.stride,
+        );
+        assert_eq!(x.len(), cin * h * w, "bottleneck input");
+        let mut out = pool.take(cout * oh * ow);
+        // A band's expanded chunk: `chunk` x (band·stride + 2) rows x w, allowed twice the
+        // usual budget: the two halo rows are expanded twice, so thin bands cost compute.
+        let chunk = hidden_chunk();
+        let bands = RowBands::new(oh, band_rows(chunk * w * stride / 2, oh));
+        let dst = SendPtr(out.as_mut_ptr());
+        let zeros = vec![0f32; cout];
+        bands.for_each(|band| {
+            with_task_scratch(|task| {
+                let (oy0, oy1) = (band.start, band.end);
+                let n = (oy1 - oy0) * ow;
+                let iy0 = (oy0 * stride).saturating_sub(1);
+                let iy1 = ((oy1 - 1) * stride + 2).min(h);
+                let m = (iy1 - iy0) * w;
+                for c0 in (0..hidden).step_by(chunk) {
+                    let c1 = (c0 + chunk).min(hidden);
+                    let expanded = grown(&mut task.first, (c1 - c0) * m);
+                    let filtered = grown(&mut task.second, (c1 - c0) * n);
+                    let expand_epilogue = Epilogue {
+                        bias: &expand.bias,
+                        residual: None,
+                        accumulate: false,
+                        relu: expand.relu,
+                    };
+                    let first = c0 == 0;
+                    let project_epilogue = Epilogue {
+                        bias: if first { &project.bias } else { &zeros },
+                        residual: (first && self.shortcut).then(|| x[oy0 * ow..].as_ptr()),
+                        accumulate: !first,
+                        relu: false,
+                    };
+                    // SAFETY: `has_packed_kernel` holds for both convs; `x` has the input rows
+                    // iy0..iy1 of every input channel at stride h·w; `expanded` is
+                    // (c1 - c0, m), `filtered` (c1 - c0, n); bands write disjoint pixel ranges of
+                    // every output plane, and a shortcut means stride 1 with cin == cout, so the
+                    // residual shares the output's layout.
+                    unsafe {
+                        expand.gemm_slice(
+                            c0..c1,
+                            0..cin,
+                            x[iy0 * w..].as_ptr(),
+                            h * w,
+                            expanded.as_mut_ptr(),
+                            m,
+                            m,
+                            expand_epilogue,
+                        );
+                    }
+                    dw.run_band(
+                        c0,
+                        expanded,
+                        m,
+                        iy0,
+                        h,
+                        w,
+                        oy0,
+                        n,
+                        filtered,
+                        &mut task.third,
+                    );
+                    // SAFETY: as above.
+                    unsafe {
+                        project.gemm_slice(
+                            0..cout,
+                            c0..c1,
+                            filtered.as_ptr(),
+                            n,
+                            dst.get().add(oy0 * ow),
+                            oh * ow,
+                            n,
+                            project_epilogue,
+                        );
+                    }
+                }
+            })
+        });
+        (out, oh, ow)
+    }
+}
+
+impl FusedBottleneck {
+    /// For maps too small to cut into bands: each task takes a share of the hidden channels over
+    /// the whole map, expands, filters and projects them, and the partial projections are summed.
+    /// One parallel region per block instead of three, and no halo rows recomputed. One task per
+    /// thread, the first projecting straight into the output with the bias and the shortcut: every
+    /// other share's partial projection is kept in a buffer of its own and summed after, so the
+    /// fewer shares the better, and the first needs no buffer.
+    pub(super) fn run_split(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let (expand, dw, project) = (&self.expand, &self.depthwise, &self.project);
+        let (oh, ow) = dw.output_size(h, w);
+        let (cin, hidden, cout) = (
+            expand.in_channels,
+            expand.out_channels,
+            project.out_channels,
+        );
+        assert_eq!(x.len(), cin * h * w, "bottleneck input");
+        let (m, n) = (h * w, oh * ow);
+        let tiles = hidden.div_ceil(TILE_CHANNELS);
+        let tasks = rayon::current_num_threads().clamp(1, tiles);
+        let share = tiles.div_ceil(tasks) * TILE_CHANNELS;
+        let zeros = vec![0f32; cout];
+        let mut out = pool.take(cout * n);
+        let dst = SendPtr(out.as_mut_ptr());
+        // Each task's expanded and filtered maps, and but for the first its partial projection,
+        // from the pool: kept between frames.
+        let mut work: Vec<(Buffer, Buffer, Option<Buffer>)> = (0..hidden.div_ceil(share))
+            .map(|t| {
+                let channels = share.min(hidden - t * share);
+                (
+                    pool.take(channels * m),
+                    pool.take(channels * n),
+                    (t > 0).then(|| pool.take(cout * n)),
+                )
+            })
+            .collect();
+        work.par_iter_mut()
+            .enumerate()
+            .for_each(|(t, (expanded, filtered, partial))| {
+                let (c0, c1) = (t * share, ((t + 1) * share).min(hidden));
+                let expand_epilogue = Epilogue {
+                    bias: &expand.bias,
+                    residual: None,
+                    accumulate: false,
+                    relu: expand.relu,
+                };
+                let (target, project_epilogue) = match partial {
+                    None => (
+                        dst.get(),
+                        Epilogue {
+                            bias: &project.bias,
+                            residual: self.shortcut.then_some(x.as_ptr()),
+                            accumulate: false,
+                            relu: false,
+                        },
+                    ),
+                    Some(partial) => (
+                        partial.as_mut_ptr(),
+                        Epilogue {
+                            bias: &zeros,
+                            residual: None,
+                            accumulate: false,
+                            relu: false,
+                        },
+                    ),
+                };
+                // SAFETY: `has_packed_kernel` holds for both convs; every buffer has the size the
+                // products read and write; only the first task writes the output, and a shortcut
+                // means stride 1 with cin == cout, so the residual shares the output's layout.
+                unsafe {
+                    expand.gemm_slice(
+                        c0..c1,
+                        0..cin,
+                        x.as_ptr(),
+                        m,
+                        expanded.as_mut_ptr(),
+                        m,
+                        m,
+                        expand_epilogue,
+                    );
+                }
+                with_task_scratch(|task| {
+                    dw.run_band(c0, expanded, m, 0, h, w, 0, n, filtered, &mut task.third)
+                });
+                // SAFETY: as above.
+                unsafe {
+                    project.gemm_slice(
+                        0..cout,
+                        c0..c1,
+                        filtered.as_ptr(),
+                        n,
+                        target,
+                        n,
+                        n,
+                        project_epilogue,
+                    );
+                }
+            });
+        let partials: Vec<&[f32]> = work.iter().filter_map(|(_, _, p)| p.as_deref()).collect();
+        if !partials.is_empty() {
+            out.par_chunks_mut(n).enumerate().for_each(|(c, row)| {
+                for partial in &partials {
+                    finish_row(row, 0.0, Some(&partial[c * n..(c + 1) * n]), false);
+                }
+            });
+        }
+        drop(partials);
+        for (expanded, filtered, partial) in work {
+            pool.give(expanded);
+            pool.give(filtered);
+            if let Some(partial) = partial {
+                pool.give(partial);
+            }
+        }
+        (out, oh, ow)
+    }
+}
+
+/// Hidden tensors (in floats) worth cutting into bands: smaller ones stay in the last-level cache
+/// anyway, and their bands would be so thin that recomputing the shared input rows costs more
+/// than the memory traffic saved; they are split by channels instead, one parallel region per
+/// block. Either way beats the three layers in three parallel regions, the path left to the
+/// processors without the packed kernel. 1 M floats on AVX-512; 2 M on AVX2, where the
+/// 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 run faster split, as their bands of four
+/// rows expand half as many rows again (`cargo xtask profile --size 768x1536`, the bottleneck
+/// groups). On NEON, 1 M, the AVX-512 value, not timed on an ARM machine: small boards'
+/// last-level caches (2-4 MB) suggest no larger value; Apple's and Graviton's larger caches
+/// might take one.
+pub(super) fn fuse_above() -> usize {
+    match Isa::detected() {
+        Isa::Avx2 => 2 << 20,
+        Isa::Avx512 | Isa::Neon | Isa::Portable => 1 << 20,
+    }
+}
+
+/// Hidden channels a fused bottleneck expands at a time (a multiple of the kernels' eight-channel
+/// weight panels). On AVX2, 64: each chunk packs the band's input and re-reads its output for
+/// the projection, so chunks of 32 would do both twice as often, and 128 saves nothing more
+/// (`cargo xtask profile --size 768x1536`, bottleneck group 1). On AVX-512, 32, where 64 is no
+/// faster. On NEON 64, not timed on an ARM machine: its kernel packs strips of the input as
+/// AVX2's does, so the same count of packings is saved.
+pub(super) fn hidden_chunk() -> usize {
+    match Isa::detected() {
+        Isa::Avx2 | Isa::Neon => 64,
+        Isa::Avx512 | Isa::Portable => 32,
+    }
+}

@@ -1,0 +1,54 @@
+//! Pyramid pooling on the fused path.
+
+use super::*;
+
+/// Pyramid pooling: the input, and each bin's pooled, projected and upsampled features, concatenated
+/// and fused by the output conv.
+#[derive(Debug, Clone)]
+pub struct FusedPyramidPooling {
+    pub branches: Vec<(usize, PointwiseConv)>,
+    pub out: AnyConv,
+    pub align_corners: bool,
+}
+
+impl FusedPyramidPooling {
+    pub fn run(
+        &self,
+        x: &[f32],
+        c: usize,
+        h: usize,
+        w: usize,
+        pool: &mut BufferPool,
+    ) -> (Buffer, usize, usize) {
+        let plane = h * w;
+        let concat_channels = c + self
+            .branches
+            .iter()
+            .map(|(_, b)| b.out_channels)
+            .sum::<usize>();
+        let mut concat = pool.take(concat_channels * plane);
+        concat[..c * plane].copy_from_slice(x);
+        let mut offset = c * plane;
+        for (bin, conv) in &self.branches {
+            let mut pooled = vec![0f32; c * bin * bin];
+            pool_planes(x, h, w, &mut pooled, *bin, *bin);
+            let mut projected = vec![0f32; conv.out_channels * bin * bin];
+            conv.run(&pooled, bin * bin, &mut projected, Seed::Bias);
+            let end = offset + conv.out_channels * plane;
+            resize_planes(
+                &projected,
+                conv.out_channels,
+                *bin,
+                *bin,
+                &mut concat[offset..end],
+                h,
+                w,
+                self.align_corners,
+            );
+            offset = end;
+        }
+        let out = self.out.run(&concat, h, w, pool);
+        pool.give(concat);
+        out
+    }
+}
