@@ -4,6 +4,7 @@
 //! `fastscnn eval`.
 
 pub mod checkpoint;
+mod config;
 mod error;
 pub mod evaluation;
 pub mod loss;
@@ -14,6 +15,7 @@ pub mod schedule;
 pub mod trainable;
 pub mod trainer;
 
+pub use config::{TrainConfig, MAX_SCALE};
 pub use error::{Result, TrainError};
 pub use evaluation::{evaluate, EvalError, Evaluation};
 pub use loss::{cross_entropy, Ohem, SegmentationLoss};
@@ -21,4 +23,4 @@ pub use metrics::{ConfusionMatrix, MetricsError};
 pub use optimizer::Sgd;
 pub use schedule::PolyLr;
 pub use trainable::TrainableModel;
-pub use trainer::{Event, Runtime, StepReport, TrainConfig, Trainer, MAX_SCALE};
+pub use trainer::{Event, Runtime, StepReport, Trainer};

@@ -1,0 +1,213 @@
+//! The recipe of a run: everything that decides what it computes, saved with every checkpoint,
+//! and the checks a recipe passes before anything is built for it.
+
+use std::path::PathBuf;
+
+use fastscnn_data::AugmentConfig;
+use fastscnn_model::WeightLayout;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Scaling a frame up more than this only makes a crop of a few source pixels.
+pub const MAX_SCALE: f32 = 8.0;
+
+/// Everything that decides what a run computes; saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// `reference` or `openmmlab`: the network preset and the key names checkpoints use.
+    pub layout: String,
+    pub train_split: String,
+    /// Validation split; `None` trains without validating.
+    pub val_split: Option<String>,
+    pub iters: u64,
+    pub batch_size: usize,
+    /// Crop (height, width).
+    pub crop: (usize, usize),
+    pub scale_range: (f32, f32),
+    pub lr: f64,
+    pub power: f64,
+    pub warmup_iters: u64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub aux_weight: f64,
+    /// OHEM (threshold, minimum kept pixels), off by default.
+    pub ohem: Option<(f32, usize)>,
+    pub seed: u64,
+    /// Validate and checkpoint every this many iterations (and at the end).
+    pub val_every: u64,
+    /// Log a line every this many iterations.
+    pub log_every: u64,
+    /// Weights the run started from, if any.
+    pub init: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// The paper's recipe: batch 12, 1024x1024 crops, scale 0.5–2, SGD momentum 0.9, weight
+    /// decay 4e-5, poly LR 0.045 with power 0.9, auxiliary weight 0.4.
+    pub fn paper(iters: u64) -> Self {
+        Self {
+            layout: WeightLayout::Reference.name().into(),
+            train_split: "train".into(),
+            val_split: Some("val".into()),
+            iters,
+            batch_size: 12,
+            crop: (1024, 1024),
+            scale_range: (0.5, 2.0),
+            lr: 0.045,
+            power: 0.9,
+            warmup_iters: 0,
+            momentum: 0.9,
+            weight_decay: 4e-5,
+            aux_weight: 0.4,
+            ohem: None,
+            seed: 0,
+            val_every: 1000,
+            log_every: 10,
+            init: None,
+        }
+    }
+
+    /// Refuses a recipe that cannot run or would run out of memory, before anything is built:
+    /// a resumed run's saved recipe is checked the same way as a new one's.
+    pub(crate) fn validate(&self, max_batch_pixels: u64) -> Result<WeightLayout> {
+        let invalid = |why: String| Err(TrainError::Config(why));
+        let layout = self
+            .layout
+            .parse::<WeightLayout>()
+            .map_err(TrainError::Config)?;
+        fastscnn_data::dataset::check_split_name(&self.train_split)?;
+        if let Some(split) = &self.val_split {
+            fastscnn_data::dataset::check_split_name(split)?;
+        }
+        if self.iters == 0 {
+            return invalid("the run needs at least one iteration".into());
+        }
+        if self.batch_size == 0 {
+            return invalid("the batch size must be at least 1".into());
+        }
+        let (crop_h, crop_w) = self.crop;
+        if crop_h == 0 || crop_w == 0 {
+            return invalid(format!("crop {crop_h}x{crop_w} has no pixels"));
+        }
+        let batch_pixels = (self.batch_size as u64)
+            .saturating_mul(crop_h as u64)
+            .saturating_mul(crop_w as u64);
+        if batch_pixels > max_batch_pixels {
+            return invalid(format!(
+                "batch size {} with crop {crop_h}x{crop_w}: {} a batch, over the budget of {}",
+                self.batch_size,
+                fastscnn_data::format_pixels(batch_pixels),
+                fastscnn_data::format_pixels(max_batch_pixels),
+            ));
+        }
+        let (lo, hi) = self.scale_range;
+        if !(lo > 0.0 && lo <= hi && hi <= MAX_SCALE) {
+            return invalid(format!(
+                "scale range {lo}-{hi} is not MIN-MAX with 0 < MIN <= MAX <= {MAX_SCALE}"
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return invalid(format!("learning rate {} must be positive", self.lr));
+        }
+        for (name, value, top) in [
+            ("the LR power", self.power, f64::INFINITY),
+            ("the weight decay", self.weight_decay, f64::INFINITY),
+            ("the auxiliary weight", self.aux_weight, f64::INFINITY),
+            ("the momentum", self.momentum, 1.0),
+        ] {
+            if !(value.is_finite() && value >= 0.0 && value < top) {
+                return invalid(format!("{name} {value} is out of range"));
+            }
+        }
+        if let Some((threshold, _)) = self.ohem {
+            if !(threshold > 0.0 && threshold <= 1.0) {
+                return invalid(format!("OHEM threshold {threshold} is not in (0, 1]"));
+            }
+        }
+        if self.val_every == 0 || self.log_every == 0 {
+            return invalid("--val-every and the log interval must be at least 1".into());
+        }
+        if self.warmup_iters >= self.iters {
+            return invalid(format!(
+                "{} warm-up iterations leave nothing of a {}-iteration run",
+                self.warmup_iters, self.iters
+            ));
+        }
+        Ok(layout)
+    }
+
+    pub(crate) fn augmentation(&self) -> AugmentConfig {
+        AugmentConfig {
+            scale_range: self.scale_range,
+            ..AugmentConfig::paper(self.crop.0, self.crop.1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paper_recipe_is_the_default_and_is_checked() {
+        let c = TrainConfig::paper(1000);
+        assert_eq!(
+            (c.batch_size, c.crop, c.lr, c.momentum),
+            (12, (1024, 1024), 0.045, 0.9)
+        );
+        assert_eq!((c.weight_decay, c.aux_weight, c.power), (4e-5, 0.4, 0.9));
+        // The paper's batch: 12 crops of 1024x1024.
+        let budget = 12 << 20;
+        assert!(c.validate(budget).is_ok());
+        assert!(c.validate(budget - 1).is_err());
+        for bad in [
+            TrainConfig {
+                iters: 0,
+                ..c.clone()
+            },
+            TrainConfig {
+                lr: f64::NAN,
+                ..c.clone()
+            },
+            TrainConfig {
+                layout: "caffe".into(),
+                ..c.clone()
+            },
+            TrainConfig {
+                batch_size: 4_000_000_000,
+                ..c.clone()
+            },
+            TrainConfig {
+                crop: (0, 1024),
+                ..c.clone()
+            },
+            TrainConfig {
+                scale_range: (0.5, 1e30),
+                ..c.clone()
+            },
+            TrainConfig {
+                scale_range: (f32::NAN, 2.0),
+                ..c.clone()
+            },
+            TrainConfig {
+                momentum: 1.0,
+                ..c.clone()
+            },
+            TrainConfig {
+                weight_decay: -1.0,
+                ..c.clone()
+            },
+            TrainConfig {
+                aux_weight: f64::INFINITY,
+                ..c.clone()
+            },
+            TrainConfig {
+                ohem: Some((f32::NAN, 100)),
+                ..c.clone()
+            },
+        ] {
+            assert!(bad.validate(budget).is_err(), "{bad:?}");
+        }
+    }
+}
