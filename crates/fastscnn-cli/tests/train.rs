@@ -257,12 +257,19 @@ fn logged_steps(out: &Path) -> (Vec<u64>, Vec<u64>) {
     (text, json)
 }
 
+/// `command` as a process the test can spawn and kill: its program is the binary, or the
+/// target's runner (qemu for aarch64 on x86-64) with the binary among its arguments.
+fn spawnable(command: &Command) -> std::process::Command {
+    let mut process = std::process::Command::new(command.get_program());
+    process.args(command.get_args());
+    process
+}
+
 #[test]
 fn one_run_per_folder_at_a_time() {
     let Some((dir, root)) = setup() else { return };
     let out = dir.path().join("run");
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("fastscnn"))
-        .args(train(&root, &out).get_args())
+    let mut first = spawnable(&train(&root, &out))
         .args(["--iters", "100000", "--no-val", "--val-every", "1"])
         .stderr(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -319,8 +326,7 @@ fn killed_at_any_instant_it_resumes_to_the_same_result() {
             fresh.args(flags);
             fresh
         };
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("fastscnn"))
-            .args(command.get_args())
+        let mut child = spawnable(&command)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
