@@ -140,10 +140,9 @@ def check_agreement(binary, weights, shared, threads):
         Image.open(source).convert("RGB").resize((1536, 768), Image.BILINEAR).save(frame)
         command = [
             str(binary), "segment", str(frame), "--weights", str(weights), "--out-dir", tmp,
-            "--format", "trainid",
+            "--format", "trainid", "--threads", str(threads),
         ]
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "RAYON_NUM_THREADS": str(threads)})
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             fail(f"{' '.join(command)} failed: {done.stderr.strip()}")
         ours = np.asarray(Image.open(Path(tmp) / "frame_trainid.png"))

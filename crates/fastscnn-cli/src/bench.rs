@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Module, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_cpu::Isa;
+use fastscnn_cpu::ExecutionContext;
 use fastscnn_model::{image_to_tensor, load_rgb_image};
 use image::imageops::{self, FilterType};
 
@@ -14,7 +14,7 @@ use crate::cli::{BenchArgs, BenchMode};
 use crate::file_roles::FileRoles;
 use crate::{device, weights};
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     let (h, w) = args.size;
     if (h as u64) * (w as u64) > args.max_pixels {
         bail!(
@@ -24,18 +24,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.max_pixels
         );
     }
-    if let Some(threads) = args.threads {
-        // candle's matrix products read the variable, the direct kernels use rayon's pool.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .context("cannot size the thread pool")?;
-    }
-    let threads = rayon::current_num_threads();
+    let threads = context.threads();
     let kept = !args.fresh_outputs && fastscnn_cpu::keep_freed_memory();
     let device = device::select(args.device)?;
-    let (model, path) = weights::load_model(&args.weights, &device)?;
+    let (model, path) = weights::load_model(&args.weights, &device, context)?;
     if let Some(dest) = &args.json {
         let mut roles = FileRoles::default();
         roles.input(&path, "the weights");
@@ -50,7 +42,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         model
     };
     let engine = if model.uses_cpu_kernels() {
-        format!("fused CPU kernels ({})", Isa::detected().name())
+        format!("fused CPU kernels ({})", context.isa().name())
     } else {
         "candle ops".to_string()
     };

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fastscnn_cpu::Isa;
 
 use crate::device::DeviceArg;
 
@@ -28,6 +29,26 @@ pub enum Command {
     Train(TrainArgs),
     /// Time the network on one frame size: median and min ms per frame, fps.
     Bench(BenchArgs),
+}
+
+impl Command {
+    /// `--threads` and `--isa` of the command, when it runs the network.
+    pub fn execution(&self) -> ExecutionArgs {
+        let none = ExecutionArgs {
+            threads: None,
+            isa: None,
+        };
+        match self {
+            Command::Segment(a) => a.execution,
+            Command::Eval(a) => a.execution,
+            Command::Bench(a) => a.execution,
+            Command::Train(a) => ExecutionArgs {
+                threads: a.threads,
+                ..none
+            },
+            Command::Info(_) | Command::Prepare(_) => none,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,9 +81,8 @@ pub struct BenchArgs {
     /// scene (noise, on which the network's labels hardly vary, is a fast case).
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
-    /// Worker threads (default: all cores; at most 4 per core).
-    #[arg(long, value_parser = thread_count)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
     /// Also write `median_ms`, `min_ms`, `fps` and `peak_rss_mb` (and the setup) as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -84,6 +104,22 @@ pub struct BenchArgs {
 }
 
 /// Where the weights come from: a local file, or a Hugging Face Hub repository.
+/// Where the network runs, for the commands that run its inference.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ExecutionArgs {
+    /// Threads the network runs on (default: all cores; at most 4 per core).
+    #[arg(long, value_parser = thread_count)]
+    pub threads: Option<usize>,
+    /// The CPU kernels to run: avx512, avx2, neon or portable (default: the best this processor
+    /// has). For comparing kernels; every set gives the same results within 1e-3.
+    #[arg(long, value_parser = isa_name)]
+    pub isa: Option<Isa>,
+}
+
+fn isa_name(s: &str) -> Result<Isa, String> {
+    Isa::from_name(s).ok_or_else(|| format!("`{s}` is not one of avx512, avx2, neon, portable"))
+}
+
 #[derive(Debug, Args)]
 pub struct WeightsArgs {
     /// Checkpoint: safetensors or a PyTorch .pth/.pt, in the reference or the OpenMMLab layout
@@ -129,6 +165,8 @@ pub struct SegmentArgs {
     pub inputs: Vec<String>,
     #[command(flatten)]
     pub weights: WeightsArgs,
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
     /// Where outputs are written; created if missing.
     #[arg(long, default_value = ".")]
     pub out_dir: PathBuf,
@@ -164,6 +202,8 @@ pub struct EvalArgs {
     pub dataset_root: PathBuf,
     #[command(flatten)]
     pub weights: WeightsArgs,
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
     #[arg(long, default_value = "val")]
     pub split: String,
     /// Run the network on images scaled by this factor; scores stay at full label resolution.
@@ -203,6 +243,9 @@ pub struct TrainArgs {
     /// The run folder: checkpoints (last, best), train.log, metrics.jsonl.
     #[arg(long)]
     pub out: PathBuf,
+    /// Threads training runs on (default: all cores; at most 4 per core).
+    #[arg(long, value_parser = thread_count)]
+    pub threads: Option<usize>,
     /// Continue the run in --out from its last checkpoint, with its saved configuration (so
     /// the flags that set the recipe cannot be given with it).
     #[arg(long, conflicts_with_all = RECIPE_FLAGS)]

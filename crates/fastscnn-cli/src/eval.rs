@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use fastscnn_core::atomic_write::write_atomically;
 use fastscnn_data::{discover, DiscoverOptions, Loader, LoaderConfig, NUM_TRAIN_CLASSES};
+use fastscnn_model::ExecutionContext;
 use fastscnn_train::{evaluate, Evaluation};
 use serde_json::{json, Map, Value};
 
@@ -12,9 +13,9 @@ use crate::cli::EvalArgs;
 use crate::file_roles::FileRoles;
 use crate::{device, progress, weights};
 
-pub fn run(args: &EvalArgs) -> Result<()> {
+pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
     let device = device::select(args.device)?;
-    let (model, weights_path) = weights::load_model(&args.weights, &device)?;
+    let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
     if model.num_classes() != NUM_TRAIN_CLASSES {
         anyhow::bail!(
             "{}: the weights classify {} classes, Cityscapes is scored on {NUM_TRAIN_CLASSES}",

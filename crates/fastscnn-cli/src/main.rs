@@ -18,8 +18,9 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::Parser;
+use fastscnn_cpu::{ContextError, ExecutionContext, Isa};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, ExecutionArgs};
 
 fn main() -> ExitCode {
     report_bugs_not_user_errors_with_backtraces();
@@ -31,19 +32,46 @@ fn main() -> ExitCode {
         // defaults.
         fastscnn_cpu::keep_freed_memory();
     }
-    let result = std::panic::catch_unwind(|| match cli.command {
-        Command::Segment(args) => segment::run(&args),
-        Command::Eval(args) => eval::run(&args),
+    // --threads sizes rayon's global pool, where candle's ops run (training, the candle path),
+    // and the execution context where the fused CPU path runs its frames with the --isa
+    // kernels. Commands stay on this thread: a frame's output is allocated here, in the main
+    // arena, whose freed blocks glibc keeps for the next frame (`keep_freed_memory`); a pool
+    // thread's arena would map fresh pages for every large output.
+    let ExecutionArgs { threads, isa } = cli.command.execution();
+    if let Some(threads) = threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
+            eprintln!("error: cannot start the threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let isa = isa.unwrap_or_else(Isa::detected);
+    let context = match ExecutionContext::new(isa, threads) {
+        Ok(context) => context,
+        Err(e @ ContextError::Unsupported { .. }) => {
+            eprintln!("error: --isa {}: {e}", isa.name());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {
+        Command::Segment(args) => segment::run(&args, &context),
+        Command::Eval(args) => eval::run(&args, &context),
         Command::Info(args) => info::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Train(args) => train::run(&args),
-        Command::Bench(args) => bench::run(&args),
-    });
+        Command::Bench(args) => bench::run(&args, &context),
+    }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(error)) => {
             // One line: the whole context chain, outermost first.
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             // A worker thread's panic comes back as an error of its own ("a worker stopped");
             // what it said is a bug to report.
             if let Some(panic) = last_panic() {
@@ -68,19 +96,38 @@ fn last_panic() -> Option<String> {
 /// panic reaches it: one report, after the progress bars are gone.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
-/// A user error (a bad file, a bad flag) is one line whatever `RUST_BACKTRACE` says; a panic is
-/// a bug and keeps its backtrace when one was asked for.
-///
-/// candle and anyhow capture a backtrace into every error when the variable is set, and candle's
-/// errors print it with their message. Both read the variable once, at their first capture, so
-/// removing it before any work is done keeps backtraces out of user errors; the panic hook
-/// captures its own when the user had asked for one.
+/// The error and its causes, outermost first, on one line: `{:#}`, but for candle's errors,
+/// which print the backtrace they captured (when `RUST_BACKTRACE` is set) and their context on
+/// lines of their own.
+fn one_line(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
+            Some(candle) => plain(candle),
+            None => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// A candle error's message without its backtrace, its context and path before it on the line.
+fn plain(error: &candle_core::Error) -> String {
+    use candle_core::Error;
+    match error {
+        Error::WithBacktrace { inner, .. } => plain(inner),
+        Error::Context { inner, context } => format!("{context}: {}", plain(inner)),
+        Error::WithPath { inner, path } => format!("{}: {}", path.display(), plain(inner)),
+        Error::WrappedContext { wrapped, context } => format!("{context}: {wrapped}"),
+        other => other.to_string(),
+    }
+}
+
+/// A user error (a bad file, a bad flag) is one line whatever `RUST_BACKTRACE` says
+/// ([`one_line`]); a panic is a bug and keeps its backtrace when one was asked for.
 fn report_bugs_not_user_errors_with_backtraces() {
     let wanted = ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"]
         .iter()
         .any(|var| std::env::var(var).is_ok_and(|v| v != "0"));
-    std::env::remove_var("RUST_BACKTRACE");
-    std::env::remove_var("RUST_LIB_BACKTRACE");
     std::panic::set_hook(Box::new(move |info| {
         let mut message = info.to_string();
         if wanted {

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
 use fastscnn_data::augment::resize_image;
 use fastscnn_data::{label_id_image, train_id_image, Palette, NUM_TRAIN_CLASSES};
-use fastscnn_model::{image_to_tensor, load_rgb_image_within};
+use fastscnn_model::{image_to_tensor, load_rgb_image_within, ExecutionContext};
 use image::{ImageFormat, RgbImage};
 
 use crate::cli::{OutputFormat, SegmentArgs};
@@ -24,7 +24,7 @@ const CONCRETE_FORMATS: [OutputFormat; 4] = [
     OutputFormat::Labelid,
 ];
 
-pub fn run(args: &SegmentArgs) -> Result<()> {
+pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
     let images = inputs::expand(&args.inputs)?;
     for (flag, given) in [
         ("--probs", args.probs.is_some()),
@@ -41,7 +41,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     }
     let alpha = args.overlay_alpha.unwrap_or(0.5);
     let device = device::select(args.device)?;
-    let (model, weights_path) = weights::load_model(&args.weights, &device)?;
+    let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
     let classes = model.num_classes();
     // 255 is "ignore" in a train-id map.
     if classes > 255 {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
-use fastscnn_model::{default_weights_path, FastScnn, LoadOptions};
+use fastscnn_model::{default_weights_path, ExecutionContext, FastScnn, LoadOptions};
 
 use crate::cli::WeightsArgs;
 use crate::hub;
@@ -28,10 +28,15 @@ pub fn resolve(args: &WeightsArgs) -> Result<PathBuf> {
 }
 
 /// The network the checkpoint describes, BatchNorm folded, on `device`.
-pub fn load_model(args: &WeightsArgs, device: &Device) -> Result<(FastScnn, PathBuf)> {
+pub fn load_model(
+    args: &WeightsArgs,
+    device: &Device,
+    context: &ExecutionContext,
+) -> Result<(FastScnn, PathBuf)> {
     let path = resolve(args)?;
     let options = LoadOptions {
         device: device.clone(),
+        context: Some(context.clone()),
         ..Default::default()
     };
     let model = FastScnn::from_file(&path, &options)?;

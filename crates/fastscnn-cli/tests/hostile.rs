@@ -246,6 +246,17 @@ fn flags_without_effect_or_out_of_range_are_refused() {
         fastscnn().args(["bench", "--iters", "1000000000000"]),
         "--iters",
     );
+    assert_usage_error(fastscnn().args(["bench", "--isa", "sse9"]), "--isa");
+    // Kernels this processor cannot run: NEON on x86-64, AVX-512 on aarch64 (and on x86-64
+    // machines without it).
+    let missing = ["neon", "avx512"].into_iter().find(|name| {
+        !fastscnn_cpu::Isa::available()
+            .iter()
+            .any(|isa| isa.name() == *name)
+    });
+    if let Some(name) = missing {
+        assert_clean_failure(fastscnn().args(["bench", "--isa", name]), "--isa");
+    }
     assert_usage_error(
         segment(&image, &golden.join(WEIGHTS), dir.path()).args(["--input-scale", "NaN"]),
         "--input-scale",

@@ -29,6 +29,7 @@
 mod allocator;
 mod blocks;
 mod buffers;
+mod context;
 mod dense;
 mod depthwise;
 mod epilogue;
@@ -52,6 +53,7 @@ pub use blocks::{
     SeparableConv, StemSeparable,
 };
 pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
+pub use context::{ContextError, ExecutionContext};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
 pub use packed_gemm::PackedWeights;

@@ -67,10 +67,12 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// The weights packed for the processor's kernel, or `None` when this crate has none for it
-    /// (the `gemm` crate runs the product there).
+    /// The weights packed for the kernel of the instruction set this thread runs
+    /// ([`Isa::current`]), or `None` when this crate has none for it (the `gemm` crate runs the
+    /// product there). The weights keep their instruction set: they run on its kernel wherever
+    /// they are used.
     pub fn for_this_processor(weight: &[f32], out_channels: usize, depth: usize) -> Option<Self> {
-        match Isa::detected() {
+        match Isa::current() {
             isa @ (Isa::Avx512 | Isa::Avx2 | Isa::Neon) => {
                 Some(Self::new(weight, out_channels, depth, isa))
             }

@@ -7,6 +7,7 @@
 //! aarch64 NEON and FMA are part of the base target, so the portable copy already uses them; what
 //! [`Isa::Neon`] adds there is this crate's NEON matrix kernel and the fused blocks built on it.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// The instruction sets a kernel has a compiled copy for, best first. More may come (SVE, say),
@@ -42,6 +43,31 @@ impl Isa {
         })
     }
 
+    /// The instruction set the kernels running on this thread use: that of the
+    /// [`crate::ExecutionContext`] whose pool the thread belongs to, else [`Isa::detected`].
+    #[inline]
+    pub fn current() -> Isa {
+        POOL_ISA.with(Cell::get).unwrap_or_else(Isa::detected)
+    }
+
+    /// Every instruction set this processor can run the kernels on, best first (the portable
+    /// code last, always there).
+    pub fn available() -> Vec<Isa> {
+        match Self::best_supported() {
+            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
+            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
+            Isa::Neon => vec![Isa::Neon, Isa::Portable],
+            Isa::Portable => vec![Isa::Portable],
+        }
+    }
+
+    /// The set `name` (`avx512`, `avx2`, `neon`, `portable`) names.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable]
+            .into_iter()
+            .find(|isa| isa.name() == name)
+    }
+
     fn best_supported() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
@@ -66,6 +92,17 @@ impl Isa {
             Isa::Portable => "portable",
         }
     }
+}
+
+thread_local! {
+    /// The instruction set of the execution context whose pool this thread is a worker of.
+    static POOL_ISA: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as running kernels on `isa`: each worker of an execution context's pool,
+/// as it starts.
+pub(crate) fn set_thread_isa(isa: Isa) {
+    POOL_ISA.with(|cell| cell.set(Some(isa)));
 }
 
 /// `a * b + c`, fused into one instruction where the compiled copy has FMA, two otherwise (a fused
@@ -117,7 +154,7 @@ macro_rules! dispatch {
                 unsafe fn avx2($($arg: $ty),*) {
                     $body::<$crate::simd::Fused>($($arg),*)
                 }
-                match $crate::simd::Isa::detected() {
+                match $crate::simd::Isa::current() {
                     // SAFETY: `Isa::detected` reports only features the processor has.
                     $crate::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     $crate::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_cpu::{
     output_vec, resize_argmax_planes, resize_argmax_scratch_len, resize_planes_uninit,
-    softmax_planes, zeroed_vec, Buffer, BufferPool, DenseConv, FusedBottleneck, FusedClassifier,
-    FusedFeatureFusion, FusedPyramidPooling, SeparableConv, StemSeparable,
+    softmax_planes, zeroed_vec, Buffer, BufferPool, DenseConv, ExecutionContext, FusedBottleneck,
+    FusedClassifier, FusedFeatureFusion, FusedPyramidPooling, SeparableConv, StemSeparable,
 };
 
 use crate::cpu_blocks::FromLayer;
@@ -45,6 +45,8 @@ pub(crate) struct CpuInference {
     classifier: FusedClassifier,
     align_corners: bool,
     pub(crate) pool: Mutex<BufferPool>,
+    /// Where the frames run; `None`: the thread pool of the caller.
+    context: Option<ExecutionContext>,
 }
 
 impl CpuInference {
@@ -54,24 +56,42 @@ impl CpuInference {
         fusion: &crate::stages::FeatureFusion,
         classifier: &crate::stages::Classifier,
         align_corners: bool,
+        context: Option<&ExecutionContext>,
     ) -> Result<Self> {
-        Ok(Self {
-            stem: StemSeparable {
-                stem: DenseConv::from_layer(ltd.stem())?,
-                dsconv: SeparableConv::from_layer(ltd.dsconv1())?,
-            },
-            dsconv2: SeparableConv::from_layer(ltd.dsconv2())?,
-            groups: gfe
-                .groups()
-                .iter()
-                .map(|g| g.iter().map(FusedBottleneck::from_layer).collect())
-                .collect::<Result<_>>()?,
-            ppm: FusedPyramidPooling::from_layer(gfe.pyramid_pooling())?,
-            fusion: FusedFeatureFusion::from_layer(fusion)?,
-            classifier: FusedClassifier::from_layer(classifier)?,
-            align_corners,
-            pool: Mutex::new(BufferPool::default()),
-        })
+        // Built in the context, so that the 1x1 weights are packed for its instruction set.
+        let build = || -> Result<Self> {
+            Ok(Self {
+                stem: StemSeparable {
+                    stem: DenseConv::from_layer(ltd.stem())?,
+                    dsconv: SeparableConv::from_layer(ltd.dsconv1())?,
+                },
+                dsconv2: SeparableConv::from_layer(ltd.dsconv2())?,
+                groups: gfe
+                    .groups()
+                    .iter()
+                    .map(|g| g.iter().map(FusedBottleneck::from_layer).collect())
+                    .collect::<Result<_>>()?,
+                ppm: FusedPyramidPooling::from_layer(gfe.pyramid_pooling())?,
+                fusion: FusedFeatureFusion::from_layer(fusion)?,
+                classifier: FusedClassifier::from_layer(classifier)?,
+                align_corners,
+                pool: Mutex::new(BufferPool::default()),
+                context: context.cloned(),
+            })
+        };
+        match context {
+            Some(context) => context.install(build),
+            None => build(),
+        }
+    }
+
+    /// Runs `op` on a thread of the context's pool (or of the caller's), its parallel loops then
+    /// starting and ending among the pool's own threads.
+    fn on_pool<R: Send>(&self, op: impl FnOnce() -> R + Send) -> R {
+        match &self.context {
+            Some(context) => context.install(op),
+            None => rayon::scope(|_| op()),
+        }
     }
 
     pub(crate) fn num_classes(&self) -> usize {
@@ -146,7 +166,7 @@ impl CpuInference {
                 let len = n * classes * h * w;
                 let mut logits = output_vec::<f32>(len);
                 let planes = logits.spare_capacity_mut()[..len].chunks_exact_mut(classes * h * w);
-                rayon::scope(|_| -> Result<()> {
+                self.on_pool(|| -> Result<()> {
                     for (image, out) in images.zip(planes) {
                         self.logits_frame(image, (h, w), output, out, pool, &mut stage)?;
                     }
@@ -158,7 +178,7 @@ impl CpuInference {
             }
             Output::Labels => {
                 let mut labels = zeroed_vec::<u32>(n * h * w);
-                rayon::scope(|_| -> Result<()> {
+                self.on_pool(|| -> Result<()> {
                     for (image, out) in images.zip(labels.chunks_exact_mut(h * w)) {
                         self.labels_frame(image, h, w, out, pool, &mut stage)?;
                     }

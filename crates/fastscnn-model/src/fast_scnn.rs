@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use fastscnn_core::layers::{BatchNormMode, Mode, NormOptions};
-
-use crate::stages::{AuxHead, Classifier, FeatureFusion};
 use fastscnn_core::ops::{resize_argmax, resize_bilinear};
+use fastscnn_cpu::ExecutionContext;
 
 use crate::cpu_inference::CpuInference;
 use crate::error::Result;
-use crate::stages::GlobalFeatureExtractor;
-use crate::stages::LearningToDownsample;
+use crate::stages::{
+    AuxHead, Classifier, FeatureFusion, GlobalFeatureExtractor, LearningToDownsample,
+};
 use crate::weights::WeightFile;
 use crate::{AuxSource, FastScnnConfig};
 
@@ -24,6 +24,10 @@ pub struct LoadOptions {
     pub batch_norm: BatchNormMode,
     pub dtype: DType,
     pub device: Device,
+    /// Where the fused CPU path runs: its instruction set and threads. `None`: the thread pool
+    /// the calls are made in (rayon's global one unless the caller installed another), with the
+    /// instruction set of that pool's context, or the processor's best.
+    pub context: Option<ExecutionContext>,
 }
 
 impl Default for LoadOptions {
@@ -32,6 +36,7 @@ impl Default for LoadOptions {
             batch_norm: BatchNormMode::Folded,
             dtype: DType::F32,
             device: Device::Cpu,
+            context: None,
         }
     }
 }
@@ -65,6 +70,8 @@ pub struct FastScnn {
     /// The fused CPU path `forward` and `predict` take for f32 CPU inputs; built from the weights
     /// above, so absent while they can still change (training, unfolded BatchNorm).
     cpu: Option<Arc<CpuInference>>,
+    /// Where the fused CPU path runs.
+    context: Option<ExecutionContext>,
 }
 
 impl FastScnn {
@@ -119,6 +126,7 @@ impl FastScnn {
             )?,
             aux_heads,
             cpu: None,
+            context: None,
         })
     }
 
@@ -135,9 +143,10 @@ impl FastScnn {
             mode: options.batch_norm,
             eps: config.bn_eps,
         };
-        let model = weights.build(config.layout, options.dtype, &options.device, |vb| {
+        let mut model = weights.build(config.layout, options.dtype, &options.device, |vb| {
             Self::new(&config, norm, vb)
         })?;
+        model.context = options.context.clone();
         let fast_path = options.device.is_cpu()
             && options.dtype == DType::F32
             && options.batch_norm == BatchNormMode::Folded;
@@ -155,11 +164,24 @@ impl FastScnn {
                 &self.feature_fusion,
                 &self.classifier,
                 self.config.align_corners,
+                self.context.as_ref(),
             )?))
         } else {
             None
         };
         Ok(self)
+    }
+
+    /// Runs the fused CPU path in `context` from now on: its instruction set's kernels on its
+    /// threads (the blocks are built again for them).
+    pub fn with_execution_context(mut self, context: ExecutionContext) -> Result<Self> {
+        self.context = Some(context);
+        let enabled = self.cpu.is_some();
+        self.with_cpu_kernels(enabled)
+    }
+
+    pub fn execution_context(&self) -> Option<&ExecutionContext> {
+        self.context.as_ref()
     }
 
     /// Whether every BatchNorm was folded into its convolution at load time.

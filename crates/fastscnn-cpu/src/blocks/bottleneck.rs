@@ -280,7 +280,7 @@ impl FusedBottleneck {
 /// last-level caches (2-4 MB) suggest no larger value; Apple's and Graviton's larger caches
 /// might take one.
 pub(super) fn fuse_above() -> usize {
-    match Isa::detected() {
+    match Isa::current() {
         Isa::Avx2 => 2 << 20,
         Isa::Avx512 | Isa::Neon | Isa::Portable => 1 << 20,
     }
@@ -293,7 +293,7 @@ pub(super) fn fuse_above() -> usize {
 /// faster. On NEON 64, not timed on an ARM machine: its kernel packs strips of the input as
 /// AVX2's does, so the same count of packings is saved.
 pub(super) fn hidden_chunk() -> usize {
-    match Isa::detected() {
+    match Isa::current() {
         Isa::Avx2 | Isa::Neon => 64,
         Isa::Avx512 | Isa::Portable => 32,
     }

@@ -124,13 +124,13 @@ impl DepthwiseConv {
         let band = Band { plane, r0, h, w };
         if self.stride == 1 {
             #[cfg(target_arch = "x86_64")]
-            if w <= NARROW && Isa::detected() == Isa::Avx512 {
+            if w <= NARROW && Isa::current() == Isa::Avx512 {
                 // SAFETY: the processor has AVX-512F.
                 unsafe { stride1_avx512(band, oy0, taps, bias, relu, out) };
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if w <= WIDE && Isa::detected() == Isa::Avx2 {
+            if w <= WIDE && Isa::current() == Isa::Avx2 {
                 // SAFETY: the processor has AVX2 and FMA; the row fits the zero row.
                 unsafe { stride1_avx2(band, oy0, taps, bias, relu, out) };
                 return;
@@ -146,13 +146,13 @@ impl DepthwiseConv {
             // The input rows split by row and column parity into four planes of `rows + 1`
             // rows of `ow`, where every tap of the band is one flat run.
             #[cfg(target_arch = "x86_64")]
-            if w <= NARROW && Isa::detected() == Isa::Avx512 {
+            if w <= NARROW && Isa::current() == Isa::Avx512 {
                 // SAFETY: the processor has AVX-512F.
                 unsafe { stride2_avx512(band, oy0, ow, taps, bias, relu, out) };
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if w <= WIDE && Isa::detected() == Isa::Avx2 {
+            if w <= WIDE && Isa::current() == Isa::Avx2 {
                 // SAFETY: the processor has AVX2 and FMA; the row fits the zero row.
                 unsafe { stride2_avx2(band, oy0, ow, taps, bias, relu, out) };
                 return;

@@ -233,7 +233,7 @@ pub fn resize_argmax_planes(
     let rows = row_taps(h, oh, align_corners);
     let chunks = ow.div_ceil(ARGMAX_COLUMNS);
     #[cfg(target_arch = "x86_64")]
-    let avx2 = Isa::detected() == Isa::Avx2;
+    let avx2 = Isa::current() == Isa::Avx2;
     labels
         .par_chunks_mut(rows_per_task * ow)
         .zip(scratch.par_chunks_mut(pair))
@@ -420,7 +420,7 @@ pub(super) fn source_labels(scores: &[f32], classes: usize, labels: &mut [f32]) 
             for (b, labels) in labels.chunks_mut(ARGMAX_BLOCK).enumerate() {
                 let p = task * SOURCE_LABELS_TASK + b * ARGMAX_BLOCK;
                 #[cfg(target_arch = "x86_64")]
-                if labels.len() == ARGMAX_BLOCK && Isa::detected() == Isa::Avx2 {
+                if labels.len() == ARGMAX_BLOCK && Isa::current() == Isa::Avx2 {
                     // SAFETY: the processor has AVX2; every class plane holds p..p + the block.
                     unsafe { source_block_avx2(scores, classes, plane, p, labels) };
                     continue;

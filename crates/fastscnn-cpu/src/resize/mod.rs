@@ -71,7 +71,7 @@ impl Columns {
             w1: taps.iter().map(|t| t.3).collect(),
             w,
             #[cfg(target_arch = "x86_64")]
-            windows: match Isa::detected() {
+            windows: match Isa::current() {
                 Isa::Avx512 => Windows::new(&taps, WINDOW, 2 * WINDOW),
                 Isa::Avx2 => Windows::new(&taps, WINDOW_AVX2, WINDOW_AVX2),
                 Isa::Neon | Isa::Portable => None,
@@ -159,7 +159,7 @@ fn horizontal_rows(
     );
     #[cfg(target_arch = "x86_64")]
     if let Some(windows) = &columns.windows {
-        match Isa::detected() {
+        match Isa::current() {
             // SAFETY: the processor has AVX-512F, and `windows` were built for it.
             Isa::Avx512 => {
                 return unsafe { horizontal_windows(input, columns, windows, rows, spans, out) }
@@ -450,7 +450,7 @@ pub fn resize_planes_uninit(
                     let (top, bottom) = (&scratch[y0 * ow..][..ow], &scratch[y1 * ow..][..ow]);
                     #[cfg(target_arch = "x86_64")]
                     if streaming {
-                        match Isa::detected() {
+                        match Isa::current() {
                             // SAFETY: the processor has AVX-512F.
                             Isa::Avx512 => unsafe {
                                 blend_streaming(top, bottom, wy0, wy1, out_row)
