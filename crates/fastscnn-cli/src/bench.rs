@@ -24,7 +24,6 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
             args.max_pixels
         );
     }
-    let threads = context.threads();
     let kept = !args.fresh_outputs && fastscnn_cpu::keep_freed_memory();
     let device = device::select(args.device)?;
     let (model, path) = weights::load_model(&args.weights, &device, context)?;
@@ -41,10 +40,14 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     } else {
         model
     };
-    let engine = if model.uses_cpu_kernels() {
-        format!("fused CPU kernels ({})", context.isa().name())
+    weights::check_isa_applies(args.execution.isa, &model)?;
+    // candle's own operations size themselves from RAYON_NUM_THREADS, not from the context.
+    let (engine, threads) = if model.uses_cpu_kernels() {
+        let engine = format!("fused CPU kernels ({})", context.isa().name());
+        (engine, context.threads())
     } else {
-        "candle ops".to_string()
+        let threads = candle_core::utils::get_num_threads();
+        ("candle ops".to_string(), threads)
     };
     // Noise by default: no file needed; but the network labels noise almost uniformly, which
     // makes the label map faster than on a real frame.

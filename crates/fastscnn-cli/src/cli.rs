@@ -103,11 +103,12 @@ pub struct BenchArgs {
     pub max_pixels: u64,
 }
 
-/// Where the weights come from: a local file, or a Hugging Face Hub repository.
 /// Where the network runs, for the commands that run its inference.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct ExecutionArgs {
-    /// Threads the network runs on (default: all cores; at most 4 per core).
+    /// Threads the fused CPU path and rayon's pool run on (default: all cores; at most 4 per
+    /// core). candle's own operations (`bench --candle-ops`, GPUs' CPU side) follow
+    /// RAYON_NUM_THREADS.
     #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// The CPU kernels to run: avx512, avx2, neon or portable (default: the best this processor
@@ -120,6 +121,7 @@ fn isa_name(s: &str) -> Result<Isa, String> {
     Isa::from_name(s).ok_or_else(|| format!("`{s}` is not one of avx512, avx2, neon, portable"))
 }
 
+/// Where the weights come from: a local file, or a Hugging Face Hub repository.
 #[derive(Debug, Args)]
 pub struct WeightsArgs {
     /// Checkpoint: safetensors or a PyTorch .pth/.pt, in the reference or the OpenMMLab layout
@@ -243,7 +245,8 @@ pub struct TrainArgs {
     /// The run folder: checkpoints (last, best), train.log, metrics.jsonl.
     #[arg(long)]
     pub out: PathBuf,
-    /// Threads training runs on (default: all cores; at most 4 per core).
+    /// Threads of rayon's pool, where this project's training ops run (default: all cores; at
+    /// most 4 per core). candle's own operations follow RAYON_NUM_THREADS.
     #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Continue the run in --out from its last checkpoint, with its saved configuration (so

@@ -16,6 +16,7 @@ use crate::{device, progress, weights};
 pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
     let device = device::select(args.device)?;
     let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
+    weights::check_isa_applies(args.execution.isa, &model)?;
     if model.num_classes() != NUM_TRAIN_CLASSES {
         anyhow::bail!(
             "{}: the weights classify {} classes, Cityscapes is scored on {NUM_TRAIN_CLASSES}",

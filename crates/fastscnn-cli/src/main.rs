@@ -32,12 +32,12 @@ fn main() -> ExitCode {
         // defaults.
         fastscnn_cpu::keep_freed_memory();
     }
-    // --threads sizes rayon's global pool, where candle's ops run (training, the candle path),
-    // and the execution context where the fused CPU path runs its frames with the --isa
-    // kernels. Commands stay on this thread: a frame's output is allocated here, in the main
-    // arena, whose freed blocks glibc keeps for the next frame (`keep_freed_memory`); a pool
-    // thread's arena would map fresh pages for every large output.
-    let ExecutionArgs { threads, isa } = cli.command.execution();
+    // --threads sizes rayon's global pool, where this project's ops run under candle
+    // (training, the candle path), and the execution context where the fused CPU path runs its
+    // frames with the --isa kernels. Commands stay on this thread: a frame's output is allocated
+    // here, in the main arena, whose freed blocks glibc keeps for the next frame
+    // (`keep_freed_memory`); a pool thread's arena would map fresh pages for every large output.
+    let ExecutionArgs { threads, .. } = cli.command.execution();
     if let Some(threads) = threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -47,25 +47,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let isa = isa.unwrap_or_else(Isa::detected);
-    let context = match ExecutionContext::new(isa, threads) {
-        Ok(context) => context,
-        Err(e @ ContextError::Unsupported { .. }) => {
-            eprintln!("error: --isa {}: {e}", isa.name());
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {
-        Command::Segment(args) => segment::run(&args, &context),
-        Command::Eval(args) => eval::run(&args, &context),
+        Command::Segment(args) => {
+            execution_context(args.execution).and_then(|c| segment::run(&args, &c))
+        }
+        Command::Eval(args) => execution_context(args.execution).and_then(|c| eval::run(&args, &c)),
         Command::Info(args) => info::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Train(args) => train::run(&args),
-        Command::Bench(args) => bench::run(&args, &context),
+        Command::Bench(args) => {
+            execution_context(args.execution).and_then(|c| bench::run(&args, &c))
+        }
     }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -96,18 +88,32 @@ fn last_panic() -> Option<String> {
 /// panic reaches it: one report, after the progress bars are gone.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
+/// The execution context of `--threads` and `--isa`.
+fn execution_context(args: ExecutionArgs) -> anyhow::Result<ExecutionContext> {
+    let isa = args.isa.unwrap_or_else(Isa::detected);
+    ExecutionContext::new(isa, args.threads).map_err(|e| match e {
+        ContextError::Unsupported { .. } => anyhow::anyhow!("--isa {}: {e}", isa.name()),
+        e => e.into(),
+    })
+}
+
 /// The error and its causes, outermost first, on one line: `{:#}`, but for candle's errors,
 /// which print the backtrace they captured (when `RUST_BACKTRACE` is set) and their context on
-/// lines of their own.
+/// lines of their own, also through the errors that wrap them and print their text: of every
+/// cause, its first line.
 fn one_line(error: &anyhow::Error) -> String {
     error
         .chain()
         .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
             Some(candle) => plain(candle),
-            None => cause.to_string(),
+            None => first_line(&cause.to_string()).to_string(),
         })
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// A candle error's message without its backtrace, its context and path before it on the line.
@@ -118,7 +124,7 @@ fn plain(error: &candle_core::Error) -> String {
         Error::Context { inner, context } => format!("{context}: {}", plain(inner)),
         Error::WithPath { inner, path } => format!("{}: {}", path.display(), plain(inner)),
         Error::WrappedContext { wrapped, context } => format!("{context}: {wrapped}"),
-        other => other.to_string(),
+        other => first_line(&other.to_string()).to_string(),
     }
 }
 
@@ -137,4 +143,38 @@ fn report_bugs_not_user_errors_with_backtraces() {
             *last = Some(message);
         }
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a library error wrapping candle's looks like when it prints candle's text.
+    #[derive(Debug)]
+    struct Wrapper(candle_core::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "model.safetensors: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {}
+
+    #[test]
+    fn errors_print_on_one_line_without_candle_backtraces() {
+        let candle = || candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let direct = anyhow::Error::new(candle()).context("loading");
+        assert_eq!(one_line(&direct), "loading: shape mismatch");
+        let wrapped = anyhow::Error::new(Wrapper(candle())).context("loading");
+        assert_eq!(
+            one_line(&wrapped),
+            "loading: model.safetensors: shape mismatch"
+        );
+        let context = candle_core::Error::Msg("bad".into()).context("reading x");
+        assert_eq!(one_line(&anyhow::Error::new(context)), "reading x: bad");
+    }
 }

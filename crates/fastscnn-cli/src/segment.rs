@@ -42,6 +42,7 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
     let alpha = args.overlay_alpha.unwrap_or(0.5);
     let device = device::select(args.device)?;
     let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
+    weights::check_isa_applies(args.execution.isa, &model)?;
     let classes = model.num_classes();
     // 255 is "ignore" in a train-id map.
     if classes > 255 {

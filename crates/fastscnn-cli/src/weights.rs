@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
-use fastscnn_model::{default_weights_path, ExecutionContext, FastScnn, LoadOptions};
+use fastscnn_model::{default_weights_path, ExecutionContext, FastScnn, Isa, LoadOptions};
 
 use crate::cli::WeightsArgs;
 use crate::hub;
@@ -41,4 +41,17 @@ pub fn load_model(
     };
     let model = FastScnn::from_file(&path, &options)?;
     Ok((model, path))
+}
+
+/// `--isa` chooses the kernels of the fused CPU path: refused for a model that runs through
+/// candle's ops (a GPU, `--candle-ops`), where it would change nothing.
+pub fn check_isa_applies(isa: Option<Isa>, model: &FastScnn) -> Result<()> {
+    match isa {
+        Some(isa) if !model.uses_cpu_kernels() => bail!(
+            "--isa {}: the network runs through candle's ops here (a GPU or --candle-ops), which \
+             take no instruction set",
+            isa.name()
+        ),
+        _ => Ok(()),
+    }
 }

@@ -257,6 +257,22 @@ fn flags_without_effect_or_out_of_range_are_refused() {
     if let Some(name) = missing {
         assert_clean_failure(fastscnn().args(["bench", "--isa", name]), "--isa");
     }
+    // Kernels chosen for a network that runs through candle's ops.
+    let weights = golden.join(WEIGHTS);
+    assert_clean_failure(
+        fastscnn()
+            .args([
+                "bench",
+                "--size",
+                "64x128",
+                "--candle-ops",
+                "--isa",
+                "portable",
+            ])
+            .arg("--weights")
+            .arg(&weights),
+        "--isa",
+    );
     assert_usage_error(
         segment(&image, &golden.join(WEIGHTS), dir.path()).args(["--input-scale", "NaN"]),
         "--input-scale",

@@ -24,9 +24,13 @@ pub struct LoadOptions {
     pub batch_norm: BatchNormMode,
     pub dtype: DType,
     pub device: Device,
-    /// Where the fused CPU path runs: its instruction set and threads. `None`: the thread pool
-    /// the calls are made in (rayon's global one unless the caller installed another), with the
-    /// instruction set of that pool's context, or the processor's best.
+    /// Where the fused CPU path runs: its instruction set and threads. `None`: the 1x1 weights
+    /// are packed for the instruction set of the thread that loads the model ([`Isa::current`]:
+    /// the processor's best outside any context), whose kernels they then always run on, and the
+    /// frames run in the thread pool the calls are made in (rayon's global one unless the caller
+    /// installed another).
+    ///
+    /// [`Isa::current`]: fastscnn_cpu::Isa::current
     pub context: Option<ExecutionContext>,
 }
 
