@@ -15,7 +15,7 @@ use fastscnn_core::ops::{depthwise_conv2d, resize_argmax, resize_bilinear};
 use fastscnn_core::testing::region_scores;
 use fastscnn_cpu::{
     resize_argmax_planes, resize_argmax_scratch_len, resize_planes, zeroed_vec, BufferPool,
-    DenseConv, DepthwiseConv, FusedBottleneck, Seed, SeparableConv, StemSeparable,
+    DenseConv, DepthwiseConv, FusedBottleneck, MapView, Seed, SeparableConv, StemSeparable,
 };
 use fastscnn_model::cpu_blocks::{pointwise_from_conv, FromLayer};
 use fastscnn_model::stages::LinearBottleneck;
@@ -180,7 +180,7 @@ fn stem_separable(c: &mut Criterion) {
     });
     group.bench_function("fused", |b| {
         b.iter(|| {
-            let (out, _, _) = fused.run(&input, h, w, &mut pool);
+            let out = fused.run(MapView::new(&input, 3, h, w), &mut pool);
             pool.give(out);
         })
     });
@@ -199,7 +199,7 @@ fn bottleneck(c: &mut Criterion) {
     group.bench_function("candle_layers", |b| b.iter(|| layer.forward(&x).unwrap()));
     group.bench_function("fused", |b| {
         b.iter(|| {
-            let (out, _, _) = fused.run(&input, H, W, &mut pool);
+            let out = fused.run(MapView::new(&input, 64, H, W), &mut pool);
             pool.give(out);
         })
     });

@@ -128,8 +128,9 @@ impl BufferPool {
         Buffer { data, len }
     }
 
-    pub fn give(&mut self, buffer: Buffer) {
-        self.free.push(buffer.data);
+    /// Takes back a buffer, or a [`FeatureMap`](crate::FeatureMap)'s, for the next `take`.
+    pub fn give(&mut self, buffer: impl Into<Buffer>) {
+        self.free.push(buffer.into().data);
     }
 
     /// Floats held by the free buffers.

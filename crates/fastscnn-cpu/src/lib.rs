@@ -20,7 +20,7 @@
 //! - the final upsampling is separable and can end in the argmax without storing the logits
 //!   ([`resize_planes`], [`resize_argmax_planes`]), or in a one-pass softmax
 //!   ([`softmax_planes`]);
-//! - feature maps come from a [`BufferPool`] that outlives the frame.
+//! - feature maps ([`FeatureMap`]) come from a [`BufferPool`] that outlives the frame.
 //! - outputs are written once, into memory the allocator may have kept from the previous frame
 //!   ([`output_vec`], and [`keep_freed_memory`] for a process that wants it kept).
 //!
@@ -33,6 +33,7 @@ mod context;
 mod dense;
 mod depthwise;
 mod epilogue;
+mod feature_map;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx2;
 #[cfg(target_arch = "x86_64")]
@@ -56,6 +57,7 @@ pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use context::{ContextError, ExecutionContext};
 pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
+pub use feature_map::{FeatureMap, MapView};
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use real::Real;

@@ -6,16 +6,18 @@
 
 use std::mem::MaybeUninit;
 use std::sync::{Mutex, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
 use fastscnn_cpu::{
     output_vec, resize_argmax_planes, resize_argmax_scratch_len, resize_planes_uninit,
-    softmax_planes, zeroed_vec, Buffer, BufferPool, DenseConv, ExecutionContext, FusedBottleneck,
-    FusedClassifier, FusedFeatureFusion, FusedPyramidPooling, SeparableConv, StemSeparable,
+    softmax_planes, zeroed_vec, BufferPool, DenseConv, ExecutionContext, FeatureMap,
+    FusedBottleneck, FusedClassifier, FusedFeatureFusion, FusedPyramidPooling, MapView,
+    SeparableConv, StemSeparable,
 };
 
 use crate::cpu_blocks::FromLayer;
+use crate::stages::plan::{run_plan, Stage, StageExecutor, StageTimer};
 use crate::stages::GlobalFeatureExtractor;
 use crate::stages::LearningToDownsample;
 
@@ -100,17 +102,17 @@ impl CpuInference {
 
     /// Logits (N, C, H, W) for an (N, 3, H, W) f32 CPU tensor that [`crate::FastScnn`] checked.
     pub(crate) fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, Output::Logits, &mut |_, _| {})
+        self.run(x, Output::Logits, None)
     }
 
     /// Per-pixel class probabilities (N, C, H, W).
     pub(crate) fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, Output::Probabilities, &mut |_, _| {})
+        self.run(x, Output::Probabilities, None)
     }
 
     /// The label map (N, H, W) u32.
     pub(crate) fn labels(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, Output::Labels, &mut |_, _| {})
+        self.run(x, Output::Labels, None)
     }
 
     /// [`Self::labels`], reporting the time of every stage.
@@ -119,14 +121,14 @@ impl CpuInference {
         x: &Tensor,
         record: &mut dyn FnMut(&'static str, Duration),
     ) -> Result<Tensor> {
-        self.run(x, Output::Labels, record)
+        self.run(x, Output::Labels, Some(record))
     }
 
     fn run(
         &self,
         x: &Tensor,
         output: Output,
-        record: &mut dyn FnMut(&'static str, Duration),
+        record: Option<&mut dyn FnMut(&'static str, Duration)>,
     ) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
@@ -140,7 +142,9 @@ impl CpuInference {
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!("CPU inference needs a contiguous input")
         };
-        let images = data[start..end].chunks_exact(c * h * w);
+        let images = data[start..end]
+            .chunks_exact(c * h * w)
+            .map(|image| MapView::new(image, c, h, w));
         let classes = self.num_classes();
         // Taken here, on the caller's thread: a pool thread waiting for the lock could be the
         // one running the frame that holds it. A call that finds it taken (another thread's
@@ -152,8 +156,24 @@ impl CpuInference {
         };
         let mut own = BufferPool::default();
         let pool: &mut BufferPool = shared.as_deref_mut().unwrap_or(&mut own);
+        let profiled = record.is_some();
         let mut stages = Vec::new();
-        let mut stage = |name, time| stages.push((name, time));
+        // Every frame of the batch through the stage plan, timed when profiled (the times are
+        // collected on the pool's thread and reported from the caller's).
+        let frames = |heads: &mut dyn Iterator<Item = FrameHead<'_>>| -> Result<()> {
+            let mut collect = |stage: Stage, time| stages.push((stage.name(), time));
+            for (image, head) in images.zip(heads) {
+                let timer = profiled.then_some(&mut collect as StageTimer<'_>);
+                let mut frame = CpuFrame {
+                    engine: self,
+                    pool: &mut *pool,
+                    head,
+                    size: (image.height, image.width),
+                };
+                run_plan(&mut frame, image, timer)?;
+            }
+            Ok(())
+        };
         // The output is allocated here, on the caller's thread, which is also where it will most
         // likely be freed: the allocator's per-thread arenas then keep it for the next frame.
         // The frame itself is driven from one of the pool's threads: its parallel loops then
@@ -166,155 +186,152 @@ impl CpuInference {
                 let len = n * classes * h * w;
                 let mut logits = output_vec::<f32>(len);
                 let planes = logits.spare_capacity_mut()[..len].chunks_exact_mut(classes * h * w);
-                self.on_pool(|| -> Result<()> {
-                    for (image, out) in images.zip(planes) {
-                        self.logits_frame(image, (h, w), output, out, pool, &mut stage)?;
-                    }
-                    Ok(())
-                })?;
-                // SAFETY: `logits_frame` initialised every image's planes, all `len` elements.
+                let softmax = output == Output::Probabilities;
+                self.on_pool(|| frames(&mut planes.map(|out| FrameHead::Logits { out, softmax })))?;
+                // SAFETY: every frame's head initialised its planes, all `len` elements.
                 unsafe { logits.set_len(len) };
                 Tensor::from_vec(logits, (n, classes, h, w), x.device())
             }
             Output::Labels => {
                 let mut labels = zeroed_vec::<u32>(n * h * w);
-                self.on_pool(|| -> Result<()> {
-                    for (image, out) in images.zip(labels.chunks_exact_mut(h * w)) {
-                        self.labels_frame(image, h, w, out, pool, &mut stage)?;
-                    }
-                    Ok(())
-                })?;
+                let maps = labels.chunks_exact_mut(h * w);
+                self.on_pool(|| frames(&mut maps.map(|out| FrameHead::Labels { out })))?;
                 Tensor::from_vec(labels, (n, h, w), x.device())
             }
         };
-        for (name, time) in stages {
-            record(name, time);
+        if let Some(record) = record {
+            for (name, time) in stages {
+                record(name, time);
+            }
         }
         out
     }
+}
 
-    /// One image's logits, or their softmax, into `out` (classes, h, w), every element written.
-    fn logits_frame(
-        &self,
-        image: &[f32],
-        (h, w): (usize, usize),
-        output: Output,
-        out: &mut [MaybeUninit<f32>],
-        pool: &mut BufferPool,
-        record: &mut (dyn FnMut(&'static str, Duration) + Send),
-    ) -> Result<()> {
-        let classes = self.num_classes();
-        let (scores, sh, sw) = self.scores(image, h, w, pool, record)?;
-        let start = Instant::now();
-        // The logits go to the caller untouched, the probabilities are read back by the softmax.
-        let streaming = output == Output::Logits;
-        resize_planes_uninit(
-            &scores,
-            classes,
-            sh,
-            sw,
-            out,
-            h,
-            w,
-            self.align_corners,
-            streaming,
-        );
-        pool.give(scores);
-        if output == Output::Probabilities {
-            // SAFETY: the resize initialised all of `out`.
-            let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            softmax_planes(out, classes, h * w);
-        }
-        record("resize", start.elapsed());
-        Ok(())
+/// Where a frame's head writes.
+enum FrameHead<'a> {
+    /// The logits (classes, h, w), or their softmax, every element written.
+    Logits {
+        out: &'a mut [MaybeUninit<f32>],
+        softmax: bool,
+    },
+    /// The label map (h, w).
+    Labels { out: &'a mut [u32] },
+}
+
+/// One image through the stage plan on the fused blocks, its maps lent by the engine's pool.
+struct CpuFrame<'a> {
+    engine: &'a CpuInference,
+    pool: &'a mut BufferPool,
+    head: FrameHead<'a>,
+    /// The input's height and width, the output's.
+    size: (usize, usize),
+}
+
+impl<'a> StageExecutor for CpuFrame<'a> {
+    type Input = MapView<'a>;
+    type Map = FeatureMap;
+    type Output = ();
+
+    fn bottleneck_groups(&self) -> usize {
+        self.engine.groups.len()
     }
 
-    /// One image's label map into `out` (h, w).
-    fn labels_frame(
-        &self,
-        image: &[f32],
-        h: usize,
-        w: usize,
-        out: &mut [u32],
-        pool: &mut BufferPool,
-        record: &mut (dyn FnMut(&'static str, Duration) + Send),
-    ) -> Result<()> {
-        let classes = self.num_classes();
-        let (scores, sh, sw) = self.scores(image, h, w, pool, record)?;
-        let start = Instant::now();
-        let mut scratch = pool.take(resize_argmax_scratch_len(classes, (sh, sw), (h, w)));
-        resize_argmax_planes(
-            &scores,
-            classes,
-            sh,
-            sw,
-            out,
-            h,
-            w,
-            self.align_corners,
-            &mut scratch,
-        );
-        record("resize + argmax", start.elapsed());
-        pool.give(scores);
-        pool.give(scratch);
-        Ok(())
+    fn learning_to_downsample(&mut self, input: MapView<'a>) -> Result<FeatureMap> {
+        let first = self.engine.stem.run(input, self.pool);
+        let out = self.engine.dsconv2.run(first.view(), self.pool);
+        self.pool.give(first);
+        Ok(out)
     }
 
-    /// The classifier's scores (classes, H/8, W/8) for one image.
-    fn scores(
-        &self,
-        image: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-        record: &mut (dyn FnMut(&'static str, Duration) + Send),
-    ) -> Result<(Buffer, usize, usize)> {
-        let mut clock = Instant::now();
-        let mut lap = |name: &'static str, record: &mut dyn FnMut(&'static str, Duration)| {
-            record(name, clock.elapsed());
-            clock = Instant::now();
+    fn bottleneck_group(&mut self, group: usize, x: &FeatureMap) -> Result<FeatureMap> {
+        let blocks = &self.engine.groups[group];
+        let Some((first, rest)) = blocks.split_first() else {
+            bail!("bottleneck group {} has no blocks", group + 1)
         };
-        let (a, ah, aw) = self.stem.run(image, h, w, pool);
-        let (higher, hh, hw) = self.dsconv2.run(&a, ah, aw, pool);
-        pool.give(a);
-        lap("learning to downsample", record);
+        let mut out = first.run(x.view(), self.pool);
+        for block in rest {
+            let next = block.run(out.view(), self.pool);
+            self.pool.give(std::mem::replace(&mut out, next));
+        }
+        Ok(out)
+    }
 
-        const GROUPS: [&str; 3] = [
-            "bottleneck group 1",
-            "bottleneck group 2",
-            "bottleneck group 3",
-        ];
-        let (mut lower, mut lh, mut lw) = (None::<Buffer>, hh, hw);
-        for (index, group) in self.groups.iter().enumerate() {
-            for block in group {
-                let input = lower.as_deref().unwrap_or(&higher);
-                let (out, oh, ow) = block.run(input, lh, lw, pool);
-                if let Some(old) = lower.replace(out) {
-                    pool.give(old);
+    fn pyramid_pooling(&mut self, x: &FeatureMap) -> Result<FeatureMap> {
+        Ok(self.engine.ppm.run(x.view(), self.pool))
+    }
+
+    fn feature_fusion(
+        &mut self,
+        higher_res: &FeatureMap,
+        global: &FeatureMap,
+    ) -> Result<FeatureMap> {
+        Ok(self
+            .engine
+            .fusion
+            .run(higher_res.view(), global.view(), self.pool))
+    }
+
+    fn classifier(&mut self, fused: &FeatureMap) -> Result<FeatureMap> {
+        Ok(self.engine.classifier.run(fused.view(), self.pool))
+    }
+
+    fn head(&mut self, scores: FeatureMap) -> Result<()> {
+        let align_corners = self.engine.align_corners;
+        let (classes, sh, sw) = (scores.channels, scores.height, scores.width);
+        let (h, w) = self.size;
+        match &mut self.head {
+            FrameHead::Logits { out, softmax } => {
+                // The logits go to the caller untouched, the probabilities are read back by the
+                // softmax.
+                resize_planes_uninit(
+                    &scores.data,
+                    classes,
+                    sh,
+                    sw,
+                    out,
+                    h,
+                    w,
+                    align_corners,
+                    !*softmax,
+                );
+                if *softmax {
+                    // SAFETY: the resize initialised all of `out`.
+                    let out =
+                        unsafe { &mut *(&mut **out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                    softmax_planes(out, classes, h * w);
                 }
-                (lh, lw) = (oh, ow);
             }
-            lap(
-                GROUPS.get(index).copied().unwrap_or("bottleneck group"),
-                record,
-            );
+            FrameHead::Labels { out } => {
+                let mut scratch =
+                    self.pool
+                        .take(resize_argmax_scratch_len(classes, (sh, sw), (h, w)));
+                resize_argmax_planes(
+                    &scores.data,
+                    classes,
+                    sh,
+                    sw,
+                    out,
+                    h,
+                    w,
+                    align_corners,
+                    &mut scratch,
+                );
+                self.pool.give(scratch);
+            }
         }
-        let lower_input = lower.as_deref().unwrap_or(&higher);
-        let lower_channels = lower_input.len() / (lh * lw);
-        let (global, gh, gw) = self.ppm.run(lower_input, lower_channels, lh, lw, pool);
-        if let Some(lower) = lower {
-            pool.give(lower);
+        self.pool.give(scores);
+        Ok(())
+    }
+
+    fn head_stage(&self) -> Stage {
+        match self.head {
+            FrameHead::Logits { .. } => Stage::Upsample,
+            FrameHead::Labels { .. } => Stage::UpsampleArgmax,
         }
-        lap("pyramid pooling", record);
+    }
 
-        let fused = self.fusion.run(&higher, hh, hw, &global, gh, gw, pool);
-        pool.give(global);
-        pool.give(higher);
-        lap("feature fusion", record);
-
-        let scores = self.classifier.run(&fused, hh, hw, pool);
-        pool.give(fused);
-        lap("classifier", record);
-        Ok((scores, hh, hw))
+    fn release(&mut self, _: Stage, map: FeatureMap) {
+        self.pool.give(map);
     }
 }

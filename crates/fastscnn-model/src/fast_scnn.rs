@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -13,7 +13,8 @@ use fastscnn_cpu::ExecutionContext;
 use crate::cpu_inference::CpuInference;
 use crate::error::Result;
 use crate::stages::{
-    AuxHead, Classifier, FeatureFusion, GlobalFeatureExtractor, LearningToDownsample,
+    run_plan, AuxHead, Classifier, FeatureFusion, GlobalFeatureExtractor, LearningToDownsample,
+    Stage, StageExecutor,
 };
 use crate::weights::WeightFile;
 use crate::{AuxSource, FastScnnConfig};
@@ -263,15 +264,10 @@ impl FastScnn {
     ) -> candle_core::Result<FastScnnStages> {
         self.check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
-        let higher_res = self.learning_to_downsample.forward_mode(x, mode)?;
-        let global = self
-            .global_feature_extractor
-            .forward_mode(&higher_res, mode)?;
-        let fused = self
-            .feature_fusion
-            .forward_mode(&higher_res, &global, mode)?;
-        let classifier = self.classifier.forward_mode(&fused, mode)?;
-        let logits = resize_bilinear(&classifier, h, w, self.config.align_corners)?;
+        let mut run = CandleRun::new(self, x, mode, CandleHead::Logits(h, w), true);
+        let logits = run_plan(&mut run, x, None)?;
+        let higher_res = run.kept(Stage::LearningToDownsample)?;
+        let global = run.kept(Stage::PyramidPooling)?;
         let mut aux_logits = Vec::new();
         if with_aux {
             for (site, (source, head)) in (1..).zip(&self.aux_heads) {
@@ -286,8 +282,8 @@ impl FastScnn {
         Ok(FastScnnStages {
             higher_res,
             global,
-            fused,
-            classifier,
+            fused: run.kept(Stage::FeatureFusion)?,
+            classifier: run.kept(Stage::Classifier)?,
             logits,
             aux_logits,
         })
@@ -338,41 +334,10 @@ impl FastScnn {
         if let Some(cpu) = self.cpu_path(x) {
             return cpu.labels_profiled(x, &mut record);
         }
-        let device = x.device().clone();
-        let mut timed =
-            |name: &'static str, run: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
-                let start = Instant::now();
-                let out = run()?;
-                device.synchronize()?;
-                record(name, start.elapsed());
-                Ok::<_, candle_core::Error>(out)
-            };
         let (_, _, h, w) = x.dims4()?;
-        let higher = timed("learning to downsample", &mut || {
-            self.learning_to_downsample.forward(x)
-        })?;
-        let gfe = &self.global_feature_extractor;
-        const GROUPS: [&str; 3] = [
-            "bottleneck group 1",
-            "bottleneck group 2",
-            "bottleneck group 3",
-        ];
-        let mut lower = higher.clone();
-        for (index, name) in GROUPS.iter().enumerate().take(gfe.group_count()) {
-            lower = timed(name, &mut || {
-                gfe.forward_group(index, &lower, Mode::Inference)
-            })?;
-        }
-        let global = timed("pyramid pooling", &mut || {
-            gfe.forward_pyramid_pooling(&lower, Mode::Inference)
-        })?;
-        let fused = timed("feature fusion", &mut || {
-            self.feature_fusion.forward(&higher, &global)
-        })?;
-        let scores = timed("classifier", &mut || self.classifier.forward(&fused))?;
-        timed("resize + argmax", &mut || {
-            resize_argmax(&scores, h, w, self.config.align_corners)
-        })
+        let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Labels(h, w), false);
+        let mut timer = |stage: Stage, time| record(stage.name(), time);
+        run_plan(&mut run, x, Some(&mut timer))
     }
 
     /// The label map (N, H, W) of class indices as u32: the paper's "cls" output. The classifier's
@@ -384,16 +349,8 @@ impl FastScnn {
             return cpu.labels(x);
         }
         let (_, _, h, w) = x.dims4()?;
-        let scores = self.classifier_scores(x)?;
-        resize_argmax(&scores, h, w, self.config.align_corners)
-    }
-
-    /// The classifier's output before upsampling (N, C, H/8, W/8).
-    fn classifier_scores(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let higher_res = self.learning_to_downsample.forward(x)?;
-        let global = self.global_feature_extractor.forward(&higher_res)?;
-        let fused = self.feature_fusion.forward(&higher_res, &global)?;
-        self.classifier.forward(&fused)
+        let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Labels(h, w), false);
+        run_plan(&mut run, x, None)
     }
 
     /// Per-pixel class probabilities (N, C, H, W): the paper's "prob" output.
@@ -413,7 +370,119 @@ impl Module for FastScnn {
         if let Some(cpu) = self.cpu_path(x) {
             return cpu.logits(x);
         }
-        Ok(self.forward_stages(x, false)?.logits)
+        let (_, _, h, w) = x.dims4()?;
+        let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Logits(h, w), false);
+        run_plan(&mut run, x, None)
+    }
+}
+
+/// What the candle network's head makes of the scores, at the input's height and width.
+#[derive(Debug, Clone, Copy)]
+enum CandleHead {
+    Logits(usize, usize),
+    Labels(usize, usize),
+}
+
+/// The candle network as an executor of the stage plan, on (N, C, H, W) tensors.
+struct CandleRun<'a> {
+    model: &'a FastScnn,
+    /// The input's, which every stage runs on.
+    device: Device,
+    mode: Mode,
+    head: CandleHead,
+    /// The intermediates released by the plan, kept when the caller wants them: every map but
+    /// the bottleneck groups', and the classifier's scores.
+    kept: Option<Vec<(Stage, Tensor)>>,
+}
+
+impl<'a> CandleRun<'a> {
+    fn new(model: &'a FastScnn, x: &Tensor, mode: Mode, head: CandleHead, keep: bool) -> Self {
+        Self {
+            model,
+            device: x.device().clone(),
+            mode,
+            head,
+            kept: keep.then(Vec::new),
+        }
+    }
+
+    /// The output of `stage`, which the run must have kept.
+    fn kept(&self, stage: Stage) -> candle_core::Result<Tensor> {
+        self.kept
+            .iter()
+            .flatten()
+            .find(|(kept, _)| *kept == stage)
+            .map(|(_, map)| map.clone())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no {} output kept", stage.name())))
+    }
+}
+
+impl<'a> StageExecutor for CandleRun<'a> {
+    type Input = &'a Tensor;
+    type Map = Tensor;
+    type Output = Tensor;
+
+    fn bottleneck_groups(&self) -> usize {
+        self.model.global_feature_extractor.group_count()
+    }
+
+    fn learning_to_downsample(&mut self, x: &'a Tensor) -> candle_core::Result<Tensor> {
+        self.model.learning_to_downsample.forward_mode(x, self.mode)
+    }
+
+    fn bottleneck_group(&mut self, group: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.model
+            .global_feature_extractor
+            .forward_group(group, x, self.mode)
+    }
+
+    fn pyramid_pooling(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.model
+            .global_feature_extractor
+            .forward_pyramid_pooling(x, self.mode)
+    }
+
+    fn feature_fusion(
+        &mut self,
+        higher_res: &Tensor,
+        global: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        self.model
+            .feature_fusion
+            .forward_mode(higher_res, global, self.mode)
+    }
+
+    fn classifier(&mut self, fused: &Tensor) -> candle_core::Result<Tensor> {
+        self.model.classifier.forward_mode(fused, self.mode)
+    }
+
+    fn head(&mut self, scores: Tensor) -> candle_core::Result<Tensor> {
+        let align_corners = self.model.config.align_corners;
+        let out = match self.head {
+            CandleHead::Logits(h, w) => resize_bilinear(&scores, h, w, align_corners)?,
+            CandleHead::Labels(h, w) => resize_argmax(&scores, h, w, align_corners)?,
+        };
+        self.release(Stage::Classifier, scores);
+        Ok(out)
+    }
+
+    fn head_stage(&self) -> Stage {
+        match self.head {
+            CandleHead::Logits(..) => Stage::Upsample,
+            CandleHead::Labels(..) => Stage::UpsampleArgmax,
+        }
+    }
+
+    fn release(&mut self, stage: Stage, map: Tensor) {
+        if let Some(kept) = &mut self.kept {
+            if !matches!(stage, Stage::BottleneckGroup(_)) {
+                kept.push((stage, map));
+            }
+        }
+    }
+
+    fn synchronize(&mut self) -> candle_core::Result<()> {
+        self.device.synchronize()
     }
 }
 

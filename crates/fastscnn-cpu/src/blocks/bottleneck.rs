@@ -13,21 +13,30 @@ pub struct FusedBottleneck {
 }
 
 impl FusedBottleneck {
-    pub fn run(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
-        if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
+    pub fn run(&self, input: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
+        assert_eq!(input.channels, self.expand.in_channels, "bottleneck input");
+        let (x, h, w) = (input.data, input.height, input.width);
+        let (oh, ow) = self.depthwise.output_size(h, w);
+        let data = if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
             let hidden = self.expand.out_channels * h * w;
-            return if hidden >= fuse_above() {
+            if hidden >= fuse_above() {
                 self.run_fused(x, h, w, pool)
             } else {
                 self.run_split(x, h, w, pool)
-            };
+            }
+        } else {
+            self.run_unfused(x, h, w, pool)
+        };
+        FeatureMap {
+            data,
+            channels: self.project.out_channels,
+            height: oh,
+            width: ow,
         }
+    }
+
+    /// Each layer over the whole map, for convs without packed weights.
+    fn run_unfused(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let mut expanded = pool.take(self.expand.out_channels * h * w);
         self.expand.run(x, h * w, &mut expanded, Seed::Bias);
         let (oh, ow) = self.depthwise.output_size(h, w);
@@ -42,7 +51,7 @@ impl FusedBottleneck {
         };
         self.project.run(&filtered, oh * ow, &mut out, seed);
         pool.give(filtered);
-        (out, oh, ow)
+        out
     }
 
     /// Band by band of output rows, and within a band [`hidden_chunk`] hidden channels at a time:
@@ -50,13 +59,7 @@ impl FusedBottleneck {
     /// projection to the band's output. The 6x-wide hidden tensor never exists in full; what
     /// exists of it stays in cache. The price is recomputing the expansion of the one or two
     /// input rows two bands share.
-    pub(super) fn run_fused(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub(super) fn run_fused(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (expand, dw, project) = (&self.expand, &self.depthwise, &self.project);
         let (oh, ow) = dw.output_size(h, w);
         let (cin, hidden, cout, stride) = (
@@ -142,7 +145,7 @@ impl FusedBottleneck {
                 }
             })
         });
-        (out, oh, ow)
+        out
     }
 }
 
@@ -153,13 +156,7 @@ impl FusedBottleneck {
     /// thread, the first projecting straight into the output with the bias and the shortcut: every
     /// other share's partial projection is kept in a buffer of its own and summed after, so the
     /// fewer shares the better, and the first needs no buffer.
-    pub(super) fn run_split(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub(super) fn run_split(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
         let (expand, dw, project) = (&self.expand, &self.depthwise, &self.project);
         let (oh, ow) = dw.output_size(h, w);
         let (cin, hidden, cout) = (
@@ -265,7 +262,7 @@ impl FusedBottleneck {
                 pool.give(partial);
             }
         }
-        (out, oh, ow)
+        out
     }
 }
 

@@ -11,21 +11,27 @@ pub struct FusedClassifier {
 }
 
 impl FusedClassifier {
-    pub fn run(&self, x: &[f32], h: usize, w: usize, pool: &mut BufferPool) -> Buffer {
-        let (a, h, w) = self.dsconv1.run(x, h, w, pool);
+    pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
+        let a = self.dsconv1.run(x, pool);
         if self.dsconv2.pointwise.has_packed_kernel() && self.conv.has_packed_kernel() {
             // The class scores straight from each band of the second DSConv.
-            let (scores, _, _) = self
+            let scores = self
                 .dsconv2
-                .run_fused_then(&a, h, w, Some(&self.conv), pool);
+                .run_fused_then(a.view(), Some(&self.conv), pool);
             pool.give(a);
             return scores;
         }
-        let (b, h, w) = self.dsconv2.run(&a, h, w, pool);
+        let b = self.dsconv2.run(a.view(), pool);
         pool.give(a);
+        let (h, w) = (b.height, b.width);
         let mut out = pool.take(self.conv.out_channels * h * w);
-        self.conv.run(&b, h * w, &mut out, Seed::Bias);
+        self.conv.run(&b.data, h * w, &mut out, Seed::Bias);
         pool.give(b);
-        out
+        FeatureMap {
+            data: out,
+            channels: self.conv.out_channels,
+            height: h,
+            width: w,
+        }
     }
 }

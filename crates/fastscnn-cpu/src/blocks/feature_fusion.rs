@@ -14,21 +14,18 @@ pub struct FusedFeatureFusion {
 }
 
 impl FusedFeatureFusion {
-    /// `higher` is (c_h, h, w), `lower` (c_l, lh, lw); the output is (out, h, w).
-    #[allow(clippy::too_many_arguments)]
+    /// The output has `higher`'s height and width.
     pub fn run(
         &self,
-        higher: &[f32],
-        h: usize,
-        w: usize,
-        lower: &[f32],
-        lh: usize,
-        lw: usize,
+        higher: MapView<'_>,
+        lower: MapView<'_>,
         pool: &mut BufferPool,
-    ) -> Buffer {
+    ) -> FeatureMap {
         if self.lower.has_packed_kernel() && self.higher.has_packed_kernel() {
-            return self.run_fused(higher, h, w, lower, lh, lw, pool);
+            return self.run_fused(higher, lower, pool);
         }
+        let (h, w, lh, lw) = (higher.height, higher.width, lower.height, lower.width);
+        let (higher, lower) = (higher.data, lower.data);
         let channels = self.depthwise.channels;
         let mut upsampled = pool.take(channels * h * w);
         resize_planes(
@@ -48,36 +45,33 @@ impl FusedFeatureFusion {
         self.lower.run(&filtered, h * w, &mut out, Seed::Bias);
         pool.give(filtered);
         self.higher.run(higher, h * w, &mut out, Seed::Accumulate);
-        out
+        FeatureMap {
+            data: out,
+            channels: self.lower.out_channels,
+            height: h,
+            width: w,
+        }
     }
 
     /// Band by band of output rows: the upsampled rows a band's depthwise conv reads are blended
     /// from the horizontally interpolated global features (computed once, 1/4 of the rows), the
     /// filtered band stays in cache for the lower-branch product, and the higher branch is added
     /// to it in place. Neither the upsampled nor the filtered map is ever stored in full.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn run_fused(
         &self,
-        higher: &[f32],
-        h: usize,
-        w: usize,
-        lower: &[f32],
-        lh: usize,
-        lw: usize,
+        higher: MapView<'_>,
+        lower: MapView<'_>,
         pool: &mut BufferPool,
-    ) -> Buffer {
+    ) -> FeatureMap {
         let (dw, low, high) = (&self.depthwise, &self.lower, &self.higher);
         let channels = dw.channels;
+        assert_eq!(lower.channels, channels, "feature fusion lower input");
         assert_eq!(
-            lower.len(),
-            channels * lh * lw,
-            "feature fusion lower input"
-        );
-        assert_eq!(
-            higher.len(),
-            high.in_channels * h * w,
+            higher.channels, high.in_channels,
             "feature fusion higher input"
         );
+        let (h, w, lh, lw) = (higher.height, higher.width, lower.height, lower.width);
+        let (higher, lower) = (higher.data, lower.data);
         let mut widened = pool.take(channels * lh * w);
         horizontal_planes(lower, lh, lw, &mut widened, w, self.align_corners);
         let rows = row_taps(lh, h, self.align_corners);
@@ -150,6 +144,11 @@ impl FusedFeatureFusion {
             })
         });
         pool.give(widened);
-        out
+        FeatureMap {
+            data: out,
+            channels: low.out_channels,
+            height: h,
+            width: w,
+        }
     }
 }

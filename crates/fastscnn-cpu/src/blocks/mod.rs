@@ -1,8 +1,9 @@
 //! Fast-SCNN's blocks on plain buffers, each made of the convolutions of its layers with
 //! BatchNorm folded into them.
 //!
-//! Every `run` takes one image's (C, H, W) input and returns its output in a buffer from the
-//! [`BufferPool`], handing its intermediates back to the pool as soon as they are read.
+//! Every `run` takes one image's (C, H, W) input ([`MapView`]) and returns its output as a
+//! [`FeatureMap`] in a buffer from the [`BufferPool`], handing its intermediates back to the pool
+//! as soon as they are read.
 
 mod bottleneck;
 mod classifier;
@@ -24,7 +25,9 @@ use super::packed_gemm::{Epilogue, TILE_CHANNELS};
 use super::resize::resize_planes;
 use super::resize::{blend, horizontal_planes, row_taps};
 use super::SendPtr;
-use super::{Buffer, BufferPool, DenseConv, DepthwiseConv, PointwiseConv, Seed};
+use super::{
+    Buffer, BufferPool, DenseConv, DepthwiseConv, FeatureMap, MapView, PointwiseConv, Seed,
+};
 use crate::sampling::pool_planes;
 use rayon::prelude::*;
 
@@ -50,20 +53,20 @@ impl AnyConv {
         }
     }
 
-    pub fn run(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
+        let (h, w) = (x.height, x.width);
         let (oh, ow) = self.output_size(h, w);
         let mut out = pool.take(self.out_channels() * oh * ow);
         match self {
-            AnyConv::Pointwise(c) => c.run(x, h * w, &mut out, Seed::Bias),
-            AnyConv::Dense(c) => c.run(x, h, w, &mut out),
+            AnyConv::Pointwise(c) => c.run(x.data, h * w, &mut out, Seed::Bias),
+            AnyConv::Dense(c) => c.run(x.data, h, w, &mut out),
         }
-        (out, oh, ow)
+        FeatureMap {
+            data: out,
+            channels: self.out_channels(),
+            height: oh,
+            width: ow,
+        }
     }
 }
 

@@ -12,14 +12,8 @@ pub struct FusedPyramidPooling {
 }
 
 impl FusedPyramidPooling {
-    pub fn run(
-        &self,
-        x: &[f32],
-        c: usize,
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub fn run(&self, input: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
+        let (x, c, h, w) = (input.data, input.channels, input.height, input.width);
         let plane = h * w;
         let concat_channels = c + self
             .branches
@@ -47,7 +41,9 @@ impl FusedPyramidPooling {
             );
             offset = end;
         }
-        let out = self.out.run(&concat, h, w, pool);
+        let out = self
+            .out
+            .run(MapView::new(&concat, concat_channels, h, w), pool);
         pool.give(concat);
         out
     }

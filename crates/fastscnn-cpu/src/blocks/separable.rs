@@ -11,51 +11,45 @@ pub struct SeparableConv {
 }
 
 impl SeparableConv {
-    pub fn run(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         if self.pointwise.has_packed_kernel() {
-            return self.run_fused(x, h, w, pool);
+            return self.run_fused(x, pool);
         }
+        let (h, w) = (x.height, x.width);
         let (oh, ow) = self.depthwise.output_size(h, w);
         let mut hidden = pool.take(self.depthwise.channels * oh * ow);
-        self.depthwise.run(x, h, w, &mut hidden);
+        self.depthwise.run(x.data, h, w, &mut hidden);
         let mut out = pool.take(self.pointwise.out_channels * oh * ow);
         self.pointwise.run(&hidden, oh * ow, &mut out, Seed::Bias);
         pool.give(hidden);
-        (out, oh, ow)
+        FeatureMap {
+            data: out,
+            channels: self.pointwise.out_channels,
+            height: oh,
+            width: ow,
+        }
     }
 
     /// Band by band of output rows: the depthwise output of a band, all channels, stays in cache
     /// for the pointwise product instead of going to memory and back.
-    pub(super) fn run_fused(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
-        self.run_fused_then(x, h, w, None, pool)
+    pub(super) fn run_fused(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
+        self.run_fused_then(x, None, pool)
     }
 
     /// [`Self::run_fused`], and when `then` is given, that 1x1 conv applied to each band while it
     /// is in cache, its output returned instead (the classifier's last conv).
     pub(super) fn run_fused_then(
         &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
+        x: MapView<'_>,
         then: Option<&PointwiseConv>,
         pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    ) -> FeatureMap {
         let (dw, pw) = (&self.depthwise, &self.pointwise);
+        let (h, w) = (x.height, x.width);
         let (oh, ow) = dw.output_size(h, w);
         let channels = dw.channels;
-        assert_eq!(x.len(), channels * h * w, "separable conv input");
+        assert_eq!(x.channels, channels, "separable conv input");
+        let x = x.data;
         if let Some(next) = then {
             assert!(
                 next.has_packed_kernel() && next.in_channels == pw.out_channels,
@@ -87,7 +81,12 @@ impl SeparableConv {
                 )
             });
         });
-        (out, oh, ow)
+        FeatureMap {
+            data: out,
+            channels: out_channels,
+            height: oh,
+            width: ow,
+        }
     }
 }
 
@@ -193,31 +192,23 @@ impl StemSeparable {
         self.dsconv.depthwise.output_size(sh, sw)
     }
 
-    pub fn run(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         if self.dsconv.pointwise.has_packed_kernel() {
-            return self.run_fused(x, h, w, pool);
+            return self.run_fused(x, pool);
         }
+        let (h, w) = (x.height, x.width);
         let (sh, sw) = self.stem.output_size(h, w);
         let mut stem = pool.take(self.stem.out_channels * sh * sw);
-        self.stem.run(x, h, w, &mut stem);
-        let out = self.dsconv.run(&stem, sh, sw, pool);
+        self.stem.run(x.data, h, w, &mut stem);
+        let out = self
+            .dsconv
+            .run(MapView::new(&stem, self.stem.out_channels, sh, sw), pool);
         pool.give(stem);
         out
     }
 
-    pub(super) fn run_fused(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        pool: &mut BufferPool,
-    ) -> (Buffer, usize, usize) {
+    pub(super) fn run_fused(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
+        let (h, w) = (x.height, x.width);
         let dw = &self.dsconv.depthwise;
         let (sh, sw) = self.stem.output_size(h, w);
         let (oh, ow) = dw.output_size(sh, sw);
@@ -229,8 +220,13 @@ impl StemSeparable {
         let most = (3 * step)
             .min(oh.div_ceil(4 * rayon::current_num_threads()))
             .max(step);
-        let out = self.run_stepped(x, h, w, RowBands::new(oh, most), step, pool);
-        (out, oh, ow)
+        let out = self.run_stepped(x.data, h, w, RowBands::new(oh, most), step, pool);
+        FeatureMap {
+            data: out,
+            channels: self.dsconv.pointwise.out_channels,
+            height: oh,
+            width: ow,
+        }
     }
 
     /// [`Self::run_fused`] on `bands`, each cut into near-equal steps of at most `step` output

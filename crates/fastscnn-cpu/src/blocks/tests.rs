@@ -113,14 +113,14 @@ fn split_bottleneck_sums_to_the_same_for_any_thread_count() {
         let (h, w) = (13, 21);
         let x = input(cin * h * w, 5);
         let mut pool = BufferPool::default();
-        let (expected, _, _) = plain.run(&x, h, w, &mut pool);
+        let expected = plain.run(MapView::new(&x, cin, h, w), &mut pool);
         for threads in [1, 2, 3] {
             let workers = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let (got, _, _) = workers.install(|| fused.run(&x, h, w, &mut pool));
-            let d = max_diff(&got, &expected);
+            let got = workers.install(|| fused.run(MapView::new(&x, cin, h, w), &mut pool));
+            let d = max_diff(&got.data, &expected.data);
             assert!(
                 d < 1e-4,
                 "{cin}->{cout} stride {stride}, {threads} threads: {d}"
@@ -148,10 +148,13 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
         assert_eq!(6 * cin * h * w >= fuse_above(), h > 13, "{cin}x{h}x{w}");
         let (fused, plain) = bottleneck_pair(cin, cout, stride);
         let x = input(cin * h * w, 3);
-        let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
-        let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
-        assert_eq!((ah, aw), (bh, bw));
-        let d = max_diff(&a, &b);
+        let a = fused.run(MapView::new(&x, cin, h, w), &mut pool);
+        let b = plain.run(MapView::new(&x, cin, h, w), &mut pool);
+        assert_eq!(
+            (a.channels, a.height, a.width),
+            (b.channels, b.height, b.width)
+        );
+        let d = max_diff(&a.data, &b.data);
         assert!(d < 1e-4, "bottleneck {cin}->{cout} stride {stride}: {d}");
         pool.give(a);
         pool.give(b);
@@ -169,9 +172,14 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
     };
     let higher = input(24 * 37 * 45, 6);
     let lower = input(40 * 10 * 12, 7);
-    let a = fused.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
-    let b = plain.run(&higher, 37, 45, &lower, 10, 12, &mut pool);
-    let d = max_diff(&a, &b);
+    let (higher, lower) = (
+        MapView::new(&higher, 24, 37, 45),
+        MapView::new(&lower, 40, 10, 12),
+    );
+    let a = fused.run(higher, lower, &mut pool);
+    let b = plain.run(higher, lower, &mut pool);
+    assert_eq!((a.channels, a.height, a.width), (40, 37, 45));
+    let d = max_diff(&a.data, &b.data);
     assert!(d < 1e-4, "feature fusion: {d}");
     // Narrow maps, one band per task, and wide ones, cut into bands of a few rows whose edge
     // stem rows are computed by both bands that read them.
@@ -194,11 +202,12 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
             },
         };
         let x = input(3 * h * w, 8);
-        let (a, ah, aw) = fused.run(&x, h, w, &mut pool);
-        let (b, bh, bw) = plain.run(&x, h, w, &mut pool);
-        assert_eq!((ah, aw), (bh, bw));
+        let a = fused.run(MapView::new(&x, 3, h, w), &mut pool);
+        let b = plain.run(MapView::new(&x, 3, h, w), &mut pool);
+        let (ah, aw) = (a.height, a.width);
+        assert_eq!((ah, aw), (b.height, b.width));
         assert_eq!((ah, aw), fused.output_size(h, w));
-        let d = max_diff(&a, &b);
+        let d = max_diff(&a.data, &b.data);
         assert!(
             d < 1e-4,
             "stem + separable {h}x{w}, padding {padding}, stride {stride}: {d}"
@@ -213,7 +222,7 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
         };
         for &(most, step) in steps {
             let c = fused.run_stepped(&x, h, w, RowBands::new(ah, most), step, &mut pool);
-            let d = max_diff(&c, &b);
+            let d = max_diff(&c, &b.data);
             assert!(
                 d < 1e-4,
                 "stem + separable {h}x{w}, padding {padding}, stride {stride}, bands of \
@@ -239,9 +248,10 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
         conv: fused.conv.clone().without_packed_kernel(),
     };
     let x = input(24 * 29 * 53, 9);
-    let a = fused.run(&x, 29, 53, &mut pool);
-    let b = plain.run(&x, 29, 53, &mut pool);
-    let d = max_diff(&a, &b);
+    let a = fused.run(MapView::new(&x, 24, 29, 53), &mut pool);
+    let b = plain.run(MapView::new(&x, 24, 29, 53), &mut pool);
+    assert_eq!((a.channels, a.height, a.width), (19, 29, 53));
+    let d = max_diff(&a.data, &b.data);
     assert!(d < 1e-4, "classifier: {d}");
     for stride in [1, 2] {
         let fused = separable(24, 40, stride, 41);
@@ -250,9 +260,9 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
             ..fused.clone()
         };
         let x = input(24 * 33 * 47, 5);
-        let (a, _, _) = fused.run(&x, 33, 47, &mut pool);
-        let (b, _, _) = plain.run(&x, 33, 47, &mut pool);
-        let d = max_diff(&a, &b);
+        let a = fused.run(MapView::new(&x, 24, 33, 47), &mut pool);
+        let b = plain.run(MapView::new(&x, 24, 33, 47), &mut pool);
+        let d = max_diff(&a.data, &b.data);
         assert!(d < 1e-4, "separable stride {stride}: {d}");
     }
 }
