@@ -1,8 +1,7 @@
 //! `cargo xtask`: project chores that need more than one cargo invocation or a fixed set of flags.
+//! Weights are fetched by `fastscnn download`; `convert` is here for checkpoints already on disk.
 
 mod bench_table;
-mod convert;
-mod download;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -43,26 +42,6 @@ enum Task {
     /// Convert a checkpoint (PyTorch .pth/.pt or safetensors, either layout) to safetensors with
     /// metadata (layout, classes, source).
     Convert { input: PathBuf, output: PathBuf },
-    /// Fetch published weights, check their sha256, convert them and install them where
-    /// `fastscnn` finds them without --weights. Default: OpenMMLab's Cityscapes Fast-SCNN.
-    Download {
-        /// Direct URL of a PyTorch or safetensors checkpoint.
-        #[arg(long, conflicts_with = "hf_repo")]
-        url: Option<String>,
-        /// A Hugging Face Hub model repository instead (honours HF_HOME and HF_ENDPOINT).
-        #[arg(long, value_name = "OWNER/NAME")]
-        hf_repo: Option<String>,
-        #[arg(long, requires = "hf_repo", default_value = "model.safetensors")]
-        hf_file: String,
-        #[arg(long, requires = "hf_repo", default_value = "main")]
-        revision: String,
-        /// Expected sha256 (in full or its first 8+ hex digits); OpenMMLab file names carry one.
-        #[arg(long)]
-        sha256: Option<String>,
-        /// Where to install; default `$FASTSCNN_HOME/default.safetensors`.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
 }
 
 fn main() -> ExitCode {
@@ -88,35 +67,7 @@ fn run_task(task: Task) -> Result<()> {
             weights,
         } => run(profile_command(&size, runs, weights.as_deref())),
         Task::Convert { input, output } => {
-            let weights = convert::convert(&input, &output, None)?;
-            println!(
-                "{}",
-                convert::summary(&weights, &input.display().to_string(), &output)?
-            );
-            Ok(())
-        }
-        Task::Download {
-            url,
-            hf_repo,
-            hf_file,
-            revision,
-            sha256,
-            out,
-        } => {
-            let origin = match hf_repo {
-                Some(repo) => download::Origin::Hub {
-                    repo,
-                    file: hf_file,
-                    revision,
-                },
-                None => download::Origin::Url(url.unwrap_or(download::PUBLISHED_URL.into())),
-            };
-            let out = match out {
-                Some(out) => out,
-                None => fastscnn_model::default_weights_path()
-                    .context("no home folder known: pass --out or set FASTSCNN_HOME")?,
-            };
-            println!("{}", download::download(&origin, sha256.as_deref(), &out)?);
+            println!("{}", fastscnn_weights::convert(&input, &output, None)?);
             Ok(())
         }
     }

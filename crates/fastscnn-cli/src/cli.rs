@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fastscnn_cpu::Isa;
+use fastscnn_weights::{HubFile, WeightSource, WeightsError};
 
 use crate::device::DeviceArg;
 
@@ -29,6 +30,10 @@ pub enum Command {
     Train(TrainArgs),
     /// Time the network on one frame size: median and min ms per frame, fps.
     Bench(BenchArgs),
+    /// Fetch published weights, check their sha256, convert them to safetensors and install them
+    /// where the other commands find them without --weights. Default: OpenMMLab's Cityscapes
+    /// Fast-SCNN.
+    Download(DownloadArgs),
 }
 
 impl Command {
@@ -46,7 +51,7 @@ impl Command {
                 threads: a.threads,
                 ..none
             },
-            Command::Info(_) | Command::Prepare(_) => none,
+            Command::Info(_) | Command::Prepare(_) | Command::Download(_) => none,
         }
     }
 }
@@ -125,7 +130,7 @@ fn isa_name(s: &str) -> Result<Isa, String> {
 #[derive(Debug, Args)]
 pub struct WeightsArgs {
     /// Checkpoint: safetensors or a PyTorch .pth/.pt, in the reference or the OpenMMLab layout
-    /// (told apart by the key names). Default: the weights `cargo xtask download` installed
+    /// (told apart by the key names). Default: the weights `fastscnn download` installed
     /// (`$FASTSCNN_HOME/default.safetensors`).
     #[arg(long, value_name = "FILE", conflicts_with = "hf_repo")]
     pub weights: Option<PathBuf>,
@@ -144,6 +149,51 @@ pub struct WeightsArgs {
     /// Branch, tag or commit of --hf-repo.
     #[arg(long, value_name = "REV", requires = "hf_repo", default_value = "main")]
     pub revision: String,
+}
+
+impl WeightsArgs {
+    /// Where the arguments say the weights come from.
+    pub fn source(&self) -> Result<WeightSource, WeightsError> {
+        Ok(match (&self.weights, &self.hf_repo) {
+            (Some(path), _) => WeightSource::File(path.clone()),
+            (None, Some(repo)) => {
+                WeightSource::Hub(HubFile::new(repo, &self.hf_file, &self.revision)?)
+            }
+            (None, None) => WeightSource::Installed,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Direct URL of a PyTorch or safetensors checkpoint.
+    #[arg(long, conflicts_with = "hf_repo")]
+    pub url: Option<String>,
+    /// A Hugging Face Hub model repository instead, through the local Hub cache (honours HF_HOME,
+    /// HF_ENDPOINT and HF_HUB_OFFLINE).
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub hf_repo: Option<String>,
+    /// The file in --hf-repo.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "hf_repo",
+        default_value = "model.safetensors"
+    )]
+    pub hf_file: String,
+    /// Branch, tag or commit of --hf-repo.
+    #[arg(long, value_name = "REV", requires = "hf_repo", default_value = "main")]
+    pub revision: String,
+    /// Expected sha256, in full or its first 8+ hex digits (OpenMMLab file names carry those).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Where to install. Default: `$FASTSCNN_HOME/default.safetensors`, where every command
+    /// looks when given no weights.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace a file already at the output (by default it is left alone).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,9 +3,9 @@
 mod bench;
 mod cli;
 mod device;
+mod download;
 mod eval;
 mod file_roles;
-mod hub;
 mod info;
 mod inputs;
 mod prepare;
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         }
         Command::Eval(args) => execution_context(args.execution).and_then(|c| eval::run(&args, &c)),
         Command::Info(args) => info::run(&args),
+        Command::Download(args) => download::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Bench(args) => {

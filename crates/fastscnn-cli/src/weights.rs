@@ -5,26 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
-use fastscnn_model::{default_weights_path, ExecutionContext, FastScnn, Isa, LoadOptions};
+use fastscnn_model::{ExecutionContext, FastScnn, Isa, LoadOptions};
 
 use crate::cli::WeightsArgs;
-use crate::hub;
 
 /// The local file the arguments name, fetched from the Hub first if need be.
 pub fn resolve(args: &WeightsArgs) -> Result<PathBuf> {
-    match (&args.weights, &args.hf_repo) {
-        (Some(path), _) => Ok(path.clone()),
-        (None, Some(repo)) => hub::fetch(repo, &args.hf_file, &args.revision),
-        (None, None) => match default_weights_path() {
-            Some(path) if path.is_file() => Ok(path),
-            Some(path) => bail!(
-                "no weights given and none installed at {}: pass --weights FILE or --hf-repo \
-                 OWNER/NAME, or run `cargo xtask download`",
-                path.display()
-            ),
-            None => bail!("no weights given: pass --weights FILE or --hf-repo OWNER/NAME"),
-        },
-    }
+    Ok(args.source()?.resolve()?)
 }
 
 /// The network the checkpoint describes, BatchNorm folded, on `device`.

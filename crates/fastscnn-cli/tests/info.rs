@@ -80,7 +80,7 @@ fn without_weights_the_installed_default_is_used() {
     let home = tempfile::tempdir().unwrap();
     assert_clean_failure(
         fastscnn().arg("info").env("FASTSCNN_HOME", home.path()),
-        "cargo xtask download",
+        "fastscnn download",
     );
     std::fs::copy(
         golden.join("fastscnn_seed0_c19.safetensors"),

@@ -18,7 +18,6 @@
 mod config;
 pub mod cpu_blocks;
 mod cpu_inference;
-mod default_weights;
 mod error;
 mod fast_scnn;
 mod layout;
@@ -29,7 +28,6 @@ pub mod stages;
 mod weights;
 
 pub use config::{AuxSource, FastScnnConfig};
-pub use default_weights::{default_weights_path, fastscnn_home};
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
 pub use fastscnn_core::layers::BatchNormMode;

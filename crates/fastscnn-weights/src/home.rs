@@ -1,5 +1,5 @@
-//! Where installed weights live, so that `cargo xtask download` and every `fastscnn` command agree
-//! without the user passing a path.
+//! Where installed weights live, so that `fastscnn download` and every other command agree without
+//! the user passing a path.
 
 use std::path::PathBuf;
 
