@@ -8,9 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_data::augment::resize_image;
 use fastscnn_data::{label_id_image, train_id_image, Palette, NUM_TRAIN_CLASSES};
-use fastscnn_model::{image_to_tensor, load_rgb_image_within, ExecutionContext};
+use fastscnn_model::{image_to_tensor, load_rgb_image_within, resize_image, ExecutionContext};
 use image::{ImageFormat, RgbImage};
 
 use crate::cli::{OutputFormat, SegmentArgs};

@@ -1,6 +1,6 @@
 //! Cityscapes for Fast-SCNN: the official label table (ids, train ids, categories, colours) and
 //! its mappings, dataset discovery in the official folder layout, `labelTrainIds` preparation,
-//! the paper's training augmentation, and batches built on worker threads.
+//! the paper's training augmentation, image resampling, and batches built on worker threads.
 
 pub mod augment;
 pub mod dataset;
@@ -11,6 +11,7 @@ pub mod labels;
 pub mod loader;
 pub mod palette;
 pub mod prepare;
+pub mod resample;
 pub mod rng;
 
 pub use augment::{AugmentConfig, Augmentation};

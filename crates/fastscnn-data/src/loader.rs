@@ -13,9 +13,10 @@ use std::thread::JoinHandle;
 use candle_core::{Device, Tensor};
 use fastscnn_core::Normalization;
 
-use crate::augment::{resize_image, AugmentConfig};
+use crate::augment::AugmentConfig;
 use crate::dataset::Sample;
 use crate::error::{DataError, Result};
+use crate::resample::resize_image;
 use crate::rng::{epoch_order, sample_rng};
 
 /// How batches are made.

@@ -34,6 +34,9 @@ pub use fastscnn_core::layers::BatchNormMode;
 pub use fastscnn_core::Normalization;
 pub use fastscnn_cpu::{ExecutionContext, Isa};
 pub use layout::WeightLayout;
-pub use preprocess::{image_to_tensor, load_rgb_image, load_rgb_image_within, DEFAULT_MAX_PIXELS};
+pub use preprocess::{
+    image_to_tensor, load_rgb_image, load_rgb_image_within, resize_image, scaled_size,
+    DEFAULT_MAX_PIXELS,
+};
 pub use stages::{GlobalFeatureExtractor, LearningToDownsample};
 pub use weights::{WeightFile, WeightFormat, TRAINING_STATE_PREFIX};

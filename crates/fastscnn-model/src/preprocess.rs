@@ -1,5 +1,5 @@
-//! Turning an RGB image into the network's input. The one place this happens, so the CLI, the
-//! evaluator and the trainer cannot drift apart.
+//! Turning an RGB image into the network's input (decoded, optionally scaled down, normalised).
+//! The one place this happens, so the CLI, the evaluator and the trainer cannot drift apart.
 
 use std::path::Path;
 
@@ -8,6 +8,11 @@ use image::RgbImage;
 
 use crate::error::Result;
 use crate::Normalization;
+
+/// The paper's reduced input resolutions (½, ¼ of each side) without retraining: the image
+/// resized before [`image_to_tensor`], the predictions resized back
+/// ([`crate::FastScnn::predict_at`]).
+pub use fastscnn_data::resample::{resize_image, scaled_size};
 
 /// The largest image [`load_rgb_image`] decodes, in pixels: 4096x4096, eight Cityscapes frames,
 /// which a 12-megapixel photo fits. The network's memory grows with the pixels it runs on.
