@@ -56,14 +56,16 @@ pub use blocks::{
 pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use context::{ContextError, ExecutionContext};
 pub use dense::DenseConv;
-pub use depthwise::DepthwiseConv;
+pub use depthwise::{
+    depthwise_forward, depthwise_input_grad, depthwise_weight_grad, DepthwiseConv,
+};
 pub use feature_map::{FeatureMap, MapView};
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use real::Real;
 pub use resize::{
-    resize_argmax_min_scratch_len, resize_argmax_planes, resize_argmax_scratch_len, resize_planes,
-    resize_planes_uninit,
+    resize_argmax_forward, resize_argmax_min_scratch_len, resize_argmax_planes,
+    resize_argmax_scratch_len, resize_forward, resize_grad, resize_planes, resize_planes_uninit,
 };
 pub use simd::Isa;
 pub use softmax::softmax_planes;

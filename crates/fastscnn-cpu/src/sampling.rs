@@ -76,3 +76,35 @@ pub fn pool_planes<T: Real>(x: &[T], h: usize, w: usize, out: &mut [T], oh: usiz
             }
         });
 }
+
+/// The gradient of [`pool_planes`]: each output's gradient in `g` (planes of `oh`x`ow`) spread
+/// evenly over its window of an `h`x`w` plane; overlapping windows add up.
+pub fn pool_planes_grad<T: Real>(
+    g: &[T],
+    (oh, ow): (usize, usize),
+    (h, w): (usize, usize),
+) -> Vec<T> {
+    let planes = g.len().checked_div(oh * ow).unwrap_or(0);
+    let mut out = vec![T::ZERO; planes * h * w];
+    if h * w == 0 {
+        return out;
+    }
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, grad_plane)| {
+            let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
+            for i in 0..oh {
+                let (y0, y1) = pool_window(i, h, oh);
+                for j in 0..ow {
+                    let (x0, x1) = pool_window(j, w, ow);
+                    let share = T::of_f64(g[i * ow + j].as_f64() / ((y1 - y0) * (x1 - x0)) as f64);
+                    for row in grad_plane[y0 * w..y1 * w].chunks_exact_mut(w) {
+                        for v in &mut row[x0..x1] {
+                            *v += share;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}

@@ -5,7 +5,7 @@
 //! as in the pyramid pooling of a 256x512 input), which no fixed-stride pooling reproduces.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use fastscnn_cpu::sampling::pool_planes_grad;
 
 use super::{has_cpu_kernel, pool_planes, pool_window, run_f32_or_f64, Float, PlaneKernel};
 
@@ -124,28 +124,7 @@ impl PlaneKernel for AdaptiveAvgPool2dGrad {
     fn run<T: Float>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
-        let mut out = vec![T::zero(); n * c * h * w];
-        if h * w > 0 {
-            out.par_chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(plane, grad_plane)| {
-                    let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                    for i in 0..oh {
-                        let (y0, y1) = pool_window(i, h, oh);
-                        for j in 0..ow {
-                            let (x0, x1) = pool_window(j, w, ow);
-                            let share = T::from_f64(
-                                g[i * ow + j].to_f64() / ((y1 - y0) * (x1 - x0)) as f64,
-                            );
-                            for row in grad_plane[y0 * w..y1 * w].chunks_exact_mut(w) {
-                                for v in &mut row[x0..x1] {
-                                    *v += share;
-                                }
-                            }
-                        }
-                    }
-                });
-        }
+        let out = pool_planes_grad(g, (oh, ow), (h, w));
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
     }
 }

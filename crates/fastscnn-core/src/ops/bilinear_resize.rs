@@ -7,9 +7,9 @@
 //! both.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use fastscnn_cpu::{resize_forward, resize_grad};
 
-use super::{has_cpu_kernel, run_f32_or_f64, source_index, taps, Float, PlaneKernel};
+use super::{has_cpu_kernel, run_f32_or_f64, source_index, Float, PlaneKernel};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -88,24 +88,7 @@ impl PlaneKernel for BilinearResize {
     fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
-        let columns = taps::<T>(w, ow, self.align_corners);
-        let mut out = vec![T::zero(); n * c * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, out_plane)| {
-                let input = &x[plane * h * w..(plane + 1) * h * w];
-                for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
-                    let (y0, y1, l) = source_index(oy, h, oh, self.align_corners);
-                    let (wy0, wy1) = (T::from_f64(1.0 - l), T::from_f64(l));
-                    let r0 = &input[y0 * w..(y0 + 1) * w];
-                    let r1 = &input[y1 * w..(y1 + 1) * w];
-                    for (o, &(x0, x1, wx0, wx1)) in out_row.iter_mut().zip(&columns) {
-                        let top = wx0 * r0[x0] + wx1 * r0[x1];
-                        let bottom = wx0 * r1[x0] + wx1 * r1[x1];
-                        *o = wy0 * top + wy1 * bottom;
-                    }
-                }
-            });
+        let out = resize_forward(x, (h, w), (oh, ow), self.align_corners);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
 }
@@ -152,24 +135,7 @@ impl PlaneKernel for BilinearResizeGrad {
     fn run<T: Float>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
-        let columns = taps::<T>(w, ow, self.align_corners);
-        let mut out = vec![T::zero(); n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, grad_plane)| {
-                let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                for (oy, g_row) in g.chunks_exact(ow).enumerate() {
-                    let (y0, y1, l) = source_index(oy, h, oh, self.align_corners);
-                    let (wy0, wy1) = (T::from_f64(1.0 - l), T::from_f64(l));
-                    for (&gv, &(x0, x1, wx0, wx1)) in g_row.iter().zip(&columns) {
-                        for (y, wy) in [(y0, wy0), (y1, wy1)] {
-                            let row = &mut grad_plane[y * w..(y + 1) * w];
-                            row[x0] += gv * wy * wx0;
-                            row[x1] += gv * wy * wx1;
-                        }
-                    }
-                }
-            });
+        let out = resize_grad(g, (oh, ow), (h, w), self.align_corners);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
     }
 }

@@ -3,10 +3,12 @@
 //! candle runs a grouped convolution as one im2col convolution per group, which for a depthwise
 //! layer means one tiny GEMM per channel. Every depthwise layer of Fast-SCNN is 3x3 with padding 1,
 //! so a direct kernel over each channel plane is both simpler and much faster
-//! (`cargo bench -p fastscnn-benches --bench depthwise`).
+//! (`cargo bench -p fastscnn-benches --bench depthwise`). The kernels are `fastscnn-cpu`'s: its
+//! vectorised f32 ones for the forward pass, those written for f32 and f64 for f64 and the
+//! gradients; this is candle's side of the op and its composite reference.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use fastscnn_cpu::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, DepthwiseConv};
 
 use super::{contiguous_slice, depthwise_output_size, has_cpu_kernel, Float};
 
@@ -58,6 +60,45 @@ struct DepthwiseConv3x3 {
     stride: usize,
 }
 
+impl DepthwiseConv3x3 {
+    /// f32 through the inference engine's vectorised kernels (bias zero, no ReLU), f64 through
+    /// the kernel written for both.
+    fn run<T: Float>(&self, x: &[T], x_shape: &Shape, w: &[T]) -> Result<Vec<T>> {
+        let (n, c, h, wd) = x_shape.dims4()?;
+        if let (Some(x), Some(w)) = (as_f32(x), as_f32(w)) {
+            let conv = DepthwiseConv::new(w.to_vec(), vec![0.0; c], c, self.stride, false);
+            let (oh, ow) = conv.output_size(h, wd);
+            let mut out = vec![0f32; n * c * oh * ow];
+            if out.is_empty() {
+                return Ok(from_f32(out));
+            }
+            for (image, out) in x
+                .chunks_exact(c * h * wd)
+                .zip(out.chunks_exact_mut(c * oh * ow))
+            {
+                conv.run(image, h, wd, out);
+            }
+            return Ok(from_f32(out));
+        }
+        Ok(depthwise_forward(x, c, (h, wd), w, self.stride))
+    }
+}
+
+/// `data` as f32 when `T` is f32.
+fn as_f32<T: Float>(data: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `T` is f32, so the slice is one of f32.
+        .then(|| unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<f32>(), data.len()) })
+}
+
+/// An f32 vector as a `Vec<T>` known to be of f32.
+fn from_f32<T: Float>(data: Vec<f32>) -> Vec<T> {
+    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
+    let mut data = std::mem::ManuallyDrop::new(data);
+    // SAFETY: `T` is f32 (checked above): same layout, capacity and allocation.
+    unsafe { Vec::from_raw_parts(data.as_mut_ptr().cast::<T>(), data.len(), data.capacity()) }
+}
+
 impl PairKernel for DepthwiseConv3x3 {
     const NAME: &'static str = "depthwise-conv3x3";
 
@@ -73,81 +114,8 @@ impl PairKernel for DepthwiseConv3x3 {
             depthwise_output_size(h, self.stride),
             depthwise_output_size(wd, self.stride),
         );
-        let mut out = vec![T::zero(); n * c * oh * ow];
-        if oh * ow > 0 {
-            out.par_chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(plane, out_plane)| {
-                    let ch = plane % c;
-                    let input = &x[plane * h * wd..(plane + 1) * h * wd];
-                    let kernel = &w[ch * 9..ch * 9 + 9];
-                    conv_plane(input, h, wd, kernel, self.stride, out_plane, ow);
-                });
-        }
+        let out = DepthwiseConv3x3::run(self, x, x_shape, w)?;
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
-    }
-}
-
-/// One channel plane: every output row accumulates the up-to-three input rows it overlaps, with a
-/// branch-free loop over the interior columns and checked loops at the two borders.
-fn conv_plane<T: Float>(
-    input: &[T],
-    h: usize,
-    w: usize,
-    kernel: &[T],
-    stride: usize,
-    out: &mut [T],
-    ow: usize,
-) {
-    // Output columns whose three taps (ox*stride-1 ..= ox*stride+1) all lie inside the row.
-    let interior_start = 1.min(ow);
-    let interior_end = if w >= 2 {
-        ((w - 2) / stride + 1).min(ow)
-    } else {
-        interior_start
-    };
-    let interior_end = interior_end.max(interior_start);
-    for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
-        for ky in 0..3 {
-            let iy = (oy * stride + ky) as isize - 1;
-            if iy < 0 || iy as usize >= h {
-                continue;
-            }
-            let row = &input[iy as usize * w..(iy as usize + 1) * w];
-            let (k0, k1, k2) = (kernel[ky * 3], kernel[ky * 3 + 1], kernel[ky * 3 + 2]);
-            let border = |ox: usize| {
-                let mut acc = T::zero();
-                for (kx, k) in [k0, k1, k2].into_iter().enumerate() {
-                    let ix = (ox * stride + kx) as isize - 1;
-                    if ix >= 0 && (ix as usize) < w {
-                        acc += k * row[ix as usize];
-                    }
-                }
-                acc
-            };
-            for ox in (0..interior_start).chain(interior_end..ow) {
-                out_row[ox] += border(ox);
-            }
-            if interior_start >= interior_end {
-                continue;
-            }
-            // Interior output column ox reads taps ox*stride-1 ..= ox*stride+1; the first interior
-            // column is 1, so its window starts at stride-1.
-            let dst = &mut out_row[interior_start..interior_end];
-            if stride == 1 {
-                // Three shifted views of the row, zipped: bounds-check free, so it vectorises.
-                let n = dst.len();
-                let taps = row[..n].iter().zip(&row[1..n + 1]).zip(&row[2..n + 2]);
-                for (o, ((&a, &b), &c)) in dst.iter_mut().zip(taps) {
-                    *o += k0 * a + k1 * b + k2 * c;
-                }
-            } else {
-                let windows = row[stride - 1..].windows(3).step_by(stride);
-                for (o, taps) in dst.iter_mut().zip(windows) {
-                    *o += k0 * taps[0] + k1 * taps[1] + k2 * taps[2];
-                }
-            }
-        }
     }
 }
 
@@ -229,19 +197,8 @@ trait PairKernel {
     ) -> Result<(CpuStorage, Shape)>;
 }
 
-/// The input taps `(output index, kernel tap, input index)` of one axis: output `o` reads input
-/// `o*stride + k - 1` for `k` in 0..3 when that lies inside `0..input`.
-fn taps(output: usize, input: usize, stride: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    (0..output).flat_map(move |o| {
-        (0..3).filter_map(move |k| {
-            let i = (o * stride + k).checked_sub(1)?;
-            (i < input).then_some((o, k, i))
-        })
-    })
-}
-
-/// Gradient of the depthwise convolution with respect to its input: every output gradient sent
-/// back through the kernel taps that produced it. Arguments: (grad_out, weight).
+/// Gradient of the depthwise convolution with respect to its input. Arguments: (grad_out,
+/// weight).
 struct DepthwiseConv3x3InputGrad {
     stride: usize,
     h: usize,
@@ -260,24 +217,7 @@ impl PairKernel for DepthwiseConv3x3InputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = g_shape.dims4()?;
         let (h, w) = (self.h, self.w);
-        let rows: Vec<_> = taps(oh, h, self.stride).collect();
-        let cols: Vec<_> = taps(ow, w, self.stride).collect();
-        let mut out = vec![T::zero(); n * c * h * w];
-        if h * w > 0 {
-            out.par_chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(plane, grad_plane)| {
-                    let kernel = &k[(plane % c) * 9..(plane % c) * 9 + 9];
-                    let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                    for &(oy, ky, iy) in &rows {
-                        let g_row = &g[oy * ow..(oy + 1) * ow];
-                        let dst = &mut grad_plane[iy * w..(iy + 1) * w];
-                        for &(ox, kx, ix) in &cols {
-                            dst[ix] += kernel[ky * 3 + kx] * g_row[ox];
-                        }
-                    }
-                });
-        }
+        let out = depthwise_input_grad(g, c, (oh, ow), (h, w), k, self.stride);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
     }
 }
@@ -298,8 +238,8 @@ impl CustomOp2 for DepthwiseConv3x3InputGrad {
     }
 }
 
-/// Gradient of the depthwise convolution with respect to its (C, 1, 3, 3) weight: per channel,
-/// each tap's correlation of input and output gradient over the batch. Arguments: (x, grad_out).
+/// Gradient of the depthwise convolution with respect to its (C, 1, 3, 3) weight. Arguments:
+/// (x, grad_out).
 struct DepthwiseConv3x3WeightGrad {
     stride: usize,
 }
@@ -316,30 +256,7 @@ impl PairKernel for DepthwiseConv3x3WeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = x_shape.dims4()?;
         let (_, _, oh, ow) = g_shape.dims4()?;
-        let rows: Vec<_> = taps(oh, h, self.stride).collect();
-        let cols: Vec<_> = taps(ow, w, self.stride).collect();
-        let mut out = vec![T::zero(); c * 9];
-        // One channel per task, batch summed in a fixed order: the same bits on every run.
-        out.par_chunks_mut(9)
-            .enumerate()
-            .for_each(|(ch, grad_kernel)| {
-                let mut acc = [0f64; 9];
-                for b in 0..n {
-                    let plane = b * c + ch;
-                    let x = &x[plane * h * w..(plane + 1) * h * w];
-                    let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                    for &(oy, ky, iy) in &rows {
-                        let g_row = &g[oy * ow..(oy + 1) * ow];
-                        let x_row = &x[iy * w..(iy + 1) * w];
-                        for &(ox, kx, ix) in &cols {
-                            acc[ky * 3 + kx] += (g_row[ox] * x_row[ix]).to_f64();
-                        }
-                    }
-                }
-                for (o, a) in grad_kernel.iter_mut().zip(acc) {
-                    *o = T::from_f64(a);
-                }
-            });
+        let out = depthwise_weight_grad(x, g, (n, c), (h, w), (oh, ow), self.stride);
         Ok((T::to_cpu_storage_owned(out), Shape::from((c, 1, 3, 3))))
     }
 }

@@ -21,7 +21,7 @@ pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
 pub use resize_argmax::resize_argmax;
 
 pub use fastscnn_cpu::sampling::{depthwise_output_size, pool_window, source_index};
-use fastscnn_cpu::sampling::{pool_planes, taps};
+use fastscnn_cpu::sampling::pool_planes;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 

@@ -3,11 +3,9 @@
 //! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use fastscnn_cpu::resize_argmax_forward;
 
-use super::{
-    has_cpu_kernel, resize_bilinear, run_f32_or_f64, source_index, taps, Float, PlaneKernel,
-};
+use super::{has_cpu_kernel, resize_bilinear, run_f32_or_f64, Float, PlaneKernel};
 
 /// `argmax` over classes of `resize_bilinear(scores, out_h, out_w, align_corners)`, as (N, out_h,
 /// out_w) u32, with the same arithmetic as the resize (so the same labels) and the first class
@@ -45,34 +43,7 @@ impl PlaneKernel for ResizeArgmax {
     fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
-        let columns = taps::<T>(w, ow, self.align_corners);
-        let mut labels = vec![0u32; n * oh * ow];
-        labels
-            .par_chunks_mut(ow)
-            .enumerate()
-            .for_each(|(row, out_row)| {
-                let (b, oy) = (row / oh, row % oh);
-                let (y0, y1, l) = source_index(oy, h, oh, self.align_corners);
-                let (wy0, wy1) = (T::from_f64(1.0 - l), T::from_f64(l));
-                let mut best = vec![T::zero(); ow];
-                for class in 0..c {
-                    let plane = &x[(b * c + class) * h * w..(b * c + class + 1) * h * w];
-                    let r0 = &plane[y0 * w..(y0 + 1) * w];
-                    let r1 = &plane[y1 * w..(y1 + 1) * w];
-                    for ((&(x0, x1, wx0, wx1), best), label) in
-                        columns.iter().zip(best.iter_mut()).zip(out_row.iter_mut())
-                    {
-                        // The resize kernel's order of operations, so the values are identical.
-                        let top = wx0 * r0[x0] + wx1 * r0[x1];
-                        let bottom = wx0 * r1[x0] + wx1 * r1[x1];
-                        let v = wy0 * top + wy1 * bottom;
-                        if class == 0 || v > *best {
-                            *best = v;
-                            *label = class as u32;
-                        }
-                    }
-                }
-            });
+        let labels = resize_argmax_forward(x, c, (h, w), (oh, ow), self.align_corners);
         Ok((CpuStorage::U32(labels), Shape::from((n, oh, ow))))
     }
 }

@@ -1,4 +1,7 @@
-//! Depthwise 3x3 convolution (padding 1, stride 1 or 2) with bias and ReLU fused, vectorised.
+//! Depthwise 3x3 convolution (padding 1, stride 1 or 2): [`DepthwiseConv`], the f32 kernels with
+//! bias and ReLU fused, vectorised, which inference and the candle op's f32 forward run; and
+//! the kernels written once for f32 and f64 (`generic.rs`): the forward the f64 gradient checks
+//! run, and both gradients.
 //!
 //! An output is nine multiply-adds of inputs at fixed offsets, which the compiler turns into
 //! full-width vector FMAs over runs of outputs. At stride 1 the runs are read straight from the
@@ -13,8 +16,11 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod generic;
 #[cfg(test)]
 mod tests;
+
+pub use generic::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad};
 
 #[cfg(target_arch = "x86_64")]
 use avx2::*;

@@ -104,3 +104,42 @@ fn matches_the_naive_convolution_for_both_strides_and_odd_sizes() {
         }
     }
 }
+
+/// The kernels written for f32 and f64 against the vectorised ones and the naive sum, on a batch
+/// of planes (plane `p` is channel `p % channels`), both strides, maps narrow and wide.
+#[test]
+fn the_generic_forward_equals_the_vectorised_kernels() {
+    let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
+    let channels = 3;
+    for ((h, w), stride) in [(1, 1), (2, 3), (9, 17), (12, 130)]
+        .into_iter()
+        .flat_map(|s| [(s, 1), (s, 2)])
+    {
+        let weight: Vec<f32> = (0..channels * 9).map(|i| value(i + 3)).collect();
+        let conv = DepthwiseConv::new(weight.clone(), vec![0.0; channels], channels, stride, false);
+        let x: Vec<f32> = (0..2 * channels * h * w).map(|i| value(i + 11)).collect();
+        let generic = depthwise_forward(&x, channels, (h, w), &weight, stride);
+        let (oh, ow) = conv.output_size(h, w);
+        assert_eq!(generic.len(), 2 * channels * oh * ow);
+        for (image, got) in x
+            .chunks_exact(channels * h * w)
+            .zip(generic.chunks_exact(channels * oh * ow))
+        {
+            let mut vectorised = vec![0f32; channels * oh * ow];
+            conv.run(image, h, w, &mut vectorised);
+            let expected = naive(&conv, image, h, w);
+            for ((&g, &v), &e) in got.iter().zip(&vectorised).zip(&expected) {
+                assert!(
+                    (g - e).abs() < 1e-5 && (v - e).abs() < 1e-5,
+                    "{h}x{w} /{stride}"
+                );
+            }
+        }
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let w64: Vec<f64> = weight.iter().map(|&v| v as f64).collect();
+        let generic64 = depthwise_forward(&x64, channels, (h, w), &w64, stride);
+        for (a, b) in generic64.iter().zip(&generic) {
+            assert!((a - *b as f64).abs() < 1e-5, "f64 {h}x{w} /{stride}");
+        }
+    }
+}

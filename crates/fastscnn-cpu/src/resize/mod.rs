@@ -3,12 +3,16 @@
 //! Upsampling by 8 reads each input row for eight output rows. Interpolating every input row
 //! horizontally once, then blending pairs of those rows vertically, turns the per-pixel gather of
 //! four samples into a gather over 1/8 of the rows and a vector blend over the rest. The
-//! arithmetic is the one of `fastscnn_core::ops::resize_bilinear`'s kernel (horizontal, then
+//! arithmetic is the one of [`resize_forward`] (horizontal, then
 //! vertical, no fused multiply-adds), so labels equal those of resizing then taking the argmax.
+//! `generic.rs` is the same resize per output pixel for f32 and f64, with its gradient: what the
+//! candle ops run.
 
 mod argmax;
+mod generic;
 
 pub use argmax::{resize_argmax_min_scratch_len, resize_argmax_planes, resize_argmax_scratch_len};
+pub use generic::{resize_argmax_forward, resize_forward, resize_grad};
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
