@@ -1,5 +1,5 @@
-//! Where and how the engine runs, chosen by the caller: the instruction set of its kernels and
-//! the threads they run on.
+//! Where and how the engine runs, chosen by the caller: the instruction set of its kernels, the
+//! threads they run on and the sizes at which its blocks change strategy ([`Tuning`]).
 //!
 //! A context owns a thread pool; work run through [`ExecutionContext::install`] runs on its
 //! threads, which run the kernels of its instruction set ([`Isa::current`] on those threads).
@@ -11,11 +11,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::simd::{set_thread_isa, Isa};
+use crate::tuning::{set_thread_tuning, Tuning};
 
 /// An instruction set and a pool of threads for the engine's kernels.
 #[derive(Clone)]
 pub struct ExecutionContext {
     isa: Isa,
+    tuning: Tuning,
     pool: Arc<rayon::ThreadPool>,
 }
 
@@ -26,6 +28,8 @@ pub enum ContextError {
     Unsupported { isa: Isa, available: Vec<Isa> },
     /// The threads could not be started.
     Threads(rayon::ThreadPoolBuildError),
+    /// The tuning values cannot be used; the reason.
+    Tuning(String),
 }
 
 impl fmt::Display for ContextError {
@@ -41,6 +45,7 @@ impl fmt::Display for ContextError {
                 )
             }
             ContextError::Threads(e) => write!(f, "cannot start the threads: {e}"),
+            ContextError::Tuning(why) => write!(f, "bad tuning: {why}"),
         }
     }
 }
@@ -48,21 +53,32 @@ impl fmt::Display for ContextError {
 impl std::error::Error for ContextError {}
 
 impl ExecutionContext {
-    /// A context running `isa`'s kernels on `threads` threads (all cores when `None`).
+    /// A context running `isa`'s kernels, tuned for it, on `threads` threads (all cores when
+    /// `None`).
     pub fn new(isa: Isa, threads: Option<usize>) -> Result<Self, ContextError> {
+        Self::tuned(isa, threads, Tuning::for_isa(isa))
+    }
+
+    /// A context running `isa`'s kernels with `tuning` on `threads` threads.
+    pub fn tuned(isa: Isa, threads: Option<usize>, tuning: Tuning) -> Result<Self, ContextError> {
         let available = Isa::available();
         if !available.contains(&isa) {
             return Err(ContextError::Unsupported { isa, available });
         }
+        tuning.check().map_err(ContextError::Tuning)?;
         let mut builder = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("fastscnn-{i}"))
-            .start_handler(move |_| set_thread_isa(isa));
+            .start_handler(move |_| {
+                set_thread_isa(isa);
+                set_thread_tuning(tuning);
+            });
         if let Some(threads) = threads {
             builder = builder.num_threads(threads);
         }
         let pool = builder.build().map_err(ContextError::Threads)?;
         Ok(Self {
             isa,
+            tuning,
             pool: Arc::new(pool),
         })
     }
@@ -74,6 +90,10 @@ impl ExecutionContext {
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
     }
 
     pub fn threads(&self) -> usize {
@@ -91,6 +111,7 @@ impl fmt::Debug for ExecutionContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExecutionContext")
             .field("isa", &self.isa)
+            .field("tuning", &self.tuning)
             .field("threads", &self.threads())
             .finish()
     }

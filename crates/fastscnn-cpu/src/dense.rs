@@ -413,67 +413,71 @@ dispatch!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::on_every_isa;
 
     #[test]
     fn matches_the_naive_convolution_with_and_without_padding() {
-        let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
-        for (k, stride, padding, h, w) in [
-            (3, 2, 0, 9, 13),
-            (3, 2, 0, 8, 12),
-            (3, 2, 0, 3, 4),
-            (3, 2, 1, 8, 12),
-            (3, 2, 1, 9, 13),
-            (3, 2, 1, 1, 2),
-            (3, 1, 1, 5, 7),
-            (1, 1, 0, 3, 4),
-        ] {
-            let (cin, cout) = (3, 5);
-            let fast = DenseConv::new(
-                (0..cout * cin * k * k).map(|i| value(i + 3)).collect(),
-                (0..cout).map(value).collect(),
-                cin,
-                cout,
-                k,
-                stride,
-                padding,
-                true,
-            );
-            for conv in [fast.clone(), fast.without_packed_kernel()] {
-                let x: Vec<f32> = (0..cin * h * w).map(|i| value(i + 100)).collect();
-                let (oh, ow) = conv.output_size(h, w);
-                let mut out = vec![f32::NAN; cout * oh * ow];
-                conv.run(&x, h, w, &mut out);
-                for co in 0..cout {
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let mut acc = conv.bias[co] as f64;
-                            for ci in 0..cin {
-                                for ky in 0..k {
-                                    for kx in 0..k {
-                                        let iy = (oy * stride + ky) as isize - padding as isize;
-                                        let ix = (ox * stride + kx) as isize - padding as isize;
-                                        if iy >= 0
-                                            && ix >= 0
-                                            && (iy as usize) < h
-                                            && (ix as usize) < w
-                                        {
-                                            acc += conv.weight[((co * cin + ci) * k + ky) * k + kx]
-                                                as f64
-                                                * x[(ci * h + iy as usize) * w + ix as usize]
-                                                    as f64;
+        on_every_isa(|_| {
+            let value = |i: usize| ((i * 7919 % 263) as f32 / 131.0) - 1.0;
+            for (k, stride, padding, h, w) in [
+                (3, 2, 0, 9, 13),
+                (3, 2, 0, 8, 12),
+                (3, 2, 0, 3, 4),
+                (3, 2, 1, 8, 12),
+                (3, 2, 1, 9, 13),
+                (3, 2, 1, 1, 2),
+                (3, 1, 1, 5, 7),
+                (1, 1, 0, 3, 4),
+            ] {
+                let (cin, cout) = (3, 5);
+                let fast = DenseConv::new(
+                    (0..cout * cin * k * k).map(|i| value(i + 3)).collect(),
+                    (0..cout).map(value).collect(),
+                    cin,
+                    cout,
+                    k,
+                    stride,
+                    padding,
+                    true,
+                );
+                for conv in [fast.clone(), fast.without_packed_kernel()] {
+                    let x: Vec<f32> = (0..cin * h * w).map(|i| value(i + 100)).collect();
+                    let (oh, ow) = conv.output_size(h, w);
+                    let mut out = vec![f32::NAN; cout * oh * ow];
+                    conv.run(&x, h, w, &mut out);
+                    for co in 0..cout {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let mut acc = conv.bias[co] as f64;
+                                for ci in 0..cin {
+                                    for ky in 0..k {
+                                        for kx in 0..k {
+                                            let iy = (oy * stride + ky) as isize - padding as isize;
+                                            let ix = (ox * stride + kx) as isize - padding as isize;
+                                            if iy >= 0
+                                                && ix >= 0
+                                                && (iy as usize) < h
+                                                && (ix as usize) < w
+                                            {
+                                                acc += conv.weight
+                                                    [((co * cin + ci) * k + ky) * k + kx]
+                                                    as f64
+                                                    * x[(ci * h + iy as usize) * w + ix as usize]
+                                                        as f64;
+                                            }
                                         }
                                     }
                                 }
+                                let got = out[(co * oh + oy) * ow + ox];
+                                assert!(
+                                    (got as f64 - acc.max(0.0)).abs() < 1e-4,
+                                    "k{k} s{stride} p{padding}"
+                                );
                             }
-                            let got = out[(co * oh + oy) * ow + ox];
-                            assert!(
-                                (got as f64 - acc.max(0.0)).abs() < 1e-4,
-                                "k{k} s{stride} p{padding}"
-                            );
                         }
                     }
                 }
             }
-        }
+        });
     }
 }

@@ -46,14 +46,17 @@ dispatch!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::on_every_isa;
 
     #[test]
     fn adds_bias_and_shortcut_then_rectifies() {
-        let mut row = vec![1.0, -3.0, 0.5, f32::NAN];
-        finish_row(&mut row, 1.0, Some(&[0.0, 1.0, -2.0, 0.0]), true);
-        assert_eq!(row, [2.0, 0.0, 0.0, 0.0]);
-        let mut row = vec![1.0, -3.0];
-        finish_row(&mut row, -1.0, None, false);
-        assert_eq!(row, [0.0, -4.0]);
+        on_every_isa(|_| {
+            let mut row = vec![1.0, -3.0, 0.5, f32::NAN];
+            finish_row(&mut row, 1.0, Some(&[0.0, 1.0, -2.0, 0.0]), true);
+            assert_eq!(row, [2.0, 0.0, 0.0, 0.0]);
+            let mut row = vec![1.0, -3.0];
+            finish_row(&mut row, -1.0, None, false);
+            assert_eq!(row, [0.0, -4.0]);
+        });
     }
 }

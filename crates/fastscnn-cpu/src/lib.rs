@@ -47,6 +47,7 @@ mod resize;
 pub mod sampling;
 pub(crate) mod simd;
 mod softmax;
+mod tuning;
 
 pub use allocator::keep_freed_memory;
 pub use blocks::{
@@ -69,6 +70,7 @@ pub use resize::{
 };
 pub use simd::Isa;
 pub use softmax::softmax_planes;
+pub use tuning::Tuning;
 
 /// A raw output pointer that parallel tasks write disjoint parts of.
 #[derive(Clone, Copy)]
@@ -82,5 +84,24 @@ impl SendPtr {
     /// Through a method, so closures capture the `Send` wrapper rather than its field.
     fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// Runs `test` on a two-thread context of each instruction set this processor has, so that one
+/// test binary covers every kernel; a failure says which set failed.
+#[cfg(test)]
+fn on_every_isa(test: impl Fn(Isa) + Sync) {
+    struct Named(Isa);
+    impl Drop for Named {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("(this failure is on the {} kernels)", self.0.name());
+            }
+        }
+    }
+    for isa in Isa::available() {
+        let context = ExecutionContext::new(isa, Some(2)).unwrap();
+        let _named = Named(isa);
+        context.install(|| test(isa));
     }
 }

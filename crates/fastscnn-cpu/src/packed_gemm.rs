@@ -266,23 +266,12 @@ mod tests {
     use super::*;
     use crate::pointwise::tests::values;
 
-    /// Every kernel this processor can run, not only the one `Isa::detected` picks.
+    /// Every packed kernel this processor can run, not only the one `Isa::detected` picks.
     fn kernels() -> Vec<Isa> {
-        #[allow(unused_mut)]
-        let mut isas = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
-            }
-        }
-        if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
-            isas.push(Isa::Neon);
-        }
-        isas
+        Isa::available()
+            .into_iter()
+            .filter(|&isa| isa != Isa::Portable)
+            .collect()
     }
 
     /// A slice of the product (channels, depth, pixels p0..p1) with every epilogue, against a

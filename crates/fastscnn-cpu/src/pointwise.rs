@@ -235,6 +235,7 @@ fn panel_width(out_channels: usize, pixels: usize) -> usize {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::on_every_isa;
 
     fn naive(conv: &PointwiseConv, x: &[f32], pixels: usize, residual: Option<&[f32]>) -> Vec<f32> {
         let mut out = vec![0f32; conv.out_channels * pixels];
@@ -266,46 +267,53 @@ pub(crate) mod tests {
 
     #[test]
     fn matches_the_naive_product_for_every_seed_and_odd_sizes() {
-        for (cin, cout, pixels, relu) in
-            [(3, 5, 1, false), (64, 96, 1000, true), (17, 33, 4099, true)]
-        {
-            let fast = PointwiseConv::new(values(cin * cout, 1), values(cout, 2), cin, cout, relu);
-            for conv in [fast.clone(), fast.without_packed_kernel()] {
-                let x = values(cin * pixels, 3);
-                let residual = values(cout * pixels, 4);
-                let mut out = vec![f32::NAN; cout * pixels];
-                conv.run(&x, pixels, &mut out, Seed::Bias);
-                let expected = naive(&conv, &x, pixels, None);
-                assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
-                conv.run(&x, pixels, &mut out, Seed::BiasPlus(&residual));
-                let expected = naive(&conv, &x, pixels, Some(&residual));
-                assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
+        on_every_isa(|_| {
+            for (cin, cout, pixels, relu) in
+                [(3, 5, 1, false), (64, 96, 1000, true), (17, 33, 4099, true)]
+            {
+                let fast =
+                    PointwiseConv::new(values(cin * cout, 1), values(cout, 2), cin, cout, relu);
+                for conv in [fast.clone(), fast.without_packed_kernel()] {
+                    let x = values(cin * pixels, 3);
+                    let residual = values(cout * pixels, 4);
+                    let mut out = vec![f32::NAN; cout * pixels];
+                    conv.run(&x, pixels, &mut out, Seed::Bias);
+                    let expected = naive(&conv, &x, pixels, None);
+                    assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
+                    conv.run(&x, pixels, &mut out, Seed::BiasPlus(&residual));
+                    let expected = naive(&conv, &x, pixels, Some(&residual));
+                    assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4));
+                }
             }
-        }
+        });
     }
 
     #[test]
     fn accumulate_adds_a_second_product_and_its_bias() {
-        let (cin, cout, pixels) = (8, 4, 50);
-        let first = PointwiseConv::new(values(cin * cout, 5), values(cout, 6), cin, cout, false);
-        let second = PointwiseConv::new(values(cin * cout, 7), values(cout, 10), cin, cout, true);
-        let (a, b) = (values(cin * pixels, 8), values(cin * pixels, 9));
-        let mut out = vec![0f32; cout * pixels];
-        first.run(&a, pixels, &mut out, Seed::Bias);
-        second.run(&b, pixels, &mut out, Seed::Accumulate);
-        let sum: Vec<f32> = naive(&first, &a, pixels, None)
-            .iter()
-            .zip(naive(
-                &PointwiseConv {
-                    relu: false,
-                    ..second.clone()
-                },
-                &b,
-                pixels,
-                None,
-            ))
-            .map(|(x, y)| (x + y).max(0.0))
-            .collect();
-        assert!(out.iter().zip(&sum).all(|(a, b)| (a - b).abs() < 1e-4));
+        on_every_isa(|_| {
+            let (cin, cout, pixels) = (8, 4, 50);
+            let first =
+                PointwiseConv::new(values(cin * cout, 5), values(cout, 6), cin, cout, false);
+            let second =
+                PointwiseConv::new(values(cin * cout, 7), values(cout, 10), cin, cout, true);
+            let (a, b) = (values(cin * pixels, 8), values(cin * pixels, 9));
+            let mut out = vec![0f32; cout * pixels];
+            first.run(&a, pixels, &mut out, Seed::Bias);
+            second.run(&b, pixels, &mut out, Seed::Accumulate);
+            let sum: Vec<f32> = naive(&first, &a, pixels, None)
+                .iter()
+                .zip(naive(
+                    &PointwiseConv {
+                        relu: false,
+                        ..second.clone()
+                    },
+                    &b,
+                    pixels,
+                    None,
+                ))
+                .map(|(x, y)| (x + y).max(0.0))
+                .collect();
+            assert!(out.iter().zip(&sum).all(|(a, b)| (a - b).abs() < 1e-4));
+        });
     }
 }

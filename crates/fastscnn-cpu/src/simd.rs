@@ -28,19 +28,11 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// What this processor supports, narrowed by `FASTSCNN_ISA` (for benchmarks and tests of the
-    /// fallbacks): `portable` anywhere, `avx2` on an AVX-512 machine; any other value, or one
-    /// naming more than the processor has, leaves the best.
+    /// The best instruction set this processor supports: what runs outside any
+    /// [`crate::ExecutionContext`]. Another is chosen by running in a context of it.
     pub fn detected() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let best = Self::best_supported();
-            match std::env::var("FASTSCNN_ISA").as_deref() {
-                Ok("portable") => Isa::Portable,
-                Ok("avx2") if best == Isa::Avx512 => Isa::Avx2,
-                _ => best,
-            }
-        })
+        *ISA.get_or_init(|| Self::available()[0])
     }
 
     /// The instruction set the kernels running on this thread use: that of the
@@ -77,22 +69,6 @@ impl Isa {
         [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable]
             .into_iter()
             .find(|isa| isa.name() == name)
-    }
-
-    fn best_supported() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
-            return Isa::Neon;
-        }
-        Isa::Portable
     }
 
     pub fn name(self) -> &'static str {
@@ -202,14 +178,11 @@ mod tests {
         assert_eq!(y, expected);
     }
 
-    /// The instruction set is one of the build target's, and `FASTSCNN_ISA=portable` (how the
-    /// fallbacks are tested) is obeyed on every target.
+    /// The instruction set is one of the build target's, the best of those available.
     #[test]
     fn the_detected_instruction_set_belongs_to_the_build_target() {
         let isa = Isa::detected();
-        if std::env::var("FASTSCNN_ISA").as_deref() == Ok("portable") {
-            assert_eq!(isa, Isa::Portable);
-        }
+        assert_eq!(Some(&isa), Isa::available().first());
         let arch = match isa {
             Isa::Avx512 | Isa::Avx2 => Some("x86_64"),
             Isa::Neon => Some("aarch64"),
@@ -218,9 +191,7 @@ mod tests {
         if let Some(arch) = arch {
             assert_eq!(arch, std::env::consts::ARCH, "{isa:?}");
         }
-        if cfg!(all(target_arch = "aarch64", target_feature = "neon"))
-            && std::env::var_os("FASTSCNN_ISA").is_none()
-        {
+        if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
             assert_eq!(isa, Isa::Neon);
         }
     }

@@ -126,45 +126,50 @@ pub fn softmax_planes(scores: &mut [f32], classes: usize, pixels: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::on_every_isa;
     use crate::simd::Unfused;
 
     #[test]
     fn exp_is_within_a_few_ulp_of_the_library() {
-        for i in 0..=20_000 {
-            let x = -87.0 + i as f32 * (95.0 / 20_000.0);
-            let (ours, theirs) = (exp::<Unfused>(x), x.exp());
-            assert!(
-                ((ours - theirs) / theirs).abs() < 4e-7,
-                "exp({x}) = {ours}, not {theirs}"
-            );
-        }
-        // Far below the range: clamped, a tiny positive number, never NaN or negative.
-        let tiny = exp::<Unfused>(-1000.0);
-        assert!(tiny > 0.0 && ((tiny - (-87f32).exp()) / tiny).abs() < 4e-7);
+        on_every_isa(|_| {
+            for i in 0..=20_000 {
+                let x = -87.0 + i as f32 * (95.0 / 20_000.0);
+                let (ours, theirs) = (exp::<Unfused>(x), x.exp());
+                assert!(
+                    ((ours - theirs) / theirs).abs() < 4e-7,
+                    "exp({x}) = {ours}, not {theirs}"
+                );
+            }
+            // Far below the range: clamped, a tiny positive number, never NaN or negative.
+            let tiny = exp::<Unfused>(-1000.0);
+            assert!(tiny > 0.0 && ((tiny - (-87f32).exp()) / tiny).abs() < 4e-7);
+        });
     }
 
     #[test]
     fn rows_sum_to_one_and_match_the_definition() {
-        let (classes, pixels) = (19, 1500);
-        let scores: Vec<f32> = (0..classes * pixels)
-            .map(|i| ((i * 7919 % 1009) as f32 / 50.0) - 10.0)
-            .collect();
-        let mut probs = scores.clone();
-        softmax_planes(&mut probs, classes, pixels);
-        for p in 0..pixels {
-            let column: Vec<f64> = (0..classes)
-                .map(|c| scores[c * pixels + p] as f64)
+        on_every_isa(|_| {
+            let (classes, pixels) = (19, 1500);
+            let scores: Vec<f32> = (0..classes * pixels)
+                .map(|i| ((i * 7919 % 1009) as f32 / 50.0) - 10.0)
                 .collect();
-            let max = column.iter().cloned().fold(f64::MIN, f64::max);
-            let total: f64 = column.iter().map(|v| (v - max).exp()).sum();
-            for (c, v) in column.iter().enumerate() {
-                let expected = (v - max).exp() / total;
-                let got = probs[c * pixels + p] as f64;
-                assert!(
-                    (got - expected).abs() < 1e-6,
-                    "pixel {p} class {c}: {got} vs {expected}"
-                );
+            let mut probs = scores.clone();
+            softmax_planes(&mut probs, classes, pixels);
+            for p in 0..pixels {
+                let column: Vec<f64> = (0..classes)
+                    .map(|c| scores[c * pixels + p] as f64)
+                    .collect();
+                let max = column.iter().cloned().fold(f64::MIN, f64::max);
+                let total: f64 = column.iter().map(|v| (v - max).exp()).sum();
+                for (c, v) in column.iter().enumerate() {
+                    let expected = (v - max).exp() / total;
+                    let got = probs[c * pixels + p] as f64;
+                    assert!(
+                        (got - expected).abs() < 1e-6,
+                        "pixel {p} class {c}: {got} vs {expected}"
+                    );
+                }
             }
-        }
+        });
     }
 }

@@ -32,7 +32,7 @@ pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
 pub use fastscnn_core::layers::BatchNormMode;
 pub use fastscnn_core::Normalization;
-pub use fastscnn_cpu::{ExecutionContext, Isa};
+pub use fastscnn_cpu::{ExecutionContext, Isa, Tuning};
 pub use layout::WeightLayout;
 pub use preprocess::{
     image_to_tensor, load_rgb_image, load_rgb_image_within, resize_image, scaled_size,

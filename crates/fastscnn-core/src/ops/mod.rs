@@ -20,8 +20,8 @@ pub use cross_entropy::{
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
 pub use resize_argmax::resize_argmax;
 
-pub use fastscnn_cpu::sampling::{depthwise_output_size, pool_window, source_index};
 use fastscnn_cpu::sampling::pool_planes;
+pub use fastscnn_cpu::sampling::{depthwise_output_size, pool_window, source_index};
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 

@@ -1,7 +1,7 @@
 //! The MobileNet-V2 bottleneck, fused band by band or split by hidden channels.
 
 use super::*;
-use crate::Isa;
+use crate::Tuning;
 
 /// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ impl FusedBottleneck {
         let (oh, ow) = self.depthwise.output_size(h, w);
         let data = if self.expand.has_packed_kernel() && self.project.has_packed_kernel() {
             let hidden = self.expand.out_channels * h * w;
-            if hidden >= fuse_above() {
+            if hidden >= Tuning::current().fuse_above {
                 self.run_fused(x, h, w, pool)
             } else {
                 self.run_split(x, h, w, pool)
@@ -54,7 +54,7 @@ impl FusedBottleneck {
         out
     }
 
-    /// Band by band of output rows, and within a band [`hidden_chunk`] hidden channels at a time:
+    /// Band by band of output rows, and within a band [`Tuning::hidden_chunk`] hidden channels at a time:
     /// expand the input rows the band reads, filter them depthwise, and add their share of the
     /// projection to the band's output. The 6x-wide hidden tensor never exists in full; what
     /// exists of it stays in cache. The price is recomputing the expansion of the one or two
@@ -72,7 +72,7 @@ impl FusedBottleneck {
         let mut out = pool.take(cout * oh * ow);
         // A band's expanded chunk: `chunk` x (band·stride + 2) rows x w, allowed twice the
         // usual budget: the two halo rows are expanded twice, so thin bands cost compute.
-        let chunk = hidden_chunk();
+        let chunk = Tuning::current().hidden_chunk;
         let bands = RowBands::new(oh, band_rows(chunk * w * stride / 2, oh));
         let dst = SendPtr(out.as_mut_ptr());
         let zeros = vec![0f32; cout];
@@ -263,35 +263,5 @@ impl FusedBottleneck {
             }
         }
         out
-    }
-}
-
-/// Hidden tensors (in floats) worth cutting into bands: smaller ones stay in the last-level cache
-/// anyway, and their bands would be so thin that recomputing the shared input rows costs more
-/// than the memory traffic saved; they are split by channels instead, one parallel region per
-/// block. Either way beats the three layers in three parallel regions, the path left to the
-/// processors without the packed kernel. 1 M floats on AVX-512; 2 M on AVX2, where the
-/// 1.2-1.8 M-float tensors of 768x1536 and 1024x2048 run faster split, as their bands of four
-/// rows expand half as many rows again (`cargo xtask profile --size 768x1536`, the bottleneck
-/// groups). On NEON, 1 M, the AVX-512 value, not timed on an ARM machine: small boards'
-/// last-level caches (2-4 MB) suggest no larger value; Apple's and Graviton's larger caches
-/// might take one.
-pub(super) fn fuse_above() -> usize {
-    match Isa::current() {
-        Isa::Avx2 => 2 << 20,
-        Isa::Avx512 | Isa::Neon | Isa::Portable => 1 << 20,
-    }
-}
-
-/// Hidden channels a fused bottleneck expands at a time (a multiple of the kernels' eight-channel
-/// weight panels). On AVX2, 64: each chunk packs the band's input and re-reads its output for
-/// the projection, so chunks of 32 would do both twice as often, and 128 saves nothing more
-/// (`cargo xtask profile --size 768x1536`, bottleneck group 1). On AVX-512, 32, where 64 is no
-/// faster. On NEON 64, not timed on an ARM machine: its kernel packs strips of the input as
-/// AVX2's does, so the same count of packings is saved.
-pub(super) fn hidden_chunk() -> usize {
-    match Isa::current() {
-        Isa::Avx2 | Isa::Neon => 64,
-        Isa::Avx512 | Isa::Portable => 32,
     }
 }

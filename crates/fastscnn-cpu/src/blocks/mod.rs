@@ -114,9 +114,9 @@ fn grown(buffer: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 /// Output rows per band of a fused block: the band's intermediate (`floats_per_row` per output
-/// row) about 256 KiB, and enough bands for every thread to get several.
+/// row) about [`crate::Tuning::band_floats`], and enough bands for every thread to get several.
 fn band_rows(floats_per_row: usize, out_rows: usize) -> usize {
-    let by_cache = (64 * 1024 / floats_per_row.max(1)).max(1);
+    let by_cache = (crate::Tuning::current().band_floats / floats_per_row.max(1)).max(1);
     let by_threads = out_rows.div_ceil(4 * rayon::current_num_threads()).max(1);
     by_cache.min(by_threads)
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::pointwise::tests::values;
+use crate::{on_every_isa, ExecutionContext, Isa, MapView, Tuning};
 
 /// Seeded weights scaled by `1/sqrt(fan_in)`, so that activations keep their magnitude
 /// through the layers.
@@ -105,28 +106,62 @@ fn row_bands_cover_the_rows_once_in_near_equal_bands_no_taller_than_asked() {
 }
 
 /// The channel-split bottleneck cuts the hidden channels by the thread count, the first share
-/// written straight to the output: one share, two and three must all sum to the same.
+/// written straight to the output: one share, two and three must all sum to the same, on every
+/// instruction set.
 #[test]
 fn split_bottleneck_sums_to_the_same_for_any_thread_count() {
-    for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2)] {
-        let (fused, plain) = bottleneck_pair(cin, cout, stride);
-        let (h, w) = (13, 21);
-        let x = input(cin * h * w, 5);
-        let mut pool = BufferPool::default();
-        let expected = plain.run(MapView::new(&x, cin, h, w), &mut pool);
+    for isa in Isa::available() {
         for threads in [1, 2, 3] {
-            let workers = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = workers.install(|| fused.run(MapView::new(&x, cin, h, w), &mut pool));
-            let d = max_diff(&got.data, &expected.data);
-            assert!(
-                d < 1e-4,
-                "{cin}->{cout} stride {stride}, {threads} threads: {d}"
-            );
-            pool.give(got);
+            let context = ExecutionContext::new(isa, Some(threads)).unwrap();
+            context.install(|| {
+                for (cin, cout, stride) in [(16, 16, 1), (16, 24, 2)] {
+                    let (fused, plain) = bottleneck_pair(cin, cout, stride);
+                    let (h, w) = (13, 21);
+                    let x = input(cin * h * w, 5);
+                    let x = MapView::new(&x, cin, h, w);
+                    let mut pool = BufferPool::default();
+                    let expected = plain.run(x, &mut pool);
+                    let got = fused.run(x, &mut pool);
+                    let d = max_diff(&got.data, &expected.data);
+                    assert!(
+                        d < 1e-4,
+                        "{isa:?}, {cin}->{cout} stride {stride}, {threads} threads: {d}"
+                    );
+                }
+            });
         }
+    }
+}
+
+/// The bottleneck's two strategies, banded and split by channels, on the same maps: chosen by
+/// the tuning of two contexts, side by side in one process.
+#[test]
+fn both_bottleneck_strategies_agree_on_the_same_map() {
+    for isa in Isa::available() {
+        let run = |fuse_above| {
+            let tuning = Tuning {
+                fuse_above,
+                ..Tuning::for_isa(isa)
+            };
+            let context = ExecutionContext::tuned(isa, Some(2), tuning).unwrap();
+            context.install(|| {
+                let (fused, plain) = bottleneck_pair(24, 24, 1);
+                let (h, w) = (29, 37);
+                let x = input(24 * h * w, 4);
+                let x = MapView::new(&x, 24, h, w);
+                let mut pool = BufferPool::default();
+                let d = max_diff(&fused.run(x, &mut pool).data, &plain.run(x, &mut pool).data);
+                (fused.run(x, &mut pool).data.to_vec(), d)
+            })
+        };
+        let (banded, d_banded) = run(0);
+        let (split, d_split) = run(usize::MAX);
+        assert!(
+            d_banded < 1e-4 && d_split < 1e-4,
+            "{isa:?}: {d_banded}, {d_split}"
+        );
+        let d = max_diff(&banded, &split);
+        assert!(d < 1e-4, "{isa:?}: banded against split {d}");
     }
 }
 
@@ -134,6 +169,10 @@ fn split_bottleneck_sums_to_the_same_for_any_thread_count() {
 /// run everywhere.
 #[test]
 fn fused_blocks_equal_the_layer_by_layer_path() {
+    on_every_isa(fused_blocks_equal_the_layer_by_layer_path_on);
+}
+
+fn fused_blocks_equal_the_layer_by_layer_path_on(isa: Isa) {
     let mut pool = BufferPool::default();
     // Big enough for the bottleneck's hidden tensor to pass `fuse_above`, odd-sized, with
     // a last hidden chunk shorter than the others.
@@ -145,7 +184,10 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
         (16, 16, 1, 13, 21),
         (16, 24, 2, 13, 21),
     ] {
-        assert_eq!(6 * cin * h * w >= fuse_above(), h > 13, "{cin}x{h}x{w}");
+        assert!(
+            isa == Isa::Portable || (6 * cin * h * w >= Tuning::current().fuse_above) == (h > 13),
+            "{cin}x{h}x{w}"
+        );
         let (fused, plain) = bottleneck_pair(cin, cout, stride);
         let x = input(cin * h * w, 3);
         let a = fused.run(MapView::new(&x, cin, h, w), &mut pool);
@@ -155,7 +197,10 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
             (b.channels, b.height, b.width)
         );
         let d = max_diff(&a.data, &b.data);
-        assert!(d < 1e-4, "bottleneck {cin}->{cout} stride {stride}: {d}");
+        assert!(
+            d < 1e-4,
+            "{isa:?} bottleneck {cin}->{cout} stride {stride}: {d}"
+        );
         pool.give(a);
         pool.give(b);
     }
@@ -180,7 +225,7 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
     let b = plain.run(higher, lower, &mut pool);
     assert_eq!((a.channels, a.height, a.width), (40, 37, 45));
     let d = max_diff(&a.data, &b.data);
-    assert!(d < 1e-4, "feature fusion: {d}");
+    assert!(d < 1e-4, "{isa:?} feature fusion: {d}");
     // Narrow maps, one band per task, and wide ones, cut into bands of a few rows whose edge
     // stem rows are computed by both bands that read them.
     for (padding, stride, h, w) in [
@@ -210,7 +255,7 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
         let d = max_diff(&a.data, &b.data);
         assert!(
             d < 1e-4,
-            "stem + separable {h}x{w}, padding {padding}, stride {stride}: {d}"
+            "{isa:?} stem + separable {h}x{w}, padding {padding}, stride {stride}: {d}"
         );
         // Bands of several steps, which compute the stem rows two steps share once (at the
         // sizes above every band is one step; several come from 768x1536 inputs up). The
@@ -252,7 +297,7 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
     let b = plain.run(MapView::new(&x, 24, 29, 53), &mut pool);
     assert_eq!((a.channels, a.height, a.width), (19, 29, 53));
     let d = max_diff(&a.data, &b.data);
-    assert!(d < 1e-4, "classifier: {d}");
+    assert!(d < 1e-4, "{isa:?} classifier: {d}");
     for stride in [1, 2] {
         let fused = separable(24, 40, stride, 41);
         let plain = SeparableConv {
@@ -263,6 +308,6 @@ fn fused_blocks_equal_the_layer_by_layer_path() {
         let a = fused.run(MapView::new(&x, 24, 33, 47), &mut pool);
         let b = plain.run(MapView::new(&x, 24, 33, 47), &mut pool);
         let d = max_diff(&a.data, &b.data);
-        assert!(d < 1e-4, "separable stride {stride}: {d}");
+        assert!(d < 1e-4, "{isa:?} separable stride {stride}: {d}");
     }
 }
