@@ -41,7 +41,13 @@ enum Task {
     },
     /// Convert a checkpoint (PyTorch .pth/.pt or safetensors, either layout) to safetensors with
     /// metadata (layout, classes, source).
-    Convert { input: PathBuf, output: PathBuf },
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        /// Replace a file already at OUTPUT (by default it is left alone).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,8 +72,19 @@ fn run_task(task: Task) -> Result<()> {
             runs,
             weights,
         } => run(profile_command(&size, runs, weights.as_deref())),
-        Task::Convert { input, output } => {
-            println!("{}", fastscnn_weights::convert(&input, &output, None)?);
+        Task::Convert {
+            input,
+            output,
+            force,
+        } => {
+            let replace = match force {
+                true => fastscnn_weights::Replace::Existing,
+                false => fastscnn_weights::Replace::Never,
+            };
+            println!(
+                "{}",
+                fastscnn_weights::convert(&input, &output, None, replace)?
+            );
             Ok(())
         }
     }

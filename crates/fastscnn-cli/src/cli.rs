@@ -134,6 +134,13 @@ pub struct WeightsArgs {
     /// (`$FASTSCNN_HOME/default.safetensors`).
     #[arg(long, value_name = "FILE", conflicts_with = "hf_repo")]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// A file of a Hugging Face Hub model repository.
+#[derive(Debug, Args)]
+pub struct HubArgs {
     /// Take the weights from this Hugging Face Hub model repository, through the local Hub cache
     /// (honours HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE).
     #[arg(long, value_name = "OWNER/NAME")]
@@ -151,14 +158,22 @@ pub struct WeightsArgs {
     pub revision: String,
 }
 
+impl HubArgs {
+    /// The Hub file named, if --hf-repo was given.
+    pub fn file(&self) -> Result<Option<HubFile>, WeightsError> {
+        self.hf_repo
+            .as_deref()
+            .map(|repo| HubFile::new(repo, &self.hf_file, &self.revision))
+            .transpose()
+    }
+}
+
 impl WeightsArgs {
     /// Where the arguments say the weights come from.
     pub fn source(&self) -> Result<WeightSource, WeightsError> {
-        Ok(match (&self.weights, &self.hf_repo) {
+        Ok(match (&self.weights, self.hub.file()?) {
             (Some(path), _) => WeightSource::File(path.clone()),
-            (None, Some(repo)) => {
-                WeightSource::Hub(HubFile::new(repo, &self.hf_file, &self.revision)?)
-            }
+            (None, Some(file)) => WeightSource::Hub(file),
             (None, None) => WeightSource::Installed,
         })
     }
@@ -169,21 +184,9 @@ pub struct DownloadArgs {
     /// Direct URL of a PyTorch or safetensors checkpoint.
     #[arg(long, conflicts_with = "hf_repo")]
     pub url: Option<String>,
-    /// A Hugging Face Hub model repository instead, through the local Hub cache (honours HF_HOME,
-    /// HF_ENDPOINT and HF_HUB_OFFLINE).
-    #[arg(long, value_name = "OWNER/NAME")]
-    pub hf_repo: Option<String>,
-    /// The file in --hf-repo.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "hf_repo",
-        default_value = "model.safetensors"
-    )]
-    pub hf_file: String,
-    /// Branch, tag or commit of --hf-repo.
-    #[arg(long, value_name = "REV", requires = "hf_repo", default_value = "main")]
-    pub revision: String,
+    /// Or a file of a Hub repository.
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Expected sha256, in full or its first 8+ hex digits (OpenMMLab file names carry those).
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,

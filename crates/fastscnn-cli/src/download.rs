@@ -1,13 +1,13 @@
 //! `fastscnn download`: published weights installed where the other commands find them.
 
 use anyhow::{Context, Result};
-use fastscnn_weights::{default_weights_path, install, HubFile, Origin, Replace};
+use fastscnn_weights::{default_weights_path, install, Origin, Replace};
 
 use crate::cli::DownloadArgs;
 
 pub fn run(args: &DownloadArgs) -> Result<()> {
-    let origin = match (&args.hf_repo, &args.url) {
-        (Some(repo), _) => Origin::Hub(HubFile::new(repo, &args.hf_file, &args.revision)?),
+    let origin = match (args.hub.file()?, &args.url) {
+        (Some(file), _) => Origin::Hub(file),
         (None, Some(url)) => Origin::Url(url.clone()),
         (None, None) => Origin::published(),
     };

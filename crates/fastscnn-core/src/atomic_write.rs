@@ -26,6 +26,45 @@ pub fn write_durably<E: From<io::Error>>(
     write_then_rename(dest, true, write)
 }
 
+/// [`write_durably`] for a destination that must not exist: the new file is linked into place,
+/// which fails with [`io::ErrorKind::AlreadyExists`] if a file appeared there meanwhile, so a file
+/// someone else made is never replaced. (Where the file system has no hard links, the check and
+/// the rename are two steps.)
+pub fn write_durably_new<E: From<io::Error>>(
+    dest: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let tmp = temporary_path(dest);
+    let result = write(&tmp).and_then(|()| {
+        let failed = |what: &str, e: io::Error| {
+            let message = format!("{}: cannot {what}: {e}", dest.display());
+            E::from(io::Error::new(e.kind(), message))
+        };
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| failed("flush it to disk", e))?;
+        match std::fs::hard_link(&tmp, dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(failed("replace a file that exists", e))
+            }
+            Err(_) if dest.symlink_metadata().is_err() => {
+                std::fs::rename(&tmp, dest).map_err(|e| failed("move into place", e))?
+            }
+            Err(e) => {
+                return Err(failed(
+                    "replace a file that exists",
+                    io::Error::new(io::ErrorKind::AlreadyExists, e),
+                ))
+            }
+        }
+        sync_folder(dest);
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 fn write_then_rename<E: From<io::Error>>(
     dest: &Path,
     durable: bool,
@@ -108,6 +147,23 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_file_never_replaces_one_that_exists() {
+        let dir = scratch();
+        let dest = dir.join("weights.safetensors");
+        write_durably_new(&dest, |tmp| std::fs::write(tmp, b"first")).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
+        let err = write_durably_new(&dest, |tmp| std::fs::write(tmp, b"second")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary left"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -14,7 +14,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::error::{ModelError, Result};
 use crate::layout::{WeightLayout, CLASSIFIER_KEY};
-use fastscnn_core::atomic_write::write_durably;
+use fastscnn_core::atomic_write::{write_durably, write_durably_new};
 
 /// BatchNorm's step counter, stored by PyTorch but meaningless for inference.
 const IGNORED_SUFFIXES: &[&str] = &["num_batches_tracked"];
@@ -215,7 +215,17 @@ impl WeightFile {
     /// the layout, the class count and the file they came from, through a temporary file renamed
     /// into place.
     pub fn save_safetensors(&self, dest: impl AsRef<Path>) -> Result<()> {
-        let dest = dest.as_ref();
+        self.save(dest.as_ref(), true)
+    }
+
+    /// [`Self::save_safetensors`] to a file that must not exist: if one appears there before the
+    /// new file is complete, it is kept and the save fails ([`ModelError::WriteWeights`] with an
+    /// [`std::io::ErrorKind::AlreadyExists`] source).
+    pub fn save_safetensors_new(&self, dest: impl AsRef<Path>) -> Result<()> {
+        self.save(dest.as_ref(), false)
+    }
+
+    fn save(&self, dest: &Path, replace: bool) -> Result<()> {
         let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
         metadata.insert("layout".into(), self.layout()?.name().into());
         metadata.insert("classes".into(), self.num_classes()?.to_string());
@@ -231,11 +241,15 @@ impl WeightFile {
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = safetensors::serialize(tensors, Some(metadata))
             .map_err(|e| ModelError::Candle(e.into()))?;
-        write_durably(dest, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| {
-            ModelError::WriteWeights {
-                path: dest.to_path_buf(),
-                source,
-            }
+        let write = |tmp: &Path| std::fs::write(tmp, &bytes);
+        let written = if replace {
+            write_durably(dest, write)
+        } else {
+            write_durably_new(dest, write)
+        };
+        written.map_err(|source| ModelError::WriteWeights {
+            path: dest.to_path_buf(),
+            source,
         })
     }
 

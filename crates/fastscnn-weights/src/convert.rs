@@ -3,9 +3,19 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use fastscnn_model::{FastScnn, LoadOptions, WeightFile, WeightLayout};
+use fastscnn_model::{FastScnn, LoadOptions, ModelError, WeightFile, WeightLayout};
 
-use crate::Result;
+use crate::{Result, WeightsError};
+
+/// Whether a file already at the output may be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Refuse, even if the file appears while the new one is being written: it may be the
+    /// user's own weights.
+    Never,
+    /// Replace it, atomically: the old file stays whole until the new one is complete.
+    Existing,
+}
 
 /// A checkpoint written as safetensors.
 #[derive(Debug)]
@@ -34,22 +44,61 @@ impl fmt::Display for Converted {
 }
 
 /// Reads `input` (PyTorch `.pth`/`.pt` or safetensors, either layout), checks that it builds a
-/// Fast-SCNN, and writes it to `output` (atomically: a complete file or none) with `layout`,
-/// `classes` and `source` metadata, key names unchanged and `num_batches_tracked` dropped.
-/// `source` is recorded as the origin instead of the input's file name.
-pub fn convert(input: &Path, output: &Path, source: Option<&str>) -> Result<Converted> {
+/// Fast-SCNN, and writes it to `output` (a complete file or none) with `layout`, `classes` and
+/// `source` metadata, key names unchanged and `num_batches_tracked` dropped. `source` is
+/// recorded as the origin instead of the input's file name.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    source: Option<&str>,
+    replace: Replace,
+) -> Result<Converted> {
+    let weights = checked(input, source)?;
+    let from = source.map_or_else(|| input.display().to_string(), str::to_string);
+    write(weights, from, output, replace)
+}
+
+/// The checkpoint at `input`, refused unless it builds a network (a layout, a class count, every
+/// tensor in place), with `source` recorded.
+pub(crate) fn checked(
+    input: &Path,
+    source: Option<&str>,
+) -> std::result::Result<WeightFile, ModelError> {
     let mut weights = WeightFile::open(input)?;
-    // Refuse what would not load later: a layout, a class count, and every tensor in place.
     FastScnn::from_weights(&weights, &LoadOptions::default())?;
     if let Some(source) = source {
         weights = weights.with_metadata("source", source);
     }
-    weights.save_safetensors(output)?;
+    Ok(weights)
+}
+
+/// Writes `weights` to `output` as safetensors.
+pub(crate) fn write(
+    weights: WeightFile,
+    from: String,
+    output: &Path,
+    replace: Replace,
+) -> Result<Converted> {
+    let saved = match replace {
+        Replace::Existing => weights.save_safetensors(output),
+        Replace::Never => weights.save_safetensors_new(output),
+    };
+    match saved {
+        Ok(()) => {}
+        Err(ModelError::WriteWeights { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            return Err(WeightsError::Exists {
+                path: output.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(Converted {
         layout: weights.layout()?,
         classes: weights.num_classes()?,
         weights,
-        from: source.map_or_else(|| input.display().to_string(), str::to_string),
+        from,
         output: output.to_path_buf(),
     })
 }

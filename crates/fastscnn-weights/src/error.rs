@@ -12,6 +12,8 @@ pub enum WeightsError {
     },
     #[error("{url}: download failed: {why}")]
     Download { url: String, why: String },
+    #[error("cannot set up the Hugging Face Hub client: {why}")]
+    HubClient { why: String },
     /// `hub` names the file as `hf://OWNER/NAME@REVISION/FILE`.
     #[error("{hub}: cannot fetch from {url}: {why}")]
     Hub {
@@ -21,7 +23,7 @@ pub enum WeightsError {
     },
     #[error(
         "{hub} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set; run once with \
-         network access, or pass --weights FILE",
+         network access, or use a local file",
         cache.display()
     )]
     Offline { hub: String, cache: PathBuf },
@@ -35,7 +37,8 @@ pub enum WeightsError {
         resolved: PathBuf,
         folder: PathBuf,
     },
-    /// A Hub name that would not stay a plain relative path in the cache.
+    /// A Hub name that would not stay a plain relative path in the cache (`value` with control
+    /// characters escaped, so the message stays one line).
     #[error("{flag} `{value}`: {why}")]
     BadName {
         flag: &'static str,

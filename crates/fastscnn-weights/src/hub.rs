@@ -32,19 +32,33 @@ pub struct HubFile {
 
 impl HubFile {
     /// Checks the names, which become paths in the cache (`snapshots/<commit>/<file>`,
-    /// `refs/<revision>`): each must be a relative path of plain names, so that none reaches
-    /// outside it. Revisions such as `refs/pr/1` and files in subfolders keep their `/`.
+    /// `refs/<revision>`) and parts of URLs: each must be a relative path of plain names, so that
+    /// none reaches outside the cache, without the characters a URL gives a meaning (`?`, `#`,
+    /// `%`) or control characters. Revisions such as `refs/pr/1` and files in subfolders keep
+    /// their `/`. The repository's owner and name are the Hub's: letters, digits, `.`, `_` and
+    /// `-`, no `--` (the cache's separator, which would map two repositories to one folder).
     pub fn new(repo: &str, file: &str, revision: &str) -> Result<Self> {
         check_relative("--hf-file", file)?;
         check_relative("--revision", revision)?;
+        let bad_repo = |why| WeightsError::BadName {
+            flag: "--hf-repo",
+            value: repo.escape_debug().to_string(),
+            why,
+        };
         if repo.split('/').count() != 2 {
-            return Err(WeightsError::BadName {
-                flag: "--hf-repo",
-                value: repo.to_string(),
-                why: "expected OWNER/NAME",
-            });
+            return Err(bad_repo("expected OWNER/NAME"));
         }
         check_relative("--hf-repo", repo)?;
+        let hub_name = |part: &str| {
+            part.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && !part.contains("--")
+        };
+        if !repo.split('/').all(hub_name) {
+            return Err(bad_repo(
+                "owner and name take letters, digits, `.`, `_` and `-` (no `--`)",
+            ));
+        }
         Ok(Self {
             repo: repo.to_string(),
             file: file.to_string(),
@@ -66,6 +80,10 @@ impl HubFile {
 
     /// The local path of the file: from the cache when it is there, otherwise downloaded into
     /// it, unless [`OFFLINE_VAR`] forbids the network. Honours `HF_HOME` and `HF_ENDPOINT`.
+    ///
+    /// The path returned is checked to lie inside the repository's cache folder. The hf-hub
+    /// crate writes the cache's refs and blobs from the server's answers before that check, so
+    /// `HF_ENDPOINT` must name a server trusted as much as the Hub itself.
     pub fn fetch(&self) -> Result<PathBuf> {
         let repo = Repo::with_revision(self.repo.clone(), RepoType::Model, self.revision.clone());
         let cache = Cache::from_env();
@@ -85,7 +103,7 @@ impl HubFile {
             let api = ApiBuilder::from_env()
                 .with_progress(std::io::stderr().is_terminal())
                 .build()
-                .map_err(|e| hub_error(String::new(), format!("cannot set up the client: {e}")))?;
+                .map_err(|e| WeightsError::HubClient { why: e.to_string() })?;
             let api_repo = api.repo(repo);
             let url = api_repo.url(&self.file);
             api_repo
@@ -145,15 +163,20 @@ impl std::fmt::Display for HubFile {
 
 fn check_relative(flag: &'static str, value: &str) -> Result<()> {
     let plain = |part: &str| {
-        !part.is_empty() && part != "." && part != ".." && !part.contains(['\\', ':', '\0'])
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && !part.contains(['\\', ':', '?', '#', '%'])
+            && !part.chars().any(char::is_control)
     };
     if value.split('/').all(plain) {
         Ok(())
     } else {
         Err(WeightsError::BadName {
             flag,
-            value: value.to_string(),
-            why: "must be a relative path of plain names (no `..`, `.`, `\\`, `:` or empty part)",
+            value: value.escape_debug().to_string(),
+            why: "must be a relative path of plain names (no `..`, `.` or empty part, no `\\`, \
+                  `:`, `?`, `#`, `%` or control character)",
         })
     }
 }
@@ -183,13 +206,17 @@ mod tests {
             ".",
             "c:x",
             "a\\b",
+            "a?b",
+            "a#b",
+            "a%2e",
+            "line\nbreak",
         ] {
             let err = HubFile::new("a/b", bad, "main").unwrap_err().to_string();
             assert!(err.starts_with("--hf-file"), "{bad}: {err}");
             let err = HubFile::new("a/b", "f", bad).unwrap_err().to_string();
             assert!(err.starts_with("--revision"), "{bad}: {err}");
         }
-        for bad in ["ab", "a/b/c", "../b", "a/.."] {
+        for bad in ["ab", "a/b/c", "../b", "a/..", "a--b/c", "a/b c", "a/b!"] {
             let err = HubFile::new(bad, "f", "main").unwrap_err().to_string();
             assert!(err.starts_with("--hf-repo"), "{bad}: {err}");
         }

@@ -2,11 +2,14 @@
 //! safetensors and written where the commands find them.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::{convert, expected_sha256, sha256_of, Converted, HubFile, Result, WeightsError};
+use fastscnn_model::WeightFile;
+
+use crate::convert::{checked, write};
+use crate::{expected_sha256, sha256_of, Converted, HubFile, Replace, Result, WeightsError};
 
 /// OpenMMLab's Cityscapes-trained Fast-SCNN (70.96% mIoU on val, 512x1024 crops, 160k
 /// iterations). Its file name ends in the first 8 hex digits of its sha256, as all OpenMMLab
@@ -16,6 +19,10 @@ pub const PUBLISHED_URL: &str = "https://download.openmmlab.com/mmsegmentation/v
 /// The most a URL download may bring, in bytes: a Fast-SCNN checkpoint is 5–20 MB (with its
 /// optimiser state); a server that sends more is not sending one, and would fill the disk.
 const MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
+
+/// How long a URL download waits to connect, and then for each read, before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a checkpoint comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,35 +47,40 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Whether [`install`] may replace a file already at its output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replace {
-    /// Refuse: the file may be the user's own weights.
-    Never,
-    /// Replace it (atomically: the old file stays whole until the new one is complete).
-    Existing,
-}
-
-/// What [`install`] installed.
+/// What [`install`] did.
 #[derive(Debug)]
-pub struct Installed {
-    pub converted: Converted,
-    /// The download's sha256.
-    pub sha256: String,
-    /// The sha256 (or prefix) it was checked against, when one was known.
-    pub expected: Option<String>,
+pub enum Installed {
+    /// Fetched, checked and written.
+    Fresh {
+        converted: Box<Converted>,
+        /// The download's sha256.
+        sha256: String,
+        /// The sha256 (or prefix) it was checked against, when one was known.
+        expected: Option<String>,
+    },
+    /// The output already held weights installed from the same origin: nothing was fetched.
+    Already { output: PathBuf, origin: String },
 }
 
 impl fmt::Display for Installed {
-    /// The conversion's line, then the checksum's.
+    /// The conversion's line, then the checksum's; or that the weights were there already.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.converted)?;
-        match &self.expected {
-            Some(expected) => write!(f, "sha256 {} (matches {expected})", self.sha256),
-            None => write!(
+        match self {
+            Installed::Fresh {
+                converted,
+                sha256,
+                expected,
+            } => {
+                writeln!(f, "{converted}")?;
+                match expected {
+                    Some(expected) => write!(f, "sha256 {sha256} (matches {expected})"),
+                    None => write!(f, "sha256 {sha256} (none published to check against)"),
+                }
+            }
+            Installed::Already { output, origin } => write!(
                 f,
-                "sha256 {} (none published to check against)",
-                self.sha256
+                "{} already holds {origin}; nothing fetched (--force fetches it again)",
+                output.display()
             ),
         }
     }
@@ -76,24 +88,37 @@ impl fmt::Display for Installed {
 
 /// Fetches `origin`, checks its sha256 against `sha256` (in full or its first 8+ hex digits; for
 /// an OpenMMLab URL, the digits its name ends in), and installs it at `output` as safetensors.
-/// Nothing is written at `output` unless every check passed; a URL's download goes to a file
-/// beside `output` that is removed whatever happens.
+///
+/// Nothing is written at `output` unless every check passed. With [`Replace::Never`] a file at
+/// `output` is left alone: when it holds weights installed from the same origin that is success
+/// ([`Installed::Already`]), otherwise an error, also if the file appears during the download.
+/// A URL's download goes to a temporary file beside `output`, removed whatever happens.
 pub fn install(
     origin: &Origin,
     sha256: Option<&str>,
     output: &Path,
     replace: Replace,
 ) -> Result<Installed> {
-    if replace == Replace::Never && output.symlink_metadata().is_ok() {
-        return Err(WeightsError::Exists {
-            path: output.to_path_buf(),
-        });
-    }
     let url = match origin {
         Origin::Url(url) => Some(url.as_str()),
         Origin::Hub(_) => None,
     };
     let expected = expected_sha256(sha256, url)?;
+    let source = origin.to_string();
+    if replace == Replace::Never && output.symlink_metadata().is_ok() {
+        let installed_from = WeightFile::open(output)
+            .ok()
+            .and_then(|w| w.metadata().get("source").cloned());
+        if installed_from.as_deref() == Some(source.as_str()) {
+            return Ok(Installed::Already {
+                output: output.to_path_buf(),
+                origin: source,
+            });
+        }
+        return Err(WeightsError::Exists {
+            path: output.to_path_buf(),
+        });
+    }
     let folder = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -103,21 +128,15 @@ pub fn install(
         what: "cannot create folder",
         source,
     })?;
-    let scratch = RemoveOnDrop(folder.join(format!(
-        ".{}.download-{}",
-        output
-            .file_name()
-            .map_or("weights".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    )));
+    // Kept until the end: the temporary file of a URL download is removed when it drops.
+    let mut download = None;
     let local = match origin {
-        Origin::Url(url) => {
-            fetch_url(url, &scratch.0)?;
-            scratch.0.clone()
-        }
+        Origin::Url(url) => download
+            .insert(fetch_url(url, folder)?)
+            .path()
+            .to_path_buf(),
         Origin::Hub(file) => file.fetch()?,
     };
-    let source = origin.to_string();
     let actual = sha256_of(&local)?;
     if let Some(expected) = &expected {
         if !actual.starts_with(expected.as_str()) {
@@ -128,32 +147,40 @@ pub fn install(
             });
         }
     }
-    let converted = convert(&local, output, Some(&source)).map_err(|e| match e {
-        WeightsError::Model(model) => WeightsError::NotACheckpoint {
-            origin: source.clone(),
-            source: Box::new(model),
-        },
-        other => other,
+    let weights = checked(&local, Some(&source)).map_err(|model| WeightsError::NotACheckpoint {
+        origin: source.clone(),
+        source: Box::new(model),
     })?;
-    Ok(Installed {
-        converted,
+    let converted = write(weights, source, output, replace)?;
+    drop(download);
+    Ok(Installed::Fresh {
+        converted: Box::new(converted),
         sha256: actual,
         expected,
     })
 }
 
-/// Streams `url` into `dest`, at most [`MAX_DOWNLOAD_BYTES`].
-fn fetch_url(url: &str, dest: &Path) -> Result<()> {
+/// Streams `url` into a new temporary file in `folder` (a fresh name, never an existing file), at
+/// most [`MAX_DOWNLOAD_BYTES`].
+fn fetch_url(url: &str, folder: &Path) -> Result<tempfile::NamedTempFile> {
     let failed = |why: String| WeightsError::Download {
         url: url.to_string(),
         why,
     };
-    let response = ureq::get(url).call().map_err(|e| failed(e.to_string()))?;
-    let mut file = File::create(dest).map_err(|source| WeightsError::Io {
-        path: dest.to_path_buf(),
-        what: "cannot create",
+    let io = |what, source| WeightsError::Io {
+        path: folder.to_path_buf(),
+        what,
         source,
-    })?;
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(CONNECT_TIMEOUT)
+        .timeout_read(READ_TIMEOUT)
+        .build();
+    let response = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".fastscnn-download-")
+        .tempfile_in(folder)
+        .map_err(|e| io("cannot create a temporary file in", e))?;
     let mut body = response.into_reader().take(MAX_DOWNLOAD_BYTES + 1);
     let copied = std::io::copy(&mut body, &mut file).map_err(|e| failed(e.to_string()))?;
     if copied > MAX_DOWNLOAD_BYTES {
@@ -162,19 +189,8 @@ fn fetch_url(url: &str, dest: &Path) -> Result<()> {
             MAX_DOWNLOAD_BYTES >> 20
         )));
     }
-    file.flush().map_err(|source| WeightsError::Io {
-        path: dest.to_path_buf(),
-        what: "cannot write",
-        source,
-    })
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    file.flush().map_err(|e| io("cannot write in", e))?;
+    Ok(file)
 }
 
 #[cfg(test)]

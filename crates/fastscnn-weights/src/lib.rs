@@ -26,9 +26,9 @@ mod install;
 mod source;
 
 pub use checksum::{expected_sha256, sha256_of};
-pub use convert::{convert, Converted};
+pub use convert::{convert, Converted, Replace};
 pub use error::{Result, WeightsError};
 pub use home::{default_weights_path, fastscnn_home, HOME_VAR};
 pub use hub::{HubFile, OFFLINE_VAR};
-pub use install::{install, Installed, Origin, Replace, PUBLISHED_URL};
+pub use install::{install, Installed, Origin, PUBLISHED_URL};
 pub use source::WeightSource;
