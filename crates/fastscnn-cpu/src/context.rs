@@ -88,14 +88,17 @@ impl ExecutionContext {
         Self::new(Isa::detected(), threads)
     }
 
+    /// The instruction set whose kernels run on the context's threads.
     pub fn isa(&self) -> Isa {
         self.isa
     }
 
+    /// The tuning values the context's threads run with.
     pub fn tuning(&self) -> Tuning {
         self.tuning
     }
 
+    /// How many threads the context's pool has.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }

@@ -7,6 +7,7 @@ use crate::Buffer;
 /// the pool (`pool.give(map)`) once read.
 #[derive(Debug)]
 pub struct FeatureMap {
+    /// `channels * height * width` floats, plane after plane, row after row.
     pub data: Buffer,
     pub channels: usize,
     pub height: usize,
@@ -35,6 +36,7 @@ impl From<FeatureMap> for Buffer {
 /// another block's [`FeatureMap`].
 #[derive(Debug, Clone, Copy)]
 pub struct MapView<'a> {
+    /// `channels * height * width` floats, plane after plane, row after row.
     pub data: &'a [f32],
     pub channels: usize,
     pub height: usize,

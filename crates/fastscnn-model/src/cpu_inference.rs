@@ -247,7 +247,10 @@ impl<'a> StageExecutor for CpuFrame<'a> {
     fn bottleneck_group(&mut self, group: usize, x: &FeatureMap) -> Result<FeatureMap> {
         let blocks = &self.engine.groups[group];
         let Some((first, rest)) = blocks.split_first() else {
-            bail!("bottleneck group {} has no blocks", group + 1)
+            // A group of no blocks passes its input on, as the candle network's does.
+            let mut data = self.pool.take(x.data.len());
+            data.copy_from_slice(&x.data);
+            return Ok(FeatureMap { data, ..*x });
         };
         let mut out = first.run(x.view(), self.pool);
         for block in rest {

@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::sampling::pool_planes_grad;
 
-use super::{has_cpu_kernel, pool_planes, pool_window, run_f32_or_f64, Float, PlaneKernel};
+use super::{forward_only_op, has_cpu_kernel, pool_planes, pool_window, run_kernel, Float, Kernel};
 
 /// Adaptive average pooling of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
@@ -59,10 +59,10 @@ struct AdaptiveAvgPool2d {
     out_w: usize,
 }
 
-impl PlaneKernel for AdaptiveAvgPool2d {
+impl Kernel<1> for AdaptiveAvgPool2d {
     const NAME: &'static str = "adaptive-avg-pool2d";
 
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let mut out = vec![T::zero(); n * c * oh * ow];
@@ -77,7 +77,7 @@ impl CustomOp1 for AdaptiveAvgPool2d {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
+        run_kernel(self, [(s, l)])
     }
 
     /// Each output's gradient spread evenly over its window; overlapping windows add up.
@@ -118,10 +118,10 @@ struct AdaptiveAvgPool2dGrad {
     in_w: usize,
 }
 
-impl PlaneKernel for AdaptiveAvgPool2dGrad {
+impl Kernel<1> for AdaptiveAvgPool2dGrad {
     const NAME: &'static str = "adaptive-avg-pool2d-grad";
 
-    fn run<T: Float>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [g]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
         let out = pool_planes_grad(g, (oh, ow), (h, w));
@@ -129,15 +129,7 @@ impl PlaneKernel for AdaptiveAvgPool2dGrad {
     }
 }
 
-impl CustomOp1 for AdaptiveAvgPool2dGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
-    }
-}
+forward_only_op!(AdaptiveAvgPool2dGrad, 1);
 
 #[cfg(test)]
 mod tests {

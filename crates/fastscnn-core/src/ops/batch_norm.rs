@@ -5,10 +5,10 @@
 //! resolution. Here the forward is two passes (statistics, normalisation) and the backward three
 //! (`cargo bench -p fastscnn-benches --bench train_step`).
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, has_cpu_kernel, Float};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// `(x − mean) / √(var + eps) · gamma + beta` with each channel's mean and biased variance over
 /// the batch and both spatial axes, as BatchNorm computes in training; `x` is (N, C, H, W),
@@ -95,10 +95,10 @@ fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, plane: usize, eps: f64) 
 /// (2, C): each channel's mean, then its biased variance.
 struct ChannelMeanVar;
 
-impl super::PlaneKernel for ChannelMeanVar {
+impl Kernel<1> for ChannelMeanVar {
     const NAME: &'static str = "channel-mean-var";
 
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         // eps 0 and inverted back: the variance itself.
         let stats = channel_stats(x, n, c, h * w, 0.0);
@@ -108,73 +108,19 @@ impl super::PlaneKernel for ChannelMeanVar {
     }
 }
 
-impl candle_core::CustomOp1 for ChannelMeanVar {
-    fn name(&self) -> &'static str {
-        <Self as super::PlaneKernel>::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        super::run_f32_or_f64(self, s, l)
-    }
-}
-
-/// A three-input CPU kernel written once for f32 and f64.
-trait TripleKernel {
-    const NAME: &'static str;
-    fn run<T: Float>(
-        &self,
-        a: &[T],
-        shape: &Shape,
-        b: &[T],
-        c: &[T],
-    ) -> Result<(CpuStorage, Shape)>;
-}
-
-/// Runs `kernel` on three f32 or three f64 storages, the first one's shape given.
-fn run_triple<K: TripleKernel>(
-    kernel: &K,
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
-    fn slices<'a, T: WithDType>(
-        name: &str,
-        parts: [(&'a CpuStorage, &Layout); 3],
-    ) -> Result<[&'a [T]; 3]> {
-        let [a, b, c] = parts;
-        Ok([
-            contiguous_slice::<T>(a.0, a.1, name)?,
-            contiguous_slice::<T>(b.0, b.1, name)?,
-            contiguous_slice::<T>(c.0, c.1, name)?,
-        ])
-    }
-    let parts = [(s1, l1), (s2, l2), (s3, l3)];
-    match s1 {
-        CpuStorage::F32(_) => {
-            let [a, b, c] = slices::<f32>(K::NAME, parts)?;
-            kernel.run(a, l1.shape(), b, c)
-        }
-        CpuStorage::F64(_) => {
-            let [a, b, c] = slices::<f64>(K::NAME, parts)?;
-            kernel.run(a, l1.shape(), b, c)
-        }
-        _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
-    }
-}
+forward_only_op!(ChannelMeanVar, 1);
 
 struct BatchNormTrain {
     eps: f64,
 }
 
-impl TripleKernel for BatchNormTrain {
+impl Kernel<3> for BatchNormTrain {
     const NAME: &'static str = "batch-norm-train";
 
     fn run<T: Float>(
         &self,
-        x: &[T],
-        shape: &Shape,
-        gamma: &[T],
-        beta: &[T],
+        [x, gamma, beta]: [&[T]; 3],
+        [shape, _, _]: [&Shape; 3],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
@@ -198,7 +144,7 @@ impl TripleKernel for BatchNormTrain {
 
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
-        <Self as TripleKernel>::NAME
+        <Self as Kernel<3>>::NAME
     }
 
     fn cpu_fwd(
@@ -210,7 +156,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        run_triple(self, (s1, l1), (s2, l2), (s3, l3))
+        run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     /// With x̂ the normalised input and M the count per channel:
@@ -250,15 +196,13 @@ struct BatchNormGradSums {
     eps: f64,
 }
 
-impl TripleKernel for BatchNormGradSums {
+impl Kernel<3> for BatchNormGradSums {
     const NAME: &'static str = "batch-norm-grad-sums";
 
     fn run<T: Float>(
         &self,
-        x: &[T],
-        shape: &Shape,
-        dy: &[T],
-        _: &[T],
+        [x, dy, _]: [&[T]; 3],
+        [shape, _, _]: [&Shape; 3],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
@@ -285,23 +229,7 @@ impl TripleKernel for BatchNormGradSums {
     }
 }
 
-impl CustomOp3 for BatchNormGradSums {
-    fn name(&self) -> &'static str {
-        <Self as TripleKernel>::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_triple(self, (s1, l1), (s2, l2), (s3, l3))
-    }
-}
+forward_only_op!(BatchNormGradSums, 3);
 
 /// dx from x, dy and the per-channel sums. Arguments (x, dy, gamma).
 struct BatchNormGradInput {
@@ -311,15 +239,13 @@ struct BatchNormGradInput {
     sums: Vec<f64>,
 }
 
-impl TripleKernel for BatchNormGradInput {
+impl Kernel<3> for BatchNormGradInput {
     const NAME: &'static str = "batch-norm-grad-input";
 
     fn run<T: Float>(
         &self,
-        x: &[T],
-        shape: &Shape,
-        dy: &[T],
-        _: &[T],
+        [x, dy, _]: [&[T]; 3],
+        [shape, _, _]: [&Shape; 3],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
@@ -344,20 +270,4 @@ impl TripleKernel for BatchNormGradInput {
     }
 }
 
-impl CustomOp3 for BatchNormGradInput {
-    fn name(&self) -> &'static str {
-        <Self as TripleKernel>::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_triple(self, (s1, l1), (s2, l2), (s3, l3))
-    }
-}
+forward_only_op!(BatchNormGradInput, 3);

@@ -9,7 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{resize_forward, resize_grad};
 
-use super::{has_cpu_kernel, run_f32_or_f64, source_index, Float, PlaneKernel};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, source_index, Float, Kernel};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -82,10 +82,10 @@ struct BilinearResize {
     align_corners: bool,
 }
 
-impl PlaneKernel for BilinearResize {
+impl Kernel<1> for BilinearResize {
     const NAME: &'static str = "resize-bilinear";
 
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let out = resize_forward(x, (h, w), (oh, ow), self.align_corners);
@@ -99,7 +99,7 @@ impl CustomOp1 for BilinearResize {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
+        run_kernel(self, [(s, l)])
     }
 
     /// Each output's gradient sent back to its four source pixels with the forward's weights.
@@ -129,10 +129,10 @@ struct BilinearResizeGrad {
     align_corners: bool,
 }
 
-impl PlaneKernel for BilinearResizeGrad {
+impl Kernel<1> for BilinearResizeGrad {
     const NAME: &'static str = "resize-bilinear-grad";
 
-    fn run<T: Float>(&self, g: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [g]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = shape.dims4()?;
         let (h, w) = (self.in_h, self.in_w);
         let out = resize_grad(g, (oh, ow), (h, w), self.align_corners);
@@ -140,15 +140,7 @@ impl PlaneKernel for BilinearResizeGrad {
     }
 }
 
-impl CustomOp1 for BilinearResizeGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
-    }
-}
+forward_only_op!(BilinearResizeGrad, 1);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{has_cpu_kernel, run_f32_or_f64, Float, PlaneKernel};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// Pixels per parallel task: large enough to amortise, small enough to spread over cores.
 const BLOCK: usize = 4096;
@@ -119,10 +119,10 @@ fn for_block(
     }
 }
 
-impl PlaneKernel for SoftmaxCrossEntropy {
+impl Kernel<1> for SoftmaxCrossEntropy {
     const NAME: &'static str = "softmax-cross-entropy";
 
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let blocks = self.targets.len().div_ceil(BLOCK);
@@ -154,7 +154,7 @@ impl CustomOp1 for SoftmaxCrossEntropy {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
+        run_kernel(self, [(s, l)])
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -174,10 +174,10 @@ struct SoftmaxCrossEntropyGrad {
     count: usize,
 }
 
-impl PlaneKernel for SoftmaxCrossEntropyGrad {
+impl Kernel<1> for SoftmaxCrossEntropyGrad {
     const NAME: &'static str = "softmax-cross-entropy-grad";
 
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let scale = 1.0 / self.count.max(1) as f64;
@@ -210,15 +210,7 @@ impl PlaneKernel for SoftmaxCrossEntropyGrad {
     }
 }
 
-impl CustomOp1 for SoftmaxCrossEntropyGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
-    }
-}
+forward_only_op!(SoftmaxCrossEntropyGrad, 1);
 
 #[cfg(test)]
 mod tests {

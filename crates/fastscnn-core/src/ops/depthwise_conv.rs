@@ -10,7 +10,10 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, DepthwiseConv};
 
-use super::{contiguous_slice, depthwise_output_size, has_cpu_kernel, Float};
+use super::{
+    contiguous_slice, depthwise_output_size, forward_only_op, has_cpu_kernel, run_kernel, Float,
+    Kernel,
+};
 
 /// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
 ///
@@ -61,67 +64,51 @@ struct DepthwiseConv3x3 {
 }
 
 impl DepthwiseConv3x3 {
-    /// f32 through the inference engine's vectorised kernels (bias zero, no ReLU), f64 through
-    /// the kernel written for both.
-    fn run<T: Float>(&self, x: &[T], x_shape: &Shape, w: &[T]) -> Result<Vec<T>> {
-        let (n, c, h, wd) = x_shape.dims4()?;
-        if let (Some(x), Some(w)) = (as_f32(x), as_f32(w)) {
-            let conv = DepthwiseConv::new(w.to_vec(), vec![0.0; c], c, self.stride, false);
-            let (oh, ow) = conv.output_size(h, wd);
-            let mut out = vec![0f32; n * c * oh * ow];
-            if out.is_empty() {
-                return Ok(from_f32(out));
-            }
+    /// The f32 forward on the inference engine's vectorised kernels (bias zero, no ReLU).
+    fn forward_f32(
+        &self,
+        x: &[f32],
+        x_shape: &Shape,
+        weight: &[f32],
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = x_shape.dims4()?;
+        let conv = DepthwiseConv::new(weight.to_vec(), vec![0.0; c], c, self.stride, false);
+        let (oh, ow) = conv.output_size(h, w);
+        let mut out = vec![0f32; n * c * oh * ow];
+        if !out.is_empty() {
             for (image, out) in x
-                .chunks_exact(c * h * wd)
+                .chunks_exact(c * h * w)
                 .zip(out.chunks_exact_mut(c * oh * ow))
             {
-                conv.run(image, h, wd, out);
+                conv.run(image, h, w, out);
             }
-            return Ok(from_f32(out));
         }
-        Ok(depthwise_forward(x, c, (h, wd), w, self.stride))
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }
 
-/// `data` as f32 when `T` is f32.
-fn as_f32<T: Float>(data: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: `T` is f32, so the slice is one of f32.
-        .then(|| unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<f32>(), data.len()) })
-}
-
-/// An f32 vector as a `Vec<T>` known to be of f32.
-fn from_f32<T: Float>(data: Vec<f32>) -> Vec<T> {
-    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
-    let mut data = std::mem::ManuallyDrop::new(data);
-    // SAFETY: `T` is f32 (checked above): same layout, capacity and allocation.
-    unsafe { Vec::from_raw_parts(data.as_mut_ptr().cast::<T>(), data.len(), data.capacity()) }
-}
-
-impl PairKernel for DepthwiseConv3x3 {
+/// The f64 forward, on the kernel written for both float types.
+impl Kernel<2> for DepthwiseConv3x3 {
     const NAME: &'static str = "depthwise-conv3x3";
 
     fn run<T: Float>(
         &self,
-        x: &[T],
-        x_shape: &Shape,
-        w: &[T],
-        _: &Shape,
+        [x, w]: [&[T]; 2],
+        [x_shape, _]: [&Shape; 2],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, wd) = x_shape.dims4()?;
         let (oh, ow) = (
             depthwise_output_size(h, self.stride),
             depthwise_output_size(wd, self.stride),
         );
-        let out = DepthwiseConv3x3::run(self, x, x_shape, w)?;
+        let out = depthwise_forward(x, c, (h, wd), w, self.stride);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
 }
 
 impl CustomOp2 for DepthwiseConv3x3 {
     fn name(&self) -> &'static str {
-        <Self as PairKernel>::NAME
+        <Self as Kernel<2>>::NAME
     }
 
     fn cpu_fwd(
@@ -131,7 +118,14 @@ impl CustomOp2 for DepthwiseConv3x3 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        run_pair(self, s1, l1, s2, l2)
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => self.forward_f32(
+                contiguous_slice::<f32>(s1, l1, <Self as Kernel<2>>::NAME)?,
+                l1.shape(),
+                contiguous_slice::<f32>(s2, l2, <Self as Kernel<2>>::NAME)?,
+            ),
+            _ => run_kernel(self, [(s1, l1), (s2, l2)]),
+        }
     }
 
     fn bwd(
@@ -161,42 +155,6 @@ impl CustomOp2 for DepthwiseConv3x3 {
     }
 }
 
-/// Runs a two-input kernel on matching f32 or f64 storages.
-fn run_pair<K: PairKernel>(
-    kernel: &K,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-) -> Result<(CpuStorage, Shape)> {
-    match (s1, s2) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => kernel.run(
-            contiguous_slice::<f32>(s1, l1, K::NAME)?,
-            l1.shape(),
-            contiguous_slice::<f32>(s2, l2, K::NAME)?,
-            l2.shape(),
-        ),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => kernel.run(
-            contiguous_slice::<f64>(s1, l1, K::NAME)?,
-            l1.shape(),
-            contiguous_slice::<f64>(s2, l2, K::NAME)?,
-            l2.shape(),
-        ),
-        _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
-    }
-}
-
-trait PairKernel {
-    const NAME: &'static str;
-    fn run<T: Float>(
-        &self,
-        a: &[T],
-        a_shape: &Shape,
-        b: &[T],
-        b_shape: &Shape,
-    ) -> Result<(CpuStorage, Shape)>;
-}
-
 /// Gradient of the depthwise convolution with respect to its input. Arguments: (grad_out,
 /// weight).
 struct DepthwiseConv3x3InputGrad {
@@ -205,15 +163,13 @@ struct DepthwiseConv3x3InputGrad {
     w: usize,
 }
 
-impl PairKernel for DepthwiseConv3x3InputGrad {
+impl Kernel<2> for DepthwiseConv3x3InputGrad {
     const NAME: &'static str = "depthwise-conv3x3-input-grad";
 
     fn run<T: Float>(
         &self,
-        g: &[T],
-        g_shape: &Shape,
-        k: &[T],
-        _: &Shape,
+        [g, k]: [&[T]; 2],
+        [g_shape, _]: [&Shape; 2],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = g_shape.dims4()?;
         let (h, w) = (self.h, self.w);
@@ -222,21 +178,7 @@ impl PairKernel for DepthwiseConv3x3InputGrad {
     }
 }
 
-impl CustomOp2 for DepthwiseConv3x3InputGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_pair(self, s1, l1, s2, l2)
-    }
-}
+forward_only_op!(DepthwiseConv3x3InputGrad, 2);
 
 /// Gradient of the depthwise convolution with respect to its (C, 1, 3, 3) weight. Arguments:
 /// (x, grad_out).
@@ -244,15 +186,13 @@ struct DepthwiseConv3x3WeightGrad {
     stride: usize,
 }
 
-impl PairKernel for DepthwiseConv3x3WeightGrad {
+impl Kernel<2> for DepthwiseConv3x3WeightGrad {
     const NAME: &'static str = "depthwise-conv3x3-weight-grad";
 
     fn run<T: Float>(
         &self,
-        x: &[T],
-        x_shape: &Shape,
-        g: &[T],
-        g_shape: &Shape,
+        [x, g]: [&[T]; 2],
+        [x_shape, g_shape]: [&Shape; 2],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = x_shape.dims4()?;
         let (_, _, oh, ow) = g_shape.dims4()?;
@@ -261,21 +201,7 @@ impl PairKernel for DepthwiseConv3x3WeightGrad {
     }
 }
 
-impl CustomOp2 for DepthwiseConv3x3WeightGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_pair(self, s1, l1, s2, l2)
-    }
-}
+forward_only_op!(DepthwiseConv3x3WeightGrad, 2);
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,11 @@
 //! Operations that candle lacks or runs slowly, as candle custom ops.
 //!
-//! Each op has a direct CPU kernel (f32 and f64) and, on every other device or dtype, a fallback
-//! composed of candle's own ops, so CUDA and Metal builds work from day one. The composite paths
-//! double as the reference the CPU kernels are tested against.
+//! Each op runs a direct CPU kernel for f32 and f64 and, on every other device or dtype, a
+//! fallback composed of candle's own ops, so CUDA and Metal builds work from day one. The composite
+//! paths double as the reference the CPU kernels are tested against. The kernels of the ops the
+//! inference engine shares (depthwise conv, resize, resize + argmax, pooling) are
+//! `fastscnn-cpu`'s, beside the engine's own; those only training needs (BatchNorm, the loss) are
+//! here with their ops.
 
 mod adaptive_avg_pool;
 mod batch_norm;
@@ -50,27 +53,89 @@ trait Float: WithDType + fastscnn_cpu::Real {}
 
 impl<T: WithDType + fastscnn_cpu::Real> Float for T {}
 
-/// A one-input CPU kernel written once for any float type.
-trait PlaneKernel {
+/// `CustomOp1`, `CustomOp2` or `CustomOp3` for a kernel run forward only (a gradient, a
+/// statistic, the fused argmax): its name, and its CPU forward through [`run_kernel`].
+macro_rules! forward_only_op {
+    ($kernel:ty, 1) => {
+        impl candle_core::CustomOp1 for $kernel {
+            fn name(&self) -> &'static str {
+                <Self as $crate::ops::Kernel<1>>::NAME
+            }
+
+            fn cpu_fwd(
+                &self,
+                s: &candle_core::CpuStorage,
+                l: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                $crate::ops::run_kernel(self, [(s, l)])
+            }
+        }
+    };
+    ($kernel:ty, 2) => {
+        impl candle_core::CustomOp2 for $kernel {
+            fn name(&self) -> &'static str {
+                <Self as $crate::ops::Kernel<2>>::NAME
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                $crate::ops::run_kernel(self, [(s1, l1), (s2, l2)])
+            }
+        }
+    };
+    ($kernel:ty, 3) => {
+        impl candle_core::CustomOp3 for $kernel {
+            fn name(&self) -> &'static str {
+                <Self as $crate::ops::Kernel<3>>::NAME
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CpuStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                $crate::ops::run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
+            }
+        }
+    };
+}
+use forward_only_op;
+
+/// A CPU kernel of `N` inputs of one float type, written once for f32 and f64.
+trait Kernel<const N: usize> {
     const NAME: &'static str;
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)>;
+    fn run<T: Float>(&self, inputs: [&[T]; N], shapes: [&Shape; N]) -> Result<(CpuStorage, Shape)>;
 }
 
-/// Runs `kernel` on f32 or f64 storage; the public wrappers send nothing else here.
-fn run_f32_or_f64<K: PlaneKernel>(
+/// Runs `kernel` on `N` contiguous storages, all f32 or all f64 (the first one's type decides;
+/// another dtype among the rest is an error): the one place the ops choose their float type.
+fn run_kernel<const N: usize, K: Kernel<N>>(
     kernel: &K,
-    storage: &CpuStorage,
-    layout: &Layout,
+    inputs: [(&CpuStorage, &Layout); N],
 ) -> Result<(CpuStorage, Shape)> {
-    match storage {
-        CpuStorage::F32(_) => kernel.run(
-            contiguous_slice::<f32>(storage, layout, K::NAME)?,
-            layout.shape(),
-        ),
-        CpuStorage::F64(_) => kernel.run(
-            contiguous_slice::<f64>(storage, layout, K::NAME)?,
-            layout.shape(),
-        ),
+    fn slices<'a, T: WithDType, const N: usize>(
+        name: &str,
+        inputs: [(&'a CpuStorage, &Layout); N],
+    ) -> Result<[&'a [T]; N]> {
+        let mut out: [&[T]; N] = [&[]; N];
+        for (slot, (storage, layout)) in out.iter_mut().zip(inputs) {
+            *slot = contiguous_slice::<T>(storage, layout, name)?;
+        }
+        Ok(out)
+    }
+    let shapes = inputs.map(|(_, layout)| layout.shape());
+    match inputs.first().map(|(storage, _)| storage) {
+        Some(CpuStorage::F32(_)) => kernel.run(slices::<f32, N>(K::NAME, inputs)?, shapes),
+        Some(CpuStorage::F64(_)) => kernel.run(slices::<f64, N>(K::NAME, inputs)?, shapes),
         _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
     }
 }

@@ -2,10 +2,10 @@
 //! classes in one pass, so the (C, H, W) logits at full resolution are never stored (the paper's
 //! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, Result, Shape, Tensor};
 use fastscnn_cpu::resize_argmax_forward;
 
-use super::{has_cpu_kernel, resize_bilinear, run_f32_or_f64, Float, PlaneKernel};
+use super::{forward_only_op, has_cpu_kernel, resize_bilinear, Float, Kernel};
 
 /// `argmax` over classes of `resize_bilinear(scores, out_h, out_w, align_corners)`, as (N, out_h,
 /// out_w) u32, with the same arithmetic as the resize (so the same labels) and the first class
@@ -37,10 +37,10 @@ struct ResizeArgmax {
     align_corners: bool,
 }
 
-impl PlaneKernel for ResizeArgmax {
+impl Kernel<1> for ResizeArgmax {
     const NAME: &'static str = "resize-argmax";
 
-    fn run<T: Float>(&self, x: &[T], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let labels = resize_argmax_forward(x, c, (h, w), (oh, ow), self.align_corners);
@@ -48,15 +48,7 @@ impl PlaneKernel for ResizeArgmax {
     }
 }
 
-impl CustomOp1 for ResizeArgmax {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_f32_or_f64(self, s, l)
-    }
-}
+forward_only_op!(ResizeArgmax, 1);
 
 #[cfg(test)]
 mod tests {

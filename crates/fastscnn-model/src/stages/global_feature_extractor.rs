@@ -65,7 +65,7 @@ impl GlobalFeatureExtractor {
         self.groups.len()
     }
 
-    /// Runs bottleneck group `index` alone, for per-stage timing.
+    /// Runs bottleneck group `index`: one stage of the stage plan.
     pub fn forward_group(&self, index: usize, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = x.clone();
         for block in &self.groups[index] {

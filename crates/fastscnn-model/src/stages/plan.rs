@@ -11,11 +11,15 @@ use candle_core::Result;
 /// A stage of Fast-SCNN's forward pass, in the order the plan runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The stem and two DSConvs, to 1/8 resolution: the higher-resolution features.
     LearningToDownsample,
     /// One of the global feature extractor's bottleneck groups, counted from 0.
     BottleneckGroup(usize),
+    /// The last bottleneck group's output pooled at several bin sizes: the global features.
     PyramidPooling,
+    /// The global features upsampled and added to the higher-resolution ones.
     FeatureFusion,
+    /// Two DSConvs and the 1x1 conv to class scores, at 1/8 resolution.
     Classifier,
     /// The classifier's scores upsampled to the input's resolution (logits, probabilities).
     Upsample,
@@ -24,7 +28,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    /// The name profiles report (`fastscnn bench --profile`).
+    /// The name per-stage timings report it under ([`crate::FastScnn::predict_profiled`],
+    /// `cargo xtask profile`).
     pub fn name(self) -> &'static str {
         match self {
             Stage::LearningToDownsample => "learning to downsample",
@@ -55,12 +60,20 @@ pub trait StageExecutor {
 
     /// The global feature extractor's bottleneck groups (three in every preset).
     fn bottleneck_groups(&self) -> usize;
+    /// Runs [`Stage::LearningToDownsample`] on the network's input.
     fn learning_to_downsample(&mut self, input: Self::Input) -> Result<Self::Map>;
+    /// Runs [`Stage::BottleneckGroup`] `group` on the previous group's output (the first, on
+    /// the higher-resolution features).
     fn bottleneck_group(&mut self, group: usize, x: &Self::Map) -> Result<Self::Map>;
+    /// Runs [`Stage::PyramidPooling`] on the last group's output.
     fn pyramid_pooling(&mut self, x: &Self::Map) -> Result<Self::Map>;
+    /// Runs [`Stage::FeatureFusion`].
     fn feature_fusion(&mut self, higher_res: &Self::Map, global: &Self::Map) -> Result<Self::Map>;
+    /// Runs [`Stage::Classifier`] on the fused features.
     fn classifier(&mut self, fused: &Self::Map) -> Result<Self::Map>;
-    /// The last stage: the 1/8-resolution scores to the output asked for.
+    /// The last stage: the 1/8-resolution scores to the output asked for. The scores are the
+    /// head's: the plan never releases them, so a head that lends its maps from a pool gives
+    /// them back itself.
     fn head(&mut self, scores: Self::Map) -> Result<Self::Output>;
     /// Which stage [`Self::head`] is, for its timing.
     fn head_stage(&self) -> Stage;
