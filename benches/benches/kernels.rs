@@ -217,12 +217,28 @@ fn resize_then_argmax(c: &mut Criterion) {
         b.iter(|| resize_argmax(&scores, oh, ow, true).unwrap())
     });
     group.bench_function("separable", |b| {
-        b.iter(|| resize_argmax_planes(&input, 19, H, W, &mut labels, oh, ow, true, &mut scratch))
+        b.iter(|| {
+            resize_argmax_planes(
+                MapView::new(&input, 19, H, W),
+                &mut labels,
+                (oh, ow),
+                true,
+                &mut scratch,
+            )
+        })
     });
     // Scores of regions, as a scene's: most blocks take their source pixels' shared label.
     let regions = region_scores(19, H, W, 11);
     group.bench_function("separable_regions", |b| {
-        b.iter(|| resize_argmax_planes(&regions, 19, H, W, &mut labels, oh, ow, true, &mut scratch))
+        b.iter(|| {
+            resize_argmax_planes(
+                MapView::new(&regions, 19, H, W),
+                &mut labels,
+                (oh, ow),
+                true,
+                &mut scratch,
+            )
+        })
     });
     group.finish();
 
@@ -233,12 +249,12 @@ fn resize_then_argmax(c: &mut Criterion) {
         b.iter(|| resize_bilinear(&scores, oh, ow, true).unwrap())
     });
     group.bench_function("separable_kept_buffer", |b| {
-        b.iter(|| resize_planes(&input, 19, H, W, &mut logits, oh, ow, true))
+        b.iter(|| resize_planes(MapView::new(&input, 19, H, W), &mut logits, (oh, ow), true))
     });
     group.bench_function("separable_fresh_buffer", |b| {
         b.iter(|| {
             let mut fresh = zeroed_vec::<f32>(19 * oh * ow);
-            resize_planes(&input, 19, H, W, &mut fresh, oh, ow, true);
+            resize_planes(MapView::new(&input, 19, H, W), &mut fresh, (oh, ow), true);
             fresh
         })
     });

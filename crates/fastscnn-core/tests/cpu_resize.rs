@@ -6,7 +6,7 @@ use fastscnn_core::ops::{resize_argmax, resize_bilinear};
 use fastscnn_core::testing::{random_tensor, region_scores};
 use fastscnn_cpu::{
     output_vec, resize_argmax_min_scratch_len, resize_argmax_planes, resize_argmax_scratch_len,
-    resize_planes, resize_planes_uninit, ExecutionContext, Isa,
+    resize_planes, resize_planes_uninit, ExecutionContext, Isa, MapView,
 };
 
 /// Runs `test` in a context of each instruction set this processor has.
@@ -35,7 +35,12 @@ fn equal_the_resize_and_argmax_ops_exactly() {
                 let x = random_tensor(&[1, c, h, w], 7).unwrap();
                 let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let mut out = vec![0f32; c * oh * ow];
-                resize_planes(&data, c, h, w, &mut out, oh, ow, align_corners);
+                resize_planes(
+                    MapView::new(&data, c, h, w),
+                    &mut out,
+                    (oh, ow),
+                    align_corners,
+                );
                 let expected: Vec<f32> = resize_bilinear(&x, oh, ow, align_corners)
                     .unwrap()
                     .flatten_all()
@@ -46,7 +51,13 @@ fn equal_the_resize_and_argmax_ops_exactly() {
                 // Into fresh memory, with streaming stores where the processor has them.
                 let mut fresh = output_vec::<f32>(c * oh * ow);
                 let spare = &mut fresh.spare_capacity_mut()[..c * oh * ow];
-                resize_planes_uninit(&data, c, h, w, spare, oh, ow, align_corners, true);
+                resize_planes_uninit(
+                    MapView::new(&data, c, h, w),
+                    spare,
+                    (oh, ow),
+                    align_corners,
+                    true,
+                );
                 // SAFETY: the resize initialised all of it.
                 unsafe { fresh.set_len(c * oh * ow) };
                 assert_eq!(fresh, expected, "streaming {h}x{w} -> {oh}x{ow}");
@@ -78,13 +89,9 @@ fn assert_labels_equal_the_reference(
         let mut labels = vec![u32::MAX; oh * ow];
         let mut scratch = vec![0f32; scratch];
         resize_argmax_planes(
-            data,
-            c,
-            h,
-            w,
+            MapView::new(data, c, h, w),
             &mut labels,
-            oh,
-            ow,
+            (oh, ow),
             align_corners,
             &mut scratch,
         );

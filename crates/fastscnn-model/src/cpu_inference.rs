@@ -287,17 +287,7 @@ impl<'a> StageExecutor for CpuFrame<'a> {
             FrameHead::Logits { out, softmax } => {
                 // The logits go to the caller untouched, the probabilities are read back by the
                 // softmax.
-                resize_planes_uninit(
-                    &scores.data,
-                    classes,
-                    sh,
-                    sw,
-                    out,
-                    h,
-                    w,
-                    align_corners,
-                    !*softmax,
-                );
+                resize_planes_uninit(scores.view(), out, (h, w), align_corners, !*softmax);
                 if *softmax {
                     // SAFETY: the resize initialised all of `out`.
                     let out =
@@ -309,17 +299,7 @@ impl<'a> StageExecutor for CpuFrame<'a> {
                 let mut scratch =
                     self.pool
                         .take(resize_argmax_scratch_len(classes, (sh, sw), (h, w)));
-                resize_argmax_planes(
-                    &scores.data,
-                    classes,
-                    sh,
-                    sw,
-                    out,
-                    h,
-                    w,
-                    align_corners,
-                    &mut scratch,
-                );
+                resize_argmax_planes(scores.view(), out, (h, w), align_corners, &mut scratch);
                 self.pool.give(scratch);
             }
         }

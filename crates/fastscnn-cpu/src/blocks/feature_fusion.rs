@@ -24,20 +24,12 @@ impl FusedFeatureFusion {
         if self.lower.has_packed_kernel() && self.higher.has_packed_kernel() {
             return self.run_fused(higher, lower, pool);
         }
-        let (h, w, lh, lw) = (higher.height, higher.width, lower.height, lower.width);
-        let (higher, lower) = (higher.data, lower.data);
+        let (h, w) = (higher.height, higher.width);
+        let higher = higher.data;
         let channels = self.depthwise.channels;
+        assert_eq!(lower.channels, channels, "feature fusion lower input");
         let mut upsampled = pool.take(channels * h * w);
-        resize_planes(
-            lower,
-            channels,
-            lh,
-            lw,
-            &mut upsampled,
-            h,
-            w,
-            self.align_corners,
-        );
+        resize_planes(lower, &mut upsampled, (h, w), self.align_corners);
         let mut filtered = pool.take(channels * h * w);
         self.depthwise.run(&upsampled, h, w, &mut filtered);
         pool.give(upsampled);

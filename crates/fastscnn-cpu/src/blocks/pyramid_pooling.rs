@@ -30,13 +30,9 @@ impl FusedPyramidPooling {
             conv.run(&pooled, bin * bin, &mut projected, Seed::Bias);
             let end = offset + conv.out_channels * plane;
             resize_planes(
-                &projected,
-                conv.out_channels,
-                *bin,
-                *bin,
+                MapView::new(&projected, conv.out_channels, *bin, *bin),
                 &mut concat[offset..end],
-                h,
-                w,
+                (h, w),
                 self.align_corners,
             );
             offset = end;

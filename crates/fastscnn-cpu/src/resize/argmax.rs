@@ -190,20 +190,16 @@ pub(super) fn class_stride(ow: usize) -> usize {
 /// the whole map. `scratch` (kept by the caller, so repeated frames allocate nothing) holds at
 /// least the source labels and one task's two rows of every class;
 /// [`resize_argmax_scratch_len`] floats give every task its own.
-#[allow(clippy::too_many_arguments)]
 pub fn resize_argmax_planes(
-    scores: &[f32],
-    classes: usize,
-    h: usize,
-    w: usize,
+    scores: MapView<'_>,
     labels: &mut [u32],
-    oh: usize,
-    ow: usize,
+    (oh, ow): (usize, usize),
     align_corners: bool,
     scratch: &mut [f32],
 ) {
+    let (classes, h, w) = (scores.channels, scores.height, scores.width);
+    let scores = scores.data;
     assert!(classes > 0, "resize_argmax: no classes");
-    assert_eq!(scores.len(), classes * h * w, "resize_argmax scores");
     assert_eq!(labels.len(), oh * ow, "resize_argmax labels");
     if oh * ow == 0 {
         return;

@@ -26,6 +26,7 @@ use super::gemm_avx512::lane_mask;
 use super::simd::Isa;
 use super::simd::{dispatch, MulAdd};
 use crate::sampling::{source_index, taps};
+use crate::MapView;
 
 /// The horizontal pass's taps, one entry per output column, as separate arrays so that the
 /// compiler can vectorise the pass with gathers.
@@ -395,40 +396,31 @@ pub(crate) fn horizontal_planes(
         .for_each(|(out, plane)| horizontal(plane, &columns, out));
 }
 
-/// Resizes `planes` planes of `input` (planes, h, w) to `out` (planes, oh, ow).
-#[allow(clippy::too_many_arguments)]
+/// Resizes every plane of `input` to `out` (its planes at `oh`x`ow`).
 pub fn resize_planes(
-    input: &[f32],
-    planes: usize,
-    h: usize,
-    w: usize,
+    input: MapView<'_>,
     out: &mut [f32],
-    oh: usize,
-    ow: usize,
+    (oh, ow): (usize, usize),
     align_corners: bool,
 ) {
     // SAFETY: `resize_planes_uninit` only writes values.
     let out = unsafe { as_uninit(out) };
-    resize_planes_uninit(input, planes, h, w, out, oh, ow, align_corners, false);
+    resize_planes_uninit(input, out, (oh, ow), align_corners, false);
 }
 
 /// [`resize_planes`] into memory not written yet (an [`output_vec`](super::output_vec)'s spare
 /// capacity), every element of which it initialises. With `streaming`, for an output nothing
 /// reads again soon (the logits handed to the caller), its lines go straight to memory rather
 /// than through the cache on AVX-512 and AVX2 machines (`fastscnn bench --mode logits`).
-#[allow(clippy::too_many_arguments)]
 pub fn resize_planes_uninit(
-    input: &[f32],
-    planes: usize,
-    h: usize,
-    w: usize,
+    input: MapView<'_>,
     out: &mut [MaybeUninit<f32>],
-    oh: usize,
-    ow: usize,
+    (oh, ow): (usize, usize),
     align_corners: bool,
     streaming: bool,
 ) {
-    assert_eq!(input.len(), planes * h * w, "resize input");
+    let (planes, h, w) = (input.channels, input.height, input.width);
+    let input = input.data;
     assert_eq!(out.len(), planes * oh * ow, "resize output");
     // The streaming stores are x86-64's; elsewhere every output goes through the cache.
     #[cfg(not(target_arch = "x86_64"))]
