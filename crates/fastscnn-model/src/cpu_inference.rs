@@ -17,7 +17,7 @@ use fastscnn_cpu::{
 };
 
 use crate::cpu_blocks::FromLayer;
-use crate::stages::plan::{run_plan, Stage, StageExecutor, StageTimer};
+use crate::stages::plan::{run_plan, Stage, StageExecutor, StageInput, StageTimer};
 use crate::stages::GlobalFeatureExtractor;
 use crate::stages::LearningToDownsample;
 
@@ -244,15 +244,23 @@ impl<'a> StageExecutor for CpuFrame<'a> {
         Ok(out)
     }
 
-    fn bottleneck_group(&mut self, group: usize, x: &FeatureMap) -> Result<FeatureMap> {
+    fn bottleneck_group(
+        &mut self,
+        group: usize,
+        x: StageInput<'_, FeatureMap>,
+    ) -> Result<FeatureMap> {
         let blocks = &self.engine.groups[group];
         let Some((first, rest)) = blocks.split_first() else {
             // A group of no blocks passes its input on, as the candle network's does.
-            let mut data = self.pool.take(x.data.len());
-            data.copy_from_slice(&x.data);
-            return Ok(FeatureMap { data, ..*x });
+            let map = x.map();
+            let mut data = self.pool.take(map.data.len());
+            data.copy_from_slice(&map.data);
+            let out = FeatureMap { data, ..*map };
+            x.release(self);
+            return Ok(out);
         };
-        let mut out = first.run(x.view(), self.pool);
+        let mut out = first.run(x.map().view(), self.pool);
+        x.release(self);
         for block in rest {
             let next = block.run(out.view(), self.pool);
             self.pool.give(std::mem::replace(&mut out, next));

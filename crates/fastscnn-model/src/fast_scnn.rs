@@ -14,7 +14,7 @@ use crate::cpu_inference::CpuInference;
 use crate::error::Result;
 use crate::stages::{
     run_plan, AuxHead, Classifier, FeatureFusion, GlobalFeatureExtractor, LearningToDownsample,
-    Stage, StageExecutor,
+    Stage, StageExecutor, StageInput,
 };
 use crate::weights::WeightFile;
 use crate::{AuxSource, FastScnnConfig};
@@ -430,10 +430,17 @@ impl<'a> StageExecutor for CandleRun<'a> {
         self.model.learning_to_downsample.forward_mode(x, self.mode)
     }
 
-    fn bottleneck_group(&mut self, group: usize, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.model
+    fn bottleneck_group(
+        &mut self,
+        group: usize,
+        x: StageInput<'_, Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let out = self
+            .model
             .global_feature_extractor
-            .forward_group(group, x, self.mode)
+            .forward_group(group, x.map(), self.mode)?;
+        x.release(self);
+        Ok(out)
     }
 
     fn pyramid_pooling(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {

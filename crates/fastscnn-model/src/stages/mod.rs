@@ -18,5 +18,5 @@ pub use classifier::{AuxHead, Classifier};
 pub use feature_fusion::{FeatureFusion, FeatureFusionConfig};
 pub use global_feature_extractor::GlobalFeatureExtractor;
 pub use learning_to_downsample::LearningToDownsample;
-pub use plan::{run_plan, Stage, StageExecutor, StageTimer};
+pub use plan::{run_plan, Stage, StageExecutor, StageInput, StageTimer};
 pub use pyramid_pooling::{PyramidPooling, PyramidPoolingConfig};

@@ -49,6 +49,34 @@ impl Stage {
 /// Gets each stage's wall time, once the stage has finished on the device.
 pub type StageTimer<'a> = &'a mut dyn FnMut(Stage, Duration);
 
+/// A stage's input: a borrow when later stages read the map too, the map itself when this stage
+/// is its last reader. The executor then releases it ([`StageInput::release`]) as soon as it has
+/// read it, so that a buffer pool can lend it to the rest of the stage: a bottleneck group's
+/// later blocks reuse the previous group's output buffer, which is in cache
+/// (`cargo xtask profile --size 384x768`, bottleneck groups 2 and 3).
+#[derive(Debug)]
+pub enum StageInput<'a, M> {
+    Borrowed(&'a M),
+    /// The map, and the stage that made it.
+    Last(Stage, M),
+}
+
+impl<M> StageInput<'_, M> {
+    pub fn map(&self) -> &M {
+        match self {
+            StageInput::Borrowed(map) => map,
+            StageInput::Last(_, map) => map,
+        }
+    }
+
+    /// Gives the map to `executor` to release when this stage was its last reader.
+    pub fn release<E: StageExecutor<Map = M> + ?Sized>(self, executor: &mut E) {
+        if let StageInput::Last(stage, map) = self {
+            executor.release(stage, map);
+        }
+    }
+}
+
 /// What runs the plan's stages on its own kind of feature map.
 pub trait StageExecutor {
     /// What the network reads (a normalised image or batch).
@@ -63,8 +91,9 @@ pub trait StageExecutor {
     /// Runs [`Stage::LearningToDownsample`] on the network's input.
     fn learning_to_downsample(&mut self, input: Self::Input) -> Result<Self::Map>;
     /// Runs [`Stage::BottleneckGroup`] `group` on the previous group's output (the first, on
-    /// the higher-resolution features).
-    fn bottleneck_group(&mut self, group: usize, x: &Self::Map) -> Result<Self::Map>;
+    /// the higher-resolution features), which it releases once read.
+    fn bottleneck_group(&mut self, group: usize, x: StageInput<'_, Self::Map>)
+        -> Result<Self::Map>;
     /// Runs [`Stage::PyramidPooling`] on the last group's output.
     fn pyramid_pooling(&mut self, x: &Self::Map) -> Result<Self::Map>;
     /// Runs [`Stage::FeatureFusion`].
@@ -89,8 +118,9 @@ pub trait StageExecutor {
 /// Runs the whole network on `input` through `executor`, timing every stage into `timer` when
 /// one is given (the device synchronised after each).
 ///
-/// Each intermediate is released as soon as the last stage reading it has run: the
-/// higher-resolution features after feature fusion, every other map after the stage after it.
+/// Each intermediate is released as soon as the last stage reading it has read it: a bottleneck
+/// group's input by the group, the higher-resolution features after feature fusion, every other
+/// map after the stage after it.
 pub fn run_plan<E: StageExecutor>(
     executor: &mut E,
     input: E::Input,
@@ -102,13 +132,14 @@ pub fn run_plan<E: StageExecutor>(
     let mut lower: Option<(Stage, E::Map)> = None;
     for group in 0..executor.bottleneck_groups() {
         let stage = Stage::BottleneckGroup(group);
+        let x = match lower.take() {
+            Some((made_by, map)) => StageInput::Last(made_by, map),
+            None => StageInput::Borrowed(&higher_res),
+        };
         let out = timed(executor, &mut timer, stage, |e| {
-            let x = lower.as_ref().map_or(&higher_res, |(_, map)| map);
             e.bottleneck_group(group, x)
         })?;
-        if let Some((done, map)) = lower.replace((stage, out)) {
-            executor.release(done, map);
-        }
+        lower = Some((stage, out));
     }
     let global = timed(executor, &mut timer, Stage::PyramidPooling, |e| {
         e.pyramid_pooling(lower.as_ref().map_or(&higher_res, |(_, map)| map))
@@ -167,8 +198,10 @@ mod tests {
         fn learning_to_downsample(&mut self, input: &'static str) -> Result<String> {
             Ok(format!("ltd({input})"))
         }
-        fn bottleneck_group(&mut self, group: usize, x: &String) -> Result<String> {
-            Ok(format!("g{group}({x})"))
+        fn bottleneck_group(&mut self, group: usize, x: StageInput<'_, String>) -> Result<String> {
+            let out = format!("g{group}({})", x.map());
+            x.release(self);
+            Ok(out)
         }
         fn pyramid_pooling(&mut self, x: &String) -> Result<String> {
             Ok(format!("ppm({x})"))
