@@ -28,8 +28,9 @@ pub fn write_durably<E: From<io::Error>>(
 
 /// [`write_durably`] for a destination that must not exist: the new file is linked into place,
 /// which fails with [`io::ErrorKind::AlreadyExists`] if a file appeared there meanwhile, so a file
-/// someone else made is never replaced. (Where the file system has no hard links, the check and
-/// the rename are two steps.)
+/// someone else made is never replaced. Where the file system has no hard links, the check that
+/// the destination is absent and the rename are two steps, and a file made between the two is
+/// replaced.
 pub fn write_durably_new<E: From<io::Error>>(
     dest: &Path,
     write: impl FnOnce(&Path) -> Result<(), E>,
@@ -48,7 +49,11 @@ pub fn write_durably_new<E: From<io::Error>>(
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(failed("replace a file that exists", e))
             }
-            Err(_) if dest.symlink_metadata().is_err() => {
+            Err(_)
+                if dest
+                    .symlink_metadata()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::NotFound) =>
+            {
                 std::fs::rename(&tmp, dest).map_err(|e| failed("move into place", e))?
             }
             Err(e) => {

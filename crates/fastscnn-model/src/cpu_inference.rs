@@ -252,12 +252,14 @@ impl<'a> StageExecutor for CpuFrame<'a> {
         let blocks = &self.engine.groups[group];
         let Some((first, rest)) = blocks.split_first() else {
             // A group of no blocks passes its input on, as the candle network's does.
-            let map = x.map();
-            let mut data = self.pool.take(map.data.len());
-            data.copy_from_slice(&map.data);
-            let out = FeatureMap { data, ..*map };
-            x.release(self);
-            return Ok(out);
+            return Ok(match x {
+                StageInput::Last(_, map) => map,
+                StageInput::Borrowed(map) => {
+                    let mut data = self.pool.take(map.data.len());
+                    data.copy_from_slice(&map.data);
+                    FeatureMap { data, ..*map }
+                }
+            });
         };
         let mut out = first.run(x.map().view(), self.pool);
         x.release(self);

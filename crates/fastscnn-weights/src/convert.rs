@@ -10,8 +10,9 @@ use crate::{Result, WeightsError};
 /// Whether a file already at the output may be replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replace {
-    /// Refuse, even if the file appears while the new one is being written: it may be the
-    /// user's own weights.
+    /// Refuse: it may be the user's own weights. A file that appears while the new one is being
+    /// written is kept too (on file systems without hard links, only until the last instant:
+    /// see `fastscnn_core::atomic_write::write_durably_new`).
     Never,
     /// Replace it, atomically: the old file stays whole until the new one is complete.
     Existing,

@@ -91,7 +91,8 @@ impl fmt::Display for Installed {
 ///
 /// Nothing is written at `output` unless every check passed. With [`Replace::Never`] a file at
 /// `output` is left alone: when it holds weights installed from the same origin that is success
-/// ([`Installed::Already`]), otherwise an error, also if the file appears during the download.
+/// ([`Installed::Already`], `sha256` unused: the file was checked when it was installed),
+/// otherwise an error, also if the file appears during the download.
 /// A URL's download goes to a temporary file beside `output`, removed whatever happens.
 pub fn install(
     origin: &Origin,

@@ -87,7 +87,8 @@ impl DepthwiseConv3x3 {
     }
 }
 
-/// The f64 forward, on the kernel written for both float types.
+/// The forward on the kernel written for both float types: what f64 runs (f32 goes to the
+/// engine's kernels in `cpu_fwd`).
 impl Kernel<2> for DepthwiseConv3x3 {
     const NAME: &'static str = "depthwise-conv3x3";
 

@@ -117,7 +117,8 @@ trait Kernel<const N: usize> {
 }
 
 /// Runs `kernel` on `N` contiguous storages, all f32 or all f64 (the first one's type decides;
-/// another dtype among the rest is an error): the one place the ops choose their float type.
+/// another dtype among the rest is an error): the ops' one f32/f64 dispatch (the depthwise
+/// forward takes f32 to the engine's kernels before it).
 fn run_kernel<const N: usize, K: Kernel<N>>(
     kernel: &K,
     inputs: [(&CpuStorage, &Layout); N],

@@ -200,6 +200,7 @@ pub fn resize_argmax_planes(
     let (classes, h, w) = (scores.channels, scores.height, scores.width);
     let scores = scores.data;
     assert!(classes > 0, "resize_argmax: no classes");
+    assert_eq!(scores.len(), classes * h * w, "resize_argmax scores");
     assert_eq!(labels.len(), oh * ow, "resize_argmax labels");
     if oh * ow == 0 {
         return;

@@ -421,6 +421,8 @@ pub fn resize_planes_uninit(
 ) {
     let (planes, h, w) = (input.channels, input.height, input.width);
     let input = input.data;
+    // Every output plane must have its input plane: a short input would leave planes unwritten.
+    assert_eq!(input.len(), planes * h * w, "resize input");
     assert_eq!(out.len(), planes * oh * ow, "resize output");
     // The streaming stores are x86-64's; elsewhere every output goes through the cache.
     #[cfg(not(target_arch = "x86_64"))]

@@ -56,12 +56,14 @@ pub type StageTimer<'a> = &'a mut dyn FnMut(Stage, Duration);
 /// (`cargo xtask profile --size 384x768`, bottleneck groups 2 and 3).
 #[derive(Debug)]
 pub enum StageInput<'a, M> {
+    /// A map later stages read too, which the plan releases.
     Borrowed(&'a M),
     /// The map, and the stage that made it.
     Last(Stage, M),
 }
 
 impl<M> StageInput<'_, M> {
+    /// The map, to read.
     pub fn map(&self) -> &M {
         match self {
             StageInput::Borrowed(map) => map,
@@ -69,7 +71,8 @@ impl<M> StageInput<'_, M> {
         }
     }
 
-    /// Gives the map to `executor` to release when this stage was its last reader.
+    /// Gives the map to `executor` to release when this stage was its last reader. (Dropping a
+    /// `Last` input instead frees it: correct, but a pool does not get the buffer back.)
     pub fn release<E: StageExecutor<Map = M> + ?Sized>(self, executor: &mut E) {
         if let StageInput::Last(stage, map) = self {
             executor.release(stage, map);
@@ -200,6 +203,7 @@ mod tests {
         }
         fn bottleneck_group(&mut self, group: usize, x: StageInput<'_, String>) -> Result<String> {
             let out = format!("g{group}({})", x.map());
+            self.events.push(format!("read by group {}", group + 1));
             x.release(self);
             Ok(out)
         }
@@ -247,15 +251,20 @@ mod tests {
                 "resize + argmax",
             ]
         );
-        let released: Vec<&str> = trace
+        let events: Vec<&str> = trace
             .events
             .iter()
             .map(|e| e.split(':').next().unwrap())
             .collect();
+        // A group's input goes back as soon as the group has read it; the higher-resolution
+        // features only after feature fusion.
         assert_eq!(
-            released,
+            events,
             [
+                "read by group 1",
+                "read by group 2",
                 "release bottleneck group 1",
+                "read by group 3",
                 "release bottleneck group 2",
                 "release bottleneck group 3",
                 "release pyramid pooling",
