@@ -19,7 +19,8 @@ struct Xtask {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Run the criterion benchmarks (release build), optionally only those matching FILTER, then
-    /// print the whole-model table (ms and fps at 1024x2048, 512x1024, 256x512).
+    /// print the whole-model table of this run (ms and fps at 1024x2048, 512x1024, 256x512),
+    /// with the date and the machine.
     Bench {
         /// Criterion benchmark name filter (a regular expression).
         filter: Option<String>,
@@ -38,6 +39,16 @@ enum Task {
         /// Weights to load instead of the constant-weight reference network.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// A frame to time, resized to --size, instead of random values (the label map's time
+        /// depends on the scene).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Threads to run on (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Instruction set of the kernels: avx512, avx2, neon or portable.
+        #[arg(long)]
+        isa: Option<String>,
     },
     /// Convert a checkpoint (PyTorch .pth/.pt or safetensors, either layout) to safetensors with
     /// metadata (layout, classes, source).
@@ -63,15 +74,32 @@ fn main() -> ExitCode {
 fn run_task(task: Task) -> Result<()> {
     match task {
         Task::Bench { filter, seconds } => {
+            let started = std::time::SystemTime::now();
             run(bench_command(filter.as_deref(), seconds))?;
-            println!("{}", bench_table::render(&criterion_dir())?);
+            let setup = bench_table::setup(started);
+            println!(
+                "{}",
+                bench_table::render(&criterion_dir(), started, &setup)?
+            );
             Ok(())
         }
         Task::Profile {
             size,
             runs,
             weights,
-        } => run(profile_command(&size, runs, weights.as_deref())),
+            image,
+            threads,
+            isa,
+        } => run(profile_command(
+            &size,
+            runs,
+            &ProfileInputs {
+                weights,
+                image,
+                threads,
+                isa,
+            },
+        )),
         Task::Convert {
             input,
             output,
@@ -106,7 +134,16 @@ fn bench_command(filter: Option<&str>, seconds: Option<u32>) -> Command {
     cmd
 }
 
-fn profile_command(size: &str, runs: usize, weights: Option<&Path>) -> Command {
+/// What `cargo xtask profile` passes on to the profiler besides the size and the runs.
+#[derive(Debug, Default)]
+struct ProfileInputs {
+    weights: Option<PathBuf>,
+    image: Option<PathBuf>,
+    threads: Option<usize>,
+    isa: Option<String>,
+}
+
+fn profile_command(size: &str, runs: usize, inputs: &ProfileInputs) -> Command {
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -122,8 +159,17 @@ fn profile_command(size: &str, runs: usize, weights: Option<&Path>) -> Command {
         "--runs",
         &runs.to_string(),
     ]);
-    if let Some(weights) = weights {
+    if let Some(weights) = &inputs.weights {
         cmd.arg("--weights").arg(weights);
+    }
+    if let Some(image) = &inputs.image {
+        cmd.arg("--image").arg(image);
+    }
+    if let Some(threads) = inputs.threads {
+        cmd.args(["--threads", &threads.to_string()]);
+    }
+    if let Some(isa) = &inputs.isa {
+        cmd.args(["--isa", isa]);
     }
     cmd
 }
@@ -180,7 +226,13 @@ mod tests {
 
     #[test]
     fn profile_runs_the_release_profiler() {
-        let cmd = profile_command("512x1024", 5, Some(Path::new("w.pth")));
+        let inputs = ProfileInputs {
+            weights: Some("w.pth".into()),
+            image: Some("frame.png".into()),
+            threads: Some(2),
+            isa: Some("avx2".into()),
+        };
+        let cmd = profile_command("512x1024", 5, &inputs);
         let args = args(&cmd);
         assert!(args.starts_with(&["run".to_string(), "--quiet".into(), "--release".into()]));
         assert!(args.ends_with(&[
@@ -189,8 +241,22 @@ mod tests {
             "--runs".into(),
             "5".into(),
             "--weights".into(),
-            "w.pth".into()
+            "w.pth".into(),
+            "--image".into(),
+            "frame.png".into(),
+            "--threads".into(),
+            "2".into(),
+            "--isa".into(),
+            "avx2".into()
         ]));
+        let bare: Vec<String> = profile_command("64x64", 1, &ProfileInputs::default())
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            bare.ends_with(&["--runs".to_string(), "1".into()]),
+            "{bare:?}"
+        );
     }
 
     #[test]

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
 use fastscnn_benches::{random_tensor, reference_model};
-use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
+use fastscnn_model::{
+    image_to_tensor, load_rgb_image, ExecutionContext, FastScnn, Isa, LoadOptions,
+};
 use image::imageops::{self, FilterType};
 
 #[derive(Debug, Parser)]
@@ -31,6 +33,13 @@ struct Args {
     /// the scene (and on trained weights, with --weights).
     #[arg(long, value_name = "FILE")]
     image: Option<PathBuf>,
+    /// Threads of the execution context the frames run in (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Instruction set of the kernels: avx512, avx2, neon or portable (default: the
+    /// processor's best).
+    #[arg(long)]
+    isa: Option<String>,
 }
 
 fn parse_size(size: &str) -> Result<(usize, usize)> {
@@ -59,9 +68,22 @@ fn run(args: &Args) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    let isa = match &args.isa {
+        Some(name) => Isa::from_name(name)
+            .with_context(|| format!("--isa {name}: expected avx512, avx2, neon or portable"))?,
+        None => Isa::detected(),
+    };
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    let context = ExecutionContext::new(isa, args.threads).map_err(|e| anyhow!("--isa: {e}"))?;
+    let options = LoadOptions {
+        context: Some(context.clone()),
+        ..LoadOptions::default()
+    };
     let model = match &args.weights {
-        Some(path) => FastScnn::from_file(path, &LoadOptions::default())?,
-        None => reference_model()?,
+        Some(path) => FastScnn::from_file(path, &options)?,
+        None => reference_model()?.with_execution_context(context.clone())?,
     };
     let x = match &args.image {
         Some(path) => {
@@ -88,8 +110,11 @@ fn run(args: &Args) -> Result<()> {
         .collect();
     let total: Duration = medians.iter().map(|(_, t)| *t).sum();
     println!(
-        "label map at {h}x{w}, {} layout, BatchNorm folded, CPU; median of {} runs per stage",
+        "label map at {h}x{w}, {} layout, BatchNorm folded, CPU, {} threads, {} kernels; median \
+         of {} runs per stage",
         model.config().layout,
+        context.threads(),
+        context.isa().name(),
         args.runs
     );
     println!("{:<24}{:>10}{:>8}", "stage", "ms", "share");
