@@ -18,3 +18,8 @@ pub use candle_nn;
 
 #[doc(hidden)]
 pub mod testing;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

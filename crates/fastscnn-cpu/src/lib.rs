@@ -105,3 +105,8 @@ fn on_every_isa(test: impl Fn(Isa) + Sync) {
         context.install(|| test(isa));
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -23,3 +23,8 @@ pub use error::{format_pixels, DataError, Result};
 pub use labels::{Label, IGNORE_TRAIN_ID, LABELS, NUM_TRAIN_CLASSES};
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use palette::{colorize_train_ids, label_id_image, overlay_train_ids, train_id_image, Palette};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -40,3 +40,8 @@ pub use preprocess::{
 };
 pub use stages::{GlobalFeatureExtractor, LearningToDownsample};
 pub use weights::{WeightFile, WeightFormat, TRAINING_STATE_PREFIX};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

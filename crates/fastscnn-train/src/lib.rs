@@ -24,3 +24,8 @@ pub use optimizer::Sgd;
 pub use schedule::PolyLr;
 pub use trainable::TrainableModel;
 pub use trainer::{Event, Runtime, StepReport, Trainer};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

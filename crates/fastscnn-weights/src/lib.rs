@@ -32,3 +32,8 @@ pub use home::{default_weights_path, fastscnn_home, HOME_VAR};
 pub use hub::{HubFile, OFFLINE_VAR};
 pub use install::{install, Installed, Origin, PUBLISHED_URL};
 pub use source::WeightSource;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
