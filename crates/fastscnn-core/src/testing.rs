@@ -124,8 +124,8 @@ fn share_equal(a: &[u32], b: &[u32]) -> f64 {
 
 /// What `build` makes (f32, CPU) from seeded random variables. A `VarMap` creates the variables
 /// a layer asks for as zeros, which makes every conv output its bias and any two ways of
-/// computing a layer agree; so `build` runs once to create them, they are set by
-/// [`randomize_vars`], and it runs again on the same map (a folded BatchNorm is folded at build
+/// computing a layer agree; so `build` runs once to create them, they are set to seeded values,
+/// and it runs again on the same map (a folded BatchNorm is folded at build
 /// time).
 pub fn random_layer<T>(
     seed: u64,

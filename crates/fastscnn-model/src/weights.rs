@@ -121,7 +121,7 @@ impl WeightFile {
 
     /// Reads a PyTorch zip checkpoint: a bare state_dict (`torch.save(model.state_dict())`) or a
     /// dict holding one under `state_dict` or `model` (mmsegmentation, most trainers), through
-    /// [`crate::pytorch`], which trusts nothing in the file. A `module.` prefix left by
+    /// this crate's own pickle reader, which trusts nothing in the file. A `module.` prefix left by
     /// `DataParallel` is removed.
     pub fn open_pytorch(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

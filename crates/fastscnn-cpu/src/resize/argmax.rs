@@ -175,7 +175,7 @@ pub(super) fn class_stride(ow: usize) -> usize {
 /// Inside a region of one label, an output pixel lies between four source pixels of that label
 /// and needs no scores at all: a bilinear blend is a weighted sum with non-negative weights, and
 /// rounding is monotonic, so a class that scores at least as high as every other at all four
-/// corners does so in the blend too. Such a block of [`ARGMAX_BLOCK`] pixels takes the label
+/// corners does so in the blend too. Such a block of `ARGMAX_BLOCK` (32) pixels takes the label
 /// its source pixels share. (The labels equal those of resizing then taking the argmax, but
 /// where rounding makes a lower class's blended score exactly equal the shared label's: the
 /// reference gives the lower class, this the shared one.) The time therefore depends on the
