@@ -4,7 +4,9 @@
 /// Per-channel input normalisation on RGB scaled to [0, 1]: `(v / 255 - mean) / std`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
+    /// Mean of each channel, in R, G, B order, on the [0, 1] scale.
     pub mean: [f32; 3],
+    /// Standard deviation of each channel, in R, G, B order, on the [0, 1] scale.
     pub std: [f32; 3],
 }
 

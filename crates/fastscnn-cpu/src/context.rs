@@ -25,7 +25,12 @@ pub struct ExecutionContext {
 #[derive(Debug)]
 pub enum ContextError {
     /// The processor cannot run `isa`'s kernels.
-    Unsupported { isa: Isa, available: Vec<Isa> },
+    Unsupported {
+        /// The instruction set asked for.
+        isa: Isa,
+        /// The instruction sets this processor can run, best first.
+        available: Vec<Isa>,
+    },
     /// The threads could not be started.
     Threads(rayon::ThreadPoolBuildError),
     /// The tuning values cannot be used; the reason.

@@ -21,19 +21,33 @@ use super::SendPtr;
 /// a new one.
 #[derive(Debug, Clone)]
 pub struct DenseConv {
+    /// Weights in (out, in, k, k) row-major order.
     pub weight: Vec<f32>,
+    /// One value per output channel, added before the ReLU.
     pub bias: Vec<f32>,
+    /// Channels of the input map.
     pub in_channels: usize,
+    /// Channels of the output map.
     pub out_channels: usize,
+    /// Side of the square kernel, in pixels.
     pub kernel: usize,
+    /// Step between kernel positions, the same along both axes.
     pub stride: usize,
+    /// Zeros added on each side of the input, in pixels.
     pub padding: usize,
+    /// Whether a ReLU follows the bias.
     pub relu: bool,
     /// The weights packed for this crate's kernel, when the processor has one.
     packed: Option<PackedWeights>,
 }
 
 impl DenseConv {
+    /// Checks the shapes and packs a copy of `weight` for this processor's kernel, where it has
+    /// one.
+    ///
+    /// # Panics
+    /// If `weight` does not hold `out_channels * in_channels * kernel * kernel` floats, `bias`
+    /// `out_channels`, or if `kernel` or `stride` is zero.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         weight: Vec<f32>,
@@ -73,6 +87,7 @@ impl DenseConv {
         self
     }
 
+    /// Output height and width for an `h`x`w` input.
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         let size = |n: usize| (n + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1;
         (size(h), size(w))

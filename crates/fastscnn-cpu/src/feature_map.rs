@@ -9,8 +9,11 @@ use crate::Buffer;
 pub struct FeatureMap {
     /// `channels * height * width` floats, plane after plane, row after row.
     pub data: Buffer,
+    /// Planes in `data`, one per channel.
     pub channels: usize,
+    /// Rows per plane.
     pub height: usize,
+    /// Floats per row.
     pub width: usize,
 }
 
@@ -38,8 +41,11 @@ impl From<FeatureMap> for Buffer {
 pub struct MapView<'a> {
     /// `channels * height * width` floats, plane after plane, row after row.
     pub data: &'a [f32],
+    /// Planes in `data`, one per channel.
     pub channels: usize,
+    /// Rows per plane.
     pub height: usize,
+    /// Floats per row.
     pub width: usize,
 }
 

@@ -26,6 +26,8 @@
 //!
 //! Training and other devices keep using candle.
 
+#![warn(missing_docs)]
+
 mod allocator;
 mod blocks;
 mod buffers;

@@ -17,10 +17,15 @@ use super::SendPtr;
 /// packs a copy of the weights for this crate's kernel: for other weights, build a new one.
 #[derive(Debug, Clone)]
 pub struct PointwiseConv {
+    /// Weights in (out, in) row-major order.
     pub weight: Vec<f32>,
+    /// One value per output channel, added before the ReLU.
     pub bias: Vec<f32>,
+    /// Channels of the input map.
     pub in_channels: usize,
+    /// Channels of the output map.
     pub out_channels: usize,
+    /// Whether a ReLU follows the bias (and the shortcut or accumulated sum, if any).
     pub relu: bool,
     /// The weights packed for this crate's kernel, when the processor has one.
     packed: Option<PackedWeights>,
@@ -39,6 +44,11 @@ pub enum Seed<'a> {
 }
 
 impl PointwiseConv {
+    /// Checks the shapes and packs a copy of `weight` for this processor's kernel, where it has
+    /// one.
+    ///
+    /// # Panics
+    /// If `weight` does not hold `in_channels * out_channels` floats or `bias` `out_channels`.
     pub fn new(
         weight: Vec<f32>,
         bias: Vec<f32>,

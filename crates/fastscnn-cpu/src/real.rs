@@ -15,10 +15,12 @@ pub trait Real:
     + std::ops::AddAssign
     + 'static
 {
+    /// Zero of this type.
     const ZERO: Self;
     /// The nearest value of this type to `v` (`as` for f32). Named apart from candle's
     /// `WithDType::from_f64`, so that a type bound by both calls either without ambiguity.
     fn of_f64(v: f64) -> Self;
+    /// This value as an f64, exactly.
     fn as_f64(self) -> f64;
 }
 

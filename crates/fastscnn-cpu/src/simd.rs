@@ -71,6 +71,7 @@ impl Isa {
             .find(|isa| isa.name() == name)
     }
 
+    /// The set's short name, which [`Isa::from_name`] reads back.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512",

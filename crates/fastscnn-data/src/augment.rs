@@ -42,6 +42,8 @@ impl AugmentConfig {
         }
     }
 
+    /// Checks that the crop is not empty, the scale range is positive and ordered, and
+    /// `brightness` and `channel_noise` lie in `[0, 1)`.
     pub fn validate(&self) -> Result<()> {
         let invalid = |why: String| {
             Err(DataError::InvalidConfig {
@@ -120,13 +122,17 @@ impl AugmentConfig {
 /// The drawn decisions for one frame: applying the same `Augmentation` twice gives the same bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Augmentation {
+    /// Factor the frame is scaled by before the crop is taken.
     pub scale: f32,
     /// Output (height, width).
     pub crop: (usize, usize),
     /// Top-left corner of the crop in the scaled (and flipped) frame.
     pub offset: (usize, usize),
+    /// Whether the frame is mirrored left to right.
     pub flip: bool,
+    /// Factor every channel of the image is multiplied by.
     pub brightness: f32,
+    /// Further factor of each channel, in R, G, B order.
     pub gains: [f32; 3],
 }
 

@@ -9,15 +9,21 @@ pub const NUM_TRAIN_CLASSES: usize = 19;
 /// One row of the official label table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Label {
+    /// The label's name in the official table, e.g. `road`.
     pub name: &'static str,
     /// The id stored in `*_gtFine_labelIds.png`; -1 for `license plate`, which has no pixels there.
     pub id: i16,
     /// Index among the 19 evaluated classes, or 255 for ignored labels (-1 for `license plate`).
     pub train_id: i16,
+    /// The name of the label's category, e.g. `flat` or `vehicle`.
     pub category: &'static str,
+    /// The category's id: 0 for `void`, 1..=7 for the evaluated categories.
     pub category_id: u8,
+    /// Whether the dataset's instance annotations separate the label's objects.
     pub has_instances: bool,
+    /// Whether the official evaluation leaves the label out.
     pub ignore_in_eval: bool,
+    /// RGB colour of the label in `*_gtFine_color.png`.
     pub color: [u8; 3],
 }
 

@@ -2,6 +2,8 @@
 //! its mappings, dataset discovery in the official folder layout, `labelTrainIds` preparation,
 //! the paper's training augmentation, image resampling, and batches built on worker threads.
 
+#![warn(missing_docs)]
+
 pub mod augment;
 pub mod dataset;
 mod error;

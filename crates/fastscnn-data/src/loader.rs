@@ -22,6 +22,7 @@ use crate::rng::{epoch_order, sample_rng};
 /// How batches are made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
+    /// Samples per batch; at least 1.
     pub batch_size: usize,
     /// A new order every epoch, fixed by (seed, epoch).
     pub shuffle: bool,
@@ -31,12 +32,14 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Finished batches each worker may hold before it waits for the consumer.
     pub prefetch: usize,
+    /// Seed of the shuffle and of every sample's augmentation.
     pub seed: u64,
     /// Training augmentation; `None` for evaluation.
     pub augment: Option<AugmentConfig>,
     /// Evaluation only: the image is resized by this factor (1, 0.5, 0.25); labels keep their
     /// full resolution, where predictions are scored.
     pub input_scale: f32,
+    /// Per-channel mean and standard deviation the images are normalised with.
     pub normalization: Normalization,
 }
 
@@ -116,6 +119,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// A loader over `samples`; fails when the configuration is invalid or there are no samples.
     pub fn new(samples: Vec<Sample>, config: LoaderConfig) -> Result<Self> {
         config.validate()?;
         if samples.is_empty() {
@@ -130,14 +134,17 @@ impl Loader {
         })
     }
 
+    /// The samples, in the order batch indices refer to.
     pub fn samples(&self) -> &[Sample] {
         &self.samples
     }
 
+    /// The configuration the loader was made with.
     pub fn config(&self) -> &LoaderConfig {
         &self.config
     }
 
+    /// Batches in every epoch, counting a last partial batch unless `drop_last` is set.
     pub fn batches_per_epoch(&self) -> usize {
         let (n, b) = (self.samples.len(), self.config.batch_size);
         if self.config.drop_last {

@@ -33,6 +33,7 @@ impl Palette {
         Self { colours }
     }
 
+    /// The RGB colour of `class`.
     pub fn colour(&self, class: u8) -> [u8; 3] {
         self.colours[usize::from(class)]
     }

@@ -31,7 +31,9 @@ impl AuxSource {
 pub struct FastScnnConfig {
     /// The key names this network reads and writes.
     pub layout: WeightLayout,
+    /// Number of classes the classifier and the auxiliary heads score (19 for Cityscapes).
     pub num_classes: usize,
+    /// Channels of the input image: 3 (RGB) in both presets.
     pub in_channels: usize,
     /// Output widths of learning-to-downsample: the stem conv and the two DSConvs.
     pub downsample_channels: [usize; 3],
@@ -40,14 +42,25 @@ pub struct FastScnnConfig {
     /// ReLU after the depthwise half of learning-to-downsample's DSConvs: yes in the reference
     /// implementation, no in OpenMMLab's (`dw_act_cfg=None`).
     pub downsample_depthwise_relu: bool,
-    /// Output width, first stride and block count of each bottleneck group.
+    /// Output width of each bottleneck group: 64, 96, 128 in both presets.
     pub bottleneck_channels: [usize; 3],
+    /// Stride of each bottleneck group's first block (the others have stride 1): 2, 2, 1, which
+    /// takes the 1/8-resolution input down to 1/32.
     pub bottleneck_strides: [usize; 3],
+    /// Number of linear bottleneck blocks in each group: 3, 3, 3 in both presets.
     pub bottleneck_blocks: [usize; 3],
+    /// Expansion factor of every bottleneck: its hidden width is `expansion` times its input width
+    /// (6 in both presets).
     pub expansion: usize,
+    /// Output grid size of each pyramid pooling branch: 1, 2, 3, 6 in both presets.
     pub ppm_bins: Vec<usize>,
+    /// Kernel of the pyramid pooling output convolution: 1 in the reference implementation, 3 in
+    /// OpenMMLab's.
     pub ppm_out_kernel: usize,
+    /// Output width of feature fusion, which is also the classifier's width (128 in both presets).
     pub fusion_channels: usize,
+    /// Whether feature fusion's two 1x1 convolutions have a bias: yes in the reference
+    /// implementation, no in OpenMMLab's.
     pub fusion_conv_bias: bool,
     /// ReLU after the depthwise half of the classifier's DSConvs (OpenMMLab's decode head: none).
     pub classifier_depthwise_relu: bool,
@@ -58,7 +71,10 @@ pub struct FastScnnConfig {
     pub aux_heads: Vec<AuxSource>,
     /// Hidden width of every auxiliary head.
     pub aux_hidden_channels: usize,
+    /// Epsilon added to the variance in every BatchNorm: 1e-5 (PyTorch's default) in both presets.
     pub bn_eps: f64,
+    /// Per-channel mean and standard deviation the input image is normalised with (ImageNet's in
+    /// both presets).
     pub normalization: Normalization,
 }
 
@@ -113,10 +129,13 @@ impl FastScnnConfig {
         self.bottleneck_channels[2]
     }
 
+    /// The width of the learning-to-downsample output, which feature fusion's high-resolution
+    /// branch and the `HigherRes` auxiliary head take.
     pub fn higher_res_channels(&self) -> usize {
         self.downsample_channels[2]
     }
 
+    /// The pyramid pooling module of this network, on the global feature extractor's width.
     pub fn pyramid_pooling(&self) -> PyramidPoolingConfig {
         PyramidPoolingConfig {
             in_channels: self.global_channels(),
@@ -127,6 +146,8 @@ impl FastScnnConfig {
         }
     }
 
+    /// The feature fusion module of this network, joining the learning-to-downsample output with
+    /// the global features.
     pub fn feature_fusion(&self) -> FeatureFusionConfig {
         FeatureFusionConfig {
             higher_in_channels: self.higher_res_channels(),

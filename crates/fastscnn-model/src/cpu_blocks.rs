@@ -12,6 +12,8 @@ use crate::stages;
 
 /// A CPU block made from the candle layer `L` it runs.
 pub trait FromLayer<L>: Sized {
+    /// Copies `layer`'s weights out as f32; fails if a BatchNorm in it was not folded at load
+    /// time or a conv is not of the kind the block runs.
     fn from_layer(layer: &L) -> Result<Self>;
 }
 

@@ -26,8 +26,11 @@ pub const AUX_GLOBAL_PREFIX: &str = "global_auxlayer";
 pub const CLASSIFIER_KEY: &str = "classifier.conv.1.weight";
 
 impl WeightLayout {
+    /// Both layouts, the reference one first.
     pub const ALL: [WeightLayout; 2] = [WeightLayout::Reference, WeightLayout::OpenMmlab];
 
+    /// The layout's lowercase name (`reference`, `openmmlab`): what `Display` writes, `FromStr`
+    /// parses and a saved safetensors file's `layout` metadata holds.
     pub fn name(self) -> &'static str {
         match self {
             WeightLayout::Reference => "reference",

@@ -17,22 +17,34 @@ pub const MAX_SCALE: f32 = 8.0;
 pub struct TrainConfig {
     /// `reference` or `openmmlab`: the network preset and the key names checkpoints use.
     pub layout: String,
+    /// Split trained on, a folder name under `leftImg8bit/` and `gtFine/` (default `train`).
     pub train_split: String,
     /// Validation split; `None` trains without validating.
     pub val_split: Option<String>,
+    /// Total iterations (optimiser steps) of the run; the learning rate decays to 0 over them.
     pub iters: u64,
+    /// Crops per batch (default 12, the paper's).
     pub batch_size: usize,
     /// Crop (height, width).
     pub crop: (usize, usize),
+    /// Range (min, max) of the random rescaling applied before cropping (default 0.5–2), with
+    /// 0 < min <= max <= `MAX_SCALE`.
     pub scale_range: (f32, f32),
+    /// Base learning rate of the poly schedule (default 0.045).
     pub lr: f64,
+    /// Exponent of the poly decay (default 0.9).
     pub power: f64,
+    /// Iterations of linear warm-up from a tenth of the scheduled rate (default 0, none).
     pub warmup_iters: u64,
+    /// SGD momentum, in [0, 1) (default 0.9).
     pub momentum: f64,
+    /// L2 weight decay, applied to convolution weights other than depthwise ones (default 4e-5).
     pub weight_decay: f64,
+    /// Weight of each auxiliary head's loss added to the main loss (default 0.4).
     pub aux_weight: f64,
     /// OHEM (threshold, minimum kept pixels), off by default.
     pub ohem: Option<(f32, usize)>,
+    /// Seed of the weight initialisation, batch order, augmentation and dropout (default 0).
     pub seed: u64,
     /// Validate and checkpoint every this many iterations (and at the end).
     pub val_every: u64,

@@ -3,6 +3,8 @@
 //! that resume bit for bit, and the evaluation metrics and loop shared by validation and
 //! `fastscnn eval`.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 mod config;
 mod error;

@@ -9,7 +9,10 @@ use fastscnn_core::ops::{softmax_cross_entropy, target_probabilities};
 /// implementation's `MixSoftmaxCrossEntropyOHEMLoss` and OpenMMLab's `OHEMPixelSampler` do.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ohem {
+    /// A pixel is kept when its probability of the true class is at most this (default 0.7).
     pub threshold: f32,
+    /// The fewest labelled pixels one loss keeps over the batch, the least confident ones
+    /// (default 100 000).
     pub min_kept: usize,
 }
 
@@ -78,8 +81,12 @@ fn keep_hardest(valid: &mut [bool], probs: &[f32], ohem: Ohem) {
 /// The paper's objective: the main loss plus `aux_weight` times each auxiliary head's loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SegmentationLoss {
+    /// The label value of pixels left out of the loss (default 255, Cityscapes' ignore train id).
     pub ignore: u32,
+    /// The weight of each auxiliary head's loss (default 0.4, the paper's).
     pub aux_weight: f64,
+    /// Hard-pixel mining applied to every head's loss; `None` (the default) averages over all
+    /// labelled pixels.
     pub ohem: Option<Ohem>,
 }
 
@@ -94,6 +101,8 @@ impl Default for SegmentationLoss {
 }
 
 impl SegmentationLoss {
+    /// The loss of one batch: `logits` of the main head and `aux_logits` of the auxiliary heads,
+    /// each (N, C, H, W) at the labels' resolution, against `labels` (N, H, W).
     pub fn compute(
         &self,
         logits: &Tensor,

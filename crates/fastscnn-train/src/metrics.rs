@@ -5,10 +5,23 @@
 /// Why a prediction/label pair could not be accumulated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricsError {
+    /// Returned when the prediction and the label have different numbers of pixels.
     #[error("prediction has {prediction} pixels but the label has {label}")]
-    SizeMismatch { prediction: usize, label: usize },
+    SizeMismatch {
+        /// The number of pixels of the prediction.
+        prediction: usize,
+        /// The number of pixels of the label.
+        label: usize,
+    },
+    /// Returned when a pixel not ignored holds a class the matrix does not have, in the label or
+    /// in the prediction.
     #[error("class {value} is out of range for {num_classes} classes")]
-    ClassOutOfRange { value: u32, num_classes: usize },
+    ClassOutOfRange {
+        /// The class value found.
+        value: u32,
+        /// The number of classes of the matrix.
+        num_classes: usize,
+    },
 }
 
 /// Counts of (ground truth, prediction) pairs over every evaluated pixel.
@@ -21,6 +34,8 @@ pub struct ConfusionMatrix {
 }
 
 impl ConfusionMatrix {
+    /// An empty matrix over `num_classes` classes; label pixels equal to `ignore_index` are not
+    /// counted.
     pub fn new(num_classes: usize, ignore_index: u32) -> Self {
         Self {
             num_classes,
@@ -29,10 +44,13 @@ impl ConfusionMatrix {
         }
     }
 
+    /// The number of classes, the matrix's side.
     pub fn num_classes(&self) -> usize {
         self.num_classes
     }
 
+    /// The pixels of class `ground_truth` predicted as `prediction`; both must be below
+    /// `num_classes`.
     pub fn count(&self, ground_truth: usize, prediction: usize) -> u64 {
         self.counts[ground_truth * self.num_classes + prediction]
     }

@@ -18,11 +18,16 @@ pub fn decays(name: &str, shape: &[usize]) -> bool {
 /// One trained tensor.
 #[derive(Debug, Clone)]
 pub struct Param {
+    /// The variable's canonical name, which keys its momentum buffer.
     pub name: String,
+    /// The variable, updated in place.
     pub var: Var,
+    /// Whether weight decay applies to it (see [`decays`]).
     pub decay: bool,
 }
 
+/// SGD with momentum and weight decay on the parameters marked for it, following PyTorch's
+/// update rule (see the module documentation).
 #[derive(Debug)]
 pub struct Sgd {
     params: Vec<Param>,
@@ -43,6 +48,7 @@ impl Sgd {
         }
     }
 
+    /// The parameters it updates, in the order given to [`Sgd::new`].
     pub fn params(&self) -> &[Param] {
         &self.params
     }

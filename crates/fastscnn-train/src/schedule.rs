@@ -4,10 +4,15 @@
 /// `warmup_ratio · base`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PolyLr {
+    /// The rate at iteration 0 before warm-up (the paper's 0.045).
     pub base: f64,
+    /// The exponent of the decay (the paper's 0.9).
     pub power: f64,
+    /// Iterations over which the rate decays to 0; it stays 0 from then on.
     pub total_iters: u64,
+    /// Iterations of linear warm-up; 0 for none.
     pub warmup_iters: u64,
+    /// The fraction of the poly rate the warm-up starts from (0.1 in training).
     pub warmup_ratio: f64,
 }
 

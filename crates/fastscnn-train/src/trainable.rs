@@ -18,7 +18,11 @@ fn is_statistic(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
+/// A Fast-SCNN in training: the network and the map of its variables, which the optimiser
+/// updates and checkpoints save.
 pub struct TrainableModel {
+    /// The network; its tensors are the variables, so it always computes with the current
+    /// weights.
     pub model: FastScnn,
     varmap: VarMap,
 }

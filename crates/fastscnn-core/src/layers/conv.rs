@@ -13,13 +13,19 @@ use crate::ops::depthwise_conv2d;
 /// The shape of a convolution, as PyTorch's `nn.Conv2d` arguments describe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvConfig {
+    /// Channels of the input map.
     pub in_channels: usize,
+    /// Channels of the output map.
     pub out_channels: usize,
+    /// Side of the square kernel, in pixels.
     pub kernel: usize,
+    /// Step between kernel positions, the same along both axes.
     pub stride: usize,
+    /// Zeros added on each side of the input, in pixels.
     pub padding: usize,
     /// One 3x3 filter per channel (`groups == in_channels == out_channels`).
     pub depthwise: bool,
+    /// Whether a bias, one value per output channel, is added after the convolution.
     pub bias: bool,
 }
 
@@ -56,6 +62,7 @@ impl ConvConfig {
         }
     }
 
+    /// The same convolution with a bias.
     pub fn with_bias(self) -> Self {
         Self { bias: true, ..self }
     }
@@ -72,6 +79,8 @@ impl ConvConfig {
     }
 }
 
+/// A 2D convolution with an optional bias, run on the fastest path for its shape: the depthwise op,
+/// a matrix product for 1x1, or candle's `conv2d` for the rest.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -91,6 +100,9 @@ impl Conv2d {
         Self::from_parts(weight, bias, config)
     }
 
+    /// Builds the convolution from tensors already in memory. Fails if `weight` does not have the
+    /// shape `config.weight_shape()`, or if a depthwise `config` is not 3x3 with padding 1 and as
+    /// many output as input channels. `bias`, when given, holds one value per output channel.
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>, config: ConvConfig) -> Result<Self> {
         if config.depthwise
             && (config.in_channels != config.out_channels
@@ -113,14 +125,17 @@ impl Conv2d {
         })
     }
 
+    /// The shape of this convolution.
     pub fn config(&self) -> &ConvConfig {
         &self.config
     }
 
+    /// The weights, in (out, in / groups, k, k) order.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, one value per output channel, if the convolution has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -22,7 +22,9 @@ pub enum BatchNormMode {
 /// What every layer needs to know about normalisation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NormOptions {
+    /// Whether BatchNorm is folded into the convolution or kept as a separate layer.
     pub mode: BatchNormMode,
+    /// Added to the variance before its square root, as `eps` in PyTorch's `BatchNorm2d`.
     pub eps: f64,
 }
 
@@ -35,6 +37,8 @@ impl Default for NormOptions {
     }
 }
 
+/// A convolution followed by BatchNorm and an optional ReLU. In [`BatchNormMode::Folded`] the
+/// BatchNorm is part of the convolution's weights and bias.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
     conv: Conv2d,
@@ -83,14 +87,17 @@ impl ConvBnAct {
         Self::new(conv, relu, norm, vb.pp("0"), vb.pp("1"))
     }
 
+    /// The convolution; when folded, it includes the BatchNorm's scale and shift.
     pub fn conv(&self) -> &Conv2d {
         &self.conv
     }
 
+    /// Whether the BatchNorm is folded into the convolution ([`BatchNormMode::Folded`]).
     pub fn is_folded(&self) -> bool {
         self.bn.is_none()
     }
 
+    /// Whether a ReLU follows the BatchNorm.
     pub fn relu(&self) -> bool {
         self.relu
     }

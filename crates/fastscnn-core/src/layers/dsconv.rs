@@ -5,6 +5,8 @@ use candle_nn::VarBuilder;
 
 use super::{ConvBnAct, ConvConfig, Mode, NormOptions};
 
+/// A depthwise-separable convolution: depthwise 3x3 + BatchNorm (+ ReLU), then pointwise 1x1 +
+/// BatchNorm + ReLU.
 #[derive(Debug, Clone)]
 pub struct DSConv {
     depthwise: ConvBnAct,
@@ -44,14 +46,17 @@ impl DSConv {
 }
 
 impl DSConv {
+    /// The depthwise 3x3 stage, which applies the stride.
     pub fn depthwise(&self) -> &ConvBnAct {
         &self.depthwise
     }
 
+    /// The pointwise 1x1 stage, which maps the input channels to the output channels.
     pub fn pointwise(&self) -> &ConvBnAct {
         &self.pointwise
     }
 
+    /// Runs both stages, with BatchNorm as [`ConvBnAct::forward_mode`] runs it in `mode`.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.pointwise
             .forward_mode(&self.depthwise.forward_mode(x, mode)?, mode)

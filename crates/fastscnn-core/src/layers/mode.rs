@@ -13,10 +13,14 @@ pub enum Mode {
     /// BatchNorm normalises with the batch's statistics and updates its running ones; dropout
     /// masks come from `dropout_seed`, so a training step is reproducible bit for bit (candle's
     /// own dropout draws from an unseedable thread RNG).
-    Training { dropout_seed: u64 },
+    Training {
+        /// Seed of this step's dropout masks.
+        dropout_seed: u64,
+    },
 }
 
 impl Mode {
+    /// Whether this is [`Mode::Training`].
     pub fn is_training(self) -> bool {
         matches!(self, Mode::Training { .. })
     }

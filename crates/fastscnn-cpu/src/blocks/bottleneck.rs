@@ -6,13 +6,21 @@ use crate::Tuning;
 /// MobileNet-V2 inverted residual: expand 1x1, depthwise 3x3, linear project 1x1 (+ shortcut).
 #[derive(Debug, Clone)]
 pub struct FusedBottleneck {
+    /// The 1x1 conv from the input to the hidden channels.
     pub expand: PointwiseConv,
+    /// The depthwise 3x3 conv on the hidden channels; it applies the block's stride.
     pub depthwise: DepthwiseConv,
+    /// The linear 1x1 conv from the hidden channels to the output.
     pub project: PointwiseConv,
+    /// Whether the input is added to the output (a residual shortcut), which needs stride 1 and
+    /// as many output as input channels.
     pub shortcut: bool,
 }
 
 impl FusedBottleneck {
+    /// Runs the block on one image, its output in a buffer from `pool`: band by band when the
+    /// hidden map has at least `Tuning::fuse_above` floats, split by hidden channels when smaller,
+    /// layer by layer when either 1x1 conv has no packed kernel.
     pub fn run(&self, input: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         assert_eq!(input.channels, self.expand.in_channels, "bottleneck input");
         let (x, h, w) = (input.data, input.height, input.width);

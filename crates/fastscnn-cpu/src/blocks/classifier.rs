@@ -5,12 +5,17 @@ use super::*;
 /// Two DSConvs and the 1x1 conv to class scores (dropout is the identity at inference).
 #[derive(Debug, Clone)]
 pub struct FusedClassifier {
+    /// The first DSConv.
     pub dsconv1: SeparableConv,
+    /// The second DSConv, whose bands feed `conv` while in cache when both have packed kernels.
     pub dsconv2: SeparableConv,
+    /// The 1x1 conv to class scores, one output channel per class.
     pub conv: PointwiseConv,
 }
 
 impl FusedClassifier {
+    /// Runs the classifier on one image: its class scores, one plane per class, in a buffer from
+    /// `pool`.
     pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         let a = self.dsconv1.run(x, pool);
         if self.dsconv2.pointwise.has_packed_kernel() && self.conv.has_packed_kernel() {

@@ -6,10 +6,14 @@ use super::*;
 /// projected higher-resolution features, rectified.
 #[derive(Debug, Clone)]
 pub struct FusedFeatureFusion {
+    /// The depthwise 3x3 conv on the upsampled global features.
     pub depthwise: DepthwiseConv,
+    /// The 1x1 conv on the filtered global features; linear, as the ReLU follows the sum.
     pub lower: PointwiseConv,
     /// Carries the ReLU of the sum, applied after its product is added to the lower branch's.
     pub higher: PointwiseConv,
+    /// Whether the bilinear upsampling of the global features aligns corner pixels, as PyTorch's
+    /// `align_corners`.
     pub align_corners: bool,
 }
 

@@ -34,11 +34,14 @@ use rayon::prelude::*;
 /// A dense conv routed to the pointwise kernel when it is 1x1.
 #[derive(Debug, Clone)]
 pub enum AnyConv {
+    /// A 1x1 conv with stride 1 and no padding, run by the pointwise kernel.
     Pointwise(PointwiseConv),
+    /// Any other shape, run as im2col and a matrix product.
     Dense(DenseConv),
 }
 
 impl AnyConv {
+    /// Channels of the output map.
     pub fn out_channels(&self) -> usize {
         match self {
             AnyConv::Pointwise(c) => c.out_channels,
@@ -46,6 +49,7 @@ impl AnyConv {
         }
     }
 
+    /// Output height and width for an `h`x`w` input.
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         match self {
             AnyConv::Pointwise(_) => (h, w),
@@ -53,6 +57,7 @@ impl AnyConv {
         }
     }
 
+    /// Runs the conv on one image, its output in a buffer from `pool`.
     pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         let (h, w) = (x.height, x.width);
         let (oh, ow) = self.output_size(h, w);

@@ -6,12 +6,18 @@ use super::*;
 /// and fused by the output conv.
 #[derive(Debug, Clone)]
 pub struct FusedPyramidPooling {
+    /// One `(bin, conv)` per branch: the input is average-pooled to `bin`x`bin` and projected by
+    /// the 1x1 `conv`.
     pub branches: Vec<(usize, PointwiseConv)>,
+    /// The conv over the input and the upsampled branches, concatenated in that order.
     pub out: AnyConv,
+    /// Whether the bilinear upsampling of the branches aligns corner pixels, as PyTorch's
+    /// `align_corners`.
     pub align_corners: bool,
 }
 
 impl FusedPyramidPooling {
+    /// Runs the block on one image, its output in a buffer from `pool`.
     pub fn run(&self, input: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         let (x, c, h, w) = (input.data, input.channels, input.height, input.width);
         let plane = h * w;

@@ -6,11 +6,15 @@ use super::*;
 /// Depthwise 3x3 then pointwise 1x1 (DSConv).
 #[derive(Debug, Clone)]
 pub struct SeparableConv {
+    /// The depthwise 3x3 conv; it applies the stride.
     pub depthwise: DepthwiseConv,
+    /// The 1x1 conv to the output channels.
     pub pointwise: PointwiseConv,
 }
 
 impl SeparableConv {
+    /// Runs the conv on one image, its output in a buffer from `pool`: band by band when the
+    /// pointwise conv has a packed kernel, layer by layer otherwise.
     pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         if self.pointwise.has_packed_kernel() {
             return self.run_fused(x, pool);
@@ -182,16 +186,21 @@ impl SeparableConv {
 /// here only the few rows a band of the separable conv reads ever exist.
 #[derive(Debug, Clone)]
 pub struct StemSeparable {
+    /// The dense stem conv on the input image.
     pub stem: DenseConv,
+    /// The depthwise-separable conv on the stem's output.
     pub dsconv: SeparableConv,
 }
 
 impl StemSeparable {
+    /// Output height and width for an `h`x`w` input, after the stem and the depthwise conv.
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         let (sh, sw) = self.stem.output_size(h, w);
         self.dsconv.depthwise.output_size(sh, sw)
     }
 
+    /// Runs both layers on one image, its output in a buffer from `pool`: band by band when the
+    /// separable conv's pointwise conv has a packed kernel, layer by layer otherwise.
     pub fn run(&self, x: MapView<'_>, pool: &mut BufferPool) -> FeatureMap {
         if self.dsconv.pointwise.has_packed_kernel() {
             return self.run_fused(x, pool);

@@ -38,14 +38,24 @@ use crate::sampling::depthwise_output_size;
 /// A depthwise 3x3 convolution with its BatchNorm folded in: `weight` is (channels, 9).
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv {
+    /// Each channel's nine taps, row by row: (channels, 3, 3) row-major.
     pub weight: Vec<f32>,
+    /// One value per channel, added before the ReLU.
     pub bias: Vec<f32>,
+    /// Channels of the input map, and of the output.
     pub channels: usize,
+    /// Step between kernel positions along both axes: 1 or 2.
     pub stride: usize,
+    /// Whether a ReLU follows the bias.
     pub relu: bool,
 }
 
 impl DepthwiseConv {
+    /// Checks the shapes.
+    ///
+    /// # Panics
+    /// If `weight` does not hold `channels * 9` floats, `bias` `channels`, or if `stride` is
+    /// neither 1 nor 2.
     pub fn new(
         weight: Vec<f32>,
         bias: Vec<f32>,

@@ -30,7 +30,9 @@ pub const BYTES_PER_NODE: u64 = 16;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("pickle byte {offset}: {why}")]
 pub struct PickleError {
+    /// Byte offset, from the start of the pickle, of the opcode that was refused.
     pub offset: usize,
+    /// What was wrong, in words.
     pub why: String,
 }
 

@@ -5,6 +5,9 @@ use candle_nn::VarBuilder;
 
 use fastscnn_core::layers::{ConvBnAct, ConvConfig, Mode, NormOptions};
 
+/// One inverted-residual block of the global feature extractor: a 1x1 expansion, a 3x3
+/// depthwise convolution carrying the block's stride and a linear 1x1 projection, with the input
+/// added back when the block keeps both resolution and width.
 #[derive(Debug, Clone)]
 pub struct LinearBottleneck {
     expand: ConvBnAct,
@@ -52,24 +55,31 @@ impl LinearBottleneck {
         })
     }
 
+    /// Whether the input is added to the output: only with stride 1 and equal input and output
+    /// widths.
     pub fn has_shortcut(&self) -> bool {
         self.shortcut
     }
 
+    /// The 1x1 expansion to `expansion` times the input width, with BatchNorm and ReLU.
     pub fn expand(&self) -> &ConvBnAct {
         &self.expand
     }
 
+    /// The 3x3 depthwise convolution at the block's stride, with BatchNorm and ReLU.
     pub fn depthwise(&self) -> &ConvBnAct {
         &self.depthwise
     }
 
+    /// The 1x1 projection to the output width, with BatchNorm and no ReLU.
     pub fn project(&self) -> &ConvBnAct {
         &self.project
     }
 }
 
 impl LinearBottleneck {
+    /// Runs the block on an (N, C, H, W) batch in `mode`; a stride-2 block halves H and W,
+    /// rounding up.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let hidden = self.expand.forward_mode(x, mode)?;
         let hidden = self.depthwise.forward_mode(&hidden, mode)?;

@@ -39,18 +39,23 @@ impl Classifier {
 pub const HEAD_DROPOUT: f32 = 0.1;
 
 impl Classifier {
+    /// The first depthwise-separable convolution, keeping the width.
     pub fn dsconv1(&self) -> &DSConv {
         &self.dsconv1
     }
 
+    /// The second depthwise-separable convolution, keeping the width.
     pub fn dsconv2(&self) -> &DSConv {
         &self.dsconv2
     }
 
+    /// The final 1x1 convolution (with bias, no BatchNorm) from the features to the class scores.
     pub fn conv(&self) -> &Conv2d {
         &self.conv
     }
 
+    /// The class scores (N, classes, H, W) of the fused features (N, C, H, W), at their
+    /// resolution; dropout applies only in training `mode`.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = self.dsconv1.forward_mode(x, mode)?;
         let x = self.dsconv2.forward_mode(&x, mode)?;

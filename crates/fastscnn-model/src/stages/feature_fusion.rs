@@ -7,16 +7,26 @@ use candle_nn::VarBuilder;
 use fastscnn_core::layers::{ConvBnAct, ConvConfig, Mode, NormOptions};
 use fastscnn_core::ops::resize_bilinear;
 
+/// The widths and choices of a feature fusion module (`FastScnnConfig::feature_fusion` gives a
+/// network's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureFusionConfig {
+    /// Width of the high-resolution input: the learning-to-downsample output (64 in both presets).
     pub higher_in_channels: usize,
+    /// Width of the low-resolution input: the global features (128 in both presets). It must equal
+    /// `out_channels`, as the depthwise convolution keeps the width.
     pub lower_in_channels: usize,
+    /// Width of both branches after their 1x1 convolutions, and of the fused output.
     pub out_channels: usize,
     /// The reference implementation gives both 1x1 convolutions a bias (folded away with the BN).
     pub conv_bias: bool,
+    /// `align_corners` of the low-resolution branch's bilinear upsampling.
     pub align_corners: bool,
 }
 
+/// Feature fusion: the global features upsampled to the high-resolution branch's size, through a
+/// 3x3 depthwise and a 1x1 convolution, added to the high-resolution features projected by a 1x1
+/// convolution, then rectified.
 #[derive(Debug, Clone)]
 pub struct FeatureFusion {
     dwconv: ConvBnAct,
@@ -66,28 +76,34 @@ impl FeatureFusion {
         })
     }
 
-    /// The low-resolution branch is resized to the high-resolution branch's actual size, not by a
-    /// fixed x4, so inputs that are not multiples of 32 work.
+    /// The 3x3 depthwise convolution (BatchNorm, ReLU) on the upsampled low-resolution branch.
     pub fn dwconv(&self) -> &ConvBnAct {
         &self.dwconv
     }
 
+    /// The 1x1 convolution (BatchNorm, no ReLU) on the low-resolution branch after `dwconv`.
     pub fn conv_lower_res(&self) -> &ConvBnAct {
         &self.conv_lower_res
     }
 
+    /// The 1x1 convolution (BatchNorm, no ReLU) on the high-resolution branch.
     pub fn conv_higher_res(&self) -> &ConvBnAct {
         &self.conv_higher_res
     }
 
+    /// `align_corners` of the low-resolution branch's bilinear upsampling.
     pub fn align_corners(&self) -> bool {
         self.align_corners
     }
 
+    /// [`FeatureFusion::forward_mode`] in inference mode.
     pub fn forward(&self, higher: &Tensor, lower: &Tensor) -> Result<Tensor> {
         self.forward_mode(higher, lower, Mode::Inference)
     }
 
+    /// Fuses `higher` (N, C_high, H, W) with `lower` (N, C_low, h, w) into (N, C_out, H, W).
+    /// The low-resolution branch is resized to the high-resolution branch's actual size, not by a
+    /// fixed x4, so inputs that are not multiples of 32 work.
     pub fn forward_mode(&self, higher: &Tensor, lower: &Tensor, mode: Mode) -> Result<Tensor> {
         let (_, _, h, w) = higher.dims4()?;
         let lower = resize_bilinear(lower, h, w, self.align_corners)?;

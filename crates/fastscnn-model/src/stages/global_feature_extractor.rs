@@ -9,6 +9,8 @@ use super::{LinearBottleneck, PyramidPooling};
 
 use crate::FastScnnConfig;
 
+/// The global feature extractor: three groups of linear bottlenecks from the 1/8-resolution
+/// learning-to-downsample output down to 1/32, then pyramid pooling.
 #[derive(Debug, Clone)]
 pub struct GlobalFeatureExtractor {
     /// The three bottleneck groups, in order.
@@ -52,15 +54,17 @@ impl GlobalFeatureExtractor {
 }
 
 impl GlobalFeatureExtractor {
-    /// The number of bottleneck groups (three in every preset).
+    /// The bottleneck groups in the order they run, each with its blocks in order.
     pub fn groups(&self) -> &[Vec<LinearBottleneck>] {
         &self.groups
     }
 
+    /// The pyramid pooling module that follows the last group.
     pub fn pyramid_pooling(&self) -> &PyramidPooling {
         &self.ppm
     }
 
+    /// The number of bottleneck groups (three in every preset).
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }
@@ -74,10 +78,13 @@ impl GlobalFeatureExtractor {
         Ok(x)
     }
 
+    /// Runs pyramid pooling on the last group's output: the stage plan's `Stage::PyramidPooling`.
     pub fn forward_pyramid_pooling(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.ppm.forward_mode(x, mode)
     }
 
+    /// Runs every group, then pyramid pooling: the 1/8-resolution (N, C, H, W) input to the
+    /// global features at 1/32.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = x.clone();
         for index in 0..self.groups.len() {

@@ -6,6 +6,8 @@ use fastscnn_core::layers::{ConvBnAct, ConvConfig, DSConv, Mode, NormOptions};
 
 use crate::FastScnnConfig;
 
+/// Learning to downsample: a 3x3/2 convolution and two depthwise-separable 3x3/2 convolutions,
+/// from the normalised image to the higher-resolution features at 1/8 of its size.
 #[derive(Debug, Clone)]
 pub struct LearningToDownsample {
     conv: ConvBnAct,
@@ -28,18 +30,24 @@ impl LearningToDownsample {
 }
 
 impl LearningToDownsample {
+    /// The 3x3/2 stem convolution (BatchNorm, ReLU), whose padding depends on the layout.
     pub fn stem(&self) -> &ConvBnAct {
         &self.conv
     }
 
+    /// The first depthwise-separable 3x3/2 convolution.
     pub fn dsconv1(&self) -> &DSConv {
         &self.dsconv1
     }
 
+    /// The second depthwise-separable 3x3/2 convolution, whose output is the higher-resolution
+    /// features.
     pub fn dsconv2(&self) -> &DSConv {
         &self.dsconv2
     }
 
+    /// Runs the three convolutions on a normalised (N, in_channels, H, W) batch in `mode`, to
+    /// about H/8 by W/8.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = self.conv.forward_mode(x, mode)?;
         let x = self.dsconv1.forward_mode(&x, mode)?;

@@ -9,16 +9,23 @@ use fastscnn_core::ops::{adaptive_avg_pool2d, resize_bilinear};
 /// The choices in which the public Fast-SCNN implementations differ.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyramidPoolingConfig {
+    /// Width of the input (the last bottleneck group's output); each branch's 1x1 convolution
+    /// reduces it to a quarter.
     pub in_channels: usize,
+    /// Width of the output convolution over the input and the branches, concatenated.
     pub out_channels: usize,
     /// Output grid of each branch's adaptive average pooling; the paper uses 1, 2, 3, 6.
     pub bins: Vec<usize>,
     /// Kernel of the convolution over the concatenation: 1 in the reference implementation, 3
     /// (padding 1) in OpenMMLab's.
     pub out_kernel: usize,
+    /// `align_corners` of the bilinear upsampling of each branch back to the input's size.
     pub align_corners: bool,
 }
 
+/// The pyramid pooling module: each branch average-pools the input to a bin x bin grid, applies a
+/// 1x1 convolution and is upsampled back to the input's size; the input and the branches,
+/// concatenated, go through one output convolution.
 #[derive(Debug, Clone)]
 pub struct PyramidPooling {
     branches: Vec<(usize, ConvBnAct)>,
@@ -67,14 +74,17 @@ impl PyramidPooling {
         &self.branches
     }
 
+    /// The output convolution (BatchNorm, ReLU) over the concatenation, of kernel `out_kernel`.
     pub fn out(&self) -> &ConvBnAct {
         &self.out
     }
 
+    /// `align_corners` of the branches' bilinear upsampling.
     pub fn align_corners(&self) -> bool {
         self.align_corners
     }
 
+    /// Runs the module on an (N, C, H, W) batch in `mode`, keeping H and W.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let mut parts = Vec::with_capacity(self.branches.len() + 1);
