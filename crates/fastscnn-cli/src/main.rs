@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use clap::Parser;
 use fastscnn_cpu::{ContextError, ExecutionContext, Isa};
+use fastscnn_model::candle_message;
 
 use cli::{Cli, Command, ExecutionArgs};
 
@@ -98,15 +99,16 @@ fn execution_context(args: ExecutionArgs) -> anyhow::Result<ExecutionContext> {
     })
 }
 
-/// The error and its causes, outermost first, on one line: `{:#}`, but for candle's errors,
-/// which print the backtrace they captured (when `RUST_BACKTRACE` is set) and their context on
-/// lines of their own, also through the errors that wrap them and print their text: of every
-/// cause, its first line.
+/// The error and its causes, outermost first, on one line. The library crates' errors end the
+/// chain (their messages carry their causes); the command line's own contexts and foreign errors
+/// are followed by theirs. candle's errors print the backtrace they captured (when
+/// `RUST_BACKTRACE` is set) and their context on lines of their own: of every message, its first
+/// line, and of candle's, [`candle_message`].
 fn one_line(error: &anyhow::Error) -> String {
     error
         .chain()
         .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
-            Some(candle) => plain(candle),
+            Some(candle) => candle_message(candle),
             None => first_line(&cause.to_string()).to_string(),
         })
         .collect::<Vec<_>>()
@@ -115,18 +117,6 @@ fn one_line(error: &anyhow::Error) -> String {
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
-}
-
-/// A candle error's message without its backtrace, its context and path before it on the line.
-fn plain(error: &candle_core::Error) -> String {
-    use candle_core::Error;
-    match error {
-        Error::WithBacktrace { inner, .. } => plain(inner),
-        Error::Context { inner, context } => format!("{context}: {}", plain(inner)),
-        Error::WithPath { inner, path } => format!("{}: {}", path.display(), plain(inner)),
-        Error::WrappedContext { wrapped, context } => format!("{context}: {wrapped}"),
-        other => first_line(&other.to_string()).to_string(),
-    }
 }
 
 /// A user error (a bad file, a bad flag) is one line whatever `RUST_BACKTRACE` says

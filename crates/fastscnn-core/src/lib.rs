@@ -6,11 +6,15 @@
 //! inference engine are `fastscnn-cpu`'s, on plain buffers; this crate shares its sampling code
 //! (bilinear source indices, pooling windows), so both follow PyTorch the same way.
 
+#![warn(missing_docs)]
+
 pub mod atomic_write;
+mod candle_message;
 pub mod layers;
 mod normalization;
 pub mod ops;
 
+pub use candle_message::candle_message;
 pub use normalization::Normalization;
 
 pub use candle_core as candle;

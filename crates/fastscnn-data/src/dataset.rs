@@ -26,7 +26,9 @@ pub enum LabelEncoding {
 /// One frame's label file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelFile {
+    /// The `*_gtFine_labelTrainIds.png` or `*_gtFine_labelIds.png` file.
     pub path: PathBuf,
+    /// Whether the file holds train ids or label ids.
     pub encoding: LabelEncoding,
 }
 
@@ -35,14 +37,18 @@ pub struct LabelFile {
 pub struct Sample {
     /// `<city>_<sequence>_<frame>`, the name every file of the frame starts with.
     pub name: String,
+    /// The `*_leftImg8bit.png` file.
     pub image: PathBuf,
+    /// The frame's label file; `None` where labels are not required and the frame has none.
     pub label: Option<LabelFile>,
 }
 
 /// A decoded frame: the RGB image and, when the sample has one, its train-id map.
 #[derive(Debug, Clone)]
 pub struct LoadedSample {
+    /// The decoded image, 8-bit RGB.
     pub image: RgbImage,
+    /// Train ids (0..19, 255 = ignore) of the image's size; `None` when the sample has no label.
     pub train_ids: Option<GrayImage>,
 }
 
@@ -125,7 +131,9 @@ impl Default for DiscoverOptions {
 /// The frames of one split, in path order, and the frames left out when not strict.
 #[derive(Debug)]
 pub struct Discovery {
+    /// The frames found, in path order.
     pub samples: Vec<Sample>,
+    /// Why each broken frame was left out; always empty when discovery is strict.
     pub skipped: Vec<DataError>,
 }
 
@@ -259,7 +267,7 @@ fn find_label(
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     let read_err = |source| DataError::ReadDir {
         path: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut paths = std::fs::read_dir(dir)
         .map_err(read_err)?

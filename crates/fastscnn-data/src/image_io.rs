@@ -24,7 +24,7 @@ const MIN_FILE_BYTE_LIMIT: u64 = 1 << 20;
 fn read_error(path: &Path, source: image::ImageError) -> DataError {
     DataError::ReadImage {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

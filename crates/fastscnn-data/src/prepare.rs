@@ -18,6 +18,7 @@ use crate::image_io::read_gray;
 /// What happened to one label file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrepareOutcome {
+    /// The train-id file was missing or differed, and was written.
     Written,
     /// The train-id file already held exactly these pixels and was left untouched.
     UpToDate,
@@ -26,7 +27,9 @@ pub enum PrepareOutcome {
 /// How many files were written and how many were already up to date.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PrepareReport {
+    /// Train-id files written.
     pub written: usize,
+    /// Train-id files that already held the right pixels.
     pub up_to_date: usize,
 }
 
@@ -106,7 +109,7 @@ fn prepare_one(label_ids: &Path) -> Result<PrepareOutcome> {
     })
     .map_err(|source| DataError::Write {
         path: dest.clone(),
-        source,
+        cause: source,
     })?;
     Ok(PrepareOutcome::Written)
 }

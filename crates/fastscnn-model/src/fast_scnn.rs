@@ -11,7 +11,7 @@ use fastscnn_core::ops::{resize_argmax, resize_bilinear};
 use fastscnn_cpu::ExecutionContext;
 
 use crate::cpu_inference::CpuInference;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::stages::{
     run_plan, AuxHead, Classifier, FeatureFusion, GlobalFeatureExtractor, LearningToDownsample,
     Stage, StageExecutor, StageInput,
@@ -22,8 +22,12 @@ use crate::{AuxSource, FastScnnConfig};
 /// How to build the network from weights.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Whether each BatchNorm is folded into its convolution (inference: fewer passes, and the
+    /// fused CPU path needs it) or kept with its statistics (training). Default: folded.
     pub batch_norm: BatchNormMode,
+    /// The weights' dtype, which inputs must have too. Default: f32 (the fused CPU path's).
     pub dtype: DType,
+    /// Where the weights live and the network runs. Default: the CPU.
     pub device: Device,
     /// Where the fused CPU path runs: its instruction set and threads. `None`: the 1x1 weights
     /// are packed for the instruction set of the thread that loads the model ([`Isa::current`]:
@@ -64,6 +68,10 @@ pub struct FastScnnStages {
     pub aux_logits: Vec<Tensor>,
 }
 
+/// The network of the paper, with the auxiliary heads its checkpoint has: built from weights
+/// ([`FastScnn::from_file`]), it gives logits ([`Module::forward`]), probabilities and label maps
+/// for (N, 3, H, W) batches of any size, on the fused CPU path for f32 CPU inputs and through
+/// candle's ops elsewhere. Cloning shares the weights.
 #[derive(Debug, Clone)]
 pub struct FastScnn {
     config: FastScnnConfig,
@@ -185,6 +193,7 @@ impl FastScnn {
         self.with_cpu_kernels(enabled)
     }
 
+    /// The execution context the fused CPU path runs in, when one was given.
     pub fn execution_context(&self) -> Option<&ExecutionContext> {
         self.context.as_ref()
     }
@@ -194,23 +203,70 @@ impl FastScnn {
         self.learning_to_downsample.stem().is_folded()
     }
 
+    /// Whether f32 CPU inputs take the fused CPU path.
     pub fn uses_cpu_kernels(&self) -> bool {
         self.cpu.is_some()
     }
 
-    /// An input the network can take: (N, in_channels, H, W), H and W at least the stem's window
-    /// (3 without padding, 1 with OpenMMLab's); candle's conv would panic below it.
-    fn check_input(&self, x: &Tensor) -> candle_core::Result<()> {
-        let (_, c, h, w) = x.dims4()?;
-        if c != self.config.in_channels {
-            candle_core::bail!(
-                "the network takes {} input channels, got {c}",
-                self.config.in_channels
-            )
+    /// The dtype of the weights, which inputs must have.
+    pub fn dtype(&self) -> DType {
+        self.learning_to_downsample.stem().conv().weight().dtype()
+    }
+
+    /// The device the weights live on, where inputs must be.
+    pub fn device(&self) -> &Device {
+        self.learning_to_downsample.stem().conv().weight().device()
+    }
+
+    /// The smallest height and width the network takes: the stem's 3x3 window, less its
+    /// padding (1 with OpenMMLab's, 3 without).
+    pub fn min_input_size(&self) -> usize {
+        3usize.saturating_sub(2 * self.config.stem_padding).max(1)
+    }
+
+    /// An input the network can take: an (N, in_channels, H, W) batch of the weights' dtype on
+    /// their device, N at least 1, H and W at least the stem's window (3 without padding, 1 with
+    /// OpenMMLab's); candle's conv would panic below it. The messages say what to do, where
+    /// candle's would name its own ops.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let input = |why: String| Err(ModelError::Input(why));
+        let channels = self.config.in_channels;
+        let &[n, c, h, w] = x.dims() else {
+            return input(format!(
+                "the network takes an (N, {channels}, H, W) batch; got a tensor of shape {:?} \
+                 (image_to_tensor makes one from an image)",
+                x.dims()
+            ));
+        };
+        if c != channels {
+            return input(format!(
+                "the network takes {channels} input channels; got a batch of shape {:?}",
+                x.dims()
+            ));
         }
-        let reach = 3usize.saturating_sub(2 * self.config.stem_padding).max(1);
+        if x.dtype() != self.dtype() {
+            return input(format!(
+                "the network's weights are {:?} and the input is {:?}: convert the input \
+                 (image_to_tensor makes a normalised f32 batch from 8-bit pixels)",
+                self.dtype(),
+                x.dtype()
+            ));
+        }
+        if !x.device().same_device(self.device()) {
+            return input(format!(
+                "the input is on {:?} and the network on {:?}: move the input with to_device",
+                x.device().location(),
+                self.device().location()
+            ));
+        }
+        if n == 0 {
+            return input("the batch is empty (0 images)".to_string());
+        }
+        let reach = self.min_input_size();
         if h < reach || w < reach {
-            candle_core::bail!("a {h}x{w} input is smaller than the stem's {reach}x{reach} window")
+            return input(format!(
+                "a {h}x{w} input is smaller than the stem's {reach}x{reach} window"
+            ));
         }
         Ok(())
     }
@@ -222,10 +278,12 @@ impl FastScnn {
             .filter(|_| x.device().is_cpu() && x.dtype() == DType::F32)
     }
 
+    /// The network's configuration: its layout's preset with the file's class count.
     pub fn config(&self) -> &FastScnnConfig {
         &self.config
     }
 
+    /// The classes the network scores.
     pub fn num_classes(&self) -> usize {
         self.config.num_classes
     }
@@ -237,22 +295,14 @@ impl FastScnn {
 
     /// Runs the network on a normalised (N, 3, H, W) batch of any height and width and returns every
     /// intermediate; the auxiliary logits only when `with_aux`.
-    pub fn forward_stages(
-        &self,
-        x: &Tensor,
-        with_aux: bool,
-    ) -> candle_core::Result<FastScnnStages> {
+    pub fn forward_stages(&self, x: &Tensor, with_aux: bool) -> Result<FastScnnStages> {
         self.forward_stages_mode(x, with_aux, Mode::Inference)
     }
 
     /// A training forward pass: batch statistics in every BatchNorm (whose running statistics are
     /// updated; the network must have been built with [`BatchNormMode::Unfolded`]), dropout drawn
     /// from `dropout_seed`, and every auxiliary head's logits.
-    pub fn forward_train(
-        &self,
-        x: &Tensor,
-        dropout_seed: u64,
-    ) -> candle_core::Result<FastScnnStages> {
+    pub fn forward_train(&self, x: &Tensor, dropout_seed: u64) -> Result<FastScnnStages> {
         self.forward_stages_mode(x, true, Mode::Training { dropout_seed })
     }
 
@@ -261,7 +311,7 @@ impl FastScnn {
         x: &Tensor,
         with_aux: bool,
         mode: Mode,
-    ) -> candle_core::Result<FastScnnStages> {
+    ) -> Result<FastScnnStages> {
         self.check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
         let mut run = CandleRun::new(self, x, mode, CandleHead::Logits(h, w), true);
@@ -291,35 +341,36 @@ impl FastScnn {
 
     /// Logits resized to `(height, width)`: for inputs scaled down for speed (the paper's ½ and ¼
     /// resolutions) whose predictions are wanted at the original size.
-    pub fn logits_at(
-        &self,
-        x: &Tensor,
-        height: usize,
-        width: usize,
-    ) -> candle_core::Result<Tensor> {
-        let logits = self.forward(x)?;
+    pub fn logits_at(&self, x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+        let logits = self.logits(x)?;
         let (_, _, h, w) = logits.dims4()?;
         if (h, w) == (height, width) {
             Ok(logits)
         } else {
-            resize_bilinear(&logits, height, width, self.config.align_corners)
+            Ok(resize_bilinear(
+                &logits,
+                height,
+                width,
+                self.config.align_corners,
+            )?)
         }
     }
 
     /// The label map (N, height, width) of class indices as u32, for an input of any size. At
     /// the input's own size this is [`FastScnn::predict`]; otherwise the logits at the input size
     /// are resized again, as OpenMMLab's inference does for a rescaled input.
-    pub fn predict_at(
-        &self,
-        x: &Tensor,
-        height: usize,
-        width: usize,
-    ) -> candle_core::Result<Tensor> {
+    pub fn predict_at(&self, x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+        self.check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
         if (h, w) == (height, width) {
             self.predict(x)
         } else {
-            resize_argmax(&self.forward(x)?, height, width, self.config.align_corners)
+            Ok(resize_argmax(
+                &self.logits(x)?,
+                height,
+                width,
+                self.config.align_corners,
+            )?)
         }
     }
 
@@ -329,50 +380,55 @@ impl FastScnn {
         &self,
         x: &Tensor,
         mut record: impl FnMut(&'static str, Duration),
-    ) -> candle_core::Result<Tensor> {
+    ) -> Result<Tensor> {
         self.check_input(x)?;
         if let Some(cpu) = self.cpu_path(x) {
-            return cpu.labels_profiled(x, &mut record);
+            return Ok(cpu.labels_profiled(x, &mut record)?);
         }
         let (_, _, h, w) = x.dims4()?;
         let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Labels(h, w), false);
         let mut timer = |stage: Stage, time| record(stage.name(), time);
-        run_plan(&mut run, x, Some(&mut timer))
+        Ok(run_plan(&mut run, x, Some(&mut timer))?)
     }
 
     /// The label map (N, H, W) of class indices as u32: the paper's "cls" output. The classifier's
     /// 1/8-resolution scores go through one fused resize + argmax, so the logits are never
     /// stored at full resolution.
-    pub fn predict(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         if let Some(cpu) = self.cpu_path(x) {
-            return cpu.labels(x);
+            return Ok(cpu.labels(x)?);
         }
         let (_, _, h, w) = x.dims4()?;
         let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Labels(h, w), false);
-        run_plan(&mut run, x, None)
+        Ok(run_plan(&mut run, x, None)?)
     }
 
     /// Per-pixel class probabilities (N, C, H, W): the paper's "prob" output.
-    pub fn probabilities(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         if let Some(cpu) = self.cpu_path(x) {
-            return cpu.probabilities(x);
+            return Ok(cpu.probabilities(x)?);
         }
-        candle_nn::ops::softmax(&self.forward(x)?, 1)
+        Ok(candle_nn::ops::softmax(&self.logits(x)?, 1)?)
+    }
+
+    /// Logits (N, C, H, W) at the input resolution: [`Module::forward`] with this crate's error.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        if let Some(cpu) = self.cpu_path(x) {
+            return Ok(cpu.logits(x)?);
+        }
+        let (_, _, h, w) = x.dims4()?;
+        let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Logits(h, w), false);
+        Ok(run_plan(&mut run, x, None)?)
     }
 }
 
 impl Module for FastScnn {
     /// Logits (N, C, H, W) at the input resolution.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.check_input(x)?;
-        if let Some(cpu) = self.cpu_path(x) {
-            return cpu.logits(x);
-        }
-        let (_, _, h, w) = x.dims4()?;
-        let mut run = CandleRun::new(self, x, Mode::Inference, CandleHead::Logits(h, w), false);
-        run_plan(&mut run, x, None)
+        Ok(self.logits(x)?)
     }
 }
 
@@ -535,6 +591,48 @@ mod tests {
             logits.to_vec1().unwrap(),
             labels(&model.predict(x).unwrap()),
         )
+    }
+
+    #[test]
+    fn inputs_of_another_rank_dtype_or_size_get_our_messages() {
+        let model = random_model();
+        let cases = [
+            (
+                Tensor::zeros((3, 64, 64), DType::F32, &Device::Cpu),
+                "an (N, 3, H, W) batch",
+            ),
+            (
+                Tensor::zeros((1, 3, 64, 64), DType::U8, &Device::Cpu),
+                "weights are F32 and the input is U8",
+            ),
+            (
+                Tensor::zeros((1, 3, 64, 64), DType::F64, &Device::Cpu),
+                "weights are F32 and the input is F64",
+            ),
+            (
+                Tensor::zeros((0, 3, 64, 64), DType::F32, &Device::Cpu),
+                "the batch is empty",
+            ),
+            (
+                Tensor::zeros((1, 4, 64, 64), DType::F32, &Device::Cpu),
+                "takes 3 input channels",
+            ),
+        ];
+        for model in [model.clone(), model.with_cpu_kernels(false).unwrap()] {
+            for (input, expected) in &cases {
+                let input = input.as_ref().unwrap();
+                for message in [
+                    model.predict(input).unwrap_err().to_string(),
+                    model.probabilities(input).unwrap_err().to_string(),
+                    model.forward(input).unwrap_err().to_string(),
+                    model.logits(input).unwrap_err().to_string(),
+                    model.predict_at(input, 32, 32).unwrap_err().to_string(),
+                    model.logits_at(input, 32, 32).unwrap_err().to_string(),
+                ] {
+                    assert!(message.contains(expected), "{message}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,16 +4,18 @@
 //! (logits, probabilities, label map).
 //!
 //! ```no_run
-//! use candle_core::Device;
-//! use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
+//! use fastscnn_model::{load_rgb_image, Segmenter, SegmenterOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let model = FastScnn::from_file("fastscnn.safetensors", &LoadOptions::default())?;
-//! let image = load_rgb_image("frame.png")?;
-//! let input = image_to_tensor(&image, &model.config().normalization, &Device::Cpu)?;
-//! let labels = model.predict(&input)?; // (1, H, W) u32 class indices
+//! let segmenter = Segmenter::from_file("fastscnn.safetensors", &SegmenterOptions::default())?;
+//! let labels = segmenter.segment(&load_rgb_image("frame.png")?)?; // a class (u8) per pixel
 //! # Ok(()) }
 //! ```
+//!
+//! [`Segmenter`] is the plain-buffer API: RGB bytes in, label maps and scores as `Vec`s out.
+//! [`FastScnn`] is the tensor API beneath it, on candle tensors of any device.
+
+#![warn(missing_docs)]
 
 mod config;
 pub mod cpu_blocks;
@@ -24,20 +26,30 @@ mod layout;
 pub mod pickle;
 mod preprocess;
 mod pytorch;
+mod segmenter;
 pub mod stages;
 mod weights;
+
+/// candle, at the version this crate is built with: its types appear in the tensor API.
+pub use candle_core;
+pub use candle_core::{DType, Device, Module, Tensor};
+/// The `image` crate, at the version this crate is built with: [`RgbImage`] is the API's image.
+pub use image;
+pub use image::RgbImage;
 
 pub use config::{AuxSource, FastScnnConfig};
 pub use error::{ModelError, Result};
 pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
 pub use fastscnn_core::layers::BatchNormMode;
-pub use fastscnn_core::Normalization;
-pub use fastscnn_cpu::{ExecutionContext, Isa, Tuning};
+pub use fastscnn_core::{candle_message, Normalization};
+pub use fastscnn_cpu::{keep_freed_memory, ContextError, ExecutionContext, Isa, Tuning};
+pub use fastscnn_data::palette::Palette;
 pub use layout::WeightLayout;
 pub use preprocess::{
     image_to_tensor, load_rgb_image, load_rgb_image_within, resize_image, scaled_size,
     DEFAULT_MAX_PIXELS,
 };
+pub use segmenter::{ClassScores, LabelMap, RgbFrame, Segmenter, SegmenterOptions};
 pub use stages::{GlobalFeatureExtractor, LearningToDownsample};
 pub use weights::{WeightFile, WeightFormat, TRAINING_STATE_PREFIX};
 

@@ -31,15 +31,27 @@ pub fn load_rgb_image_within(path: impl AsRef<Path>, max_pixels: u64) -> Result<
 }
 
 /// An RGB image as a normalised f32 (1, 3, H, W) tensor: `(v / 255 - mean) / std` per channel.
-pub fn image_to_tensor(
-    image: &RgbImage,
+pub fn image_to_tensor(image: &RgbImage, norm: &Normalization, device: &Device) -> Result<Tensor> {
+    let (w, h) = image.dimensions();
+    pixels_to_tensor(image.as_raw(), w, h, norm, device)
+}
+
+/// `width` x `height` RGB bytes as [`image_to_tensor`] makes them; `pixels` holds exactly
+/// `3 * width * height` bytes.
+pub(crate) fn pixels_to_tensor(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
     norm: &Normalization,
     device: &Device,
-) -> candle_core::Result<Tensor> {
-    let (w, h) = image.dimensions();
-    let mut data = vec![0f32; image.as_raw().len()];
-    norm.rgb_to_planar(image.as_raw(), &mut data);
-    Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)
+) -> Result<Tensor> {
+    let mut data = vec![0f32; pixels.len()];
+    norm.rgb_to_planar(pixels, &mut data);
+    Ok(Tensor::from_vec(
+        data,
+        (1, 3, height as usize, width as usize),
+        device,
+    )?)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
     };
     let file = File::open(path).map_err(|source| ModelError::ReadWeights {
         path: path.to_path_buf(),
-        source: source.into(),
+        cause: source.into(),
     })?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut archive = zip::ZipArchive::new(BufReader::new(file))

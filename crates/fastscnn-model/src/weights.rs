@@ -35,6 +35,7 @@ const LEGACY_PICKLE_MAGIC: &[u8] = &[0x80, 0x02];
 /// How a checkpoint file is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
+    /// A safetensors file, with its string metadata: the format this crate saves.
     Safetensors,
     /// A PyTorch `torch.save` zip archive (`.pth`, `.pt`), read without Python.
     PyTorch,
@@ -157,10 +158,14 @@ impl WeightFile {
         &self.training_state
     }
 
+    /// The file the tensors were read from, or the `origin` given to
+    /// [`WeightFile::from_tensors`]: the name errors use.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// How the file was stored; `Safetensors` for tensors wrapped with
+    /// [`WeightFile::from_tensors`].
     pub fn format(&self) -> WeightFormat {
         self.format
     }
@@ -249,7 +254,7 @@ impl WeightFile {
         };
         written.map_err(|source| ModelError::WriteWeights {
             path: dest.to_path_buf(),
-            source,
+            cause: source,
         })
     }
 
@@ -296,22 +301,28 @@ impl WeightFile {
         &self.tensors
     }
 
+    /// The tensor under `key`, a name as the file has it (its layout's, not the canonical one).
     pub fn get(&self, key: &str) -> Option<&Tensor> {
         self.tensors.get(key)
     }
 
+    /// Whether the file has a tensor under `key`, a name as the file has it.
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key)
     }
 
+    /// Every tensor's key, in no particular order; BatchNorm step counters and the training state
+    /// are not among them.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// The number of tensors, BatchNorm step counters and the training state not included.
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
+    /// Whether the file holds no tensors (the training state aside).
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
@@ -474,7 +485,7 @@ fn value_problem(name: &str, tensor: &Tensor) -> candle_core::Result<Option<Stri
 fn read_error(path: &Path, source: candle_core::Error) -> ModelError {
     ModelError::ReadWeights {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

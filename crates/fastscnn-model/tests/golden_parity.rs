@@ -303,8 +303,11 @@ fn inputs_the_network_cannot_take_are_errors_not_panics() {
     );
     for model in [model.clone(), model.with_cpu_kernels(false).unwrap()] {
         let tiny = Tensor::zeros((1, 3, 2, 40), DType::F32, &Device::Cpu).unwrap();
-        for result in [model.forward(&tiny), model.predict(&tiny)] {
-            let message = result.unwrap_err().to_string();
+        let messages = [
+            model.forward(&tiny).unwrap_err().to_string(),
+            model.predict(&tiny).unwrap_err().to_string(),
+        ];
+        for message in messages {
             assert!(
                 message.contains("2x40 input is smaller than the stem's 3x3 window"),
                 "{message}"
@@ -313,7 +316,7 @@ fn inputs_the_network_cannot_take_are_errors_not_panics() {
         let gray = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu).unwrap();
         let message = model.predict(&gray).unwrap_err().to_string();
         assert!(
-            message.contains("takes 3 input channels, got 1"),
+            message.contains("takes 3 input channels; got a batch of shape [1, 1, 64, 64]"),
             "{message}"
         );
     }

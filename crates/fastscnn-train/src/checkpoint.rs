@@ -15,27 +15,41 @@ use fastscnn_model::{WeightFile, TRAINING_STATE_PREFIX};
 use crate::error::{Result, TrainError};
 use crate::TrainConfig;
 
+/// The latest checkpoint of a run: weights, optimiser state, step, best score and run
+/// configuration in one file, rewritten at every validation and at the end.
 pub const LAST: &str = "last.safetensors";
 /// The optimiser state of a checkpoint kept in a second file: read when `last.safetensors`
 /// carries none, and removed once a checkpoint carrying its own is written.
 pub const LAST_STATE: &str = "last.state.safetensors";
+/// The weights of the best validation mIoU so far, with that score in the metadata; written
+/// only by runs that validate.
 pub const BEST: &str = "best.safetensors";
 
 /// Where training resumes from.
 #[derive(Debug)]
 pub struct SavedState {
+    /// The run's recipe, as saved with the checkpoint.
     pub config: TrainConfig,
+    /// Iterations done when the checkpoint was written; never more than `config.iters`.
     pub step: u64,
+    /// The best validation mIoU so far; `None` when the run does not validate or no score has
+    /// been defined yet.
     pub best_miou: Option<f64>,
+    /// The SGD momentum buffers by parameter name, f32, finite and on the requested device.
     pub buffers: BTreeMap<String, Tensor>,
+    /// The checkpoint file itself, its values checked; the weights are read from it.
     pub weights: WeightFile,
 }
 
 /// The weights of one checkpoint, as the model names them.
 pub struct CheckpointWeights<'a> {
+    /// Every tensor of the model, BatchNorm statistics included, under the key names of `layout`.
     pub tensors: HashMap<String, Tensor>,
+    /// The name of the weight layout (`reference` or `openmmlab`), saved in the metadata.
     pub layout: &'a str,
+    /// The number of classes the classifier outputs, saved in the metadata.
     pub classes: usize,
+    /// Iterations done when the weights were taken.
     pub step: u64,
     /// The validation mIoU at this step, when the run validates.
     pub miou: Option<f64>,
@@ -67,7 +81,7 @@ fn write_safetensors(
         .map_err(|e| TrainError::Candle(e.into()))?;
     write_durably(path, |tmp| std::fs::write(tmp, &bytes)).map_err(|source| TrainError::Write {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 

@@ -17,21 +17,52 @@ use crate::metrics::{nan_mean, ConfusionMatrix, MetricsError};
 /// Why an evaluation stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// Returned before any image is read when the model does not output the Cityscapes train
+    /// classes.
     #[error("the weights classify {model} classes, but Cityscapes is scored on {dataset}")]
-    ClassCount { model: usize, dataset: usize },
+    ClassCount {
+        /// The number of classes the model outputs.
+        model: usize,
+        /// The number of classes the benchmark scores (19).
+        dataset: usize,
+    },
+    /// Returned when a batch of the split comes without labels.
     #[error("{image}: has no label to score against")]
-    Unlabelled { image: String },
+    Unlabelled {
+        /// The path of the batch's first image.
+        image: String,
+    },
+    /// Returned when an image or its label cannot be loaded.
     #[error(transparent)]
     Data(#[from] fastscnn_data::DataError),
-    #[error("{image}: {source}")]
-    Metrics { image: String, source: MetricsError },
-    #[error("{image}: {source}")]
-    Network {
+    /// Returned when a prediction and its label cannot be scored together.
+    #[error("{image}: {cause}")]
+    Metrics {
+        /// The path of the image scored.
         image: String,
-        source: candle_core::Error,
+        /// Why the pair was refused.
+        cause: MetricsError,
     },
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    /// Returned when the model's forward pass (with the resize and argmax) fails on a batch.
+    #[error("{image}: {cause}")]
+    Network {
+        /// The path of the batch's first image.
+        image: String,
+        /// The error of the forward pass.
+        cause: Box<fastscnn_model::ModelError>,
+    },
+    /// Returned when a batch cannot be moved to the device or its predictions and labels cannot
+    /// be read back.
+    #[error("{}", fastscnn_model::candle_message(.0))]
+    Candle(candle_core::Error),
+}
+
+/// candle's error as the `Candle` variant, which shows it and is the end of the chain (its
+/// `source` is `None`): its message is already in ours.
+impl From<candle_core::Error> for EvalError {
+    fn from(error: candle_core::Error) -> Self {
+        Self::Candle(error)
+    }
 }
 
 /// What one pass over a split measured.
@@ -39,16 +70,20 @@ pub enum EvalError {
 pub struct Evaluation {
     /// Over the 19 train ids, ignore pixels left out.
     pub confusion: ConfusionMatrix,
+    /// The number of images scored.
     pub images: usize,
     /// Time in the model (forward, resize, argmax), not in loading.
     pub model_time: Duration,
 }
 
 impl Evaluation {
+    /// IoU of each of the 19 classes in train-id order; NaN for a class in neither the labels
+    /// nor the predictions.
     pub fn per_class_iou(&self) -> Vec<f64> {
         self.confusion.per_class_iou()
     }
 
+    /// The benchmark's class mIoU: the mean of the defined per-class IoUs.
     pub fn mean_iou(&self) -> f64 {
         self.confusion.mean_iou()
     }
@@ -60,10 +95,13 @@ impl Evaluation {
             .per_class_iou()
     }
 
+    /// The benchmark's category mIoU: the mean of the defined category IoUs.
     pub fn category_mean_iou(&self) -> f64 {
         nan_mean(&self.per_category_iou())
     }
 
+    /// Correctly classified pixels over scored pixels, ignore pixels left out; NaN when none
+    /// was scored.
     pub fn pixel_accuracy(&self) -> f64 {
         self.confusion.pixel_accuracy()
     }
@@ -124,7 +162,7 @@ pub fn evaluate(
             .predict_at(&batch.images.to_device(device)?, h, w)
             .map_err(|source| EvalError::Network {
                 image: name(0),
-                source,
+                cause: Box::new(source),
             })?;
         // Reading the result back waits for an asynchronous device to finish.
         let predictions: Vec<u8> = predictions.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
@@ -137,7 +175,7 @@ pub fn evaluate(
                 .update(&predictions[range.clone()], &labels[range])
                 .map_err(|source| EvalError::Metrics {
                     image: name(i),
-                    source,
+                    cause: source,
                 })?;
             images += 1;
             on_image();

@@ -27,7 +27,7 @@ impl RunDir {
     pub fn claim(path: &Path) -> Result<Self> {
         let write_error = |source| TrainError::Write {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         std::fs::create_dir_all(path).map_err(write_error)?;
         let lock_path = path.join(LOCK);
@@ -38,7 +38,7 @@ impl RunDir {
             .open(&lock_path)
             .map_err(|source| TrainError::Write {
                 path: lock_path.clone(),
-                source,
+                cause: source,
             })?;
         match lock.try_lock() {
             Ok(()) => {}
@@ -51,7 +51,7 @@ impl RunDir {
             Err(TryLockError::Error(source)) => {
                 return Err(TrainError::Write {
                     path: lock_path,
-                    source,
+                    cause: source,
                 })
             }
         }
@@ -88,7 +88,7 @@ impl RunDir {
     fn remove_temporaries(&self) -> Result<()> {
         let entries = std::fs::read_dir(&self.path).map_err(|source| TrainError::Write {
             path: self.path.clone(),
-            source,
+            cause: source,
         })?;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -96,7 +96,7 @@ impl RunDir {
             if name.starts_with('.') && name.ends_with(".tmp") && entry.path().is_file() {
                 std::fs::remove_file(entry.path()).map_err(|source| TrainError::Write {
                     path: entry.path(),
-                    source,
+                    cause: source,
                 })?;
             }
         }
@@ -117,7 +117,7 @@ impl RunDir {
                 .collect();
             if kept.len() != text.len() {
                 write_atomically(&path, |tmp| std::fs::write(tmp, &kept))
-                    .map_err(|source| TrainError::Write { path, source })?;
+                    .map_err(|cause| TrainError::Write { path, cause })?;
             }
         }
         Ok(())

@@ -31,9 +31,13 @@ use crate::trainable::TrainableModel;
 /// Where and how a run executes; may differ between a run and its resumption.
 #[derive(Debug, Clone)]
 pub struct Runtime {
+    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
     pub dataset_root: PathBuf,
+    /// The run folder: checkpoints and logs (`train.log`, `metrics.jsonl`).
     pub run_dir: PathBuf,
+    /// The device the model trains and validates on.
     pub device: Device,
+    /// Threads loading batches (decoding and augmenting); 0 loads on the training thread.
     pub workers: usize,
     /// The most pixels one batch (batch size x crop) may hold: a recipe over it, new or saved
     /// in a checkpoint, is refused before its batches are allocated.
@@ -45,25 +49,38 @@ pub struct Runtime {
 pub struct StepReport {
     /// Iterations done (1-based: the first step reports 1).
     pub step: u64,
+    /// The run's total iterations.
     pub total: u64,
+    /// This step's loss: the main loss plus the weighted auxiliary losses.
     pub loss: f64,
+    /// The learning rate this step used.
     pub lr: f64,
+    /// Training throughput since the previous report, in images per second.
     pub images_per_s: f64,
 }
 
 /// What the loop tells its caller about.
 pub enum Event<'a> {
+    /// A step was logged: every `log_every` iterations and at the last step `run` takes.
     Step(&'a StepReport),
+    /// A validation pass finished.
     Validation {
+        /// Iterations done when it ran.
         step: u64,
+        /// What it measured.
         evaluation: &'a Evaluation,
     },
+    /// `last.safetensors` was written.
     Checkpoint {
+        /// Iterations done at the checkpoint.
         step: u64,
+        /// The file written.
         path: &'a Path,
     },
 }
 
+/// One training run: the model, optimiser, data and schedule of a recipe, and its run folder,
+/// locked for as long as the value lives.
 pub struct Trainer {
     config: TrainConfig,
     runtime: Runtime,
@@ -208,6 +225,7 @@ impl Trainer {
         })
     }
 
+    /// The run's recipe; for a resumed run, the one saved in its checkpoint.
     pub fn config(&self) -> &TrainConfig {
         &self.config
     }
@@ -217,6 +235,7 @@ impl Trainer {
         self.step
     }
 
+    /// The model being trained.
     pub fn model(&self) -> &TrainableModel {
         &self.model
     }
@@ -319,7 +338,7 @@ impl Trainer {
                     self.save_last(None)?;
                     return Err(TrainError::Validation {
                         step: self.step,
-                        source: error,
+                        cause: error,
                     });
                 }
             };
@@ -372,7 +391,7 @@ impl Trainer {
             .append(true)
             .open(&path)
             .and_then(|mut f| writeln!(f, "{line}"))
-            .map_err(|source| TrainError::Write { path, source })
+            .map_err(|cause| TrainError::Write { path, cause })
     }
 
     fn log(&self, report: &StepReport) -> Result<()> {

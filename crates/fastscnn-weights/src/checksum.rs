@@ -12,7 +12,7 @@ pub fn sha256_of(path: &Path) -> Result<String> {
     let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         what: "cannot read",
-        source,
+        cause: source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
@@ -96,7 +96,7 @@ mod tests {
         );
         let missing = sha256_of(&dir.path().join("missing")).unwrap_err();
         assert!(
-            missing.to_string().ends_with("missing: cannot read"),
+            missing.to_string().contains("missing: cannot read: "),
             "{missing}"
         );
     }

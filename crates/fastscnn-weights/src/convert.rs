@@ -21,11 +21,15 @@ pub enum Replace {
 /// A checkpoint written as safetensors.
 #[derive(Debug)]
 pub struct Converted {
+    /// The tensors and metadata written.
     pub weights: WeightFile,
+    /// The layout of the checkpoint's key names: the reference implementation's or OpenMMLab's.
     pub layout: WeightLayout,
+    /// The number of classes the network outputs.
     pub classes: usize,
     /// What it was converted from (a path, URL or `hf://` name).
     pub from: String,
+    /// The safetensors file written.
     pub output: PathBuf,
 }
 
@@ -86,7 +90,7 @@ pub(crate) fn write(
     };
     match saved {
         Ok(()) => {}
-        Err(ModelError::WriteWeights { source, .. })
+        Err(ModelError::WriteWeights { cause: source, .. })
             if source.kind() == std::io::ErrorKind::AlreadyExists =>
         {
             return Err(WeightsError::Exists {

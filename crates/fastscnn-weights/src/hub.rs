@@ -66,14 +66,17 @@ impl HubFile {
         })
     }
 
+    /// The repository, as `OWNER/NAME`.
     pub fn repo(&self) -> &str {
         &self.repo
     }
 
+    /// The file's path inside the repository.
     pub fn file(&self) -> &str {
         &self.file
     }
 
+    /// The branch, tag or commit the file is taken at.
     pub fn revision(&self) -> &str {
         &self.revision
     }
@@ -138,7 +141,7 @@ impl HubFile {
             path.canonicalize().map_err(|source| WeightsError::Io {
                 path: path.to_path_buf(),
                 what: "cannot resolve",
-                source,
+                cause: source,
             })
         };
         let (resolved, folder) = (resolve(path)?, resolve(repo_folder)?);

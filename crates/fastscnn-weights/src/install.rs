@@ -27,7 +27,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where a checkpoint comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
+    /// A file downloaded over HTTP(S).
     Url(String),
+    /// A file of a Hub repository, through the Hugging Face cache.
     Hub(HubFile),
 }
 
@@ -52,6 +54,7 @@ impl fmt::Display for Origin {
 pub enum Installed {
     /// Fetched, checked and written.
     Fresh {
+        /// The conversion written at the output.
         converted: Box<Converted>,
         /// The download's sha256.
         sha256: String,
@@ -59,7 +62,12 @@ pub enum Installed {
         expected: Option<String>,
     },
     /// The output already held weights installed from the same origin: nothing was fetched.
-    Already { output: PathBuf, origin: String },
+    Already {
+        /// The weights file that already held them.
+        output: PathBuf,
+        /// The URL or `hf://` name it was installed from.
+        origin: String,
+    },
 }
 
 impl fmt::Display for Installed {
@@ -127,7 +135,7 @@ pub fn install(
     std::fs::create_dir_all(folder).map_err(|source| WeightsError::Io {
         path: folder.to_path_buf(),
         what: "cannot create folder",
-        source,
+        cause: source,
     })?;
     // Kept until the end: the temporary file of a URL download is removed when it drops.
     let mut download = None;
@@ -150,7 +158,7 @@ pub fn install(
     }
     let weights = checked(&local, Some(&source)).map_err(|model| WeightsError::NotACheckpoint {
         origin: source.clone(),
-        source: Box::new(model),
+        cause: Box::new(model),
     })?;
     let converted = write(weights, source, output, replace)?;
     drop(download);
@@ -171,7 +179,7 @@ fn fetch_url(url: &str, folder: &Path) -> Result<tempfile::NamedTempFile> {
     let io = |what, source| WeightsError::Io {
         path: folder.to_path_buf(),
         what,
-        source,
+        cause: source,
     };
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(CONNECT_TIMEOUT)
