@@ -1,27 +1,45 @@
-//! Segments one image and writes its Cityscapes colour map.
+//! Segments one image, writes its colour map and prints the share of each class.
 //!
 //! ```sh
 //! cargo run --release -p fastscnn-model --example segment_image -- WEIGHTS IMAGE OUT.png
 //! ```
 
 use std::error::Error;
+use std::process::ExitCode;
 
-use candle_core::Device;
-use fastscnn_data::colorize_train_ids;
-use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions};
+use fastscnn_model::{load_rgb_image, Segmenter, SegmenterOptions};
 
-fn main() -> Result<(), Box<dyn Error>> {
+/// Errors end the program with their one-line message, not their `Debug` form.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [weights, image, output] = args.as_slice() else {
         return Err("usage: segment_image WEIGHTS IMAGE OUT.png".into());
     };
-    let model = FastScnn::from_file(weights, &LoadOptions::default())?;
+    let segmenter = Segmenter::from_file(weights, &SegmenterOptions::default())?;
     let image = load_rgb_image(image)?;
-    let input = image_to_tensor(&image, &model.config().normalization, &Device::Cpu)?;
-    // (1, H, W) class indices, one per pixel.
-    let labels: Vec<u32> = model.predict(&input)?.flatten_all()?.to_vec1()?;
-    let train_ids: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
-    colorize_train_ids(&train_ids, image.width(), image.height()).save(output)?;
-    println!("{output}: {}x{}", image.width(), image.height());
+    let labels = segmenter.segment(&image)?;
+    segmenter.colorize(&labels).save(output)?;
+    println!("{output}: {}x{}", labels.width(), labels.height());
+
+    let mut pixels = vec![0usize; segmenter.class_names().len()];
+    for &class in labels.as_slice() {
+        pixels[usize::from(class)] += 1;
+    }
+    for (name, count) in segmenter.class_names().iter().zip(pixels) {
+        if count > 0 {
+            let share = 100.0 * count as f64 / labels.as_slice().len() as f64;
+            println!("{name:>15} {share:5.1}%");
+        }
+    }
     Ok(())
 }
