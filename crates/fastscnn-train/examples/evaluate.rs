@@ -41,8 +41,13 @@ fn run() -> Result<(), Box<dyn Error>> {
     };
     let loader = Loader::new(discovery.samples, config)?;
     let evaluation = evaluate(&model, &loader, &Device::Cpu, || {})?;
+    // A class absent from both the labels and the predictions has no IoU (NaN): not scored.
     for (name, iou) in evaluation.named_class_iou() {
-        println!("{name:>15} {:6.2}", 100.0 * iou);
+        if iou.is_nan() {
+            println!("{name:>15}    n/a");
+        } else {
+            println!("{name:>15} {:6.2}", 100.0 * iou);
+        }
     }
     println!(
         "{:>15} {:6.2} ({} images, {:.2} images/s in the network)",

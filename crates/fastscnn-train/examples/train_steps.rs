@@ -1,10 +1,11 @@
-//! Trains Fast-SCNN for a few steps on a Cityscapes split with the paper's recipe scaled down to
-//! a small machine (batch 2, 256x512 crops), printing the loss. The run folder gets the
-//! checkpoint (`last.safetensors`, loadable as weights) and the logs; a run interrupted before
-//! its end resumes from its last checkpoint when the same command is run again.
+//! Trains Fast-SCNN for a few steps (20 by default) on a Cityscapes split (`train` by default)
+//! with the paper's recipe scaled down to a small machine (batch 2, 256x512 crops), printing the
+//! loss. The run folder gets the checkpoint (`last.safetensors`, loadable as weights) and the
+//! logs; a run interrupted before its end resumes from its last checkpoint when the same command
+//! is run again.
 //!
 //! ```sh
-//! cargo run --release -p fastscnn-train --example train_steps -- ROOT RUN_DIR [STEPS]
+//! cargo run --release -p fastscnn-train --example train_steps -- ROOT RUN_DIR [STEPS [SPLIT]]
 //! ```
 
 use std::error::Error;
@@ -27,10 +28,11 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (root, run_dir, steps) = match args.as_slice() {
-        [root, run_dir] => (root, run_dir, 20),
-        [root, run_dir, steps] => (root, run_dir, steps.parse()?),
-        _ => return Err("usage: train_steps ROOT RUN_DIR [STEPS]".into()),
+    let (root, run_dir, steps, split) = match args.as_slice() {
+        [root, run_dir] => (root, run_dir, 20, "train"),
+        [root, run_dir, steps] => (root, run_dir, steps.parse()?, "train"),
+        [root, run_dir, steps, split] => (root, run_dir, steps.parse()?, split.as_str()),
+        _ => return Err("usage: train_steps ROOT RUN_DIR [STEPS [SPLIT]]".into()),
     };
     let runtime = Runtime {
         dataset_root: PathBuf::from(root),
@@ -43,6 +45,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         Trainer::resume(runtime)?
     } else {
         let config = TrainConfig {
+            train_split: split.into(),
             batch_size: 2,
             crop: (256, 512),
             val_split: None,
