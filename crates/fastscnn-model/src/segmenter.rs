@@ -301,10 +301,9 @@ impl Segmenter {
             context,
             ..LoadOptions::default()
         };
-        let mut segmenter =
-            Self::new(FastScnn::from_file(path, &load)?)?.with_input_scale(options.input_scale)?;
-        segmenter.max_pixels = options.max_pixels;
-        Ok(segmenter)
+        Ok(Self::new(FastScnn::from_file(path, &load)?)?
+            .with_input_scale(options.input_scale)?
+            .with_max_pixels(options.max_pixels))
     }
 
     /// A segmenter over a model already built, at full resolution, taking frames up to
@@ -334,6 +333,12 @@ impl Segmenter {
         check_input_scale(scale)?;
         self.input_scale = scale;
         Ok(self)
+    }
+
+    /// Takes frames up to `pixels`; see [`SegmenterOptions::max_pixels`].
+    pub fn with_max_pixels(mut self, pixels: u64) -> Self {
+        self.max_pixels = pixels;
+        self
     }
 
     /// The network, for the tensor API.
@@ -642,8 +647,7 @@ mod tests {
         );
         let err = half.logits(&frame(4, 40)).unwrap_err().to_string();
         assert!(err.contains("frame is 2x20"), "{err}");
-        let mut small = segmenter.clone();
-        small.max_pixels = 100;
+        let small = segmenter.clone().with_max_pixels(100);
         let err = small.segment(&frame(11, 10)).unwrap_err().to_string();
         assert!(err.contains("over the 100 pixels"), "{err}");
         assert!(small.segment(&frame(10, 10)).is_ok());
