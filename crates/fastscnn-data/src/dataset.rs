@@ -8,7 +8,7 @@ use image::{GrayImage, RgbImage};
 
 use crate::error::{DataError, Result};
 use crate::image_io::{image_size, read_gray, read_rgb};
-use crate::labels::{is_train_id, label_id_to_train_id_table};
+use crate::labels::{is_train_id, label_id_to_train_id_table, IGNORE_TRAIN_ID};
 
 const IMAGE_SUFFIX: &str = "_leftImg8bit.png";
 pub(crate) const LABEL_IDS_SUFFIX: &str = "_gtFine_labelIds.png";
@@ -21,6 +21,14 @@ pub enum LabelEncoding {
     TrainIds,
     /// `*_gtFine_labelIds.png`: the 34 label ids, mapped to train ids when read.
     LabelIds,
+    /// A folder dataset's mask: class indices below `classes`, and `ignore` for unlabelled
+    /// pixels, which becomes 255 when read, as every ignored pixel of a batch is.
+    ClassIndices {
+        /// The dataset's number of classes.
+        classes: u8,
+        /// The dataset's ignore value.
+        ignore: u8,
+    },
 }
 
 /// One frame's label file.
@@ -97,6 +105,22 @@ pub fn to_train_ids(labels: &mut GrayImage, encoding: LabelEncoding, path: &Path
             let table = label_id_to_train_id_table();
             for (index, v) in labels.iter_mut().enumerate() {
                 *v = table[usize::from(*v)].ok_or_else(|| unknown(index, "label id", *v))?;
+            }
+        }
+        LabelEncoding::ClassIndices { classes, ignore } => {
+            for (index, v) in labels.iter_mut().enumerate() {
+                if *v == ignore {
+                    *v = IGNORE_TRAIN_ID;
+                } else if *v >= classes {
+                    return Err(DataError::UnknownClass {
+                        path: path.to_path_buf(),
+                        value: *v,
+                        classes,
+                        ignore,
+                        x: (index as u64 % u64::from(width)) as u32,
+                        y: (index as u64 / u64::from(width)) as u32,
+                    });
+                }
             }
         }
         LabelEncoding::TrainIds => {
@@ -187,7 +211,7 @@ pub fn discover(root: &Path, split: &str, options: DiscoverOptions) -> Result<Di
     Ok(discovery)
 }
 
-fn check_root(root: &Path) -> Result<()> {
+pub(crate) fn check_root(root: &Path) -> Result<()> {
     if root.is_dir() {
         Ok(())
     } else {
@@ -264,7 +288,7 @@ fn find_label(
     Ok(Some(label))
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     let read_err = |source| DataError::ReadDir {
         path: dir.to_path_buf(),
         cause: source,

@@ -120,6 +120,72 @@ pub enum DataError {
         /// Row of the first pixel holding the value.
         y: u32,
     },
+    /// Returned when a folder dataset's mask holds a value that is neither a class index nor
+    /// the ignore value of its `classes.json`.
+    #[error(
+        "{}: pixel ({x}, {y}) holds {value}, neither a class (0 to {}) nor the ignore value \
+         {ignore} of classes.json",
+        path.display(),
+        classes - 1
+    )]
+    UnknownClass {
+        /// The mask file.
+        path: PathBuf,
+        /// The value found.
+        value: u8,
+        /// The number of classes of the dataset.
+        classes: u8,
+        /// The dataset's ignore value.
+        ignore: u8,
+        /// Column of the first pixel holding the value.
+        x: u32,
+        /// Row of the first pixel holding the value.
+        y: u32,
+    },
+    /// Returned when a folder dataset's mask has no image of the same name beside it.
+    #[error(
+        "{}: a mask without an image (expected {}.png, .jpg or .jpeg under images/)",
+        mask.display(),
+        expected.display()
+    )]
+    MaskWithoutImage {
+        /// The mask file.
+        mask: PathBuf,
+        /// The image it asks for, without its extension.
+        expected: PathBuf,
+    },
+    /// Returned when two images of a folder dataset share one mask (`a.png` and `a.jpg`).
+    #[error("{} and {}: two images with one name share a mask", first.display(), second.display())]
+    AmbiguousImage {
+        /// The first of the two images.
+        first: PathBuf,
+        /// The second.
+        second: PathBuf,
+    },
+    /// Returned when a folder dataset's split has no image.
+    #[error("{}: no images (*.png, *.jpg, *.jpeg) in this split", path.display())]
+    NoImages {
+        /// The split's image folder.
+        path: PathBuf,
+    },
+    /// Returned when the folders of a split nest deeper than discovery follows.
+    #[error("{}: folders nested deeper than {depth} (a symbolic link loop?)", path.display())]
+    TooDeep {
+        /// The folder past the limit.
+        path: PathBuf,
+        /// The limit.
+        depth: usize,
+    },
+    /// Returned when a root is in neither dataset layout.
+    #[error(
+        "{}: neither a Cityscapes root (leftImg8bit/, gtFine/) nor a folder dataset \
+         (images/, masks/, classes.json)",
+        path.display()
+    )]
+    UnknownLayout {
+        /// The dataset root.
+        path: PathBuf,
+    },
     /// Returned when a split name is not one plain folder name (it is empty, `.` or `..`, or
     /// holds `/` or `\`), so that no split reaches outside the dataset root.
     #[error("split `{split}`: a split is one folder name, without `/`, `\\` or `..`")]
@@ -135,6 +201,14 @@ pub enum DataError {
         path: PathBuf,
         /// The colour type the file decodes to, as `image::ColorType` prints it (e.g. `Rgb8`).
         found: String,
+    },
+    /// Returned when a classes file is missing, is not JSON, or describes no valid table.
+    #[error("{}: {why}", path.display())]
+    Classes {
+        /// The classes file.
+        path: PathBuf,
+        /// What is wrong, and where in the file.
+        why: String,
     },
     /// Returned when a folder of the dataset cannot be listed.
     #[error("{}: cannot read folder: {cause}", path.display())]

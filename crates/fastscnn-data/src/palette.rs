@@ -19,6 +19,15 @@ impl Palette {
         }
     }
 
+    /// Class `i` in the `i`-th of `colours` (at most 255 taken: 255 is "ignore", black).
+    pub fn from_colours(colours: impl IntoIterator<Item = [u8; 3]>) -> Self {
+        let mut table = [[0u8; 3]; 256];
+        for (slot, colour) in table.iter_mut().take(255).zip(colours) {
+            *slot = colour;
+        }
+        Self { colours: table }
+    }
+
     /// The palette for a model of `classes` classes: Cityscapes' for 19, otherwise the
     /// bit-interleaved palette of PASCAL VOC (as mmsegmentation and torchvision draw any class
     /// count), starting at its second colour so that no class is the black of "ignore".
@@ -67,7 +76,7 @@ impl Palette {
 
 /// Colour `index` of the PASCAL VOC palette: the bits of the index spread over the high bits of
 /// red, green and blue, three at a time.
-fn voc_colour(index: usize) -> [u8; 3] {
+pub(crate) fn voc_colour(index: usize) -> [u8; 3] {
     let mut colour = [0u8; 3];
     let mut id = index;
     for shift in (0..8).rev() {
