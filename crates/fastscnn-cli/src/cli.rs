@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fastscnn_cpu::Isa;
+use fastscnn_data::DatasetFormat;
 use fastscnn_weights::{HubFile, WeightSource, WeightsError};
 
 use crate::device::DeviceArg;
@@ -252,9 +253,13 @@ pub struct SegmentArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
+    /// The dataset root: Cityscapes' (`leftImg8bit/`, `gtFine/`) or a folder dataset's
+    /// (`images/`, `masks/`, `classes.json`).
     #[arg(long)]
     pub dataset_root: PathBuf,
+    /// The dataset's layout; default: told from the root.
+    #[arg(long, value_name = "cityscapes|folder", value_parser = dataset_format)]
+    pub dataset_format: Option<DatasetFormat>,
     #[command(flatten)]
     pub weights: WeightsArgs,
     #[command(flatten)]
@@ -282,9 +287,13 @@ pub struct InfoArgs {
 
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
-    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
+    /// The dataset root: Cityscapes' (`leftImg8bit/`, `gtFine/`) or a folder dataset's
+    /// (`images/`, `masks/`, `classes.json`).
     #[arg(long)]
     pub dataset_root: PathBuf,
+    /// The dataset's layout; default: told from the root.
+    #[arg(long, value_name = "cityscapes|folder", value_parser = dataset_format)]
+    pub dataset_format: Option<DatasetFormat>,
     /// Splits to prepare (repeatable); default: every split under `gtFine/`.
     #[arg(long = "split", value_name = "SPLIT")]
     pub splits: Vec<String>,
@@ -292,9 +301,13 @@ pub struct PrepareArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The Cityscapes root, holding `leftImg8bit/` and `gtFine/`.
+    /// The dataset root: Cityscapes' (`leftImg8bit/`, `gtFine/`) or a folder dataset's
+    /// (`images/`, `masks/`, `classes.json`).
     #[arg(long)]
     pub dataset_root: PathBuf,
+    /// The dataset's layout; default: told from the root.
+    #[arg(long, value_name = "cityscapes|folder", value_parser = dataset_format)]
+    pub dataset_format: Option<DatasetFormat>,
     /// The run folder: checkpoints (last, best), train.log, metrics.jsonl.
     #[arg(long)]
     pub out: PathBuf,
@@ -476,6 +489,10 @@ fn input_scale(s: &str) -> Result<f32, String> {
     } else {
         Err(format!("{v} is not in (0, 1]; use 1, 0.5 or 0.25"))
     }
+}
+
+fn dataset_format(value: &str) -> Result<DatasetFormat, String> {
+    value.parse()
 }
 
 #[cfg(test)]

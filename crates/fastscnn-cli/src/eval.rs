@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_data::{discover, DiscoverOptions, Loader, LoaderConfig, NUM_TRAIN_CLASSES};
+use fastscnn_data::{Dataset, DiscoverOptions, Loader, LoaderConfig};
 use fastscnn_model::ExecutionContext;
 use fastscnn_train::{evaluate, Evaluation};
 use serde_json::{json, Map, Value};
@@ -17,14 +17,16 @@ pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
     let device = device::select(args.device)?;
     let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
     weights::check_isa_applies(args.execution.isa, &model)?;
-    if model.num_classes() != NUM_TRAIN_CLASSES {
-        anyhow::bail!(
-            "{}: the weights classify {} classes, Cityscapes is scored on {NUM_TRAIN_CLASSES}",
+    let dataset = Dataset::open(&args.dataset_root, args.dataset_format)?;
+    if model.num_classes() != dataset.classes().len() {
+        bail!(
+            "{}: the weights classify {} classes, but the dataset's labels have {}",
             weights_path.display(),
-            model.num_classes()
+            model.num_classes(),
+            dataset.classes().len()
         );
     }
-    let discovery = discover(&args.dataset_root, &args.split, DiscoverOptions::default())?;
+    let discovery = dataset.discover(&args.split, DiscoverOptions::default())?;
     if let Some(dest) = &args.json {
         let mut roles = FileRoles::default();
         roles.input(&weights_path, "the weights");
@@ -46,7 +48,7 @@ pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
 
     let bar = progress::bar(images, "images");
     bar.set_message(format!("eval {}", args.split));
-    let evaluation = evaluate(&model, &loader, &device, || bar.inc(1))?;
+    let evaluation = evaluate(&model, &loader, dataset.classes(), &device, || bar.inc(1))?;
     bar.finish_and_clear();
 
     print!("{}", table(&evaluation));
@@ -70,21 +72,33 @@ fn percent(v: f64) -> String {
     }
 }
 
+/// The scores as a table: the classes, Cityscapes' categories when the classes are its, the
+/// pixel accuracy and speed.
 fn table(e: &Evaluation) -> String {
+    let width = e
+        .classes
+        .names()
+        .iter()
+        .map(|n| n.chars().count() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(16);
     let mut out = String::new();
-    let mut row = |name: &str, value: String| out.push_str(&format!("{name:<16}{value:>8}\n"));
+    let mut row = |name: &str, value: String| out.push_str(&format!("{name:<width$}{value:>8}\n"));
     row("class", "IoU".into());
     for (name, iou) in e.named_class_iou() {
         row(name, percent(iou));
     }
     row("mIoU", percent(e.mean_iou()));
     row("", String::new());
-    row("category", "IoU".into());
-    for (name, iou) in e.named_category_iou() {
-        row(name, percent(iou));
+    if let (Some(categories), Some(mean)) = (e.named_category_iou(), e.category_mean_iou()) {
+        row("category", "IoU".into());
+        for (name, iou) in categories {
+            row(name, percent(iou));
+        }
+        row("category mIoU", percent(mean));
+        row("", String::new());
     }
-    row("category mIoU", percent(e.category_mean_iou()));
-    row("", String::new());
     row("pixel accuracy", percent(e.pixel_accuracy()));
     row("images", e.images.to_string());
     row("fps", format!("{:.2}", e.fps()));
@@ -110,23 +124,29 @@ fn named(values: Vec<(&str, f64)>) -> Value {
 }
 
 fn report(e: &Evaluation, split: &str, input_scale: f32, weights: &Path) -> Value {
-    json!({
+    let mut report = json!({
         "miou": number(e.mean_iou()),
-        "category_miou": number(e.category_mean_iou()),
         "pixel_accuracy": number(e.pixel_accuracy()),
+        "classes": e.classes.names(),
         "per_class_iou": named(e.named_class_iou()),
-        "per_category_iou": named(e.named_category_iou()),
         "images": e.images,
         "fps": e.fps(),
         "split": split,
         "input_scale": input_scale,
         "weights": weights.display().to_string(),
-    })
+    });
+    // Cityscapes' categories, for its classes only.
+    if let (Some(categories), Some(mean)) = (e.named_category_iou(), e.category_mean_iou()) {
+        report["category_miou"] = number(mean);
+        report["per_category_iou"] = named(categories);
+    }
+    report
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fastscnn_data::{ClassTable, NUM_TRAIN_CLASSES};
     use fastscnn_train::ConfusionMatrix;
     use std::time::Duration;
 
@@ -135,6 +155,7 @@ mod tests {
         confusion.update(&[0u8, 0, 1], &[0u8, 0, 0]).unwrap();
         Evaluation {
             confusion,
+            classes: ClassTable::cityscapes(),
             images: 1,
             model_time: Duration::from_secs(1),
         }

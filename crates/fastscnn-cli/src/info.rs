@@ -1,7 +1,8 @@
 //! `fastscnn info`: what a checkpoint holds, checked by building the network from it.
 
 use anyhow::{Context, Result};
-use fastscnn_model::{AuxSource, FastScnn, LoadOptions, WeightFile};
+use fastscnn_data::ClassTable;
+use fastscnn_model::{AuxSource, FastScnn, LoadOptions, WeightFile, CLASS_TABLE_KEY};
 
 use crate::cli::InfoArgs;
 use crate::weights;
@@ -49,8 +50,27 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             file.training_state().len()
         );
     }
+    let table = model.classes();
+    let origin = if file.metadata().contains_key(CLASS_TABLE_KEY) {
+        "from the weights' metadata"
+    } else if table == &ClassTable::cityscapes() {
+        "Cityscapes', the weights carry no class table"
+    } else {
+        "generated, the weights carry no class table"
+    };
+    println!(
+        "class table {origin}, ignore value {}",
+        table.ignore_index()
+    );
+    for (index, class) in table.classes().iter().enumerate() {
+        let [r, g, b] = class.color;
+        println!("  {index:>3}  #{r:02x}{g:02x}{b:02x}  {}", class.name);
+    }
     for (key, value) in file.metadata() {
-        println!("metadata    {key} = {value}");
+        // The class table is printed above, one class a line.
+        if key != CLASS_TABLE_KEY {
+            println!("metadata    {key} = {value}");
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_data::{label_id_image, train_id_image, Palette, NUM_TRAIN_CLASSES};
+use fastscnn_data::{label_id_image, train_id_image, ClassTable, Palette, NUM_TRAIN_CLASSES};
 use fastscnn_model::{image_to_tensor, load_rgb_image_within, resize_image, ExecutionContext};
 use image::{ImageFormat, RgbImage};
 
@@ -50,14 +50,15 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
             weights_path.display()
         );
     }
-    if classes != NUM_TRAIN_CLASSES && formats.contains(&OutputFormat::Labelid) {
+    if model.classes() != &ClassTable::cityscapes() && formats.contains(&OutputFormat::Labelid) {
         bail!(
-            "{}: --format labelid writes Cityscapes label ids, but the weights classify {classes} \
-             classes, not Cityscapes' {NUM_TRAIN_CLASSES}",
+            "{}: --format labelid writes Cityscapes label ids, but the weights' {classes} classes \
+             are not Cityscapes' {NUM_TRAIN_CLASSES}",
             weights_path.display()
         );
     }
-    let palette = Palette::for_classes(classes);
+    // The colours the weights carry, or Cityscapes' or distinct generated ones.
+    let palette = model.classes().palette();
 
     let mut roles = FileRoles::default();
     roles.input(&weights_path, "the weights");

@@ -1,8 +1,8 @@
-//! `fastscnn train`: the paper's recipe on a Cityscapes copy, with a progress bar, logs in the run
-//! folder and checkpoints that `segment` and `eval` load directly.
+//! `fastscnn train`: the paper's recipe on Cityscapes or a folder dataset of any classes, with a
+//! progress bar, logs in the run folder and checkpoints that `segment` and `eval` load directly.
 
 use anyhow::{bail, Context, Result};
-use fastscnn_data::{discover, DiscoverOptions};
+use fastscnn_data::{Dataset, DiscoverOptions};
 use fastscnn_train::{Event, Runtime, TrainConfig, Trainer};
 
 use crate::cli::TrainArgs;
@@ -32,7 +32,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
         trainer
     } else {
-        Trainer::start(config(args)?, runtime)?
+        let trainer = Trainer::start(config(args)?, runtime)?;
+        if let (Some(init), false) = (&args.init, trainer.reinitialised().is_empty()) {
+            eprintln!(
+                "{}: other classes than the dataset's {}; re-initialised {}",
+                init.display(),
+                trainer.model().model.num_classes(),
+                trainer.reinitialised().join(", ")
+            );
+        }
+        trainer
     };
 
     let total = trainer.config().iters;
@@ -103,11 +112,8 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
     let iters = match (args.iters, args.epochs) {
         (Some(iters), _) => iters,
         (None, Some(epochs)) => {
-            let train = discover(
-                &args.dataset_root,
-                &args.train_split,
-                DiscoverOptions::default(),
-            )?;
+            let dataset = Dataset::open(&args.dataset_root, args.dataset_format)?;
+            let train = dataset.discover(&args.train_split, DiscoverOptions::default())?;
             // Training drops the last partial batch of every epoch (a split smaller than one batch
             // is repeated to fill one).
             let per_epoch = (train.samples.len() / batch_size.max(1)).max(1) as u64;
@@ -146,6 +152,7 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
         val_every: args.val_every.unwrap_or(paper.val_every),
         log_every: args.log_every,
         init: args.init.clone(),
+        dataset_format: args.dataset_format.map(|f| f.name().to_string()),
         ..paper
     })
 }

@@ -76,14 +76,22 @@ fn bad_trees_fail_with_one_line() {
     );
     assert_clean_failure(
         fastscnn()
-            .args(["prepare", "--split", "train", "--dataset-root"])
+            .args(["prepare", "--dataset-root"])
+            .arg(root.path()),
+        "neither a Cityscapes root (leftImg8bit/, gtFine/) nor a folder dataset",
+    );
+    let cityscapes = ["prepare", "--dataset-format", "cityscapes"];
+    assert_clean_failure(
+        fastscnn()
+            .args(cityscapes)
+            .args(["--split", "train", "--dataset-root"])
             .arg(root.path()),
         "split `train` not found",
     );
-
     assert_clean_failure(
         fastscnn()
-            .args(["prepare", "--dataset-root"])
+            .args(cityscapes)
+            .arg("--dataset-root")
             .arg(root.path()),
         "gtFine: no label folder",
     );

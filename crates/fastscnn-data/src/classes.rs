@@ -99,6 +99,8 @@ impl ClassTable {
 
     /// Parses the text of a `classes.json` (either form); the error says what is wrong where.
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        // Windows editors may start the file with a byte order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let (entries, ignore_index) = match value {
             Value::Array(entries) => (entries, IGNORE_TRAIN_ID),
@@ -231,6 +233,12 @@ fn check_classes(classes: &[ClassInfo], ignore_index: u8) -> std::result::Result
         if class.name.trim().is_empty() {
             return Err(format!("class {index}: the name is empty"));
         }
+        if class.name.chars().any(char::is_control) {
+            return Err(format!(
+                "class {index}: the name {:?} holds a control character",
+                class.name
+            ));
+        }
         if let Some(first) = classes[..index].iter().position(|c| c.name == class.name) {
             return Err(format!(
                 "classes {first} and {index} are both named `{}`",
@@ -257,6 +265,10 @@ mod tests {
         let list =
             r#"[{"name": "sky", "color": [70, 130, 180]}, {"name": "ground", "color": [0, 0, 0]}]"#;
         let table = ClassTable::from_json(list).unwrap();
+        assert_eq!(
+            ClassTable::from_json(&format!("\u{feff}{list}")).unwrap(),
+            table
+        );
         assert_eq!(table.names(), ["sky", "ground"]);
         assert_eq!(table.ignore_index(), 255);
         assert_eq!(table.palette().colour(0), [70, 130, 180]);
@@ -275,6 +287,10 @@ mod tests {
     fn malformed_tables_say_what_and_where() {
         let cases = [
             ("{", "not JSON"),
+            (
+                r#"[{"name": "a\nb", "color": [1, 2, 3]}]"#,
+                "holds a control character",
+            ),
             ("3", "expected a list"),
             ("[]", "0 classes"),
             (r#"[{"name": "a"}]"#, "class 0: `color` must be [r, g, b]"),

@@ -37,7 +37,7 @@ pub fn folder_splits(root: &Path) -> Result<Vec<String>> {
     check_root(root)?;
     Ok(read_dir_sorted(&root.join(IMAGES_FOLDER))?
         .into_iter()
-        .filter(|p| p.is_dir())
+        .filter(|p| p.is_dir() && !is_hidden(p))
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect())
 }
@@ -100,7 +100,10 @@ pub fn discover_folder(
                 continue;
             }
         }
-        let mask = mask_split.join(name).with_extension("png");
+        // The name keeps every dot but the extension's: `cam.0001.jpg` is `cam.0001.png`.
+        let mut mask = mask_split.join(name).into_os_string();
+        mask.push(".png");
+        let mask = PathBuf::from(mask);
         let sample =
             find_mask(image, &mask, options.require_labels, encoding).map(|label| Sample {
                 name: name_of(name),
@@ -112,9 +115,7 @@ pub fn discover_folder(
     if mask_split.is_dir() {
         let mut orphans = Vec::new();
         walk(&mask_split, &mask_split, 0, &mut |path, relative| {
-            let is_png = path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+            let is_png = path.extension().is_some_and(|e| e == "png");
             let stem = relative.with_extension("");
             if is_png
                 && images
@@ -148,7 +149,7 @@ fn walk(dir: &Path, base: &Path, depth: usize, visit: &mut dyn FnMut(&Path, &Pat
             depth: MAX_DEPTH,
         });
     }
-    for path in read_dir_sorted(dir)? {
+    for path in read_dir_sorted(dir)?.into_iter().filter(|p| !is_hidden(p)) {
         if path.is_dir() {
             walk(&path, base, depth + 1, visit)?;
         } else if path.is_file() {
@@ -157,6 +158,12 @@ fn walk(dir: &Path, base: &Path, depth: usize, visit: &mut dyn FnMut(&Path, &Pat
         }
     }
     Ok(())
+}
+
+/// Names starting with a dot (`.ipynb_checkpoints/`, macOS' `._x.png`) are not the dataset's.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -226,11 +233,11 @@ impl DatasetFormat {
         }
     }
 
-    /// The format of the dataset at `root`: Cityscapes where `leftImg8bit/` is, a folder dataset
-    /// where `images/` or `classes.json` is.
+    /// The format of the dataset at `root`: Cityscapes where `leftImg8bit/` or `gtFine/` is
+    /// (preparing needs only the labels), a folder dataset where `images/` or `classes.json` is.
     pub fn detect(root: &Path) -> Result<Self> {
         check_root(root)?;
-        if root.join("leftImg8bit").is_dir() {
+        if root.join("leftImg8bit").is_dir() || root.join("gtFine").is_dir() {
             Ok(DatasetFormat::Cityscapes)
         } else if root.join(IMAGES_FOLDER).is_dir() || root.join(CLASSES_FILE).exists() {
             Ok(DatasetFormat::Folder)
@@ -351,9 +358,11 @@ mod tests {
         let r = dir.path();
         std::fs::write(r.join(CLASSES_FILE), three_classes().to_json()).unwrap();
         photo(&r.join("images/train/x.png"), 2, 2);
-        photo(&r.join("images/train/day/y.JPG"), 2, 2);
+        photo(&r.join("images/train/day/y.0001.JPG"), 2, 2);
+        photo(&r.join("images/train/day/._y.0001.JPG"), 2, 2);
+        photo(&r.join("images/.cache/train/z.png"), 2, 2);
         mask(&r.join("masks/train/x.png"), &[0, 1, 2, 9], 2);
-        mask(&r.join("masks/train/day/y.png"), &[2, 2, 9, 0], 2);
+        mask(&r.join("masks/train/day/y.0001.png"), &[2, 2, 9, 0], 2);
         dir
     }
 
@@ -368,7 +377,7 @@ mod tests {
             .discover("train", DiscoverOptions::default())
             .unwrap();
         let names: Vec<_> = found.samples.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["day/y", "x"]);
+        assert_eq!(names, ["day/y.0001", "x"]);
         let loaded = found.samples[1].load().unwrap();
         assert_eq!(loaded.train_ids.unwrap().as_raw(), &[0, 1, 2, 255]);
     }

@@ -6,7 +6,10 @@
 use std::io::{Cursor, Read};
 use std::path::Path;
 
-use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{
+    DynamicImage, ExtendedColorType, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits,
+    RgbImage,
+};
 
 use crate::error::{DataError, Result};
 use crate::jpeg::jpeg_is_complete;
@@ -35,6 +38,11 @@ fn io_error(path: &Path, source: std::io::Error) -> DataError {
 /// Decodes `path`, refusing an image of more than `max_pixels` pixels from its header alone, a
 /// JPEG without its end, and rotating or mirroring the pixels as the EXIF orientation says.
 pub fn decode_within(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
+    Ok(decode(path, max_pixels)?.0)
+}
+
+/// [`decode_within`], with the colour type the file stores (before decoders expand it).
+fn decode(path: &Path, max_pixels: u64) -> Result<(DynamicImage, ExtendedColorType)> {
     let byte_limit = max_pixels
         .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
         .max(MIN_FILE_BYTE_LIMIT);
@@ -86,9 +94,10 @@ pub fn decode_within(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let stored = decoder.original_color_type();
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| read_error(path, e))?;
     image.apply_orientation(orientation);
-    Ok(image)
+    Ok((image, stored))
 }
 
 /// Width and height from the file's header, without decoding the pixels.
@@ -103,10 +112,19 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage> {
 
 /// An 8-bit single-channel image. Anything else is refused rather than converted: a colour or
 /// 16-bit file where ids are expected would silently become wrong ids.
+///
+/// Grey of fewer bits (1, 2, 4) is refused too: decoders scale it to 0..255, so the class 1 of a
+/// 1-bit mask would read as 255.
 pub fn read_gray(path: &Path) -> Result<GrayImage> {
-    match decode_within(path, DATASET_MAX_PIXELS)? {
-        DynamicImage::ImageLuma8(image) => Ok(image),
-        other => Err(DataError::LabelFormat {
+    match decode(path, DATASET_MAX_PIXELS)? {
+        (DynamicImage::ImageLuma8(image), ExtendedColorType::L8) => Ok(image),
+        (_, stored @ (ExtendedColorType::L1 | ExtendedColorType::L2 | ExtendedColorType::L4)) => {
+            Err(DataError::LabelFormat {
+                path: path.to_path_buf(),
+                found: format!("{stored:?}, whose values decoders rescale to 0-255"),
+            })
+        }
+        (other, _) => Err(DataError::LabelFormat {
             path: path.to_path_buf(),
             found: format!("{:?}", other.color()),
         }),

@@ -35,7 +35,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let road = segmenter
         .class_names()
         .iter()
-        .position(|name| name == "road")
+        .position(|&name| name == "road")
         .ok_or("these weights have no `road` class")?;
     for frame in frames {
         let image = load_rgb_image(frame)?;

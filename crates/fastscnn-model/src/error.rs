@@ -83,9 +83,9 @@ pub enum ModelError {
     /// An input the network cannot take: its rank, channels, size, dtype or device.
     #[error("{0}")]
     Input(String),
-    /// The model has no class, or more than a label map of bytes can hold.
+    /// The model has no class, or more than a label map of bytes holds below the ignore value 255.
     #[error(
-        "the model has {classes} classes; a label map of bytes holds 1 to 256 \
+        "the model has {classes} classes; a label map of bytes holds 1 to 255 \
          (FastScnn::predict gives u32 labels)"
     )]
     ClassCount {

@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use fastscnn_core::layers::{BatchNormMode, Mode, NormOptions};
 use fastscnn_core::ops::{resize_argmax, resize_bilinear};
 use fastscnn_cpu::ExecutionContext;
+use fastscnn_data::ClassTable;
 
 use crate::cpu_inference::CpuInference;
 use crate::error::{ModelError, Result};
@@ -80,6 +81,8 @@ pub struct FastScnn {
     feature_fusion: FeatureFusion,
     classifier: Classifier,
     aux_heads: Vec<(AuxSource, AuxHead)>,
+    /// The names and colours of the classes it scores.
+    classes: ClassTable,
     /// The fused CPU path `forward` and `predict` take for f32 CPU inputs; built from the weights
     /// above, so absent while they can still change (training, unfolded BatchNorm).
     cpu: Option<Arc<CpuInference>>,
@@ -138,6 +141,7 @@ impl FastScnn {
                 vb.pp("classifier"),
             )?,
             aux_heads,
+            classes: ClassTable::for_count(config.num_classes),
             cpu: None,
             context: None,
         })
@@ -160,6 +164,7 @@ impl FastScnn {
             Self::new(&config, norm, vb)
         })?;
         model.context = options.context.clone();
+        model.classes = weights.class_table()?;
         let fast_path = options.device.is_cpu()
             && options.dtype == DType::F32
             && options.batch_norm == BatchNormMode::Folded;
@@ -283,9 +288,28 @@ impl FastScnn {
         &self.config
     }
 
-    /// The classes the network scores.
+    /// The number of classes the network scores.
     pub fn num_classes(&self) -> usize {
         self.config.num_classes
+    }
+
+    /// The names and colours of the classes, in index order: the table the weights carry, or,
+    /// for weights without one, Cityscapes' for 19 classes and `class_N` otherwise.
+    pub fn classes(&self) -> &ClassTable {
+        &self.classes
+    }
+
+    /// The network with `classes` as its class table, which must have as many classes.
+    pub fn with_classes(mut self, classes: ClassTable) -> Result<Self> {
+        if classes.len() != self.num_classes() {
+            return Err(ModelError::Input(format!(
+                "a table of {} classes for a network of {}",
+                classes.len(),
+                self.num_classes()
+            )));
+        }
+        self.classes = classes;
+        Ok(self)
     }
 
     /// The auxiliary heads loaded, in the order of [`FastScnnStages::aux_logits`].

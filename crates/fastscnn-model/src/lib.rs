@@ -51,7 +51,7 @@ pub use preprocess::{
 };
 pub use segmenter::{ClassScores, LabelMap, RgbFrame, Segmenter, SegmenterOptions};
 pub use stages::{GlobalFeatureExtractor, LearningToDownsample};
-pub use weights::{WeightFile, WeightFormat, TRAINING_STATE_PREFIX};
+pub use weights::{WeightFile, WeightFormat, CLASS_TABLE_KEY, TRAINING_STATE_PREFIX};
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

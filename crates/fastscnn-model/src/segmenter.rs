@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use fastscnn_data::labels::{train_class_names, NUM_TRAIN_CLASSES};
 use fastscnn_data::palette::Palette;
+use fastscnn_data::{ClassTable, MAX_CLASSES};
 use image::{GrayImage, RgbImage};
 
 use crate::error::{ModelError, Result};
@@ -280,7 +280,6 @@ impl SegmenterOptions {
 #[derive(Debug, Clone)]
 pub struct Segmenter {
     model: FastScnn,
-    class_names: Vec<String>,
     palette: Palette,
     input_scale: f32,
     max_pixels: u64,
@@ -307,21 +306,16 @@ impl Segmenter {
     }
 
     /// A segmenter over a model already built, at full resolution, taking frames up to
-    /// [`DEFAULT_MAX_PIXELS`]. The model's classes must fit in a byte (1 to 256).
+    /// [`DEFAULT_MAX_PIXELS`]. The model's classes must fit in a byte below the ignore value
+    /// (1 to [`MAX_CLASSES`]).
     pub fn new(model: FastScnn) -> Result<Self> {
         let classes = model.num_classes();
-        if !(1..=256).contains(&classes) {
+        if !(1..=MAX_CLASSES).contains(&classes) {
             return Err(ModelError::ClassCount { classes });
         }
-        let class_names = if classes == NUM_TRAIN_CLASSES {
-            train_class_names().iter().map(|n| n.to_string()).collect()
-        } else {
-            (0..classes).map(|c| format!("class_{c}")).collect()
-        };
         Ok(Self {
+            palette: model.classes().palette(),
             model,
-            class_names,
-            palette: Palette::for_classes(classes),
             input_scale: 1.0,
             max_pixels: DEFAULT_MAX_PIXELS,
         })
@@ -346,13 +340,17 @@ impl Segmenter {
         &self.model
     }
 
-    /// The name of every class, in index order: Cityscapes' 19 for a 19-class model, `class_N`
-    /// otherwise.
-    pub fn class_names(&self) -> &[String] {
-        &self.class_names
+    /// The names and colours of the classes, in index order ([`FastScnn::classes`]).
+    pub fn classes(&self) -> &ClassTable {
+        self.model.classes()
     }
 
-    /// A colour for every class: Cityscapes' for 19 classes, a distinct one each otherwise.
+    /// The name of every class, in index order.
+    pub fn class_names(&self) -> Vec<&str> {
+        self.model.classes().names()
+    }
+
+    /// The classes' colours, as [`Segmenter::colorize`] and [`Segmenter::overlay`] draw them.
     pub fn palette(&self) -> &Palette {
         &self.palette
     }
@@ -669,7 +667,7 @@ mod tests {
 
     #[test]
     fn a_model_without_classes_or_with_too_many_is_refused() {
-        for classes in [0, 257] {
+        for classes in [0, 256] {
             let norm = NormOptions {
                 mode: BatchNormMode::Folded,
                 ..NormOptions::default()

@@ -15,6 +15,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::error::{ModelError, Result};
 use crate::layout::{WeightLayout, CLASSIFIER_KEY};
 use fastscnn_core::atomic_write::{write_durably, write_durably_new};
+use fastscnn_data::ClassTable;
 
 /// BatchNorm's step counter, stored by PyTorch but meaningless for inference.
 const IGNORED_SUFFIXES: &[&str] = &["num_batches_tracked"];
@@ -49,6 +50,9 @@ impl std::fmt::Display for WeightFormat {
         })
     }
 }
+
+/// The metadata key of a weight file's class table (its `classes.json`, in the object form).
+pub const CLASS_TABLE_KEY: &str = "class_table";
 
 /// The tensors of one checkpoint, keyed by their state_dict names.
 #[derive(Debug, Clone)]
@@ -214,6 +218,34 @@ impl WeightFile {
                 "`{key}` has shape {dims:?}, expected (classes, C, 1, 1)"
             ))),
         }
+    }
+
+    /// The classes the weights were trained on: the table in the metadata's `class_table`
+    /// (written by [`WeightFile::with_class_table`]) when there is one, with as many classes as
+    /// the classifier; otherwise [`ClassTable::for_count`] of the classifier's count (Cityscapes'
+    /// for 19).
+    pub fn class_table(&self) -> Result<ClassTable> {
+        let classes = self.num_classes()?;
+        let Some(json) = self.metadata.get(CLASS_TABLE_KEY) else {
+            return Ok(ClassTable::for_count(classes));
+        };
+        let corrupt = |why: String| ModelError::Corrupt {
+            path: self.path.clone(),
+            why: format!("metadata `{CLASS_TABLE_KEY}`: {why}"),
+        };
+        let table = ClassTable::from_json(json).map_err(corrupt)?;
+        if table.len() != classes {
+            return Err(corrupt(format!(
+                "{} classes, but the classifier has {classes}",
+                table.len()
+            )));
+        }
+        Ok(table)
+    }
+
+    /// These weights with `classes` in their metadata, saved with them.
+    pub fn with_class_table(self, classes: &ClassTable) -> Self {
+        self.with_metadata(CLASS_TABLE_KEY, classes.to_json())
     }
 
     /// Writes these tensors as safetensors (step counters already dropped) with metadata naming

@@ -1,5 +1,5 @@
-//! Scores weights on a Cityscapes split (the `leftImg8bit/` and `gtFine/` folders under ROOT):
-//! per-class IoU and their mean, as cityscapesScripts computes them.
+//! Scores weights on a split of a dataset (Cityscapes' layout, or a folder dataset with its
+//! `classes.json`): per-class IoU and their mean, as cityscapesScripts computes them.
 //!
 //! ```sh
 //! cargo run --release -p fastscnn-train --example evaluate -- WEIGHTS ROOT [SPLIT]
@@ -9,7 +9,7 @@ use std::error::Error;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fastscnn_data::{discover, DiscoverOptions, Loader, LoaderConfig};
+use fastscnn_data::{Dataset, DiscoverOptions, Loader, LoaderConfig};
 use fastscnn_model::{Device, FastScnn, LoadOptions};
 use fastscnn_train::evaluate;
 
@@ -32,7 +32,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         _ => return Err("usage: evaluate WEIGHTS ROOT [SPLIT]".into()),
     };
     let model = FastScnn::from_file(weights, &LoadOptions::default())?;
-    let discovery = discover(Path::new(root), split, DiscoverOptions::default())?;
+    let dataset = Dataset::open(Path::new(root), None)?;
+    let discovery = dataset.discover(split, DiscoverOptions::default())?;
     // One image a batch at full resolution, decoded by two threads ahead of the network.
     let config = LoaderConfig {
         workers: 2,
@@ -40,7 +41,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         ..LoaderConfig::evaluation(1, 1.0)
     };
     let loader = Loader::new(discovery.samples, config)?;
-    let evaluation = evaluate(&model, &loader, &Device::Cpu, || {})?;
+    let evaluation = evaluate(&model, &loader, dataset.classes(), &Device::Cpu, || {})?;
     // A class absent from both the labels and the predictions has no IoU (NaN): not scored.
     for (name, iou) in evaluation.named_class_iou() {
         if iou.is_nan() {

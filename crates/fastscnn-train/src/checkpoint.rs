@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use fastscnn_core::atomic_write::write_durably;
-use fastscnn_model::{WeightFile, TRAINING_STATE_PREFIX};
+use fastscnn_data::ClassTable;
+use fastscnn_model::{WeightFile, CLASS_TABLE_KEY, TRAINING_STATE_PREFIX};
 
 use crate::error::{Result, TrainError};
 use crate::TrainConfig;
@@ -47,8 +48,8 @@ pub struct CheckpointWeights<'a> {
     pub tensors: HashMap<String, Tensor>,
     /// The name of the weight layout (`reference` or `openmmlab`), saved in the metadata.
     pub layout: &'a str,
-    /// The number of classes the classifier outputs, saved in the metadata.
-    pub classes: usize,
+    /// The classes the classifier outputs: their count and table are saved in the metadata.
+    pub classes: &'a ClassTable,
     /// Iterations done when the weights were taken.
     pub step: u64,
     /// The validation mIoU at this step, when the run validates.
@@ -59,7 +60,8 @@ impl CheckpointWeights<'_> {
     fn metadata(&self) -> HashMap<String, String> {
         let mut metadata = HashMap::from([
             ("layout".to_string(), self.layout.to_string()),
-            ("classes".to_string(), self.classes.to_string()),
+            ("classes".to_string(), self.classes.len().to_string()),
+            (CLASS_TABLE_KEY.to_string(), self.classes.to_json()),
             ("source".to_string(), "fastscnn train".to_string()),
             ("step".to_string(), self.step.to_string()),
         ]);

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use fastscnn_data::AugmentConfig;
+use fastscnn_data::{AugmentConfig, DatasetFormat};
 use fastscnn_model::WeightLayout;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Weights the run started from, if any.
     pub init: Option<PathBuf>,
+    /// The dataset layout, `cityscapes` or `folder`; `None` tells it from the root. Recipes
+    /// saved without it read as `None`.
+    #[serde(default)]
+    pub dataset_format: Option<String>,
 }
 
 impl TrainConfig {
@@ -77,7 +81,16 @@ impl TrainConfig {
             val_every: 1000,
             log_every: 10,
             init: None,
+            dataset_format: None,
         }
+    }
+
+    /// The dataset layout asked for; `None`: told from the root.
+    pub fn dataset_format(&self) -> Result<Option<DatasetFormat>> {
+        self.dataset_format
+            .as_deref()
+            .map(|name| name.parse().map_err(TrainError::Config))
+            .transpose()
     }
 
     /// Refuses a recipe that cannot run or would run out of memory, before anything is built:
@@ -88,6 +101,7 @@ impl TrainConfig {
             .layout
             .parse::<WeightLayout>()
             .map_err(TrainError::Config)?;
+        self.dataset_format()?;
         fastscnn_data::dataset::check_split_name(&self.train_split)?;
         if let Some(split) = &self.val_split {
             fastscnn_data::dataset::check_split_name(split)?;

@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use fastscnn_data::labels::{train_class_names, train_id_categories, CATEGORY_NAMES};
-use fastscnn_data::{Loader, IGNORE_TRAIN_ID, NUM_TRAIN_CLASSES};
+use fastscnn_data::labels::{train_id_categories, CATEGORY_NAMES};
+use fastscnn_data::{ClassTable, Loader, IGNORE_TRAIN_ID};
 use fastscnn_model::FastScnn;
 
 use crate::metrics::{nan_mean, ConfusionMatrix, MetricsError};
@@ -17,13 +17,12 @@ use crate::metrics::{nan_mean, ConfusionMatrix, MetricsError};
 /// Why an evaluation stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    /// Returned before any image is read when the model does not output the Cityscapes train
-    /// classes.
-    #[error("the weights classify {model} classes, but Cityscapes is scored on {dataset}")]
+    /// Returned before any image is read when the model does not score the dataset's classes.
+    #[error("the weights classify {model} classes, but the dataset's labels have {dataset}")]
     ClassCount {
         /// The number of classes the model outputs.
         model: usize,
-        /// The number of classes the benchmark scores (19).
+        /// The number of classes of the dataset.
         dataset: usize,
     },
     /// Returned when a batch of the split comes without labels.
@@ -68,8 +67,10 @@ impl From<candle_core::Error> for EvalError {
 /// What one pass over a split measured.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
-    /// Over the 19 train ids, ignore pixels left out.
+    /// Over the dataset's classes, ignored pixels left out.
     pub confusion: ConfusionMatrix,
+    /// The classes scored, in index order.
+    pub classes: ClassTable,
     /// The number of images scored.
     pub images: usize,
     /// Time in the model (forward, resize, argmax), not in loading.
@@ -77,8 +78,8 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// IoU of each of the 19 classes in train-id order; NaN for a class in neither the labels
-    /// nor the predictions.
+    /// IoU of each class in index order; NaN for a class in neither the labels nor the
+    /// predictions.
     pub fn per_class_iou(&self) -> Vec<f64> {
         self.confusion.per_class_iou()
     }
@@ -88,16 +89,25 @@ impl Evaluation {
         self.confusion.mean_iou()
     }
 
-    /// IoU of each of the seven categories, from the category-level confusion matrix.
-    pub fn per_category_iou(&self) -> Vec<f64> {
-        self.confusion
-            .grouped(&train_id_categories(), CATEGORY_NAMES.len())
-            .per_class_iou()
+    /// Whether the classes are Cityscapes' 19, which group into its seven categories.
+    pub fn has_categories(&self) -> bool {
+        self.classes == ClassTable::cityscapes()
     }
 
-    /// The benchmark's category mIoU: the mean of the defined category IoUs.
-    pub fn category_mean_iou(&self) -> f64 {
-        nan_mean(&self.per_category_iou())
+    /// IoU of each of Cityscapes' seven categories, from the category-level confusion matrix;
+    /// `None` for other classes.
+    pub fn per_category_iou(&self) -> Option<Vec<f64>> {
+        self.has_categories().then(|| {
+            self.confusion
+                .grouped(&train_id_categories(), CATEGORY_NAMES.len())
+                .per_class_iou()
+        })
+    }
+
+    /// The benchmark's category mIoU: the mean of the defined category IoUs; `None` for classes
+    /// other than Cityscapes'.
+    pub fn category_mean_iou(&self) -> Option<f64> {
+        self.per_category_iou().map(|iou| nan_mean(&iou))
     }
 
     /// Correctly classified pixels over scored pixels, ignore pixels left out; NaN when none
@@ -111,20 +121,19 @@ impl Evaluation {
         self.images as f64 / self.model_time.as_secs_f64().max(f64::MIN_POSITIVE)
     }
 
-    /// (class name, IoU) in train-id order.
-    pub fn named_class_iou(&self) -> Vec<(&'static str, f64)> {
-        train_class_names()
+    /// (class name, IoU) in index order.
+    pub fn named_class_iou(&self) -> Vec<(&str, f64)> {
+        self.classes
+            .names()
             .into_iter()
             .zip(self.per_class_iou())
             .collect()
     }
 
-    /// (category name, IoU) in category order.
-    pub fn named_category_iou(&self) -> Vec<(&'static str, f64)> {
-        CATEGORY_NAMES
-            .into_iter()
-            .zip(self.per_category_iou())
-            .collect()
+    /// (category name, IoU) in category order; `None` for classes other than Cityscapes'.
+    pub fn named_category_iou(&self) -> Option<Vec<(&'static str, f64)>> {
+        self.per_category_iou()
+            .map(|iou| CATEGORY_NAMES.into_iter().zip(iou).collect())
     }
 }
 
@@ -133,16 +142,18 @@ impl Evaluation {
 pub fn evaluate(
     model: &FastScnn,
     loader: &Loader,
+    classes: &ClassTable,
     device: &Device,
     mut on_image: impl FnMut(),
 ) -> Result<Evaluation, EvalError> {
-    if model.num_classes() != NUM_TRAIN_CLASSES {
+    if model.num_classes() != classes.len() {
         return Err(EvalError::ClassCount {
             model: model.num_classes(),
-            dataset: NUM_TRAIN_CLASSES,
+            dataset: classes.len(),
         });
     }
-    let mut confusion = ConfusionMatrix::new(NUM_TRAIN_CLASSES, IGNORE_TRAIN_ID as u32);
+    // Every loaded label marks ignored pixels with 255, whatever the dataset's own value.
+    let mut confusion = ConfusionMatrix::new(classes.len(), IGNORE_TRAIN_ID as u32);
     let mut images = 0;
     let mut model_time = Duration::ZERO;
     for batch in loader.epoch(0) {
@@ -183,6 +194,7 @@ pub fn evaluate(
     }
     Ok(Evaluation {
         confusion,
+        classes: classes.clone(),
         images,
         model_time,
     })
@@ -190,6 +202,8 @@ pub fn evaluate(
 
 #[cfg(test)]
 mod tests {
+    use fastscnn_data::NUM_TRAIN_CLASSES;
+
     use super::*;
 
     #[test]
@@ -199,14 +213,24 @@ mod tests {
         confusion.update(&[1u8, 0], &[0u8, 0]).unwrap();
         let e = Evaluation {
             confusion,
+            classes: ClassTable::cityscapes(),
             images: 1,
             model_time: Duration::from_millis(500),
         };
         assert!((e.per_class_iou()[0] - 0.5).abs() < 1e-12);
         assert_eq!(e.per_class_iou()[1], 0.0);
-        assert_eq!(e.named_category_iou()[0], ("flat", 1.0));
-        assert!(e.per_category_iou()[1..].iter().all(|v| v.is_nan()));
-        assert_eq!(e.category_mean_iou(), 1.0);
+        assert_eq!(e.named_category_iou().unwrap()[0], ("flat", 1.0));
+        assert!(e.per_category_iou().unwrap()[1..]
+            .iter()
+            .all(|v| v.is_nan()));
+        assert_eq!(e.category_mean_iou(), Some(1.0));
+        let other = Evaluation {
+            classes: ClassTable::for_count(NUM_TRAIN_CLASSES + 1),
+            confusion: ConfusionMatrix::new(NUM_TRAIN_CLASSES + 1, 255),
+            ..e
+        };
+        assert!(other.named_category_iou().is_none() && other.category_mean_iou().is_none());
+        assert_eq!(other.named_class_iou()[19].0, "class_19");
         assert!((e.fps() - 2.0).abs() < 1e-9);
     }
 }

@@ -91,6 +91,43 @@ impl TrainableModel {
     /// `allow_missing` (e.g. auxiliary heads absent from published weights); a shape mismatch is
     /// always an error.
     pub fn load(&self, weights: &WeightFile, allow_missing: bool) -> crate::Result<usize> {
+        Ok(self.load_parts(weights, allow_missing, false)?.0)
+    }
+
+    /// Starts fine-tuning from `weights`, which may classify other classes (another count, or
+    /// other names): every variable is loaded (those the file lacks keep their fresh values)
+    /// but, for other classes, the classifying layers — the classifier's and the auxiliary
+    /// heads' last convolution, whose first dimension is the class count — which keep their
+    /// fresh initialisation. Returns the keys of the tensors left re-initialised, in the file's
+    /// layout.
+    pub fn load_for_fine_tuning(&self, weights: &WeightFile) -> crate::Result<Vec<String>> {
+        Ok(self.load_parts(weights, true, true)?.1)
+    }
+
+    fn load_parts(
+        &self,
+        weights: &WeightFile,
+        allow_missing: bool,
+        new_classes: bool,
+    ) -> crate::Result<(usize, Vec<String>)> {
+        // Weights without a classifier (a backbone) have no classes to compare.
+        let file_table = weights.class_table().ok();
+        let classes = self.model.classes();
+        // The weights' classifying layers are not for these classes: another count, or other
+        // names (Cityscapes' 19 for weights without a table).
+        let other_classes = file_table
+            .as_ref()
+            .is_some_and(|t| t.len() != classes.len() || t.names() != classes.names());
+        let file_classes = file_table.as_ref().map_or(0, |t| t.len());
+        // A classifying layer: the class count first, the rest of the shape as the model's.
+        let classifying = |file: &[usize], model: &[usize]| {
+            new_classes
+                && other_classes
+                && file.first() == Some(&file_classes)
+                && model.first() == Some(&classes.len())
+                && file[1..] == model[1..]
+        };
+        let mut reinitialised = Vec::new();
         let file_layout = weights.layout()?;
         let layout = self.model.config().layout;
         if file_layout != layout {
@@ -107,6 +144,7 @@ impl TrainableModel {
                     var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
                     loaded += 1;
                 }
+                Some(t) if classifying(t.dims(), var.dims()) => reinitialised.push(key),
                 Some(t) => {
                     return Err(checkpoint_error(
                         weights,
@@ -121,7 +159,7 @@ impl TrainableModel {
                 None => return Err(checkpoint_error(weights, format!("missing tensor `{key}`"))),
             }
         }
-        Ok(loaded)
+        Ok((loaded, reinitialised))
     }
 }
 

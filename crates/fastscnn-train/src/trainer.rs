@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use fastscnn_data::{
-    discover, Batches, DiscoverOptions, Loader, LoaderConfig, IGNORE_TRAIN_ID, NUM_TRAIN_CLASSES,
-};
+use fastscnn_data::{Batches, Dataset, DiscoverOptions, Loader, LoaderConfig, IGNORE_TRAIN_ID};
 use fastscnn_model::{FastScnnConfig, WeightFile};
 use serde::Serialize;
 
@@ -94,6 +92,7 @@ pub struct Trainer {
     step: u64,
     best_miou: Option<f64>,
     last_checkpoint: u64,
+    reinitialised: Vec<String>,
 }
 
 impl Trainer {
@@ -119,9 +118,9 @@ impl Trainer {
         }
         // Lines of an earlier start that never reached a checkpoint.
         run_dir.trim_logs(0)?;
-        let trainer = Self::build(config, runtime, run_dir)?;
+        let mut trainer = Self::build(config, runtime, run_dir)?;
         if let Some(weights) = init {
-            trainer.model.load(&weights, true)?;
+            trainer.reinitialised = trainer.model.load_for_fine_tuning(&weights)?;
         }
         Ok(trainer)
     }
@@ -146,6 +145,19 @@ impl Trainer {
             })?;
         run_dir.trim_logs(saved.step)?;
         let mut trainer = Self::build(saved.config, runtime, run_dir)?;
+        // Colours and the masks' ignore value may change between runs; the classes may not.
+        let saved_classes = saved.weights.class_table()?;
+        if saved_classes.names() != trainer.model.model.classes().names() {
+            return Err(TrainError::Checkpoint {
+                path: trainer.runtime.run_dir.join(LAST),
+                why: format!(
+                    "the run trained on the classes {:?}, but the dataset at {} has {:?}",
+                    saved_classes.names(),
+                    trainer.runtime.dataset_root.display(),
+                    trainer.model.model.classes().names()
+                ),
+            });
+        }
         trainer.model.load(&saved.weights, false)?;
         trainer
             .optimizer
@@ -162,16 +174,17 @@ impl Trainer {
 
     fn build(config: TrainConfig, runtime: Runtime, run_dir: RunDir) -> Result<Self> {
         let layout = config.validate(runtime.max_batch_pixels)?;
-        // Training uses every auxiliary head of the preset.
-        let model_config: FastScnnConfig = layout.config(NUM_TRAIN_CLASSES);
-        let model = TrainableModel::new(&model_config, &runtime.device, config.seed)?;
+        let dataset = Dataset::open(&runtime.dataset_root, config.dataset_format()?)?;
+        // Training uses every auxiliary head of the preset, for the dataset's classes.
+        let model_config: FastScnnConfig = layout.config(dataset.classes().len());
+        let mut model = TrainableModel::new(&model_config, &runtime.device, config.seed)?;
+        model.model = model
+            .model
+            .clone()
+            .with_classes(dataset.classes().clone())?;
         let optimizer = Sgd::new(model.params(), config.momentum, config.weight_decay);
 
-        let train = discover(
-            &runtime.dataset_root,
-            &config.train_split,
-            DiscoverOptions::default(),
-        )?;
+        let train = dataset.discover(&config.train_split, DiscoverOptions::default())?;
         let loader = Loader::new(
             fill_one_batch(train.samples, config.batch_size),
             LoaderConfig {
@@ -182,7 +195,7 @@ impl Trainer {
         )?;
         let val_loader = match &config.val_split {
             Some(split) => {
-                let val = discover(&runtime.dataset_root, split, DiscoverOptions::default())?;
+                let val = dataset.discover(split, DiscoverOptions::default())?;
                 Some(Loader::new(
                     val.samples,
                     LoaderConfig {
@@ -222,6 +235,7 @@ impl Trainer {
             step: 0,
             best_miou: None,
             last_checkpoint: 0,
+            reinitialised: Vec::new(),
         })
     }
 
@@ -233,6 +247,13 @@ impl Trainer {
     /// Iterations done so far.
     pub fn step(&self) -> u64 {
         self.step
+    }
+
+    /// The tensors of the `init` weights left re-initialised, in their file's key names: the
+    /// classifying layers when the weights classify another number of classes than the
+    /// dataset's. Empty otherwise, and for a resumed run.
+    pub fn reinitialised(&self) -> &[String] {
+        &self.reinitialised
     }
 
     /// The model being trained.
@@ -331,17 +352,19 @@ impl Trainer {
 
         let mut miou = None;
         if let Some(val) = &self.val_loader {
-            let evaluation = match evaluate(&self.model.model, val, &self.runtime.device, || {}) {
-                Ok(evaluation) => evaluation,
-                Err(error) => {
-                    // A validation frame that cannot be read must not cost the training done.
-                    self.save_last(None)?;
-                    return Err(TrainError::Validation {
-                        step: self.step,
-                        cause: error,
-                    });
-                }
-            };
+            let model = &self.model.model;
+            let evaluation =
+                match evaluate(model, val, model.classes(), &self.runtime.device, || {}) {
+                    Ok(evaluation) => evaluation,
+                    Err(error) => {
+                        // A validation frame that cannot be read must not cost the training done.
+                        self.save_last(None)?;
+                        return Err(TrainError::Validation {
+                            step: self.step,
+                            cause: error,
+                        });
+                    }
+                };
             let value = evaluation.mean_iou();
             self.log_validation(&evaluation)?;
             on_event(Event::Validation {
@@ -374,11 +397,11 @@ impl Trainer {
         Ok(path)
     }
 
-    fn checkpoint_weights(&self, miou: Option<f64>) -> Result<CheckpointWeights<'static>> {
+    fn checkpoint_weights(&self, miou: Option<f64>) -> Result<CheckpointWeights<'_>> {
         Ok(CheckpointWeights {
             tensors: self.model.layout_tensors()?,
             layout: self.model.model.config().layout.name(),
-            classes: NUM_TRAIN_CLASSES,
+            classes: self.model.model.classes(),
             step: self.step,
             miou,
         })
