@@ -26,6 +26,15 @@ pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
             dataset.classes().len()
         );
     }
+    if model.classes().names() != dataset.classes().names() {
+        eprintln!(
+            "note: {} classifies {}, the dataset's labels are {}; the scores use the dataset's \
+             names",
+            weights_path.display(),
+            model.classes().names().join(", "),
+            dataset.classes().names().join(", ")
+        );
+    }
     let discovery = dataset.discover(&args.split, DiscoverOptions::default())?;
     if let Some(dest) = &args.json {
         let mut roles = FileRoles::default();

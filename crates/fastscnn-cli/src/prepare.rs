@@ -2,6 +2,7 @@
 //! masks already hold class indices, a check of its classes and pairs and a report.
 
 use anyhow::{bail, Result};
+use fastscnn_data::folder::MASKS_FOLDER;
 use fastscnn_data::prepare::{label_id_files, label_splits, prepare_train_ids, PrepareReport};
 use fastscnn_data::{Dataset, DatasetFormat, DiscoverOptions};
 
@@ -64,12 +65,19 @@ fn check_folder(args: &PrepareArgs) -> Result<()> {
     }
     let mut counts = Vec::new();
     for split in &splits {
-        let found = dataset.discover(split, DiscoverOptions::default())?;
-        counts.push(format!("{split} {}", found.samples.len()));
+        // A split without masks (a test split) is listed as such.
+        let labelled = args.dataset_root.join(MASKS_FOLDER).join(split).is_dir();
+        let options = DiscoverOptions {
+            require_labels: labelled,
+            ..DiscoverOptions::default()
+        };
+        let found = dataset.discover(split, options)?;
+        let unlabelled = if labelled { "" } else { " (no masks)" };
+        counts.push(format!("{split} {}{unlabelled}", found.samples.len()));
     }
     println!(
         "folder dataset of {} classes ({}): masks already hold class indices, nothing to \
-         write; images with masks: {}",
+         write; images: {}",
         dataset.classes().len(),
         dataset.classes().names().join(", "),
         counts.join(", ")

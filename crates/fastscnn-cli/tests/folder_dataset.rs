@@ -111,7 +111,7 @@ fn trains_evaluates_and_segments_with_its_own_classes() {
         .success();
     let report = String::from_utf8(prepared.get_output().stdout.clone()).unwrap();
     assert!(
-        report.contains("folder dataset of 7 classes") && report.contains("train 1, val 1"),
+        report.contains("folder dataset of 7 classes") && report.contains("images: train 1, val 1"),
         "{report}"
     );
 
@@ -231,6 +231,26 @@ fn nineteen_class_weights_fine_tune_to_seven() {
 #[test]
 fn broken_folder_datasets_fail_in_one_line() {
     let Some((dir, root)) = setup() else { return };
+    // A split without masks is fine for prepare, which says so.
+    let test_split = root.join("images/test");
+    std::fs::create_dir_all(&test_split).unwrap();
+    std::fs::copy(
+        root.join(format!("images/val/city/{FRAME}.jpg")),
+        test_split.join("a.jpg"),
+    )
+    .unwrap();
+    let prepared = fastscnn()
+        .arg("prepare")
+        .arg("--dataset-root")
+        .arg(&root)
+        .assert()
+        .success();
+    let report = String::from_utf8(prepared.get_output().stdout.clone()).unwrap();
+    assert!(
+        report.contains("test 1 (no masks), train 1, val 1"),
+        "{report}"
+    );
+
     let orphan = root.join("masks/train/city/lost.png");
     std::fs::copy(root.join(format!("masks/train/city/{FRAME}.png")), &orphan).unwrap();
     assert_clean_failure(

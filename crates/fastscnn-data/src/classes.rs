@@ -30,8 +30,9 @@ pub struct ClassTable {
     ignore_index: u8,
 }
 
-/// The most classes a table holds: class indices are bytes, and the loader marks ignored pixels
-/// with 255 whatever a dataset's own ignore value is.
+/// The most classes a dataset's table holds ([`ClassTable::new`], `classes.json`): class indices
+/// are bytes, and the loader marks ignored pixels with 255 whatever a dataset's own ignore value
+/// is.
 pub const MAX_CLASSES: usize = 255;
 
 impl ClassTable {
@@ -67,13 +68,13 @@ impl ClassTable {
 
     /// The table of a model that says nothing of its classes: Cityscapes' for 19 classes, as
     /// every public Fast-SCNN checkpoint of 19 classes is; otherwise `class_0`, `class_1`, …
-    /// in the distinct colours of [`Palette::for_classes`]. `classes` is clamped to 1 to
-    /// [`MAX_CLASSES`].
+    /// in the distinct colours of [`Palette::for_classes`] (classes past the 255th, which no
+    /// label map of bytes holds, are named but drawn black). At least one class.
     pub fn for_count(classes: usize) -> Self {
         if classes == NUM_TRAIN_CLASSES {
             return Self::cityscapes();
         }
-        let classes = classes.clamp(1, MAX_CLASSES);
+        let classes = classes.max(1);
         Self {
             classes: (0..classes)
                 .map(|c| ClassInfo {

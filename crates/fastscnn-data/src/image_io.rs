@@ -100,9 +100,28 @@ fn decode(path: &Path, max_pixels: u64) -> Result<(DynamicImage, ExtendedColorTy
     Ok((image, stored))
 }
 
-/// Width and height from the file's header, without decoding the pixels.
+/// Width and height from the file's header, without decoding the pixels: as [`decode_within`]
+/// returns the image, turned upright by its EXIF orientation (a quarter turn swaps them), so
+/// that a label drawn on the upright photo matches it.
 pub fn image_size(path: &Path) -> Result<(u32, u32)> {
-    image::image_dimensions(path).map_err(|e| read_error(path, e))
+    use image::metadata::Orientation;
+    let reader = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| io_error(path, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| read_error(path, e))?;
+    let (width, height) = decoder.dimensions();
+    let quarter_turn = matches!(
+        decoder.orientation(),
+        Ok(Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH)
+    );
+    Ok(if quarter_turn {
+        (height, width)
+    } else {
+        (width, height)
+    })
 }
 
 /// Any image the `image` crate reads within [`DATASET_MAX_PIXELS`], as 8-bit RGB.
@@ -200,6 +219,43 @@ mod tests {
             }
         ));
         assert!(err.to_string().starts_with(&path.display().to_string()));
+    }
+
+    /// `jpeg` with an EXIF segment holding only an orientation tag.
+    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+        tiff.extend(orientation.to_le_bytes());
+        tiff.extend([0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(((app1.len() + 2) as u16).to_be_bytes());
+        out.extend(app1);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn the_size_is_the_upright_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let jpeg = jpeg_bytes(64, 48);
+        for (orientation, size) in [(1, (64, 48)), (3, (64, 48)), (6, (48, 64)), (8, (48, 64))] {
+            let path = dir.path().join(format!("o{orientation}.jpg"));
+            std::fs::write(&path, with_orientation(&jpeg, orientation)).unwrap();
+            assert_eq!(
+                image_size(&path).unwrap(),
+                size,
+                "orientation {orientation}"
+            );
+            assert_eq!(
+                {
+                    let image = decode_within(&path, 1 << 20).unwrap();
+                    (image.width(), image.height())
+                },
+                size
+            );
+        }
     }
 
     #[test]
