@@ -1,0 +1,199 @@
+//! Frames into ffmpeg: raw RGB on a pipe, encoded as H.264 into a temporary file beside the
+//! output, which takes the output's name only once the video is whole.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::thread::JoinHandle;
+
+use image::RgbImage;
+
+use crate::error::{Result, VideoError};
+use crate::ffmpeg::{first_line, FrameRate};
+
+/// A video being written. Frames go in with [`VideoWriter::write`]; [`VideoWriter::finish`]
+/// ends the stream and moves the file into place. Dropped unfinished, it leaves nothing behind.
+pub struct VideoWriter {
+    output: PathBuf,
+    temp: Option<tempfile::TempPath>,
+    width: u32,
+    height: u32,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    frames: u64,
+}
+
+impl VideoWriter {
+    pub(crate) fn start(
+        ffmpeg: &Path,
+        output: &Path,
+        width: u32,
+        height: u32,
+        frame_rate: FrameRate,
+    ) -> Result<Self> {
+        if output.exists() {
+            return Err(VideoError::Exists {
+                path: output.to_path_buf(),
+            });
+        }
+        let io_error = |e: std::io::Error| VideoError::Io {
+            path: output.to_path_buf(),
+            why: e.to_string(),
+        };
+        let dir = match output.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        // The temporary file keeps the output's extension: ffmpeg picks the container by it.
+        let suffix = output
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        let temp = tempfile::Builder::new()
+            .prefix(".fastscnn-video-")
+            .suffix(&suffix)
+            .tempfile_in(dir)
+            .map_err(io_error)?
+            .into_temp_path();
+        // ffmpeg creates the file itself, with the permissions any new file gets (the
+        // placeholder's are private); the name stays reserved to `temp`, removed if unfinished.
+        std::fs::remove_file(&temp).map_err(io_error)?;
+        let mut command = Command::new(ffmpeg);
+        command
+            .args([
+                "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            ])
+            .arg("-s")
+            .arg(format!("{width}x{height}"))
+            .arg("-framerate")
+            .arg(frame_rate.to_ffmpeg())
+            .args(["-i", "pipe:0", "-an"])
+            // 4:2:0 chroma needs even sides: an odd row or column is padded.
+            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"])
+            .args([
+                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+            ]);
+        if suffix.eq_ignore_ascii_case(".mp4") || suffix.eq_ignore_ascii_case(".mov") {
+            // The index at the front: the video plays while it downloads.
+            command.args(["-movflags", "+faststart"]);
+        }
+        let mut child = command
+            .arg(&temp)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| VideoError::Program {
+                program: ffmpeg.to_path_buf(),
+                why: format!("cannot run: {e}"),
+            })?;
+        let stdin = child.stdin.take();
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            text
+        });
+        Ok(Self {
+            output: output.to_path_buf(),
+            temp: Some(temp),
+            width,
+            height,
+            child,
+            stdin,
+            stderr: Some(stderr),
+            frames: 0,
+        })
+    }
+
+    /// The file the video will have once finished.
+    pub fn output(&self) -> &Path {
+        &self.output
+    }
+
+    /// Frames written so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Appends one frame, of the video's size.
+    pub fn write(&mut self, frame: &RgbImage) -> Result<()> {
+        if frame.dimensions() != (self.width, self.height) {
+            return Err(VideoError::FrameSize {
+                output: self.output.clone(),
+                width: self.width,
+                height: self.height,
+                got_width: frame.width(),
+                got_height: frame.height(),
+            });
+        }
+        let stdin = self.stdin.as_mut().expect("open until finish");
+        if let Err(e) = stdin.write_all(frame.as_raw()) {
+            // The encoder went away: its own message says why.
+            self.stdin = None;
+            let _ = self.child.wait();
+            let stderr = self.stderr.take().and_then(|t| t.join().ok());
+            let why = stderr
+                .filter(|s| !s.is_empty())
+                .map_or_else(|| e.to_string(), |s| first_line(&s));
+            return Err(self.encode_error(why));
+        }
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Ends the video and gives it its name (never over a file that appeared meanwhile); returns
+    /// that name.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| self.encode_error(e.to_string()))?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        if !status.success() {
+            return Err(self.encode_error(first_line(&stderr)));
+        }
+        let temp = self.temp.take().expect("present until finished");
+        let io_error = |path: &Path, e: std::io::Error| VideoError::Io {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        };
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error(&temp, e))?;
+        temp.persist_noclobber(&self.output).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                VideoError::Exists {
+                    path: self.output.clone(),
+                }
+            } else {
+                io_error(&self.output, e.error)
+            }
+        })?;
+        Ok(self.output.clone())
+    }
+
+    fn encode_error(&self, why: String) -> VideoError {
+        VideoError::Encode {
+            output: self.output.clone(),
+            why,
+        }
+    }
+}
+
+impl Drop for VideoWriter {
+    fn drop(&mut self) {
+        if self.temp.is_some() {
+            // Unfinished: stop the encoder; the temporary file goes with `temp`.
+            drop(self.stdin.take());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
