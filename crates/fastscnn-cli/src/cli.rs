@@ -216,9 +216,23 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct SegmentArgs {
-    /// Images, folders (every .png/.jpg/.jpeg inside) or glob patterns such as 'frames/*.png'.
-    #[arg(required = true, value_name = "INPUT")]
+    /// Images, videos (.mp4, .mkv, .webm, .mov, .avi), folders (every .png/.jpg/.jpeg inside)
+    /// or glob patterns such as 'frames/*.png'.
+    #[arg(required_unless_present = "stream", value_name = "INPUT")]
     pub inputs: Vec<String>,
+    /// Also segment this capture device or stream, as ffmpeg names it (`/dev/video0`,
+    /// `rtsp://…`); its outputs are named `stream_*`.
+    #[arg(long, value_name = "SPEC")]
+    pub stream: Option<String>,
+    /// Of a video or stream, segment every Nth frame (the first, the N+1th, …).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub every: u64,
+    /// Of a video or stream, segment at most this many frames.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_frames: Option<u64>,
+    /// Write the videos' frame count, wall fps and each stage's mean ms per frame as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
     #[command(flatten)]
     pub weights: WeightsArgs,
     #[command(flatten)]

@@ -12,6 +12,7 @@ mod prepare;
 mod progress;
 mod segment;
 mod train;
+mod video;
 mod weights;
 
 use std::process::ExitCode;

@@ -12,3 +12,10 @@ pub fn bar(len: usize, unit: &str) -> ProgressBar {
         .progress_chars("=> ");
     ProgressBar::new(len as u64).with_style(style)
 }
+
+/// A count of `unit` for a run of unknown length (a video, a stream), after its message.
+pub fn spinner(unit: &str) -> ProgressBar {
+    let template = format!("{{spinner}} {{msg}} {{pos}} {unit} ({{elapsed}})");
+    let style = ProgressStyle::with_template(&template).expect("the template is valid");
+    ProgressBar::new_spinner().with_style(style)
+}

@@ -9,12 +9,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
 use fastscnn_data::{label_id_image, train_id_image, ClassTable, Palette, NUM_TRAIN_CLASSES};
-use fastscnn_model::{image_to_tensor, load_rgb_image_within, resize_image, ExecutionContext};
+use fastscnn_model::{
+    image_to_tensor, load_rgb_image_within, resize_image, ExecutionContext, Segmenter,
+};
 use image::{ImageFormat, RgbImage};
 
 use crate::cli::{OutputFormat, SegmentArgs};
 use crate::file_roles::FileRoles;
-use crate::{device, inputs, progress, weights};
+use crate::{device, inputs, progress, video, weights};
 
 const CONCRETE_FORMATS: [OutputFormat; 4] = [
     OutputFormat::Color,
@@ -24,16 +26,40 @@ const CONCRETE_FORMATS: [OutputFormat; 4] = [
 ];
 
 pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
-    let images = inputs::expand(&args.inputs)?;
+    let (videos, images): (Vec<PathBuf>, Vec<PathBuf>) = if args.inputs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        inputs::expand(&args.inputs)?
+            .into_iter()
+            .partition(|p| video::is_video(p))
+    };
     for (flag, given) in [
         ("--probs", args.probs.is_some()),
         ("--save-logits", args.save_logits.is_some()),
     ] {
-        if given && images.len() != 1 {
-            bail!("{flag} takes exactly one input image, got {}", images.len());
+        if given && (images.len() != 1 || !videos.is_empty() || args.stream.is_some()) {
+            bail!(
+                "{flag} takes exactly one input image, got {} image(s) and {} video(s)",
+                images.len(),
+                videos.len() + usize::from(args.stream.is_some())
+            );
+        }
+    }
+    let has_video = !videos.is_empty() || args.stream.is_some();
+    for (flag, given) in [
+        ("--every", args.every != 1),
+        ("--max-frames", args.max_frames.is_some()),
+        ("--stats", args.stats.is_some()),
+    ] {
+        if given && !has_video {
+            bail!("{flag}: no video or --stream to take frames of");
         }
     }
     let stems = output_stems(&images)?;
+    let video_stems = output_stems(&videos)?;
+    if let Some(stem) = video_stems.iter().find(|s| stems.contains(s)) {
+        bail!("an image and a video are both named `{stem}`, their outputs would be confused");
+    }
     let formats = formats(&args.format);
     if args.overlay_alpha.is_some() && !formats.contains(&OutputFormat::Overlay) {
         bail!("--overlay-alpha: no overlay is written; add --format overlay");
@@ -71,6 +97,24 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
             roles.output(&dest, format!("the {} output", suffix(*format)))?;
         }
     }
+    for path in &videos {
+        roles.input(path, format!("input {}", path.display()));
+    }
+    let stream_stem = args.stream.as_ref().map(|_| "stream".to_string());
+    for stem in video_stems.iter().chain(&stream_stem) {
+        for dest in video::output_paths(&args.out_dir, stem, &formats) {
+            roles.output(&dest, format!("the output {}", dest.display()))?;
+        }
+    }
+    if let Some(dest) = &args.stats {
+        roles.output(dest, "--stats")?;
+    }
+    // ffmpeg is found before any work is done, so that its absence is said at once.
+    let ffmpeg = if has_video {
+        Some(fastscnn_video::Ffmpeg::locate()?)
+    } else {
+        None
+    };
     for (flag, dest) in [
         ("--probs", &args.probs),
         ("--save-logits", &args.save_logits),
@@ -82,6 +126,33 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
     let keep_scores = args.probs.is_some() || args.save_logits.is_some();
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create output folder", args.out_dir.display()))?;
+
+    if let Some(ffmpeg) = &ffmpeg {
+        let segmenter = Segmenter::new(model.clone())?.with_input_scale(args.input_scale)?;
+        let job = video::VideoJob {
+            ffmpeg,
+            segmenter: &segmenter,
+            args,
+            formats: &formats,
+            alpha,
+        };
+        let mut totals = video::Totals::default();
+        for (path, stem) in videos.iter().zip(&video_stems) {
+            let input = path
+                .to_str()
+                .with_context(|| format!("{}: not a UTF-8 path", path.display()))?;
+            video::segment(&job, input, stem, &mut totals)?;
+        }
+        if let Some(spec) = &args.stream {
+            video::segment(&job, spec, "stream", &mut totals)?;
+        }
+        if let Some(dest) = &args.stats {
+            totals.write_json(dest)?;
+        }
+    }
+    if images.is_empty() {
+        return Ok(());
+    }
 
     let bar = progress::bar(images.len(), "images");
     bar.set_message("segment");
