@@ -46,6 +46,13 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
         }
     }
     let has_video = !videos.is_empty() || args.stream.is_some();
+    // ffmpeg is given paths as text: a name that is not UTF-8 is refused before any work.
+    if let Some(path) = videos.iter().find(|p| p.to_str().is_none()) {
+        bail!(
+            "{}: not a UTF-8 path, which ffmpeg is given",
+            path.display()
+        );
+    }
     for (flag, given) in [
         ("--every", args.every != 1),
         ("--max-frames", args.max_frames.is_some()),
@@ -138,9 +145,7 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
         };
         let mut totals = video::Totals::default();
         for (path, stem) in videos.iter().zip(&video_stems) {
-            let input = path
-                .to_str()
-                .with_context(|| format!("{}: not a UTF-8 path", path.display()))?;
+            let input = path.to_str().expect("checked to be UTF-8 above");
             video::segment(&job, input, stem, &mut totals)?;
         }
         if let Some(spec) = &args.stream {

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use fastscnn_core::atomic_write::write_durably_new;
 use fastscnn_data::{label_id_image, train_id_image};
 use fastscnn_model::{LabelMap, Segmenter};
-use fastscnn_video::{run_pipeline, Ffmpeg, StageTimes, VideoError, VideoWriter, QUEUE_DEPTH};
+use fastscnn_video::{
+    run_pipeline, Ffmpeg, FrameRate, StageTimes, VideoError, VideoWriter, QUEUE_DEPTH,
+};
 use image::{ImageFormat, RgbImage};
 use serde_json::json;
 
@@ -102,7 +104,17 @@ pub struct VideoJob<'a> {
 /// before it are written, and the videos finished (complete and playable).
 pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> Result<()> {
     let args = job.args;
-    let info = job.ffmpeg.probe(input)?;
+    let paths = output_paths(&args.out_dir, stem, job.formats);
+    for path in &paths {
+        if path.exists() {
+            bail!(
+                "{}: already exists; remove it or choose another --out-dir",
+                path.display()
+            );
+        }
+    }
+    let reader = job.ffmpeg.decode(input)?;
+    let info = reader.info();
     let network_pixels = f64::from(info.width)
         * f64::from(info.height)
         * f64::from(args.input_scale)
@@ -121,22 +133,22 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
         .segmenter
         .clone()
         .with_max_pixels(u64::from(info.width) * u64::from(info.height));
-    let paths = output_paths(&args.out_dir, stem, job.formats);
-    for path in &paths {
-        if path.exists() {
-            bail!(
-                "{}: already exists; remove it or choose another --out-dir",
-                path.display()
-            );
-        }
-    }
+    // Every Nth frame keeps its time: the videos play at the source's speed.
+    let frame_rate = u32::try_from(args.every)
+        .ok()
+        .and_then(|every| info.frame_rate.denominator.checked_mul(every))
+        .map(|denominator| FrameRate {
+            denominator,
+            ..info.frame_rate
+        })
+        .with_context(|| format!("--every {}: too large for the frame rate", args.every))?;
     let mut outputs = Vec::new();
     for (&format, path) in job.formats.iter().zip(&paths) {
         outputs.push(match format {
             OutputFormat::Color | OutputFormat::Overlay => {
                 let writer = job
                     .ffmpeg
-                    .encode(path, info.width, info.height, info.frame_rate)?;
+                    .encode(path, info.width, info.height, frame_rate)?;
                 Output::Video(format, writer)
             }
             _ => {
@@ -148,9 +160,7 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
     }
 
     let every = args.every as usize;
-    let frames = job
-        .ffmpeg
-        .decode(input)?
+    let frames = reader
         .enumerate()
         .filter(|(index, frame)| frame.is_err() || index % every == 0)
         .take(args.max_frames.unwrap_or(u64::MAX) as usize)
@@ -172,11 +182,20 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
     );
     bar.finish_and_clear();
     totals.add(&times);
-    // The videos are finished whatever happened: what was written plays.
+    // Every output is finished, whatever happened: what was written plays. An output without
+    // a frame is not kept.
     let mut written = Vec::new();
+    let mut finished = Ok(());
     for output in outputs {
         match output {
-            Output::Video(_, writer) => written.push(writer.finish()?),
+            Output::Video(_, writer) if writer.frames() == 0 => drop(writer),
+            Output::Video(_, writer) => match writer.finish() {
+                Ok(path) => written.push(path),
+                Err(e) => finished = finished.and(Err(e)),
+            },
+            Output::Frames(_, dir) if times.frames == 0 => {
+                let _ = std::fs::remove_dir(&dir);
+            }
             Output::Frames(_, dir) => written.push(dir),
         }
     }
@@ -184,7 +203,11 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
     println!(
         "{input} -> {}: {} frames in {:.1} s ({:.1} fps); per frame decode {:.1} ms, infer \
          {:.1} ms, encode {:.1} ms",
-        written.join(", "),
+        if written.is_empty() {
+            "nothing".to_string()
+        } else {
+            written.join(", ")
+        },
         times.frames,
         times.wall.as_secs_f64(),
         times.fps(),
@@ -192,8 +215,10 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
         times.mean_ms(times.infer),
         times.mean_ms(times.encode),
     );
-    match result {
+    // The first cause: the pipeline's error, or else a video that could not be finished.
+    match result.and(finished) {
         Ok(()) => Ok(()),
+        Err(e) if written.is_empty() => Err(e.into()),
         Err(e) => bail!(
             "{e}; the {} frame(s) before it are in {}",
             times.frames,

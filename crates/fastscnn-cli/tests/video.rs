@@ -201,6 +201,19 @@ fn every_nth_frame_up_to_a_count() {
         .collect();
     pngs.sort();
     assert_eq!(pngs, ["000001.png", "000004.png"]);
+    // Every third frame keeps its time: a third of the frame rate.
+    let out2 = s.dir.path().join("out2");
+    segment(&s, &out2)
+        .args(["--format", "color", "--every", "3"])
+        .assert()
+        .success();
+    let video = out2.join("drive_color.mp4");
+    let info = s.ffmpeg.probe(video.to_str().unwrap()).unwrap();
+    assert!(
+        (info.frame_rate.fps() - 10.0 / 3.0).abs() < 1e-3,
+        "{info:?}"
+    );
+    assert_eq!(frames_of(&s.ffmpeg, &video).len(), 3);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 
 use crate::error::{Result, VideoError};
-use crate::ffmpeg::{first_line, VideoInfo};
+use crate::ffmpeg::{first_line, input_arg, VideoInfo};
 
 /// The frames of a video, in order, as upright RGB images; an iterator whose last item is an
 /// error when decoding stopped early (a truncated or corrupt file), after every frame decoded.
@@ -30,12 +30,16 @@ impl FrameReader {
         // At `-v error` ffmpeg says nothing of a sound file: anything it says is a damaged one,
         // reported once the frames it could decode are delivered (stopping at the first error,
         // `-xerror`, would lose the frames still in the decoder).
+        // `-r`: frames at the probed average rate, the rate the outputs are encoded at; a
+        // variable-rate source is resampled to it rather than to its highest rate.
         let mut child = Command::new(ffmpeg)
             .args(["-v", "error", "-nostdin", "-i"])
-            .arg(input)
+            .arg(input_arg(input))
             .args([
                 "-map", "0:v:0", "-an", "-sn", "-f", "rawvideo", "-pix_fmt", "rgb24",
             ])
+            .arg("-r")
+            .arg(info.frame_rate.to_ffmpeg())
             .arg("pipe:1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -88,18 +92,6 @@ impl FrameReader {
         if !status.success() || !stderr.iter().all(u8::is_ascii_whitespace) {
             return Err(self.decode_error(first_line(&stderr)));
         }
-        // Some containers (Matroska, WebM) simply end where a file was cut: the frames fall
-        // short of the length the header declares. A frame and 2% of slack absorb rounding
-        // and streams that start late.
-        if let Some(duration) = self.info.duration {
-            let declared = duration * self.info.frame_rate.fps();
-            if (self.frames as f64) < declared * 0.98 - 1.0 {
-                return Err(self.decode_error(format!(
-                    "the file ends before the {declared:.0} frames its header declares \
-                     (truncated?)"
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -128,7 +120,8 @@ impl Iterator for FrameReader {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.done = true;
+                    let _ = self.child.kill();
+                    let _ = self.finish();
                     return Some(Err(self.decode_error(e.to_string())));
                 }
             }

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 
 use crate::error::{Result, VideoError};
-use crate::ffmpeg::{first_line, FrameRate};
+use crate::ffmpeg::{file_url, first_line, FrameRate};
 
 /// A video being written. Frames go in with [`VideoWriter::write`]; [`VideoWriter::finish`]
 /// ends the stream and moves the file into place. Dropped unfinished, it leaves nothing behind.
@@ -22,6 +22,8 @@ pub struct VideoWriter {
     stdin: Option<ChildStdin>,
     stderr: Option<JoinHandle<Vec<u8>>>,
     frames: u64,
+    /// Why the encoder stopped taking frames, once it has.
+    failed: Option<String>,
 }
 
 impl VideoWriter {
@@ -79,7 +81,7 @@ impl VideoWriter {
             command.args(["-movflags", "+faststart"]);
         }
         let mut child = command
-            .arg(&temp)
+            .arg(file_url(&temp))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -104,6 +106,7 @@ impl VideoWriter {
             stdin,
             stderr: Some(stderr),
             frames: 0,
+            failed: None,
         })
     }
 
@@ -128,15 +131,19 @@ impl VideoWriter {
                 got_height: frame.height(),
             });
         }
-        let stdin = self.stdin.as_mut().expect("open until finish");
+        if let Some(why) = &self.failed {
+            return Err(self.encode_error(why.clone()));
+        }
+        let stdin = self.stdin.as_mut().expect("open until finished or failed");
         if let Err(e) = stdin.write_all(frame.as_raw()) {
             // The encoder went away: its own message says why.
             self.stdin = None;
             let _ = self.child.wait();
             let stderr = self.stderr.take().and_then(|t| t.join().ok());
             let why = stderr
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.iter().all(u8::is_ascii_whitespace))
                 .map_or_else(|| e.to_string(), |s| first_line(&s));
+            self.failed = Some(why.clone());
             return Err(self.encode_error(why));
         }
         self.frames += 1;
@@ -146,6 +153,9 @@ impl VideoWriter {
     /// Ends the video and gives it its name (never over a file that appeared meanwhile); returns
     /// that name.
     pub fn finish(mut self) -> Result<PathBuf> {
+        if let Some(why) = self.failed.take() {
+            return Err(self.encode_error(why));
+        }
         drop(self.stdin.take());
         let status = self
             .child
@@ -167,16 +177,23 @@ impl VideoWriter {
         std::fs::File::open(&temp)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error(&temp, e))?;
-        temp.persist_noclobber(&self.output).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                VideoError::Exists {
+        match temp.persist_noclobber(&self.output) {
+            Ok(()) => Ok(self.output.clone()),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(VideoError::Exists {
                     path: self.output.clone(),
-                }
-            } else {
-                io_error(&self.output, e.error)
+                })
             }
-        })?;
-        Ok(self.output.clone())
+            // A file system that can neither link nor rename without replacing (FAT, some
+            // network mounts): a plain rename while nothing is at the output.
+            Err(e) if !self.output.exists() => {
+                let temp = e.path;
+                std::fs::rename(&temp, &self.output).map_err(|e| io_error(&self.output, e))?;
+                let _ = temp.keep();
+                Ok(self.output.clone())
+            }
+            Err(e) => Err(io_error(&self.output, e.error)),
+        }
     }
 
     fn encode_error(&self, why: String) -> VideoError {

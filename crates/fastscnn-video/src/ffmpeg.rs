@@ -56,10 +56,9 @@ pub struct VideoInfo {
     pub width: u32,
     /// Frame height in pixels.
     pub height: u32,
-    /// Frames per second; 25 where the stream does not say (a camera's raw stream).
+    /// Frames per second: the stream's average rate, at which frames are delivered (a variable
+    /// rate is resampled to it); 25 where the stream does not say (a camera's raw stream).
     pub frame_rate: FrameRate,
-    /// The length the container declares, in seconds; `None` for a live stream.
-    pub duration: Option<f64>,
 }
 
 /// The ffmpeg and ffprobe programs.
@@ -98,12 +97,9 @@ impl Ffmpeg {
     pub fn probe(&self, input: &str) -> Result<VideoInfo> {
         let output = Command::new(&self.ffprobe)
             .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-            .arg(
-                "stream=width,height,avg_frame_rate,r_frame_rate:stream_side_data=rotation:\
-                 format=duration",
-            )
-            .args(["-of", "json", "--"])
-            .arg(input)
+            .arg("stream=width,height,avg_frame_rate,r_frame_rate:stream_side_data=rotation")
+            .args(["-of", "json"])
+            .arg(input_arg(input))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| VideoError::Program {
@@ -149,15 +145,10 @@ impl Ffmpeg {
         } else {
             (width, height)
         };
-        let duration = json["format"]["duration"]
-            .as_str()
-            .and_then(|d| d.parse::<f64>().ok())
-            .filter(|d| d.is_finite() && *d > 0.0);
         Ok(VideoInfo {
             width,
             height,
             frame_rate,
-            duration,
         })
     }
 
@@ -229,6 +220,24 @@ fn on_path(file: &OsString) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(file))
         .find(|candidate| candidate.is_file())
+}
+
+/// `input` as ffmpeg must be given it: an existing file as a `file:` URL, so that a name with a
+/// colon is not taken for a protocol nor one starting with `-` for an option; anything else (a
+/// device, a URL) as it is.
+pub(crate) fn input_arg(input: &str) -> OsString {
+    if Path::new(input).exists() {
+        file_url(Path::new(input))
+    } else {
+        OsString::from(input)
+    }
+}
+
+/// A local path as ffmpeg's `file:` URL.
+pub(crate) fn file_url(path: &Path) -> OsString {
+    let mut url = OsString::from("file:");
+    url.push(path.as_os_str());
+    url
 }
 
 /// The first non-empty line of a program's error output, or a placeholder.

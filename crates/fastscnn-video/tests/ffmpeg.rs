@@ -38,7 +38,8 @@ fn clip(ffmpeg: &Ffmpeg, dir: &Path, name: &str, width: u32, height: u32, frames
 fn a_clip_decodes_to_its_frames_and_encodes_back() {
     let Some(ffmpeg) = ffmpeg() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let input = clip(&ffmpeg, dir.path(), "in.mp4", 320, 240, 12);
+    // A colon, which ffmpeg would take for a protocol, in both names.
+    let input = clip(&ffmpeg, dir.path(), "in:1.mp4", 320, 240, 12);
     let info = ffmpeg.probe(input.to_str().unwrap()).unwrap();
     assert_eq!((info.width, info.height), (320, 240));
     assert_eq!(
@@ -58,7 +59,7 @@ fn a_clip_decodes_to_its_frames_and_encodes_back() {
     assert!(frames.iter().all(|f| f.dimensions() == (320, 240)));
     assert_ne!(frames[0], frames[11], "the test pattern moves");
 
-    let output = dir.path().join("out.mp4");
+    let output = dir.path().join("out:1.mp4");
     let mut writer = ffmpeg.encode(&output, 320, 240, info.frame_rate).unwrap();
     assert!(
         !output.exists(),
