@@ -8,6 +8,7 @@ mod eval;
 mod file_roles;
 mod info;
 mod inputs;
+mod interrupt;
 mod prepare;
 mod progress;
 mod segment;

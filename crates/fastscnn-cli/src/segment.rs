@@ -16,7 +16,7 @@ use image::{ImageFormat, RgbImage};
 
 use crate::cli::{OutputFormat, SegmentArgs};
 use crate::file_roles::FileRoles;
-use crate::{device, inputs, progress, video, weights};
+use crate::{device, inputs, interrupt, progress, video, weights};
 
 const CONCRETE_FORMATS: [OutputFormat; 4] = [
     OutputFormat::Color,
@@ -135,6 +135,7 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
         .with_context(|| format!("{}: cannot create output folder", args.out_dir.display()))?;
 
     if let Some(ffmpeg) = &ffmpeg {
+        interrupt::install();
         let segmenter = Segmenter::new(model.clone())?.with_input_scale(args.input_scale)?;
         let job = video::VideoJob {
             ffmpeg,

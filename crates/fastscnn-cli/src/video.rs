@@ -16,7 +16,7 @@ use image::{ImageFormat, RgbImage};
 use serde_json::json;
 
 use crate::cli::{OutputFormat, SegmentArgs};
-use crate::progress;
+use crate::{interrupt, progress};
 
 /// The extensions `segment` takes for videos (whatever ffmpeg reads in them).
 pub const VIDEO_EXTENSIONS: [&str; 5] = ["mp4", "mkv", "webm", "mov", "avi"];
@@ -160,7 +160,9 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
     }
 
     let every = args.every as usize;
+    // Ctrl-C stops taking frames; the ones taken go through and are written.
     let frames = reader
+        .take_while(|_| !interrupt::requested())
         .enumerate()
         .filter(|(index, frame)| frame.is_err() || index % every == 0)
         .take(args.max_frames.unwrap_or(u64::MAX) as usize)
@@ -215,6 +217,18 @@ pub fn segment(job: &VideoJob, input: &str, stem: &str, totals: &mut Totals) -> 
         times.mean_ms(times.infer),
         times.mean_ms(times.encode),
     );
+    if interrupt::requested() && result.is_ok() {
+        finished?;
+        bail!(
+            "{input}: interrupted (Ctrl-C) after {} frame(s); they are in {}",
+            times.frames,
+            if written.is_empty() {
+                "no output".to_string()
+            } else {
+                written.join(", ")
+            }
+        );
+    }
     // The first cause: the pipeline's error, or else a video that could not be finished.
     match result.and(finished) {
         Ok(()) => Ok(()),

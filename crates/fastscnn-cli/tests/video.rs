@@ -290,3 +290,49 @@ fn without_ffmpeg_one_line_says_how_to_install_it() {
         "--every: no video or --stream",
     );
 }
+
+/// Ctrl-C in the middle of a video: the frames taken are written, the video is finished and
+/// playable, no temporary file is left, and one line says what happened.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_finishes_what_was_taken() {
+    let Some(s) = setup((256, 128), 600) else {
+        return;
+    };
+    let out = s.dir.path().join("out");
+    let command = segment(&s, &out);
+    let mut process = std::process::Command::new(command.get_program());
+    process
+        .args(command.get_args())
+        .args(["--format", "color,trainid"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = process.spawn().unwrap();
+    let frames_dir = out.join("drive_trainid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_dir(&frames_dir).map_or(0, |d| d.count()) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no frame written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("interrupted (Ctrl-C) after"), "{stderr}");
+    let pngs = std::fs::read_dir(&frames_dir).unwrap().count();
+    let frames = frames_of(&s.ffmpeg, &out.join("drive_color.mp4")).len();
+    assert!((3..600).contains(&frames), "{frames} frames");
+    assert_eq!(frames, pngs);
+    assert!(
+        stderr.contains(&format!("after {frames} frame(s)")),
+        "{stderr}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

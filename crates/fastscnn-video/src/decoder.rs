@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 
 use crate::error::{Result, VideoError};
-use crate::ffmpeg::{first_line, input_arg, VideoInfo};
+use crate::ffmpeg::{first_line, input_arg, own_process_group, VideoInfo};
 
 /// The frames of a video, in order, as upright RGB images; an iterator whose last item is an
 /// error when decoding stopped early (a truncated or corrupt file), after every frame decoded.
@@ -32,7 +32,7 @@ impl FrameReader {
         // `-xerror`, would lose the frames still in the decoder).
         // `-r`: frames at the probed average rate, the rate the outputs are encoded at; a
         // variable-rate source is resampled to it rather than to its highest rate.
-        let mut child = Command::new(ffmpeg)
+        let mut child = own_process_group(&mut Command::new(ffmpeg))
             .args(["-v", "error", "-nostdin", "-i"])
             .arg(input_arg(input))
             .args([

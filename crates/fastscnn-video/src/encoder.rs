@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 
 use crate::error::{Result, VideoError};
-use crate::ffmpeg::{file_url, first_line, FrameRate};
+use crate::ffmpeg::{file_url, first_line, own_process_group, FrameRate};
 
 /// A video being written. Frames go in with [`VideoWriter::write`]; [`VideoWriter::finish`]
 /// ends the stream and moves the file into place. Dropped unfinished, it leaves nothing behind.
@@ -62,7 +62,7 @@ impl VideoWriter {
         // placeholder's are private); the name stays reserved to `temp`, removed if unfinished.
         std::fs::remove_file(&temp).map_err(io_error)?;
         let mut command = Command::new(ffmpeg);
-        command
+        own_process_group(&mut command)
             .args([
                 "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
             ])

@@ -240,6 +240,18 @@ pub(crate) fn file_url(path: &Path) -> OsString {
     url
 }
 
+/// Runs the program in a process group of its own, on Unix: Ctrl-C in a terminal reaches the
+/// program that started it, which decides how to end (finishing its videos), and not ffmpeg,
+/// which would end them on its own.
+pub(crate) fn own_process_group(command: &mut Command) -> &mut Command {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    command
+}
+
 /// The first non-empty line of a program's error output, or a placeholder.
 pub(crate) fn first_line(stderr: &[u8]) -> String {
     String::from_utf8_lossy(stderr)
