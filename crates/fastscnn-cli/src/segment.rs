@@ -163,7 +163,11 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
     let bar = progress::bar(images.len(), "images");
     bar.set_message("segment");
     let start = Instant::now();
-    for (path, stem) in images.iter().zip(&stems) {
+    for (done, (path, stem)) in images.iter().zip(&stems).enumerate() {
+        // Ctrl-C is caught when videos are segmented too: it ends the images there.
+        if interrupt::requested() {
+            bail!("interrupted (Ctrl-C) after {done} image(s)");
+        }
         let image = load_rgb_image_within(
             path,
             decode_budget(args.max_pixels, args.input_scale, keep_scores),

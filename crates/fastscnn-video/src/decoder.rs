@@ -4,12 +4,11 @@
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::thread::JoinHandle;
 
 use image::RgbImage;
 
 use crate::error::{Result, VideoError};
-use crate::ffmpeg::{first_line, input_arg, own_process_group, VideoInfo};
+use crate::ffmpeg::{input_arg, own_process_group, ErrorOutput, VideoInfo};
 
 /// The frames of a video, in order, as upright RGB images; an iterator whose last item is an
 /// error when decoding stopped early (a truncated or corrupt file), after every frame decoded.
@@ -19,8 +18,7 @@ pub struct FrameReader {
     info: VideoInfo,
     child: Child,
     stdout: ChildStdout,
-    /// ffmpeg's error output, read on a thread of its own so that neither pipe fills and blocks.
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    stderr: ErrorOutput,
     frames: u64,
     done: bool,
 }
@@ -50,18 +48,13 @@ impl FrameReader {
                 why: format!("cannot run: {e}"),
             })?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let stderr = std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = stderr.read_to_end(&mut text);
-            text
-        });
+        let stderr = ErrorOutput::drain(&mut child);
         Ok(Self {
             input: input.to_string(),
             info,
             child,
             stdout,
-            stderr: Some(stderr),
+            stderr,
             frames: 0,
             done: false,
         })
@@ -84,13 +77,10 @@ impl FrameReader {
             .child
             .wait()
             .map_err(|e| self.decode_error(e.to_string()))?;
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
-        if !status.success() || !stderr.iter().all(u8::is_ascii_whitespace) {
-            return Err(self.decode_error(first_line(&stderr)));
+        let message = self.stderr.message();
+        if !status.success() || message.is_some() {
+            let why = message.unwrap_or_else(|| format!("ffmpeg ended with {status}"));
+            return Err(self.decode_error(why));
         }
         Ok(())
     }

@@ -1,15 +1,14 @@
 //! Frames into ffmpeg: raw RGB on a pipe, encoded as H.264 into a temporary file beside the
 //! output, which takes the output's name only once the video is whole.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::thread::JoinHandle;
 
 use image::RgbImage;
 
 use crate::error::{Result, VideoError};
-use crate::ffmpeg::{file_url, first_line, own_process_group, FrameRate};
+use crate::ffmpeg::{file_url, own_process_group, ErrorOutput, FrameRate};
 
 /// A video being written. Frames go in with [`VideoWriter::write`]; [`VideoWriter::finish`]
 /// ends the stream and moves the file into place. Dropped unfinished, it leaves nothing behind.
@@ -20,7 +19,7 @@ pub struct VideoWriter {
     height: u32,
     child: Child,
     stdin: Option<ChildStdin>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    stderr: ErrorOutput,
     frames: u64,
     /// Why the encoder stopped taking frames, once it has.
     failed: Option<String>,
@@ -91,12 +90,7 @@ impl VideoWriter {
                 why: format!("cannot run: {e}"),
             })?;
         let stdin = child.stdin.take();
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let stderr = std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = stderr.read_to_end(&mut text);
-            text
-        });
+        let stderr = ErrorOutput::drain(&mut child);
         Ok(Self {
             output: output.to_path_buf(),
             temp: Some(temp),
@@ -104,7 +98,7 @@ impl VideoWriter {
             height,
             child,
             stdin,
-            stderr: Some(stderr),
+            stderr,
             frames: 0,
             failed: None,
         })
@@ -139,10 +133,7 @@ impl VideoWriter {
             // The encoder went away: its own message says why.
             self.stdin = None;
             let _ = self.child.wait();
-            let stderr = self.stderr.take().and_then(|t| t.join().ok());
-            let why = stderr
-                .filter(|s| !s.iter().all(u8::is_ascii_whitespace))
-                .map_or_else(|| e.to_string(), |s| first_line(&s));
+            let why = self.stderr.message().unwrap_or_else(|| e.to_string());
             self.failed = Some(why.clone());
             return Err(self.encode_error(why));
         }
@@ -161,13 +152,12 @@ impl VideoWriter {
             .child
             .wait()
             .map_err(|e| self.encode_error(e.to_string()))?;
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
         if !status.success() {
-            return Err(self.encode_error(first_line(&stderr)));
+            let why = self
+                .stderr
+                .message()
+                .unwrap_or_else(|| format!("ffmpeg ended with {status}"));
+            return Err(self.encode_error(why));
         }
         let temp = self.temp.take().expect("present until finished");
         let io_error = |path: &Path, e: std::io::Error| VideoError::Io {

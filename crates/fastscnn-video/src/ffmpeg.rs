@@ -252,6 +252,29 @@ pub(crate) fn own_process_group(command: &mut Command) -> &mut Command {
     command
 }
 
+/// A child's error output, read on a thread of its own so that neither of its pipes fills and
+/// blocks it.
+pub(crate) struct ErrorOutput(Option<std::thread::JoinHandle<Vec<u8>>>);
+
+impl ErrorOutput {
+    /// Starts reading `child`'s piped error output.
+    pub(crate) fn drain(child: &mut std::process::Child) -> Self {
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        Self(Some(std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut text);
+            text
+        })))
+    }
+
+    /// What the child wrote, once it has exited; the first line of any message, `None` for
+    /// silence (or when already taken).
+    pub(crate) fn message(&mut self) -> Option<String> {
+        let text = self.0.take().and_then(|t| t.join().ok())?;
+        (!text.iter().all(u8::is_ascii_whitespace)).then(|| first_line(&text))
+    }
+}
+
 /// The first non-empty line of a program's error output, or a placeholder.
 pub(crate) fn first_line(stderr: &[u8]) -> String {
     String::from_utf8_lossy(stderr)
