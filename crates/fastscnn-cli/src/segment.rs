@@ -301,7 +301,8 @@ fn formats(asked: &[OutputFormat]) -> Vec<OutputFormat> {
 /// The name endings of the label images, after `<stem>_`.
 pub const OUTPUT_SUFFIXES: [&str; 4] = ["color", "overlay", "trainid", "labelid"];
 
-fn suffix(format: OutputFormat) -> &'static str {
+/// An output format's name ending, after `<stem>_`.
+pub(crate) fn suffix(format: OutputFormat) -> &'static str {
     match format {
         OutputFormat::Color => "color",
         OutputFormat::Overlay => "overlay",

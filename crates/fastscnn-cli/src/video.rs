@@ -16,6 +16,7 @@ use image::{ImageFormat, RgbImage};
 use serde_json::json;
 
 use crate::cli::{OutputFormat, SegmentArgs};
+use crate::segment::suffix;
 use crate::{interrupt, progress};
 
 /// The extensions `segment` takes for videos (whatever ffmpeg reads in them).
@@ -46,16 +47,6 @@ pub fn output_paths(out_dir: &Path, stem: &str, formats: &[OutputFormat]) -> Vec
             _ => out_dir.join(format!("{stem}_{}", suffix(format))),
         })
         .collect()
-}
-
-fn suffix(format: OutputFormat) -> &'static str {
-    match format {
-        OutputFormat::Color => "color",
-        OutputFormat::Overlay => "overlay",
-        OutputFormat::Trainid => "trainid",
-        OutputFormat::Labelid => "labelid",
-        OutputFormat::All => unreachable!("expanded before"),
-    }
 }
 
 /// The times of every video segmented, summed.

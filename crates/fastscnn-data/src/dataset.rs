@@ -275,17 +275,23 @@ fn find_label(
     } else {
         return Ok(None);
     };
+    check_same_size(image, &label.path)?;
+    Ok(Some(label))
+}
+
+/// A label must be its image's size; both are read from the file headers.
+pub(crate) fn check_same_size(image: &Path, label: &Path) -> Result<()> {
     let image_dims = image_size(image)?;
-    let label_dims = image_size(&label.path)?;
+    let label_dims = image_size(label)?;
     if image_dims != label_dims {
         return Err(DataError::SizeMismatch {
             image: image.to_path_buf(),
-            label: label.path,
+            label: label.to_path_buf(),
             image_size: image_dims,
             label_size: label_dims,
         });
     }
-    Ok(Some(label))
+    Ok(())
 }
 
 pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::classes::ClassTable;
 use crate::dataset::{
-    check_root, read_dir_sorted, split_folder, DiscoverOptions, Discovery, LabelEncoding,
-    LabelFile, Sample,
+    check_root, check_same_size, read_dir_sorted, split_folder, DiscoverOptions, Discovery,
+    LabelEncoding, LabelFile, Sample,
 };
 use crate::error::{DataError, Result};
-use crate::image_io::image_size;
 
 /// The classes file at the root of a folder dataset.
 pub const CLASSES_FILE: &str = "classes.json";
@@ -196,16 +195,7 @@ fn find_mask(
             Ok(None)
         };
     }
-    let image_dims = image_size(image)?;
-    let mask_size = image_size(mask)?;
-    if image_dims != mask_size {
-        return Err(DataError::SizeMismatch {
-            image: image.to_path_buf(),
-            label: mask.to_path_buf(),
-            image_size: image_dims,
-            label_size: mask_size,
-        });
-    }
+    check_same_size(image, mask)?;
     Ok(Some(LabelFile {
         path: mask.to_path_buf(),
         encoding,

@@ -2,7 +2,8 @@
 
 use image::{GrayImage, RgbImage};
 
-use crate::labels::{train_id_color, train_id_to_label_id, NUM_TRAIN_CLASSES};
+use crate::classes::ClassTable;
+use crate::labels::{train_id_color, train_id_to_label_id};
 
 /// A colour for every class a model can output; 255 (ignore) and classes the model does not have
 /// are black.
@@ -32,14 +33,10 @@ impl Palette {
     /// bit-interleaved palette of PASCAL VOC (as mmsegmentation and torchvision draw any class
     /// count), starting at its second colour so that no class is the black of "ignore".
     pub fn for_classes(classes: usize) -> Self {
-        if classes == NUM_TRAIN_CLASSES {
-            return Self::cityscapes();
+        if classes == 0 {
+            return Self::from_colours([]);
         }
-        let mut colours = [[0u8; 3]; 256];
-        for (class, slot) in colours.iter_mut().enumerate().take(classes.min(255)) {
-            *slot = voc_colour(class + 1);
-        }
-        Self { colours }
+        ClassTable::for_count(classes).palette()
     }
 
     /// The RGB colour of `class`.
