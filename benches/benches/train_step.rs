@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
+use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_model::FastScnnConfig;
 use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainableModel};
 
@@ -23,7 +24,10 @@ fn train_step(c: &mut Criterion) {
     group.bench_function("forward_backward_update", |b| {
         b.iter(|| {
             step += 1;
-            let stages = trainable.model.forward_train(&images, step).unwrap();
+            let stages = trainable
+                .model
+                .forward_train(&images, DEFAULT_DROPOUT, step)
+                .unwrap();
             let loss = loss_fn
                 .compute(&stages.logits, &stages.aux_logits, &labels)
                 .unwrap();

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_cpu::Isa;
 use fastscnn_data::DatasetFormat;
+use fastscnn_train::Augment;
 use fastscnn_weights::{HubFile, WeightSource, WeightsError};
 
 use crate::device::DeviceArg;
@@ -356,9 +358,16 @@ pub struct TrainArgs {
     /// Training crop, HEIGHTxWIDTH [paper: 1024x1024].
     #[arg(long, value_parser = size_pair)]
     pub crop: Option<(usize, usize)>,
-    /// Random scale range, MIN-MAX [paper: 0.5-2].
+    /// Random scale range, MIN-MAX [paper: 0.5-2; 1-1 with --augment none].
     #[arg(long, value_parser = scale_range)]
     pub scale_range: Option<(f32, f32)>,
+    /// Augmentation before the crop: paper (random scale, flip, brightness, colour noise) or
+    /// none (crops of the frames as they are).
+    #[arg(long, value_name = "paper|none", default_value = "paper", value_parser = augment)]
+    pub augment: Augment,
+    /// Probability of every dropout of the network, in [0, 1).
+    #[arg(long, value_name = "P", default_value_t = DEFAULT_DROPOUT, value_parser = dropout)]
+    pub dropout: f32,
     /// Base learning rate of the poly schedule [paper: 0.045].
     #[arg(long)]
     pub lr: Option<f64>,
@@ -395,7 +404,7 @@ pub struct TrainArgs {
 
 /// The flags that set a run's recipe, saved with its checkpoints: `--resume` takes them from
 /// there.
-const RECIPE_FLAGS: [&str; 16] = [
+const RECIPE_FLAGS: [&str; 18] = [
     "train_split",
     "val_split",
     "no_val",
@@ -404,6 +413,8 @@ const RECIPE_FLAGS: [&str; 16] = [
     "batch_size",
     "crop",
     "scale_range",
+    "augment",
+    "dropout",
     "lr",
     "warmup_iters",
     "ohem",
@@ -484,6 +495,19 @@ fn scale_range(s: &str) -> Result<(f32, f32), String> {
             "`{s}` is not MIN-MAX with 0 < MIN <= MAX <= {}",
             fastscnn_train::MAX_SCALE
         )),
+    }
+}
+
+fn augment(s: &str) -> Result<Augment, String> {
+    s.parse()
+}
+
+fn dropout(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in [0, 1)"))
     }
 }
 

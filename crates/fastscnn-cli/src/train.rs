@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use fastscnn_data::{Dataset, DiscoverOptions};
-use fastscnn_train::{Event, Runtime, TrainConfig, Trainer};
+use fastscnn_train::{Augment, Event, Runtime, TrainConfig, Trainer};
 
 use crate::cli::TrainArgs;
 use crate::file_roles::FileRoles;
@@ -144,7 +144,12 @@ fn config(args: &TrainArgs) -> Result<TrainConfig> {
         iters,
         batch_size,
         crop,
-        scale_range: args.scale_range.unwrap_or(paper.scale_range),
+        scale_range: args.scale_range.unwrap_or(match args.augment {
+            Augment::Paper => paper.scale_range,
+            Augment::CropOnly => (1.0, 1.0),
+        }),
+        augment: args.augment,
+        dropout: args.dropout,
         lr: args.lr.unwrap_or(paper.lr),
         warmup_iters: args.warmup_iters,
         ohem: args.ohem.then_some((0.7, 100_000)),

@@ -13,18 +13,9 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, RgbImage};
 
 mod common;
-use common::{assert_clean_failure, fastscnn, golden};
+use common::{assert_clean_failure, assert_usage_error, fastscnn, golden};
 
 const WEIGHTS: &str = "fastscnn_seed0_c19.safetensors";
-
-/// A clap usage error: exit 2, no panic, the first line naming `needle`.
-fn assert_usage_error(cmd: &mut Command, needle: &str) {
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let first = stderr.lines().next().unwrap_or_default();
-    assert!(first.contains(needle), "{first:?} lacks {needle:?}");
-}
 
 fn segment(image: &Path, weights: &Path, out_dir: &Path) -> Command {
     let mut cmd = fastscnn();

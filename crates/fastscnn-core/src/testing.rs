@@ -42,6 +42,44 @@ pub fn shared_dir() -> Option<PathBuf> {
     None
 }
 
+/// The worst differences of a model state after one training step from the reference
+/// implementation's (`golden/train_step/`): the largest |difference| over the weights, and over
+/// the BatchNorm running statistics relative to 1 + |value|. Every tensor of the fixture's
+/// state is compared (the step's `input`, `labels`, `loss` and `lr` are not state).
+///
+/// # Panics
+/// If `state` lacks a tensor of the fixture's, or holds it with another size.
+pub fn train_step_differences(
+    expected: &std::collections::HashMap<String, candle_core::Tensor>,
+    state: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> (f64, f64) {
+    let values = |t: &candle_core::Tensor| -> Vec<f64> {
+        t.to_dtype(candle_core::DType::F64)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .expect("a CPU tensor")
+    };
+    let (mut weights, mut statistics) = (0f64, 0f64);
+    for (key, want) in expected {
+        if ["input", "labels", "loss", "lr"].contains(&key.as_str()) {
+            continue;
+        }
+        let got = state
+            .get(key)
+            .unwrap_or_else(|| panic!("the trained state has no `{key}`"));
+        let (want, got) = (values(want), values(got));
+        assert_eq!(want.len(), got.len(), "`{key}` size");
+        let statistic = key.ends_with(".running_mean") || key.ends_with(".running_var");
+        for (w, g) in want.iter().zip(&got) {
+            if statistic {
+                statistics = statistics.max((w - g).abs() / (1.0 + w.abs()));
+            } else {
+                weights = weights.max((w - g).abs());
+            }
+        }
+    }
+    (weights, statistics)
+}
+
 /// A tensor of `shape` with values uniform in [-1, 1), the same for the same seed on every
 /// platform (xorshift64*, so tests and benches need no RNG crate).
 pub fn random_tensor(shape: &[usize], seed: u64) -> candle_core::Result<candle_core::Tensor> {

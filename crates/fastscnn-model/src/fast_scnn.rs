@@ -324,10 +324,28 @@ impl FastScnn {
     }
 
     /// A training forward pass: batch statistics in every BatchNorm (whose running statistics are
-    /// updated; the network must have been built with [`BatchNormMode::Unfolded`]), dropout drawn
+    /// updated; the network must have been built with [`BatchNormMode::Unfolded`]), every
+    /// dropout (before each classifying convolution) at probability `dropout` with masks drawn
     /// from `dropout_seed`, and every auxiliary head's logits.
-    pub fn forward_train(&self, x: &Tensor, dropout_seed: u64) -> Result<FastScnnStages> {
-        self.forward_stages_mode(x, true, Mode::Training { dropout_seed })
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        dropout: f32,
+        dropout_seed: u64,
+    ) -> Result<FastScnnStages> {
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(ModelError::Input(format!(
+                "dropout probability {dropout} is not in [0, 1)"
+            )));
+        }
+        self.forward_stages_mode(
+            x,
+            true,
+            Mode::Training {
+                dropout,
+                dropout_seed,
+            },
+        )
     }
 
     fn forward_stages_mode(

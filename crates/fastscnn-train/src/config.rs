@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_data::{AugmentConfig, DatasetFormat};
 use fastscnn_model::WeightLayout;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,46 @@ use crate::error::{Result, TrainError};
 
 /// Scaling a frame up more than this only makes a crop of a few source pixels.
 pub const MAX_SCALE: f32 = 8.0;
+
+/// What a run does to a frame before its crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Augment {
+    /// The paper's: a random scale from the recipe's range, a horizontal flip, brightness and
+    /// colour noise ([`AugmentConfig::paper`]).
+    #[default]
+    #[serde(rename = "paper")]
+    Paper,
+    /// Nothing: the crop is taken from the frame at its own size and colours, so a crop the size
+    /// of the frame is the frame (a step can then be compared with another implementation's).
+    #[serde(rename = "none")]
+    CropOnly,
+}
+
+impl Augment {
+    /// The name `--augment` takes and recipes store: `paper` or `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Augment::Paper => "paper",
+            Augment::CropOnly => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Augment {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "paper" => Ok(Augment::Paper),
+            "none" => Ok(Augment::CropOnly),
+            _ => Err(format!("`{s}` is not an augmentation: paper or none")),
+        }
+    }
+}
+
+fn default_dropout() -> f32 {
+    DEFAULT_DROPOUT
+}
 
 /// Everything that decides what a run computes; saved with every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,8 +69,16 @@ pub struct TrainConfig {
     /// Crop (height, width).
     pub crop: (usize, usize),
     /// Range (min, max) of the random rescaling applied before cropping (default 0.5–2), with
-    /// 0 < min <= max <= `MAX_SCALE`.
+    /// 0 < min <= max <= `MAX_SCALE`; 1–1 when `augment` is [`Augment::CropOnly`].
     pub scale_range: (f32, f32),
+    /// The augmentation before the crop (default the paper's). Recipes saved without it read
+    /// as the paper's, which they ran with.
+    #[serde(default)]
+    pub augment: Augment,
+    /// Probability of every dropout of the network, in [0, 1) (default 0.1, the public
+    /// implementations'). Recipes saved without it read as 0.1, which they ran with.
+    #[serde(default = "default_dropout")]
+    pub dropout: f32,
     /// Base learning rate of the poly schedule (default 0.045).
     pub lr: f64,
     /// Exponent of the poly decay (default 0.9).
@@ -70,6 +119,8 @@ impl TrainConfig {
             batch_size: 12,
             crop: (1024, 1024),
             scale_range: (0.5, 2.0),
+            augment: Augment::Paper,
+            dropout: DEFAULT_DROPOUT,
             lr: 0.045,
             power: 0.9,
             warmup_iters: 0,
@@ -133,6 +184,14 @@ impl TrainConfig {
                 "scale range {lo}-{hi} is not MIN-MAX with 0 < MIN <= MAX <= {MAX_SCALE}"
             ));
         }
+        if self.augment == Augment::CropOnly && (lo, hi) != (1.0, 1.0) {
+            return invalid(format!(
+                "augmentation `none` does not rescale: scale range {lo}-{hi} needs `paper`"
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return invalid(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return invalid(format!("learning rate {} must be positive", self.lr));
         }
@@ -164,9 +223,18 @@ impl TrainConfig {
     }
 
     pub(crate) fn augmentation(&self) -> AugmentConfig {
-        AugmentConfig {
-            scale_range: self.scale_range,
-            ..AugmentConfig::paper(self.crop.0, self.crop.1)
+        match self.augment {
+            Augment::Paper => AugmentConfig {
+                scale_range: self.scale_range,
+                ..AugmentConfig::paper(self.crop.0, self.crop.1)
+            },
+            Augment::CropOnly => AugmentConfig {
+                crop: self.crop,
+                scale_range: (1.0, 1.0),
+                hflip: false,
+                brightness: 0.0,
+                channel_noise: 0.0,
+            },
         }
     }
 }
@@ -232,8 +300,43 @@ mod tests {
                 ohem: Some((f32::NAN, 100)),
                 ..c.clone()
             },
+            TrainConfig {
+                dropout: 1.0,
+                ..c.clone()
+            },
+            TrainConfig {
+                dropout: f32::NAN,
+                ..c.clone()
+            },
+            TrainConfig {
+                augment: Augment::CropOnly,
+                ..c.clone()
+            },
         ] {
             assert!(bad.validate(budget).is_err(), "{bad:?}");
         }
+        let plain = TrainConfig {
+            augment: Augment::CropOnly,
+            scale_range: (1.0, 1.0),
+            dropout: 0.0,
+            ..c.clone()
+        };
+        assert!(plain.validate(budget).is_ok());
+        let a = plain.augmentation();
+        assert_eq!((a.scale_range, a.hflip), ((1.0, 1.0), false));
+        assert_eq!((a.brightness, a.channel_noise, a.crop), (0.0, 0.0, c.crop));
+    }
+
+    #[test]
+    fn recipes_saved_before_augment_and_dropout_read_as_what_they_ran() {
+        let mut json = serde_json::to_value(TrainConfig::paper(10)).unwrap();
+        let map = json.as_object_mut().unwrap();
+        assert_eq!(map["augment"], "paper");
+        map.remove("augment");
+        map.remove("dropout");
+        let old: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old, TrainConfig::paper(10));
+        assert_eq!("none".parse::<Augment>(), Ok(Augment::CropOnly));
+        assert!("flip".parse::<Augment>().is_err());
     }
 }

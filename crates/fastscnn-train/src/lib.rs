@@ -17,7 +17,7 @@ pub mod schedule;
 pub mod trainable;
 pub mod trainer;
 
-pub use config::{TrainConfig, MAX_SCALE};
+pub use config::{Augment, TrainConfig, MAX_SCALE};
 pub use error::{Result, TrainError};
 pub use evaluation::{evaluate, EvalError, Evaluation};
 pub use loss::{cross_entropy, Ohem, SegmentationLoss};

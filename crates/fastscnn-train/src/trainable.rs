@@ -31,8 +31,19 @@ impl TrainableModel {
     /// Builds `config` on `device` (f32) with fresh weights drawn from `seed`: convolution weights
     /// Kaiming-normal (fan-out, ReLU gain), biases 0, BatchNorm scale 1 and shift 0.
     pub fn new(config: &FastScnnConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::with_dtype(config, device, DType::F32, seed)
+    }
+
+    /// [`TrainableModel::new`] with variables of `dtype`: f32 trains; f64 (on the CPU) computes a
+    /// step to within f64 rounding, for comparing it with another implementation's step.
+    pub fn with_dtype(
+        config: &FastScnnConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let vb = VarBuilder::from_varmap(&varmap, dtype, device);
         let norm = NormOptions {
             mode: BatchNormMode::Unfolded,
             eps: config.bn_eps,
@@ -48,7 +59,7 @@ impl TrainableModel {
                     let values: Vec<f32> = (0..var.elem_count())
                         .map(|_| normal.sample(&mut rng))
                         .collect();
-                    var.set(&Tensor::from_vec(values, var.dims(), device)?)?;
+                    var.set(&Tensor::from_vec(values, var.dims(), device)?.to_dtype(var.dtype())?)?;
                 }
             }
         }

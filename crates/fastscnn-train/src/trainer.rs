@@ -287,10 +287,11 @@ impl Trainer {
                 .as_ref()
                 .ok_or_else(|| TrainError::Config("training samples need labels".into()))?
                 .to_device(&self.runtime.device)?;
-            let stages = self
-                .model
-                .model
-                .forward_train(&images, dropout_seed(self.config.seed, self.step))?;
+            let stages = self.model.model.forward_train(
+                &images,
+                self.config.dropout,
+                dropout_seed(self.config.seed, self.step),
+            )?;
             let loss = self
                 .loss
                 .compute(&stages.logits, &stages.aux_logits, &labels)?;

@@ -31,6 +31,15 @@ pub fn assert_clean_failure(cmd: &mut Command, needle: &str) {
     );
 }
 
+/// A clap usage error: exit 2, no panic, the first line naming `needle`.
+pub fn assert_usage_error(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains(needle), "{first:?} lacks {needle:?}");
+}
+
 /// A copy of the PyTorch checkpoint `src` whose pickled key names have `from` replaced by `to`
 /// (same length, so the pickle stays valid): a checkpoint with keys no Fast-SCNN has.
 pub fn pth_with_renamed_key(src: &Path, dest: &Path, from: &str, to: &str) {

@@ -171,7 +171,13 @@ mod tests {
         // One channel, values 1..=4 over a batch of 2 images of 1x2.
         let x = Tensor::new(&[[[[1f64, 2.]]], [[[3., 4.]]]], &Device::Cpu).unwrap();
         let y = layer
-            .forward_mode(&x, Mode::Training { dropout_seed: 0 })
+            .forward_mode(
+                &x,
+                Mode::Training {
+                    dropout: 0.0,
+                    dropout_seed: 0,
+                },
+            )
             .unwrap();
         let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
         // Batch mean 2.5, biased variance 1.25 for the normalisation.

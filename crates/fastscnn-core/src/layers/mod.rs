@@ -9,4 +9,4 @@ mod mode;
 pub use conv::{Conv2d, ConvConfig};
 pub use conv_bn_act::{BatchNormMode, ConvBnAct, NormOptions};
 pub use dsconv::DSConv;
-pub use mode::{dropout, Mode};
+pub use mode::{dropout, Mode, DEFAULT_DROPOUT};

@@ -35,9 +35,6 @@ impl Classifier {
     }
 }
 
-/// Dropout before every classifying 1x1 conv, as in both public implementations.
-pub const HEAD_DROPOUT: f32 = 0.1;
-
 impl Classifier {
     /// The first depthwise-separable convolution, keeping the width.
     pub fn dsconv1(&self) -> &DSConv {
@@ -59,7 +56,7 @@ impl Classifier {
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = self.dsconv1.forward_mode(x, mode)?;
         let x = self.dsconv2.forward_mode(&x, mode)?;
-        self.conv.forward(&dropout(&x, HEAD_DROPOUT, mode, 0)?)
+        self.conv.forward(&dropout(&x, mode, 0)?)
     }
 }
 
@@ -107,8 +104,7 @@ impl AuxHead {
     /// `site` keeps the dropout masks of several heads apart.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode, site: u64) -> Result<Tensor> {
         let hidden = self.conv.forward_mode(x, mode)?;
-        self.classify
-            .forward(&dropout(&hidden, HEAD_DROPOUT, mode, site)?)
+        self.classify.forward(&dropout(&hidden, mode, site)?)
     }
 }
 
