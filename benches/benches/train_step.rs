@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
 use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_model::FastScnnConfig;
-use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainableModel};
+use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainStep, TrainableModel};
 
 fn train_step(c: &mut Criterion) {
     let (h, w) = (512, 1024);
@@ -16,7 +16,10 @@ fn train_step(c: &mut Criterion) {
     let images = random_tensor(&[2, 3, h, w], 1).unwrap();
     let labels: Vec<u8> = (0..2 * h * w).map(|i| ((i / 4096) % 19) as u8).collect();
     let labels = Tensor::from_vec(labels, (2, h, w), &Device::Cpu).unwrap();
-    let loss_fn = SegmentationLoss::default();
+    let train_step = TrainStep {
+        loss: SegmentationLoss::default(),
+        dropout: DEFAULT_DROPOUT,
+    };
     let mut step = 0u64;
 
     let mut group = c.benchmark_group("train_step_512x1024_batch2");
@@ -24,15 +27,9 @@ fn train_step(c: &mut Criterion) {
     group.bench_function("forward_backward_update", |b| {
         b.iter(|| {
             step += 1;
-            let stages = trainable
-                .model
-                .forward_train(&images, DEFAULT_DROPOUT, step)
+            train_step
+                .run(&trainable, &mut sgd, &images, &labels, 1e-3, step)
                 .unwrap();
-            let loss = loss_fn
-                .compute(&stages.logits, &stages.aux_logits, &labels)
-                .unwrap();
-            let grads = loss.backward().unwrap();
-            sgd.step(&grads, 1e-3).unwrap();
         })
     });
     group.finish();

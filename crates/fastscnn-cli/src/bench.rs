@@ -1,13 +1,16 @@
-//! `fastscnn bench`: the time of one frame, so anyone can compare against another engine on the
-//! same machine.
+//! `fastscnn bench`: the time of one frame (or batch), or of one training step, so anyone can
+//! compare against another engine on the same machine.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
+use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_cpu::ExecutionContext;
-use fastscnn_model::{image_to_tensor, load_rgb_image};
+use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, WeightFile};
+use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainStep, TrainableModel};
 use image::imageops::{self, FilterType};
 
 use crate::cli::{BenchArgs, BenchMode};
@@ -16,10 +19,13 @@ use crate::{device, weights};
 
 pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     let (h, w) = args.size;
-    if (h as u64) * (w as u64) > args.max_pixels {
+    let pixels = (h as u64) * (w as u64) * args.batch as u64;
+    if pixels > args.max_pixels {
         bail!(
-            "--size {h}x{w}: {:.1} megapixels, over the budget of {:.1} (--max-pixels {})",
-            (h * w) as f64 / 1e6,
+            "--size {h}x{w} x --batch {}: {:.1} megapixels, over the budget of {:.1} \
+             (--max-pixels {})",
+            args.batch,
+            pixels as f64 / 1e6,
             args.max_pixels as f64 / 1e6,
             args.max_pixels
         );
@@ -35,6 +41,12 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         }
         roles.output(dest, "--json")?;
     }
+    if args.mode == BenchMode::Train && (args.candle_ops || args.execution.isa.is_some()) {
+        bail!(
+            "--mode train runs the training ops (candle's and this project's backward kernels), \
+             which take neither --candle-ops nor --isa"
+        );
+    }
     let model = if args.candle_ops {
         model.with_cpu_kernels(false)?
     } else {
@@ -42,7 +54,10 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     };
     weights::check_isa_applies(args.execution.isa, &model)?;
     // candle's own operations size themselves from RAYON_NUM_THREADS, not from the context.
-    let (engine, threads) = if model.uses_cpu_kernels() {
+    let (engine, threads) = if args.mode == BenchMode::Train {
+        let threads = candle_core::utils::get_num_threads();
+        ("training ops".to_string(), threads)
+    } else if model.uses_cpu_kernels() {
         let engine = format!("fused CPU kernels ({})", context.isa().name());
         (engine, context.threads())
     } else {
@@ -55,12 +70,23 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         Some(path) => {
             let image = load_rgb_image(path)?;
             let image = imageops::resize(&image, w as u32, h as u32, FilterType::Triangle);
-            image_to_tensor(&image, &model.config().normalization, &device)?
+            let frame = image_to_tensor(&image, &model.config().normalization, &device)?;
+            Tensor::cat(&vec![&frame; args.batch], 0)?
         }
-        None => Tensor::randn(0f32, 1.0, (1, 3, h, w), &device)?,
+        None => Tensor::randn(0f32, 1.0, (args.batch, 3, h, w), &device)?,
     };
-    let run_once = || -> Result<()> {
+    let mut training = match args.mode {
+        BenchMode::Train => Some(Training::new(&model, &path, &device, args.batch, (h, w))?),
+        _ => None,
+    };
+    let mut step = 0u64;
+    let mut run_once = || -> Result<()> {
         match args.mode {
+            BenchMode::Train => {
+                let training = training.as_mut().expect("built for --mode train");
+                step += 1;
+                training.step(&input, step)?;
+            }
             BenchMode::Logits | BenchMode::Probs => {
                 let scores = if args.mode == BenchMode::Logits {
                     model.forward(&input)?
@@ -97,11 +123,12 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let median_ms = ms(times[times.len() / 2]);
     let min_ms = ms(times[0]);
-    let fps = 1e3 / median_ms;
+    let fps = args.batch as f64 * 1e3 / median_ms;
     let mode = match args.mode {
         BenchMode::Logits => "logits",
         BenchMode::Labels => "labels",
         BenchMode::Probs => "probs",
+        BenchMode::Train => "train",
     };
     let peak_rss_mb = peak_rss_mb();
     let rss = peak_rss_mb
@@ -113,7 +140,8 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         "fresh output memory"
     };
     println!(
-        "{mode} at {h}x{w}, {} ({} layout), {engine}, {threads} threads, {outputs}, input {}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
+        "{mode} at {h}x{w}, batch {}, {} ({} layout), {engine}, {threads} threads, {outputs}, input {}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
+        args.batch,
         path.display(),
         model.config().layout,
         args.image.as_ref().map_or("noise".to_string(), |p| p.display().to_string()),
@@ -122,7 +150,7 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     if let Some(dest) = &args.json {
         let report = serde_json::json!({
             "median_ms": median_ms, "min_ms": min_ms, "fps": fps, "mode": mode,
-            "height": h, "width": w, "iters": args.iters, "threads": threads,
+            "height": h, "width": w, "batch": args.batch, "iters": args.iters, "threads": threads,
             "weights": path.display().to_string(), "engine": engine, "peak_rss_mb": peak_rss_mb,
             "freed_memory_kept": kept,
             "image": args.image.as_ref().map(|p| p.display().to_string()),
@@ -133,6 +161,66 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// A training step of the weights' own network, as `fastscnn train` runs it: the paper's loss
+/// (auxiliary weight 0.4) and dropout 0.1, SGD with momentum 0.9 and weight decay 4e-5 at a
+/// small learning rate (1e-3), so that many timed steps stay finite.
+struct Training {
+    model: TrainableModel,
+    optimizer: Sgd,
+    step: TrainStep,
+    labels: Tensor,
+}
+
+impl Training {
+    /// Every auxiliary head of the weights' preset, loaded where the file has it; labels in
+    /// horizontal bands of every class, so that each class has pixels in each frame.
+    fn new(
+        model: &FastScnn,
+        path: &Path,
+        device: &Device,
+        batch: usize,
+        (h, w): (usize, usize),
+    ) -> Result<Self> {
+        let classes = model.classes().len();
+        let config = model.config().layout.config(classes);
+        let mut trainable = TrainableModel::new(&config, device, 0)?;
+        trainable.model = trainable
+            .model
+            .clone()
+            .with_classes(model.classes().clone())?;
+        trainable.load(&WeightFile::open(path)?, true)?;
+        let optimizer = Sgd::new(trainable.params(), 0.9, 4e-5);
+        let band = h.div_ceil(classes).max(1);
+        let labels: Vec<u8> = (0..batch * h * w)
+            .map(|i| ((i / w % h) / band) as u8)
+            .collect();
+        Ok(Self {
+            model: trainable,
+            optimizer,
+            step: TrainStep {
+                loss: SegmentationLoss::default(),
+                dropout: DEFAULT_DROPOUT,
+            },
+            labels: Tensor::from_vec(labels, (batch, h, w), device)?,
+        })
+    }
+
+    fn step(&mut self, images: &Tensor, seed: u64) -> Result<()> {
+        let loss = self.step.run(
+            &self.model,
+            &mut self.optimizer,
+            images,
+            &self.labels,
+            1e-3,
+            seed,
+        )?;
+        if !loss.is_finite() {
+            bail!("the training step's loss became {loss}");
+        }
+        Ok(())
+    }
 }
 
 /// The process's peak resident memory in MB (`VmHWM`), where the system reports it (Linux).

@@ -67,6 +67,9 @@ pub enum BenchMode {
     Labels,
     /// Per-pixel class probabilities at the input resolution (the paper's "prob" output).
     Probs,
+    /// One training step from the weights: the forward pass in training mode with the
+    /// auxiliary heads, the loss, the backward pass and the SGD update (`fastscnn train`'s step).
+    Train,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +81,9 @@ pub struct BenchArgs {
     pub size: (usize, usize),
     #[arg(long, value_enum, default_value = "labels")]
     pub mode: BenchMode,
+    /// Frames per run (per step for `--mode train`).
+    #[arg(long, default_value_t = 1, value_parser = batch_size)]
+    pub batch: usize,
     /// Timed runs (at most 100000).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub iters: u32,

@@ -142,3 +142,28 @@ fn an_unreadable_image_is_one_line_naming_it() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
 }
+
+#[test]
+fn a_training_step_is_timed_on_a_batch() {
+    let Some(golden) = golden() else { return };
+    let (text, report) = quick_bench(&golden, &["--mode", "train", "--batch", "2"]);
+    assert!(text.starts_with("train at 64x128, batch 2"), "{text}");
+    assert_eq!(report["mode"], "train");
+    assert_eq!(report["batch"], 2);
+    assert_eq!(report["engine"], "training ops");
+    let (median, fps) = (
+        report["median_ms"].as_f64().unwrap(),
+        report["fps"].as_f64().unwrap(),
+    );
+    assert!((fps - 2e3 / median).abs() < 1e-9, "{fps} frames/s");
+
+    // The training ops take no instruction set of the fused path's.
+    common::assert_clean_failure(
+        fastscnn()
+            .arg("bench")
+            .arg("--weights")
+            .arg(golden.join("fastscnn_seed0_c19.safetensors"))
+            .args(["--mode", "train", "--isa", "portable"]),
+        "--isa",
+    );
+}

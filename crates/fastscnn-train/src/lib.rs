@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod optimizer;
 mod run_dir;
 pub mod schedule;
+pub mod step;
 pub mod trainable;
 pub mod trainer;
 
@@ -24,6 +25,7 @@ pub use loss::{cross_entropy, Ohem, SegmentationLoss};
 pub use metrics::{ConfusionMatrix, MetricsError};
 pub use optimizer::Sgd;
 pub use schedule::PolyLr;
+pub use step::TrainStep;
 pub use trainable::TrainableModel;
 pub use trainer::{Event, Runtime, StepReport, Trainer};
 

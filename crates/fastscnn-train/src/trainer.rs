@@ -24,6 +24,7 @@ use crate::loss::{Ohem, SegmentationLoss};
 use crate::optimizer::Sgd;
 use crate::run_dir::RunDir;
 use crate::schedule::PolyLr;
+use crate::step::TrainStep;
 use crate::trainable::TrainableModel;
 
 /// Where and how a run executes; may differ between a run and its resumption.
@@ -87,7 +88,7 @@ pub struct Trainer {
     optimizer: Sgd,
     loader: Loader,
     val_loader: Option<Loader>,
-    loss: SegmentationLoss,
+    train_step: TrainStep,
     schedule: PolyLr,
     step: u64,
     best_miou: Option<f64>,
@@ -207,13 +208,16 @@ impl Trainer {
             }
             None => None,
         };
-        let loss = SegmentationLoss {
-            ignore: IGNORE_TRAIN_ID as u32,
-            aux_weight: config.aux_weight,
-            ohem: config.ohem.map(|(threshold, min_kept)| Ohem {
-                threshold,
-                min_kept,
-            }),
+        let train_step = TrainStep {
+            loss: SegmentationLoss {
+                ignore: IGNORE_TRAIN_ID as u32,
+                aux_weight: config.aux_weight,
+                ohem: config.ohem.map(|(threshold, min_kept)| Ohem {
+                    threshold,
+                    min_kept,
+                }),
+            },
+            dropout: config.dropout,
         };
         let schedule = PolyLr {
             base: config.lr,
@@ -230,7 +234,7 @@ impl Trainer {
             optimizer,
             loader,
             val_loader,
-            loss,
+            train_step,
             schedule,
             step: 0,
             best_miou: None,
@@ -287,15 +291,14 @@ impl Trainer {
                 .as_ref()
                 .ok_or_else(|| TrainError::Config("training samples need labels".into()))?
                 .to_device(&self.runtime.device)?;
-            let stages = self.model.model.forward_train(
+            let loss_value = self.train_step.run(
+                &self.model,
+                &mut self.optimizer,
                 &images,
-                self.config.dropout,
+                &labels,
+                lr,
                 dropout_seed(self.config.seed, self.step),
             )?;
-            let loss = self
-                .loss
-                .compute(&stages.logits, &stages.aux_logits, &labels)?;
-            let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
                 return Err(TrainError::NonFinite {
                     step: self.step + 1,
@@ -303,8 +306,6 @@ impl Trainer {
                     last_checkpoint: self.last_checkpoint,
                 });
             }
-            let grads = loss.backward()?;
-            self.optimizer.step(&grads, lr)?;
             self.step += 1;
             window.1 += batch.indices.len();
 

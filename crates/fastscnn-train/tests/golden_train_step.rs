@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use fastscnn_core::testing::{max_abs_diff, shared_dir, train_step_differences};
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnnConfig, WeightFile};
-use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainableModel};
+use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainStep, TrainableModel};
 
 /// The reference step: lr 0.045, momentum 0.9, weight decay 4e-5, auxiliary weight 0.4.
 const LR: f64 = 0.045;
@@ -78,16 +78,13 @@ fn reference_step(golden: &Path, dtype: DType) -> (HashMap<String, Tensor>, Step
         .to_dtype(dtype)
         .unwrap();
     let labels = Tensor::stack(&[&labels, &labels], 0).unwrap();
-    let stages = model.model.forward_train(&images, 0.0, 0).unwrap();
-    let loss = SegmentationLoss::default()
-        .compute(&stages.logits, &stages.aux_logits, &labels)
-        .unwrap();
-    let loss_value = loss
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    sgd.step(&loss.backward().unwrap(), LR).unwrap();
+    // No dropout, as the reference step has none.
+    let loss_value = TrainStep {
+        loss: SegmentationLoss::default(),
+        dropout: 0.0,
+    }
+    .run(&model, &mut sgd, &images, &labels, LR, 0)
+    .unwrap();
     let state = model.layout_tensors().unwrap();
     (
         expected,

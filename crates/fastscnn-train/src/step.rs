@@ -1,0 +1,46 @@
+//! One optimisation step of the recipe: the forward pass in training mode, the loss, the
+//! backward pass and the SGD update. The trainer runs it on its batches; benches and the
+//! comparisons with the reference implementation run the same function.
+
+use candle_core::Tensor;
+
+use crate::loss::SegmentationLoss;
+use crate::optimizer::Sgd;
+use crate::trainable::TrainableModel;
+
+/// What a step computes besides the batch and the learning rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainStep {
+    /// The objective: main loss plus the weighted auxiliary losses.
+    pub loss: SegmentationLoss,
+    /// Probability of every dropout of the network, in [0, 1).
+    pub dropout: f32,
+}
+
+impl TrainStep {
+    /// Runs one step on `images` (N, 3, H, W) and `labels` (N, H, W) at learning rate `lr`, with
+    /// this step's dropout masks drawn from `dropout_seed`, and returns the loss before the
+    /// update. A non-finite loss is returned without updating anything, for the caller to
+    /// report: a step that has blown up must not reach the weights.
+    pub fn run(
+        &self,
+        model: &TrainableModel,
+        optimizer: &mut Sgd,
+        images: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> crate::Result<f64> {
+        let stages = model
+            .model
+            .forward_train(images, self.dropout, dropout_seed)?;
+        let loss = self
+            .loss
+            .compute(&stages.logits, &stages.aux_logits, labels)?;
+        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if value.is_finite() {
+            optimizer.step(&loss.backward()?, lr)?;
+        }
+        Ok(value)
+    }
+}
