@@ -24,7 +24,9 @@
 //! - outputs are written once, into memory the allocator may have kept from the previous frame
 //!   ([`output_vec`], and [`keep_freed_memory`] for a process that wants it kept).
 //!
-//! Training and other devices keep using candle.
+//! Training runs through candle's ops and the custom ops of `fastscnn-core`, which take the
+//! depthwise gradients ([`depthwise_input_grad`], [`depthwise_weight_grad`]) and the loss
+//! ([`cross_entropy_planes`]) from here; other devices use candle alone.
 
 #![warn(missing_docs)]
 
@@ -32,6 +34,7 @@ mod allocator;
 mod blocks;
 mod buffers;
 mod context;
+mod cross_entropy;
 mod dense;
 mod depthwise;
 mod epilogue;
@@ -58,6 +61,7 @@ pub use blocks::{
 };
 pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use context::{ContextError, ExecutionContext};
+pub use cross_entropy::cross_entropy_planes;
 pub use dense::DenseConv;
 pub use depthwise::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, DepthwiseConv,

@@ -18,7 +18,7 @@ const BLOCK: usize = 512;
 /// its degree-6 Taylor polynomial on |r| ≤ ln2/2 (error about 1e-7 relative), and `2^n` built in
 /// the exponent bits. Clamped to [-87, 88], where f32 stays normal.
 #[inline(always)]
-fn exp<M: MulAdd>(x: f32) -> f32 {
+pub(crate) fn exp<M: MulAdd>(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.0, 88.0);

@@ -2,14 +2,17 @@
 //!
 //! Composed from candle's ops (log-softmax, gather, mask) the loss of one 2x19x512x1024 batch
 //! costs several full passes and a scatter in the backward pass; fused, the forward is one pass
-//! and the gradient `(softmax − onehot) / count` another.
+//! and the gradient `(softmax − onehot) / count` another. f32 runs on the CPU crate's kernel
+//! (`fastscnn_cpu::cross_entropy_planes`: a vectorised `exp`, blocks in cache); f64, which the
+//! gradient checks and the exact reference step use, on the library's `exp` in f64.
 
 use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use fastscnn_cpu::cross_entropy_planes;
 use rayon::prelude::*;
 
-use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{contiguous_slice, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// Pixels per parallel task: large enough to amortise, small enough to spread over cores.
 const BLOCK: usize = 4096;
@@ -154,7 +157,15 @@ impl CustomOp1 for SoftmaxCrossEntropy {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s, l)])
+        match s {
+            CpuStorage::F32(_) => {
+                let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
+                let total = f32_planes(x, l.shape(), &self.targets, &self.mask, 1.0, None)?;
+                let loss = (total / self.count.max(1) as f64) as f32;
+                Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+            }
+            _ => run_kernel(self, [(s, l)]),
+        }
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -210,7 +221,60 @@ impl Kernel<1> for SoftmaxCrossEntropyGrad {
     }
 }
 
-forward_only_op!(SoftmaxCrossEntropyGrad, 1);
+impl CustomOp1 for SoftmaxCrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => {
+                let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
+                let scale = 1.0 / self.count.max(1) as f32;
+                let mut grad = vec![0f32; x.len()];
+                f32_planes(
+                    x,
+                    l.shape(),
+                    &self.targets,
+                    &self.mask,
+                    scale,
+                    Some(&mut grad),
+                )?;
+                Ok((CpuStorage::F32(grad), l.shape().clone()))
+            }
+            _ => run_kernel(self, [(s, l)]),
+        }
+    }
+}
+
+/// The f32 loss summed over the masked pixels of every image of (N, C, H, W) `x`, through the
+/// CPU crate's kernel, and with `grad` its gradient times `scale`.
+fn f32_planes(
+    x: &[f32],
+    shape: &Shape,
+    targets: &[u32],
+    mask: &[bool],
+    scale: f32,
+    mut grad: Option<&mut [f32]>,
+) -> Result<f64> {
+    let (n, c, h, w) = shape.dims4()?;
+    let (plane, image) = (h * w, c * h * w);
+    let mut total = 0f64;
+    for b in 0..n {
+        let pixels = b * plane..(b + 1) * plane;
+        total += cross_entropy_planes(
+            &x[b * image..(b + 1) * image],
+            c,
+            plane,
+            &targets[pixels.clone()],
+            &mask[pixels],
+            scale,
+            grad.as_deref_mut()
+                .map(|g| &mut g[b * image..(b + 1) * image]),
+        );
+    }
+    Ok(total)
+}
 
 #[cfg(test)]
 mod tests {
@@ -253,6 +317,29 @@ mod tests {
         });
         assert!((fused - plain).abs() < 1e-12, "{fused} vs {plain}");
         assert!(max_abs_diff(&fused_grad, &plain_grad) < 1e-12);
+    }
+
+    #[test]
+    fn f32_loss_and_gradient_match_the_f64_kernel() {
+        let (logits, targets, mask) = case();
+        let grad_of = |x: &Tensor| {
+            let var = Var::from_tensor(x).unwrap();
+            let loss = softmax_cross_entropy(var.as_tensor(), &targets, &mask).unwrap();
+            let grad = loss.backward().unwrap().get(&var).unwrap().clone();
+            let loss = loss
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            (loss, grad.to_dtype(DType::F64).unwrap())
+        };
+        let (exact, exact_grad) = grad_of(&logits);
+        let (single, single_grad) = grad_of(&logits.to_dtype(DType::F32).unwrap());
+        assert!(
+            ((single - exact) / exact).abs() < 1e-6,
+            "{single} vs {exact}"
+        );
+        assert!(max_abs_diff(&single_grad, &exact_grad) < 1e-7);
     }
 
     #[test]
