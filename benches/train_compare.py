@@ -10,8 +10,9 @@ count. Each engine runs in a process of its own, round after round, so both see 
 of the machine; each round's median step time is kept, and the peak resident memory of each
 process. It prints each case's medians, the ratio (PyTorch's time over fastscnn's) and the peaks.
 
-Before timing, it checks that its PyTorch network is the reference: one step on the golden
-training frame (`golden/train_step/`) must give the fixture's loss.
+Before timing, it checks that its PyTorch step is the reference's: one step on the golden
+training frame (`golden/train_step/`) must give the fixture's loss and state (every tensor within
+1e-4).
 
     cargo build --release -p fastscnn-cli
     python3 -m pip install torch numpy pillow
@@ -204,19 +205,35 @@ def step(model, opt, images, labels):
 
 
 if mode == "check":
-    # The reference step of golden/train_step: batch 2 of the frame, no dropout, lr 0.045.
+    # The reference step of golden/train_step: batch 2 of the frame, no dropout, lr 0.045; its
+    # loss and the state after it against the fixture's.
+    import struct
     import numpy as np
     from PIL import Image
     model = FastSCNN(dropout=0.0)
     model.load_state_dict(torch.load(weights, map_location="cpu"))
     model.train()
-    frame, label_file = sys.argv[9:11]
+    frame, label_file, expected = sys.argv[9:12]
+    raw = open(expected, "rb").read()
+    header = struct.unpack("<Q", raw[:8])[0]
+    meta = json.loads(raw[8:8 + header])
+
+    def fixture(name):
+        start, end = meta[name]["data_offsets"]
+        dtype = {"F32": np.float32, "F64": np.float64, "U8": np.uint8}[meta[name]["dtype"]]
+        data = np.frombuffer(raw[8 + header + start:8 + header + end], dtype=dtype)
+        return data.reshape(meta[name]["shape"])
     rgb = np.asarray(Image.open(frame).convert("RGB"), dtype=np.float32) / 255.0
     rgb = (rgb - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
     image = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
     labels = torch.from_numpy(np.asarray(Image.open(label_file), dtype=np.int64).copy())[None]
     loss = step(model, optimizer(model, 0.045), image.repeat(2, 1, 1, 1), labels.repeat(2, 1, 1))
-    print(json.dumps({"loss": loss}))
+    want = float(fixture("loss").reshape(-1)[0])
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(meta) - set(state) - {"input", "labels", "loss", "lr", "__metadata__"})
+    weights = max(float(np.abs(v.numpy() - fixture(k)).max()) for k, v in state.items())
+    print(json.dumps({"loss_error": abs(loss - want) / abs(want), "weights": weights,
+                      "missing": missing}))
     sys.exit(0)
 
 model = FastSCNN()
@@ -252,10 +269,10 @@ def shared_dir(arg):
     fail("no fixtures: pass --shared or set FASTSCNN_SHARED (the folder holding golden/)")
 
 
-def run_json(command, env):
+def run_json(label, command, env):
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        fail(f"{' '.join(map(str, command[:3]))} … failed:\n{result.stderr.strip()}")
+        fail(f"{label} failed:\n{result.stderr.strip()}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -264,7 +281,7 @@ def torch_step(golden, case, args, env):
     command = [sys.executable, "-c", TORCH_STEP, str(golden / "fastscnn_seed0_c19.pth"),
                str(batch), str(h), str(w), str(args.warmup), str(args.iters),
                str(args.threads), "time"]
-    return run_json(command, env)
+    return run_json(f"PyTorch's step ({case[0]})", command, env)
 
 
 def fastscnn_step(binary, golden, case, args, env):
@@ -311,20 +328,18 @@ def main():
     golden = shared_dir(args.shared) / "golden"
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
 
-    # The PyTorch network must be the reference: the fixture's loss on its step.
+    # The PyTorch side must be the reference: the fixture's loss and state after its step.
     step_dir = golden / "train_step"
-    check = run_json([sys.executable, "-c", TORCH_STEP, str(golden / "fastscnn_seed0_c19.pth"),
-                      "2", "256", "512", "0", "0", str(args.threads), "check",
-                      str(step_dir / "frankfurt_000001_058914_leftImg8bit.png"),
-                      str(step_dir / "frankfurt_000001_058914_gtFine_labelTrainIds.png")], env)
-    import struct
-    header = (step_dir / "one_step_lr0.045_expected.safetensors").read_bytes()
-    size = struct.unpack("<Q", header[:8])[0]
-    meta = json.loads(header[8:8 + size])
-    start, end = meta["loss"]["data_offsets"]
-    want = struct.unpack("<f", header[8 + size + start:8 + size + end])[0]
-    if abs(check["loss"] - want) > 1e-4 * abs(want):
-        fail(f"the PyTorch network is not the reference: loss {check['loss']}, fixture {want}")
+    check = run_json("PyTorch's reference step", [
+        sys.executable, "-c", TORCH_STEP, str(golden / "fastscnn_seed0_c19.pth"),
+        "2", "256", "512", "0", "0", str(args.threads), "check",
+        str(step_dir / "frankfurt_000001_058914_leftImg8bit.png"),
+        str(step_dir / "frankfurt_000001_058914_gtFine_labelTrainIds.png"),
+        str(step_dir / "one_step_lr0.045_expected.safetensors")], env)
+    if check["missing"] or check["loss_error"] > 1e-4 or check["weights"] > 1e-4:
+        fail(f"the PyTorch step is not the reference's: {check}")
+    print(f"PyTorch's reference step: loss relative error {check['loss_error']:.1e}, "
+          f"state within {check['weights']:.1e} of the fixture's", file=sys.stderr)
 
     rows = {case[0]: {"torch": [], "fastscnn": [], "torch_mb": 0.0, "fastscnn_mb": 0.0}
             for case in CASES}

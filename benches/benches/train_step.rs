@@ -5,9 +5,8 @@
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastscnn_benches::random_tensor;
-use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_model::FastScnnConfig;
-use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainStep, TrainableModel};
+use fastscnn_train::{optimizer::Sgd, TrainStep, TrainableModel};
 
 fn train_step(c: &mut Criterion) {
     let (h, w) = (512, 1024);
@@ -16,10 +15,7 @@ fn train_step(c: &mut Criterion) {
     let images = random_tensor(&[2, 3, h, w], 1).unwrap();
     let labels: Vec<u8> = (0..2 * h * w).map(|i| ((i / 4096) % 19) as u8).collect();
     let labels = Tensor::from_vec(labels, (2, h, w), &Device::Cpu).unwrap();
-    let train_step = TrainStep {
-        loss: SegmentationLoss::default(),
-        dropout: DEFAULT_DROPOUT,
-    };
+    let train_step = TrainStep::default();
     let mut step = 0u64;
 
     let mut group = c.benchmark_group("train_step_512x1024_batch2");

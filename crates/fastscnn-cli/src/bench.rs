@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use fastscnn_core::atomic_write::write_atomically;
-use fastscnn_core::layers::DEFAULT_DROPOUT;
 use fastscnn_cpu::ExecutionContext;
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, WeightFile};
-use fastscnn_train::{optimizer::Sgd, SegmentationLoss, TrainStep, TrainableModel};
+use fastscnn_train::{optimizer::Sgd, TrainStep, TrainableModel};
 use image::imageops::{self, FilterType};
 
 use crate::cli::{BenchArgs, BenchMode};
@@ -19,8 +18,9 @@ use crate::{device, weights};
 
 pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
     let (h, w) = args.size;
-    let pixels = (h as u64) * (w as u64) * args.batch as u64;
-    if pixels > args.max_pixels {
+    // u128: three factors of up to 32 bits each.
+    let pixels = h as u128 * w as u128 * args.batch as u128;
+    if pixels > args.max_pixels as u128 {
         bail!(
             "--size {h}x{w} x --batch {}: {:.1} megapixels, over the budget of {:.1} \
              (--max-pixels {})",
@@ -53,10 +53,10 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         model
     };
     weights::check_isa_applies(args.execution.isa, &model)?;
-    // candle's own operations size themselves from RAYON_NUM_THREADS, not from the context.
+    // candle's own operations size themselves from RAYON_NUM_THREADS, not from the context;
+    // the training ops run in rayon's pool, which --threads sizes.
     let (engine, threads) = if args.mode == BenchMode::Train {
-        let threads = candle_core::utils::get_num_threads();
-        ("training ops".to_string(), threads)
+        ("training ops".to_string(), rayon::current_num_threads())
     } else if model.uses_cpu_kernels() {
         let engine = format!("fused CPU kernels ({})", context.isa().name());
         (engine, context.threads())
@@ -164,8 +164,8 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
 }
 
 /// A training step of the weights' own network, as `fastscnn train` runs it: the paper's loss
-/// (auxiliary weight 0.4) and dropout 0.1, SGD with momentum 0.9 and weight decay 4e-5 at a
-/// small learning rate (1e-3), so that many timed steps stay finite.
+/// (auxiliary weight 0.4) and dropout 0.1 ([`TrainStep::default`]), SGD with momentum 0.9 and
+/// weight decay 4e-5 at a small learning rate (1e-3), so that many timed steps stay finite.
 struct Training {
     model: TrainableModel,
     optimizer: Sgd,
@@ -175,7 +175,8 @@ struct Training {
 
 impl Training {
     /// Every auxiliary head of the weights' preset, loaded where the file has it; labels in
-    /// horizontal bands of every class, so that each class has pixels in each frame.
+    /// bands of every class in raster order, so that each class has pixels in each frame of at
+    /// least as many pixels as classes.
     fn new(
         model: &FastScnn,
         path: &Path,
@@ -192,17 +193,14 @@ impl Training {
             .with_classes(model.classes().clone())?;
         trainable.load(&WeightFile::open(path)?, true)?;
         let optimizer = Sgd::new(trainable.params(), 0.9, 4e-5);
-        let band = h.div_ceil(classes).max(1);
-        let labels: Vec<u8> = (0..batch * h * w)
-            .map(|i| ((i / w % h) / band) as u8)
+        let plane = h * w;
+        let labels: Vec<u8> = (0..batch * plane)
+            .map(|i| (i % plane * classes / plane) as u8)
             .collect();
         Ok(Self {
             model: trainable,
             optimizer,
-            step: TrainStep {
-                loss: SegmentationLoss::default(),
-                dropout: DEFAULT_DROPOUT,
-            },
+            step: TrainStep::default(),
             labels: Tensor::from_vec(labels, (batch, h, w), device)?,
         })
     }

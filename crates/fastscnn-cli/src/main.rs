@@ -28,11 +28,14 @@ use cli::{Cli, Command, ExecutionArgs};
 fn main() -> ExitCode {
     report_bugs_not_user_errors_with_backtraces();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Segment(_) | Command::Eval(_)) {
-        // Frame after frame, outputs reuse the memory of the previous frame's instead of fresh
-        // pages the kernel must zero first (`fastscnn bench --fresh-outputs` times the other
-        // way). `bench` decides for itself; training's memory is left to the allocator's
-        // defaults.
+    if matches!(
+        cli.command,
+        Command::Segment(_) | Command::Eval(_) | Command::Train(_)
+    ) {
+        // Frame after frame, and step after step, outputs and gradients reuse the memory of the
+        // previous one's instead of fresh pages the kernel must zero first (`fastscnn bench
+        // --fresh-outputs` times the other way: a training step at 512x1024 takes 14% longer,
+        // `benches/train_compare.py`). `bench` decides for itself.
         fastscnn_cpu::keep_freed_memory();
     }
     // --threads sizes rayon's global pool, where this project's ops run under candle

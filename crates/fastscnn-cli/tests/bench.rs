@@ -156,6 +156,9 @@ fn a_training_step_is_timed_on_a_batch() {
         report["fps"].as_f64().unwrap(),
     );
     assert!((fps - 2e3 / median).abs() < 1e-9, "{fps} frames/s");
+    // Freed memory kept, as `fastscnn train` keeps it.
+    let kept = cfg!(all(target_os = "linux", target_env = "gnu"));
+    assert_eq!(report["freed_memory_kept"], kept);
 
     // The training ops take no instruction set of the fused path's.
     common::assert_clean_failure(
@@ -165,5 +168,19 @@ fn a_training_step_is_timed_on_a_batch() {
             .arg(golden.join("fastscnn_seed0_c19.safetensors"))
             .args(["--mode", "train", "--isa", "portable"]),
         "--isa",
+    );
+}
+
+#[test]
+fn a_batch_too_large_to_count_is_refused_in_one_line() {
+    let Some(golden) = golden() else { return };
+    // 131072 x 65536 x 2^31 pixels: 2^64, which wraps a u64 to 0.
+    common::assert_clean_failure(
+        fastscnn()
+            .arg("bench")
+            .arg("--weights")
+            .arg(golden.join("fastscnn_seed0_c19.safetensors"))
+            .args(["--size", "131072x65536", "--batch", "2147483648"]),
+        "--max-pixels",
     );
 }

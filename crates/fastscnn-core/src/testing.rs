@@ -42,42 +42,89 @@ pub fn shared_dir() -> Option<PathBuf> {
     None
 }
 
-/// The worst differences of a model state after one training step from the reference
-/// implementation's (`golden/train_step/`): the largest |difference| over the weights, and over
-/// the BatchNorm running statistics relative to 1 + |value|. Every tensor of the fixture's
-/// state is compared (the step's `input`, `labels`, `loss` and `lr` are not state).
+/// How far a model state after one training step is from the reference implementation's
+/// (`golden/train_step/`), tensor by tensor: the largest |difference| of each weight, and of each
+/// BatchNorm running statistic relative to 1 + |value|. Every tensor of the fixture's state is
+/// compared (the step's `input`, `labels`, `loss` and `lr` are not state).
 ///
 /// # Panics
 /// If `state` lacks a tensor of the fixture's, or holds it with another size.
 pub fn train_step_differences(
     expected: &std::collections::HashMap<String, candle_core::Tensor>,
     state: &std::collections::HashMap<String, candle_core::Tensor>,
-) -> (f64, f64) {
+) -> std::collections::BTreeMap<String, f64> {
     let values = |t: &candle_core::Tensor| -> Vec<f64> {
         t.to_dtype(candle_core::DType::F64)
             .and_then(|t| t.flatten_all()?.to_vec1())
             .expect("a CPU tensor")
     };
-    let (mut weights, mut statistics) = (0f64, 0f64);
-    for (key, want) in expected {
-        if ["input", "labels", "loss", "lr"].contains(&key.as_str()) {
-            continue;
-        }
-        let got = state
-            .get(key)
-            .unwrap_or_else(|| panic!("the trained state has no `{key}`"));
-        let (want, got) = (values(want), values(got));
-        assert_eq!(want.len(), got.len(), "`{key}` size");
-        let statistic = key.ends_with(".running_mean") || key.ends_with(".running_var");
-        for (w, g) in want.iter().zip(&got) {
-            if statistic {
-                statistics = statistics.max((w - g).abs() / (1.0 + w.abs()));
-            } else {
-                weights = weights.max((w - g).abs());
-            }
-        }
-    }
-    (weights, statistics)
+    expected
+        .iter()
+        .filter(|(key, _)| !["input", "labels", "loss", "lr"].contains(&key.as_str()))
+        .map(|(key, want)| {
+            let got = state
+                .get(key)
+                .unwrap_or_else(|| panic!("the trained state has no `{key}`"));
+            let (want, got) = (values(want), values(got));
+            assert_eq!(want.len(), got.len(), "`{key}` size");
+            let statistic = is_running_statistic(key);
+            let worst = want
+                .iter()
+                .zip(&got)
+                .map(|(w, g)| {
+                    let d = (w - g).abs();
+                    if statistic {
+                        d / (1.0 + w.abs())
+                    } else {
+                        d
+                    }
+                })
+                .fold(0f64, f64::max);
+            (key.clone(), worst)
+        })
+        .collect()
+}
+
+/// Whether a state key is a BatchNorm running statistic rather than a trained weight.
+pub fn is_running_statistic(key: &str) -> bool {
+    key.ends_with(".running_mean") || key.ends_with(".running_var")
+}
+
+/// The largest of `differences` whose key `keep` accepts, with its key (`("", 0.0)` for none).
+pub fn worst_difference(
+    differences: &std::collections::BTreeMap<String, f64>,
+    keep: impl Fn(&str) -> bool,
+) -> (String, f64) {
+    differences
+        .iter()
+        .filter(|(key, _)| keep(key))
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or((String::new(), 0.0), |(key, d)| (key.clone(), *d))
+}
+
+/// The bounds of an f32 training step against the reference's (`golden/train_step/`): the loss
+/// within 1e-4 relative, every running statistic within 1e-4 (relative to 1 + |value|), every
+/// weight within 1e-4 but the learning-to-downsample ones, within 3e-4. Those are the furthest
+/// behind one pixel of the classifier's first depthwise block whose pre-activation is -8.4e-7 in
+/// exact arithmetic, within f32's accumulated rounding of zero: where f32 lands it above zero its
+/// gradient passes, and moves the BatchNorm-centred gradient sums behind it by up to 1.8e-4
+/// (`fastscnn-train`'s `golden_train_step` tests; in f64 the step is within 2e-6).
+///
+/// # Panics
+/// If a bound is exceeded, naming the tensor.
+pub fn assert_train_step_within_f32_bounds(
+    loss_error: f64,
+    differences: &std::collections::BTreeMap<String, f64>,
+) {
+    assert!(loss_error <= 1e-4, "loss relative error {loss_error:e}");
+    let (key, d) = worst_difference(differences, is_running_statistic);
+    assert!(d <= 1e-4, "`{key}` differs by up to {d:e}");
+    let beyond_stem =
+        |k: &str| !is_running_statistic(k) && !k.starts_with("learning_to_downsample.");
+    let (key, d) = worst_difference(differences, beyond_stem);
+    assert!(d <= 1e-4, "`{key}` differs by up to {d:e}");
+    let (key, d) = worst_difference(differences, |k| !is_running_statistic(k));
+    assert!(d <= 3e-4, "`{key}` differs by up to {d:e}");
 }
 
 /// A tensor of `shape` with values uniform in [-1, 1), the same for the same seed on every
