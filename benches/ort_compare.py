@@ -24,16 +24,14 @@ its output on the machine it ran on.
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, fail, machine, shared_dir
+
 
 # (name, mode, size, ONNX export or None, what the issue asks of the ratio or the time)
 CASES = [
@@ -44,18 +42,6 @@ CASES = [
 ]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def fail(message):
-    print(f"ort_compare: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def shared_dir(arg):
-    for candidate in [arg, os.environ.get("FASTSCNN_SHARED"), ROOT.parent / "shared"]:
-        if candidate and (Path(candidate) / "golden").is_dir():
-            return Path(candidate)
-    fail("no fixtures: pass --shared or set FASTSCNN_SHARED (the folder holding golden/)")
 
 
 def ort_session(path, threads):
@@ -151,20 +137,6 @@ def check_agreement(binary, weights, shared, threads):
     session = ort_session(shared / "golden" / "fastscnn_seed0_c19_768x1536.onnx", threads)
     theirs = session.run(None, {"input": x})[0].argmax(axis=1)[0]
     return float((ours == theirs).mean())
-
-
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    except OSError:
-        isa = "?"
-    return f"{model}, {os.cpu_count()} logical CPUs, {isa}, {platform.system()} {platform.release()}"
 
 
 def main():

@@ -25,14 +25,14 @@ on the machine it ran on.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, fail, machine, shared_dir
+
 
 # (name, batch, height, width)
 CASES = [
@@ -257,18 +257,6 @@ print(json.dumps({"median_ms": times[len(times) // 2] * 1e3, "peak_rss_mb": peak
 '''
 
 
-def fail(message):
-    print(f"train_compare: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def shared_dir(arg):
-    for candidate in [arg, os.environ.get("FASTSCNN_SHARED"), ROOT.parent / "shared"]:
-        if candidate and (Path(candidate) / "golden").is_dir():
-            return Path(candidate)
-    fail("no fixtures: pass --shared or set FASTSCNN_SHARED (the folder holding golden/)")
-
-
 def run_json(label, command, env):
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -297,16 +285,6 @@ def fastscnn_step(binary, golden, case, args, env):
         if result.returncode != 0:
             fail(f"fastscnn bench failed:\n{result.stderr.strip()}")
         return json.loads(report.read_text())
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():
@@ -358,7 +336,7 @@ def main():
                   f"fastscnn {f['median_ms']:.0f} ms", file=sys.stderr)
 
     lines = [
-        f"{cpu_name()}, {args.threads} threads, PyTorch {torch_version} eager, "
+        f"{machine()}, {args.threads} threads, PyTorch {torch_version} eager, "
         f"{args.rounds} rounds of {args.iters} timed steps (after {args.warmup}) per engine",
         "",
         "| training step | PyTorch (ms) | fastscnn (ms) | PyTorch / fastscnn | peak RSS PyTorch (MB) | peak RSS fastscnn (MB) |",

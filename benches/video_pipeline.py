@@ -17,27 +17,14 @@ Not run by CI: it takes minutes. docs/performance.md holds its output on the mac
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, fail, machine, shared_dir
+
 FRAME = "frankfurt_000001_058914"
-
-
-def fail(message):
-    print(f"video_pipeline: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def shared_dir(arg):
-    for candidate in [arg, os.environ.get("FASTSCNN_SHARED"), ROOT.parent / "shared"]:
-        if candidate and (Path(candidate) / "golden").is_dir():
-            return Path(candidate)
-    fail("no fixtures: pass --shared or set FASTSCNN_SHARED (the folder holding golden/)")
 
 
 def run(command):
@@ -80,8 +67,8 @@ def main():
 
     wall_ms = 1000.0 / s["fps"]
     slowest = max(s["decode_ms"], s["infer_ms"], s["encode_ms"])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} inference threads; clip: {s['frames']} frames of 1024x2048")
+    print(f"machine: {machine()}, {args.threads} inference threads; "
+          f"clip: {s['frames']} frames of 1024x2048")
     print("| pipeline wall | decode | infer | encode | wall / slowest stage | model only (bench) |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {wall_ms:.1f} ms ({s['fps']:.2f} fps) | {s['decode_ms']:.1f} ms | {s['infer_ms']:.1f} ms "
