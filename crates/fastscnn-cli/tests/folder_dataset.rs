@@ -12,7 +12,7 @@ use fastscnn_data::{ClassInfo, ClassTable};
 use image::imageops::FilterType;
 
 mod common;
-use common::{assert_clean_failure, fastscnn, golden};
+use common::{assert_clean_failure, fastscnn, golden, train};
 
 const FRAME: &str = "frankfurt_000001_058914";
 
@@ -78,26 +78,6 @@ fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
     let root = dir.path().join("categories");
     folder_dataset(&shared, &root);
     Some((dir, root))
-}
-
-/// `fastscnn train` on the folder dataset at batch 2 on the whole frame, without scaling.
-fn train(root: &Path, out: &Path) -> assert_cmd::Command {
-    let mut cmd = fastscnn();
-    cmd.arg("train")
-        .arg("--dataset-root")
-        .arg(root)
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--batch-size",
-            "2",
-            "--crop",
-            "128x256",
-            "--scale-range",
-            "1-1",
-        ])
-        .args(["--workers", "0"]);
-    cmd
 }
 
 #[test]

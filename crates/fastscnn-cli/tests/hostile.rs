@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
+use fastscnn_core::testing::jpeg_with_orientation;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, RgbImage};
 
@@ -64,21 +65,6 @@ fn jpeg(image: &RgbImage) -> Vec<u8> {
         )
         .unwrap();
     bytes
-}
-
-/// `jpeg` with an EXIF segment holding only an orientation tag.
-fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-    let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
-    tiff.extend(orientation.to_le_bytes());
-    tiff.extend([0, 0, 0, 0, 0, 0]);
-    let mut app1 = b"Exif\0\0".to_vec();
-    app1.extend(tiff);
-    let mut out = jpeg[..2].to_vec();
-    out.extend([0xFF, 0xE1]);
-    out.extend(((app1.len() + 2) as u16).to_be_bytes());
-    out.extend(app1);
-    out.extend(&jpeg[2..]);
-    out
 }
 
 fn golden_image(golden: &Path) -> RgbImage {
@@ -150,7 +136,7 @@ fn photos_are_segmented_upright() {
         image::imageops::FilterType::Triangle,
     );
     let photo = dir.path().join("photo.jpg");
-    std::fs::write(&photo, with_orientation(&jpeg(&image), 6)).unwrap();
+    std::fs::write(&photo, jpeg_with_orientation(&jpeg(&image), 6)).unwrap();
     segment(&photo, &golden.join(WEIGHTS), dir.path())
         .assert()
         .success();

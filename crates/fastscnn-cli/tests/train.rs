@@ -11,7 +11,7 @@ use fastscnn_core::testing::{
 use image::imageops::FilterType;
 
 mod common;
-use common::{assert_clean_failure, assert_usage_error, fastscnn};
+use common::{assert_clean_failure, assert_usage_error, fastscnn, train};
 
 const FRAME: &str = "frankfurt_000001_058914";
 
@@ -43,27 +43,6 @@ fn one_frame_dataset(shared: &Path, root: &Path) {
             .save(gt.join(format!("{FRAME}_gtFine_labelTrainIds.png")))
             .unwrap();
     }
-}
-
-/// `fastscnn train` on `root` into `out` with the default recipe at batch 2, crop 128x256 (the
-/// whole frame) and no scaling, to which a test adds flags.
-fn train(root: &Path, out: &Path) -> Command {
-    let mut cmd = fastscnn();
-    cmd.arg("train")
-        .arg("--dataset-root")
-        .arg(root)
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--batch-size",
-            "2",
-            "--crop",
-            "128x256",
-            "--scale-range",
-            "1-1",
-        ])
-        .args(["--workers", "0"]);
-    cmd
 }
 
 /// `fastscnn train --resume` of the run in `out`: the recipe comes from its checkpoint.

@@ -13,14 +13,7 @@ use common::{assert_clean_failure, fastscnn, golden};
 const WEIGHTS: &str = "fastscnn_seed0_c19.safetensors";
 
 fn ffmpeg() -> Option<Ffmpeg> {
-    match Ffmpeg::locate() {
-        Ok(ffmpeg) => Some(ffmpeg),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs ffmpeg: {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    fastscnn_core::testing::needed(Ffmpeg::locate())
 }
 
 /// A clip of `frames` frames panning across the golden input frame, `width` x `height`, 10 fps.

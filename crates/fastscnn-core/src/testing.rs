@@ -29,9 +29,8 @@ pub fn shared_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(
-        !ci,
+        !in_ci(),
         "shared fixtures not found at {} (set FASTSCNN_SHARED); CI=true requires them",
         dir.display()
     );
@@ -125,6 +124,40 @@ pub fn assert_train_step_within_f32_bounds(
     assert!(d <= 1e-4, "`{key}` differs by up to {d:e}");
     let (key, d) = worst_difference(differences, |k| !is_running_statistic(k));
     assert!(d <= 3e-4, "`{key}` differs by up to {d:e}");
+}
+
+/// `jpeg` with an EXIF segment holding only an orientation tag (1 to 8), as a camera writes a
+/// photo it took turned.
+pub fn jpeg_with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+    tiff.extend(orientation.to_le_bytes());
+    tiff.extend([0, 0, 0, 0, 0, 0]);
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend(tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xFF, 0xE1]);
+    out.extend(((app1.len() + 2) as u16).to_be_bytes());
+    out.extend(app1);
+    out.extend(&jpeg[2..]);
+    out
+}
+
+/// Whether this run is CI's (`CI=true` or `CI=1`), where a test must never pass by skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// What a test needs from the machine (a program, a device): `Some` when `found` is `Ok`;
+/// otherwise `None` after saying on stderr that the test is skipped, and under CI a failure.
+pub fn needed<T, E: std::fmt::Display>(found: Result<T, E>) -> Option<T> {
+    match found {
+        Ok(value) => Some(value),
+        Err(e) => {
+            assert!(!in_ci(), "CI needs it: {e}");
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
 }
 
 /// A tensor of `shape` with values uniform in [-1, 1), the same for the same seed on every

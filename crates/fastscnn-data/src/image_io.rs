@@ -221,28 +221,17 @@ mod tests {
         assert!(err.to_string().starts_with(&path.display().to_string()));
     }
 
-    /// `jpeg` with an EXIF segment holding only an orientation tag.
-    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-        let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
-        tiff.extend(orientation.to_le_bytes());
-        tiff.extend([0, 0, 0, 0, 0, 0]);
-        let mut app1 = b"Exif\0\0".to_vec();
-        app1.extend(tiff);
-        let mut out = jpeg[..2].to_vec();
-        out.extend([0xFF, 0xE1]);
-        out.extend(((app1.len() + 2) as u16).to_be_bytes());
-        out.extend(app1);
-        out.extend(&jpeg[2..]);
-        out
-    }
-
     #[test]
     fn the_size_is_the_upright_images() {
         let dir = tempfile::tempdir().unwrap();
         let jpeg = jpeg_bytes(64, 48);
         for (orientation, size) in [(1, (64, 48)), (3, (64, 48)), (6, (48, 64)), (8, (48, 64))] {
             let path = dir.path().join(format!("o{orientation}.jpg"));
-            std::fs::write(&path, with_orientation(&jpeg, orientation)).unwrap();
+            std::fs::write(
+                &path,
+                fastscnn_core::testing::jpeg_with_orientation(&jpeg, orientation),
+            )
+            .unwrap();
             assert_eq!(
                 image_size(&path).unwrap(),
                 size,

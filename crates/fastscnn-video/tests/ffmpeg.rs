@@ -8,14 +8,7 @@ use fastscnn_video::{run_pipeline, Ffmpeg, FrameRate, VideoError};
 use image::RgbImage;
 
 fn ffmpeg() -> Option<Ffmpeg> {
-    match Ffmpeg::locate() {
-        Ok(ffmpeg) => Some(ffmpeg),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs ffmpeg: {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    fastscnn_core::testing::needed(Ffmpeg::locate())
 }
 
 /// A `frames`-frame clip of ffmpeg's test pattern, `width` x `height` at 10 fps.

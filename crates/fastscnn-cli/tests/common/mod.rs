@@ -31,6 +31,28 @@ pub fn assert_clean_failure(cmd: &mut Command, needle: &str) {
     );
 }
 
+/// `fastscnn train` on `root` into `out` with the default recipe at batch 2, crop 128x256 (the
+/// whole of the tests' 256x128 frames) and no scaling, loading on the test's thread, to which a
+/// test adds flags.
+pub fn train(root: &Path, out: &Path) -> Command {
+    let mut cmd = fastscnn();
+    cmd.arg("train")
+        .arg("--dataset-root")
+        .arg(root)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--batch-size",
+            "2",
+            "--crop",
+            "128x256",
+            "--scale-range",
+            "1-1",
+        ])
+        .args(["--workers", "0"]);
+    cmd
+}
+
 /// A clap usage error: exit 2, no panic, the first line naming `needle`.
 pub fn assert_usage_error(cmd: &mut Command, needle: &str) {
     let out = cmd.output().unwrap();
