@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use fastscnn_core::ops::{
-    adaptive_avg_pool2d, adaptive_avg_pool2d_composite, batch_norm_train,
+    adaptive_avg_pool2d, adaptive_avg_pool2d_composite, batch_norm_train, batch_norm_train_act,
     batch_norm_train_composite, depthwise_conv2d, depthwise_conv2d_grouped, resize_bilinear,
     resize_bilinear_composite,
 };
@@ -228,6 +228,27 @@ fn training_batch_norm_gradients_match_finite_differences_and_the_composite() {
         &|xs| batch_norm_train_composite(&xs[0], &xs[1], &xs[2], 1e-5),
         &inputs,
         14,
+    );
+    for (i, (a, b)) in ours.iter().zip(&composite).enumerate() {
+        let err = relative_error(a, b);
+        assert!(err < 1e-10, "input {i}: {err}");
+    }
+}
+
+#[test]
+fn training_batch_norm_with_relu_gradients_match_finite_differences_and_the_composite() {
+    let x = random64(&[2, 3, 4, 5], 21).affine(2.0, 0.5).unwrap();
+    let gamma = random64(&[3], 22);
+    let beta = random64(&[3], 23);
+    let inputs = [x, gamma, beta];
+    let fused =
+        |xs: &[Tensor]| Ok(batch_norm_train_act(&xs[0], &xs[1], &xs[2], 1e-5, true)?.output);
+    check_against_finite_differences("batch norm + relu (training)", &fused, &inputs);
+    let ours = autograd(&fused, &inputs, 24);
+    let composite = autograd(
+        &|xs| batch_norm_train_composite(&xs[0], &xs[1], &xs[2], 1e-5)?.relu(),
+        &inputs,
+        24,
     );
     for (i, (a, b)) in ours.iter().zip(&composite).enumerate() {
         let err = relative_error(a, b);

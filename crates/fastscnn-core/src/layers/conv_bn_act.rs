@@ -1,11 +1,11 @@
 //! Convolution + BatchNorm + optional ReLU, the unit every Fast-SCNN block is made of.
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
 use super::Mode;
-use crate::ops::{batch_norm_train, channel_mean_var};
+use crate::ops::{batch_norm_train_act, BatchNormTrainOutput};
 
 /// How BatchNorm is run at inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,38 +107,46 @@ impl ConvBnAct {
     /// In [`Mode::Training`] an unfolded BatchNorm uses batch statistics and updates its running
     /// ones; a folded one has no statistics left to train.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = self.conv.forward(x)?;
-        if let Some(bn) = &self.bn {
-            y = if mode.is_training() {
-                batch_norm_training(bn, &y)?
-            } else {
-                bn.forward_t(&y, false)?
-            };
+        let y = self.conv.forward(x)?;
+        match &self.bn {
+            Some(bn) if mode.is_training() => batch_norm_training(bn, &y, self.relu),
+            Some(bn) => self.activate(bn.forward_t(&y, false)?),
+            None => self.activate(y),
         }
+    }
+
+    fn activate(&self, y: Tensor) -> Result<Tensor> {
         if self.relu {
-            y = y.relu()?;
+            y.relu()
+        } else {
+            Ok(y)
         }
-        Ok(y)
     }
 }
 
-/// BatchNorm in training mode through the fused op, with PyTorch's running-statistics update:
-/// momentum 0.1 (candle's default, as PyTorch's) and the unbiased batch variance.
-fn batch_norm_training(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+/// BatchNorm in training mode (and the ReLU, if `relu`) through the fused op, with PyTorch's
+/// running-statistics update: momentum 0.1 (candle's default, as PyTorch's) and the unbiased batch
+/// variance, computed in f64 from the statistics the op normalised by.
+fn batch_norm_training(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
     let Some((gamma, beta)) = bn.weight_and_bias() else {
-        return bn.forward_t(x, true);
+        let y = bn.forward_t(x, true)?;
+        return if relu { y.relu() } else { Ok(y) };
     };
-    let y = batch_norm_train(x, gamma, beta, bn.eps())?;
+    let BatchNormTrainOutput {
+        output,
+        mean,
+        variance,
+    } = batch_norm_train_act(x, gamma, beta, bn.eps(), relu)?;
     let (n, _, h, w) = x.dims4()?;
     let count = (n * h * w) as f64;
-    let (mean, var) = channel_mean_var(x)?;
-    let unbiased = var.affine(count / (count - 1.0).max(1.0), 0.0)?;
+    let unbiased = variance.affine(count / (count - 1.0).max(1.0), 0.0)?;
     let m = bn.momentum();
     for (running, batch) in [(bn.running_mean(), mean), (bn.running_var(), unbiased)] {
-        let updated = (running.affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
+        let previous = running.to_dtype(DType::F64)?;
+        let updated = (previous.affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
         Var::from_tensor(running)?.set(&updated.to_dtype(running.dtype())?)?;
     }
-    Ok(y)
+    Ok(output)
 }
 
 impl Module for ConvBnAct {

@@ -1,19 +1,49 @@
-//! Training-mode batch normalisation as one op with its own backward pass.
+//! Training-mode batch normalisation, with the ReLU that usually follows it, as one op with its
+//! own backward pass.
 //!
 //! candle_nn's training path transposes, flattens and broadcasts through a dozen full-size
-//! intermediate tensors, whose backward pass would dominate a training step at the stem's 1/2
-//! resolution. Here the forward is two passes (statistics, normalisation) and the backward three
-//! (`cargo bench -p fastscnn-benches --bench train_step`).
+//! intermediate tensors, and candle's ReLU costs a pass forward and five (a comparison, a cast, a
+//! product, a zeroed gradient and a sum) backward. Here the forward is two passes (statistics,
+//! normalisation with the ReLU) and the backward two (the per-channel sums, the input gradient),
+//! the ReLU's mask read from the output; the batch statistics are computed once and serve the
+//! running estimates and the backward pass (`cargo bench -p fastscnn-benches --bench
+//! train_step`).
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+
+/// The output of training BatchNorm and the statistics it normalised by.
+#[derive(Debug, Clone)]
+pub struct BatchNormTrainOutput {
+    /// `(x − mean) / √(var + eps) · gamma + beta`, through a ReLU if one was asked for.
+    pub output: Tensor,
+    /// Each channel's mean over the batch and both spatial axes, (C), f64, without gradient.
+    pub mean: Tensor,
+    /// Each channel's biased variance, (C), f64, without gradient: PyTorch's running variance
+    /// takes it times `M / (M − 1)`, M the count per channel.
+    pub variance: Tensor,
+}
 
 /// `(x − mean) / √(var + eps) · gamma + beta` with each channel's mean and biased variance over
 /// the batch and both spatial axes, as BatchNorm computes in training; `x` is (N, C, H, W),
 /// `gamma` and `beta` (C). Differentiable in all three.
 pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(batch_norm_train_act(x, gamma, beta, eps, false)?.output)
+}
+
+/// [`batch_norm_train`], followed by a ReLU when `relu` is set, with the batch statistics it used.
+/// The ReLU's gradient passes where its output is positive, as PyTorch's does.
+pub fn batch_norm_train_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrainOutput> {
     let (_, c, _, _) = x.dims4()?;
     if gamma.dims() != [c] || beta.dims() != [c] {
         bail!(
@@ -23,13 +53,41 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
         )
     }
     if has_cpu_kernel(x) && x.dtype() == gamma.dtype() && x.dtype() == beta.dtype() {
-        x.contiguous()?.apply_op3(
+        let stats = Arc::new(OnceLock::new());
+        let output = x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
-            BatchNormTrain { eps },
-        )
+            BatchNormTrain {
+                eps,
+                relu,
+                stats: stats.clone(),
+            },
+        )?;
+        let Some(stats) = stats.get() else {
+            bail!("batch_norm_train: the kernel left no statistics")
+        };
+        let column = |values: Vec<f64>| Tensor::from_vec(values, c, x.device());
+        Ok(BatchNormTrainOutput {
+            output,
+            mean: column(stats.iter().map(|s| s.mean).collect())?,
+            variance: column(stats.iter().map(|s| s.variance).collect())?,
+        })
     } else {
-        batch_norm_train_composite(x, gamma, beta, eps)
+        let output = batch_norm_train_composite(x, gamma, beta, eps)?;
+        let output = if relu { output.relu()? } else { output };
+        let x = x.detach().to_dtype(DType::F64)?;
+        let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+        let variance = x
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .mean_keepdim(0)?
+            .mean_keepdim(2)?
+            .mean_keepdim(3)?;
+        Ok(BatchNormTrainOutput {
+            output,
+            mean: mean.flatten_all()?,
+            variance: variance.flatten_all()?,
+        })
     }
 }
 
@@ -54,64 +112,107 @@ pub fn batch_norm_train_composite(
         .broadcast_add(&beta.reshape((1, c, 1, 1))?)
 }
 
-/// Each channel's batch mean and biased variance, (C) each, without gradient: what updates the
-/// running statistics.
-pub fn channel_mean_var(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let x = x.detach();
-    if has_cpu_kernel(&x) {
-        let stats = x.contiguous()?.apply_op1_no_bwd(&ChannelMeanVar)?;
-        return Ok((stats.get(0)?, stats.get(1)?));
+/// Independent partial sums per reduction: the adds of one pipeline instead of waiting on each
+/// other, and vectorise, while every term is still summed in f64.
+const LANES: usize = 8;
+
+/// Σ f(v) over a slice, in f64, over [`LANES`] partial sums.
+#[inline]
+fn lane_sum<T: Float>(a: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|v| f(v.as_f64())).sum();
+    for chunk in chunks {
+        for lane in 0..LANES {
+            acc[lane] += f(chunk[lane].as_f64());
+        }
     }
-    let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-    let var = x
-        .broadcast_sub(&mean)?
-        .sqr()?
-        .mean_keepdim(0)?
-        .mean_keepdim(2)?
-        .mean_keepdim(3)?;
-    Ok((mean.flatten_all()?, var.flatten_all()?))
+    acc.iter().sum::<f64>() + tail
 }
 
-/// (mean, 1/√(var + eps)) of every channel, in f64, one channel per task.
-fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, plane: usize, eps: f64) -> Vec<(f64, f64)> {
+/// Σ f(a, b, c) over three slices of one length, as two sums at once (f returns both terms), in
+/// f64, each over [`LANES`] partial sums.
+#[inline]
+fn lane_sums<T: Float>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    f: impl Fn(f64, f64, f64) -> (f64, f64),
+) -> (f64, f64) {
+    let (mut first, mut second) = ([0f64; LANES], [0f64; LANES]);
+    let chunks = a
+        .chunks_exact(LANES)
+        .zip(b.chunks_exact(LANES))
+        .zip(c.chunks_exact(LANES));
+    for ((a, b), c) in chunks {
+        for lane in 0..LANES {
+            let (u, v) = f(a[lane].as_f64(), b[lane].as_f64(), c[lane].as_f64());
+            first[lane] += u;
+            second[lane] += v;
+        }
+    }
+    let body = a.len() - a.len() % LANES;
+    let mut tail = (0f64, 0f64);
+    for i in body..a.len() {
+        let (u, v) = f(a[i].as_f64(), b[i].as_f64(), c[i].as_f64());
+        tail.0 += u;
+        tail.1 += v;
+    }
+    (
+        first.iter().sum::<f64>() + tail.0,
+        second.iter().sum::<f64>() + tail.1,
+    )
+}
+
+/// One channel's batch statistics.
+#[derive(Debug, Clone, Copy)]
+struct ChannelStats {
+    mean: f64,
+    /// Biased: the mean squared deviation.
+    variance: f64,
+}
+
+impl ChannelStats {
+    /// 1/√(var + eps).
+    fn inverse_std(&self, eps: f64) -> f64 {
+        1.0 / (self.variance + eps).sqrt()
+    }
+}
+
+/// The planes of channel `ch` in an (N, C, plane) buffer.
+fn channel_planes<T>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    ch: usize,
+    plane: usize,
+) -> impl Iterator<Item = &[T]> {
+    (0..n).map(move |b| &x[(b * c + ch) * plane..(b * c + ch + 1) * plane])
+}
+
+/// Every channel's mean and biased variance, in f64, two passes (mean, then squared deviations),
+/// one channel per task.
+fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, plane: usize) -> Vec<ChannelStats> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let planes = || (0..n).map(move |b| &x[(b * c + ch) * plane..(b * c + ch + 1) * plane]);
             let count = (n * plane) as f64;
-            let mean = planes()
-                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+            let planes = || channel_planes(x, n, c, ch, plane);
+            let mean = planes().map(|p| lane_sum(p, |v| v)).sum::<f64>() / count;
+            let variance = planes()
+                .map(|p| lane_sum(p, |v| (v - mean) * (v - mean)))
                 .sum::<f64>()
                 / count;
-            let var = planes()
-                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
-                .sum::<f64>()
-                / count;
-            (mean, 1.0 / (var + eps).sqrt())
+            ChannelStats { mean, variance }
         })
         .collect()
 }
 
-/// (2, C): each channel's mean, then its biased variance.
-struct ChannelMeanVar;
-
-impl Kernel<1> for ChannelMeanVar {
-    const NAME: &'static str = "channel-mean-var";
-
-    fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = shape.dims4()?;
-        // eps 0 and inverted back: the variance itself.
-        let stats = channel_stats(x, n, c, h * w, 0.0);
-        let mut out: Vec<T> = stats.iter().map(|s| T::from_f64(s.0)).collect();
-        out.extend(stats.iter().map(|s| T::from_f64((1.0 / s.1).powi(2))));
-        Ok((T::to_cpu_storage_owned(out), Shape::from((2, c))))
-    }
-}
-
-forward_only_op!(ChannelMeanVar, 1);
-
+/// The forward op: arguments (x, gamma, beta); fills `stats` for the caller and the backward pass.
 struct BatchNormTrain {
     eps: f64,
+    relu: bool,
+    stats: Arc<OnceLock<Vec<ChannelStats>>>,
 }
 
 impl Kernel<3> for BatchNormTrain {
@@ -124,17 +225,24 @@ impl Kernel<3> for BatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
-        let stats = channel_stats(x, n, c, plane, self.eps);
+        let stats = self.stats.get_or_init(|| channel_stats(x, n, c, plane));
         let mut out = vec![T::zero(); x.len()];
         if plane > 0 {
             out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
                 let ch = i % c;
-                let (mean, inv) = stats[ch];
-                let scale = inv * gamma[ch].to_f64();
-                let shift = beta[ch].to_f64() - mean * scale;
-                let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
-                for (o, &v) in dst.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
-                    *o = v * scale + shift;
+                let scale = stats[ch].inverse_std(self.eps) * gamma[ch].as_f64();
+                let shift = beta[ch].as_f64() - stats[ch].mean * scale;
+                let (scale, shift) = (T::of_f64(scale), T::of_f64(shift));
+                let src = &x[i * plane..(i + 1) * plane];
+                if self.relu {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        let y = v * scale + shift;
+                        *o = if y > T::zero() { y } else { T::zero() };
+                    }
+                } else {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = v * scale + shift;
+                    }
                 }
             });
         }
@@ -159,81 +267,111 @@ impl CustomOp3 for BatchNormTrain {
         run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
-    /// With x̂ the normalised input and M the count per channel:
+    /// With dy the output's gradient through the ReLU (zero where the output is not positive),
+    /// x̂ the normalised input and M the count per channel:
     /// dβ = Σ dy, dγ = Σ dy·x̂, dx = γ/σ · (dy − dβ/M − x̂·dγ/M).
     fn bwd(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(stats) = self.stats.get() else {
+            bail!("batch-norm-train: backward pass without a forward one")
+        };
         let grad = grad_res.contiguous()?;
-        let gamma_values: Vec<f64> = gamma.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-        let sums = x.apply_op3_no_bwd(&grad, gamma, &BatchNormGradSums { eps: self.eps })?;
-        let sums_values: Vec<f64> = sums
-            .to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
+        let output = res.contiguous()?;
+        let mode = GradMode {
+            stats: stats.clone(),
+            eps: self.eps,
+            relu: self.relu,
+        };
+        // f64 whatever the input's type: the sums feed the input gradient unrounded.
+        let sums = x.apply_op3_no_bwd(&grad, &output, &BatchNormGradSums(mode.clone()))?;
+        let sums_values: Vec<f64> = sums.flatten_all()?.to_vec1()?;
+        let gamma_values: Vec<f64> = gamma.to_dtype(DType::F64)?.to_vec1()?;
         let grad_x = x.apply_op3_no_bwd(
             &grad,
-            gamma,
+            &output,
             &BatchNormGradInput {
-                eps: self.eps,
+                mode,
                 gamma: gamma_values,
                 sums: sums_values,
             },
         )?;
-        let grad_beta = sums.get(0)?;
-        let grad_gamma = sums.get(1)?;
+        let grad_beta = sums.get(0)?.to_dtype(gamma.dtype())?;
+        let grad_gamma = sums.get(1)?.to_dtype(gamma.dtype())?;
         Ok((Some(grad_x), Some(grad_gamma), Some(grad_beta)))
     }
 }
 
-/// (2, C): per channel Σ dy and Σ dy·x̂. Arguments (x, dy, gamma); gamma only fixes the dtype.
-struct BatchNormGradSums {
+/// What both backward kernels share: the forward's statistics and options.
+#[derive(Clone)]
+struct GradMode {
+    stats: Vec<ChannelStats>,
     eps: f64,
+    relu: bool,
 }
+
+impl GradMode {
+    /// The output gradient `g` through the ReLU, whose output was `y`.
+    #[inline]
+    fn through_relu(&self, g: f64, y: f64) -> f64 {
+        if !self.relu || y > 0.0 {
+            g
+        } else {
+            0.0
+        }
+    }
+}
+
+/// (2, C) in f64: per channel Σ dy and Σ dy·x̂. Arguments (x, dy, output).
+struct BatchNormGradSums(GradMode);
 
 impl Kernel<3> for BatchNormGradSums {
     const NAME: &'static str = "batch-norm-grad-sums";
 
     fn run<T: Float>(
         &self,
-        [x, dy, _]: [&[T]; 3],
+        [x, dy, y]: [&[T]; 3],
         [shape, _, _]: [&Shape; 3],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
-        let stats = channel_stats(x, n, c, plane, self.eps);
+        let mode = &self.0;
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, inv) = stats[ch];
-                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-                for b in 0..n {
-                    let range = (b * c + ch) * plane..(b * c + ch + 1) * plane;
-                    for (&g, &v) in dy[range.clone()].iter().zip(&x[range]) {
-                        let g = g.to_f64();
-                        sum_dy += g;
-                        sum_dy_xhat += g * (v.to_f64() - mean) * inv;
-                    }
+                let ChannelStats { mean, .. } = mode.stats[ch];
+                let (mut sum_dy, mut sum_dy_centred) = (0f64, 0f64);
+                let planes = channel_planes(x, n, c, ch, plane)
+                    .zip(channel_planes(dy, n, c, ch, plane))
+                    .zip(channel_planes(y, n, c, ch, plane));
+                for ((x, dy), y) in planes {
+                    let (g, gc) = lane_sums(x, dy, y, |v, g, y| {
+                        let g = mode.through_relu(g, y);
+                        (g, g * (v - mean))
+                    });
+                    sum_dy += g;
+                    sum_dy_centred += gc;
                 }
-                (sum_dy, sum_dy_xhat)
+                let inv = mode.stats[ch].inverse_std(mode.eps);
+                (sum_dy, sum_dy_centred * inv)
             })
             .collect();
-        let mut out: Vec<T> = sums.iter().map(|s| T::from_f64(s.0)).collect();
-        out.extend(sums.iter().map(|s| T::from_f64(s.1)));
-        Ok((T::to_cpu_storage_owned(out), Shape::from((2, c))))
+        let mut out: Vec<f64> = sums.iter().map(|s| s.0).collect();
+        out.extend(sums.iter().map(|s| s.1));
+        Ok((CpuStorage::F64(out), Shape::from((2, c))))
     }
 }
 
 forward_only_op!(BatchNormGradSums, 3);
 
-/// dx from x, dy and the per-channel sums. Arguments (x, dy, gamma).
+/// dx from x, dy, the output and the per-channel sums. Arguments (x, dy, output).
 struct BatchNormGradInput {
-    eps: f64,
+    mode: GradMode,
     gamma: Vec<f64>,
     /// Σ dy for every channel, then Σ dy·x̂.
     sums: Vec<f64>,
@@ -244,25 +382,32 @@ impl Kernel<3> for BatchNormGradInput {
 
     fn run<T: Float>(
         &self,
-        [x, dy, _]: [&[T]; 3],
+        [x, dy, y]: [&[T]; 3],
         [shape, _, _]: [&Shape; 3],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let count = (n * plane) as f64;
-        let stats = channel_stats(x, n, c, plane, self.eps);
+        let mode = &self.mode;
         let mut out = vec![T::zero(); x.len()];
         if plane > 0 {
             out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
                 let ch = i % c;
-                let (mean, inv) = stats[ch];
+                let ChannelStats { mean, .. } = mode.stats[ch];
+                let inv = mode.stats[ch].inverse_std(mode.eps);
+                // dx = k·(dy − mean_dy) − k·inv·mean_dy_xhat·(x − mean).
                 let k = self.gamma[ch] * inv;
                 let mean_dy = self.sums[ch] / count;
-                let mean_dy_xhat = self.sums[c + ch] / count;
+                let slope = k * inv * self.sums[c + ch] / count;
                 let range = i * plane..(i + 1) * plane;
-                for ((o, &g), &v) in dst.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
-                    let xhat = (v.to_f64() - mean) * inv;
-                    *o = T::from_f64(k * (g.to_f64() - mean_dy - xhat * mean_dy_xhat));
+                for (((o, &g), &v), &y) in dst
+                    .iter_mut()
+                    .zip(&dy[range.clone()])
+                    .zip(&x[range.clone()])
+                    .zip(&y[range])
+                {
+                    let g = mode.through_relu(g.as_f64(), y.as_f64());
+                    *o = T::of_f64(k * (g - mean_dy) - slope * (v.as_f64() - mean));
                 }
             });
         }
@@ -271,3 +416,64 @@ impl Kernel<3> for BatchNormGradInput {
 }
 
 forward_only_op!(BatchNormGradInput, 3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_abs_diff, random_tensor};
+
+    /// Odd plane sizes, so the partial sums' tails are summed too.
+    fn inputs(dtype: DType) -> (Tensor, Tensor, Tensor) {
+        let x = random_tensor(&[3, 4, 5, 7], 1)
+            .unwrap()
+            .affine(3.0, 1.5)
+            .unwrap();
+        let gamma = random_tensor(&[4], 2).unwrap();
+        let beta = random_tensor(&[4], 3).unwrap();
+        let cast = |t: Tensor| t.to_dtype(dtype).unwrap();
+        (cast(x), cast(gamma), cast(beta))
+    }
+
+    #[test]
+    fn output_and_statistics_match_the_composite_with_and_without_relu() {
+        for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let (x, gamma, beta) = inputs(dtype);
+            let reference = batch_norm_train_composite(&x, &gamma, &beta, 1e-5).unwrap();
+            let x64 = x.to_dtype(DType::F64).unwrap();
+            let mean = x64.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap();
+            let mean = mean.mean_keepdim(3).unwrap();
+            let variance = x64.broadcast_sub(&mean).unwrap().sqr().unwrap();
+            let variance = variance.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap();
+            let variance = variance.mean_keepdim(3).unwrap().flatten_all().unwrap();
+            for relu in [false, true] {
+                let fused = batch_norm_train_act(&x, &gamma, &beta, 1e-5, relu).unwrap();
+                let expected = if relu {
+                    reference.relu().unwrap()
+                } else {
+                    reference.clone()
+                };
+                let err = max_abs_diff(&fused.output, &expected);
+                assert!(err < tolerance, "{dtype:?} relu {relu}: {err}");
+                assert!(max_abs_diff(&fused.mean, &mean.flatten_all().unwrap()) < 1e-12);
+                assert!(max_abs_diff(&fused.variance, &variance) < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn relu_gradient_passes_only_where_the_output_is_positive() {
+        let (x, gamma, beta) = inputs(DType::F64);
+        let x = candle_core::Var::from_tensor(&x).unwrap();
+        let fused = batch_norm_train_act(x.as_tensor(), &gamma, &beta, 1e-5, true).unwrap();
+        let grads = fused.output.sum_all().unwrap().backward().unwrap();
+        let normalised = batch_norm_train_composite(x.as_tensor(), &gamma, &beta, 1e-5).unwrap();
+        let mask = normalised.gt(0.0).unwrap().to_dtype(DType::F64).unwrap();
+        let masked = batch_norm_train_composite(x.as_tensor(), &gamma, &beta, 1e-5)
+            .unwrap()
+            .mul(&mask)
+            .unwrap();
+        let reference = masked.sum_all().unwrap().backward().unwrap();
+        let err = max_abs_diff(grads.get(&x).unwrap(), reference.get(&x).unwrap());
+        assert!(err < 1e-12, "{err}");
+    }
+}

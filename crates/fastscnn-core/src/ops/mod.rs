@@ -15,7 +15,9 @@ mod depthwise_conv;
 mod resize_argmax;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite};
-pub use batch_norm::{batch_norm_train, batch_norm_train_composite, channel_mean_var};
+pub use batch_norm::{
+    batch_norm_train, batch_norm_train_act, batch_norm_train_composite, BatchNormTrainOutput,
+};
 pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite};
 pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
