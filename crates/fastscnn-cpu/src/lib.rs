@@ -64,7 +64,7 @@ pub use context::{ContextError, ExecutionContext};
 pub use cross_entropy::cross_entropy_planes;
 pub use dense::DenseConv;
 pub use depthwise::{
-    depthwise_forward, depthwise_input_grad, depthwise_weight_grad, DepthwiseConv,
+    depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 pub use feature_map::{FeatureMap, MapView};
 pub use packed_gemm::PackedWeights;

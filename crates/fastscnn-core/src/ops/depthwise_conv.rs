@@ -8,7 +8,9 @@
 //! gradients; this is candle's side of the op and its composite reference.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use fastscnn_cpu::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, DepthwiseConv};
+use fastscnn_cpu::{
+    depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
+};
 
 use super::{
     contiguous_slice, depthwise_output_size, forward_only_op, has_cpu_kernel, run_kernel, Float,
@@ -179,7 +181,34 @@ impl Kernel<2> for DepthwiseConv3x3InputGrad {
     }
 }
 
-forward_only_op!(DepthwiseConv3x3InputGrad, 2);
+impl CustomOp2 for DepthwiseConv3x3InputGrad {
+    fn name(&self) -> &'static str {
+        <Self as Kernel<2>>::NAME
+    }
+
+    /// At stride 1 the gradient is the forward convolution with every kernel turned by 180°:
+    /// f32 runs it on the engine's vectorised kernels.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) if self.stride == 1 => {
+                let name = <Self as Kernel<2>>::NAME;
+                let weight = contiguous_slice::<f32>(s2, l2, name)?;
+                DepthwiseConv3x3 { stride: 1 }.forward_f32(
+                    contiguous_slice::<f32>(s1, l1, name)?,
+                    l1.shape(),
+                    &turned_kernels(weight),
+                )
+            }
+            _ => run_kernel(self, [(s1, l1), (s2, l2)]),
+        }
+    }
+}
 
 /// Gradient of the depthwise convolution with respect to its (C, 1, 3, 3) weight. Arguments:
 /// (x, grad_out).

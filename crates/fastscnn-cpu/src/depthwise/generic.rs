@@ -105,21 +105,11 @@ fn forward_plane<T: Real>(
     }
 }
 
-/// The input taps `(output index, kernel tap, input index)` of one axis: output `o` reads input
-/// `o*stride + k - 1` for `k` in 0..3 when that lies inside `0..input`.
-fn taps(output: usize, input: usize, stride: usize) -> Vec<(usize, usize, usize)> {
-    (0..output)
-        .flat_map(move |o| {
-            (0..3).filter_map(move |k| {
-                let i = (o * stride + k).checked_sub(1)?;
-                (i < input).then_some((o, k, i))
-            })
-        })
-        .collect()
-}
-
 /// The gradient with respect to the input (planes of `h`x`w`): every output gradient `g` (planes
-/// of `oh`x`ow`) sent back through the kernel taps that produced it.
+/// of `oh`x`ow`) sent back through the kernel taps that produced it. At stride 1 that is the
+/// forward convolution of `g` with each kernel turned by 180°; at stride 2 each input column
+/// takes the taps of its parity (even columns the centre tap of one output, odd ones the outer
+/// taps of two), so every row is written in one pass.
 pub fn depthwise_input_grad<T: Real>(
     g: &[T],
     channels: usize,
@@ -128,21 +118,25 @@ pub fn depthwise_input_grad<T: Real>(
     weight: &[T],
     stride: usize,
 ) -> Vec<T> {
+    if stride == 1 {
+        return depthwise_forward(g, channels, (oh, ow), &turned_kernels(weight), 1);
+    }
     let planes = g.len().checked_div(oh * ow).unwrap_or(0);
-    let rows = taps(oh, h, stride);
-    let cols = taps(ow, w, stride);
     let mut out = vec![T::ZERO; planes * h * w];
-    if h * w > 0 {
+    if oh * ow > 0 {
         out.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(plane, grad_plane)| {
                 let kernel = &weight[(plane % channels) * 9..(plane % channels) * 9 + 9];
                 let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                for &(oy, ky, iy) in &rows {
-                    let g_row = &g[oy * ow..(oy + 1) * ow];
-                    let dst = &mut grad_plane[iy * w..(iy + 1) * w];
-                    for &(ox, kx, ix) in &cols {
-                        dst[ix] += kernel[ky * 3 + kx] * g_row[ox];
+                for (oy, g_row) in g.chunks_exact(ow).enumerate() {
+                    for ky in 0..3 {
+                        // Input row 2·oy + ky − 1, when inside the plane.
+                        let Some(iy) = (2 * oy + ky).checked_sub(1).filter(|&iy| iy < h) else {
+                            continue;
+                        };
+                        let dst = &mut grad_plane[iy * w..(iy + 1) * w];
+                        stride2_row_grad(dst, g_row, &kernel[ky * 3..ky * 3 + 3]);
                     }
                 }
             });
@@ -150,9 +144,66 @@ pub fn depthwise_input_grad<T: Real>(
     out
 }
 
-/// The gradient with respect to the (channels, 9) weight: per channel, each tap's correlation of
-/// the input `x` (`batch` images) and the output gradient `g`, summed in f64 over the batch in a
+/// Each channel's 3x3 kernel turned by 180°: the stride-1 input gradient's kernel.
+pub fn turned_kernels<T: Real>(weight: &[T]) -> Vec<T> {
+    weight
+        .chunks_exact(9)
+        .flat_map(|k| k.iter().rev().copied())
+        .collect()
+}
+
+/// One input row's gradient from one output row at stride 2 through kernel row `k`: input column
+/// 2m takes `k[1]·g[m]`, column 2m + 1 takes `k[2]·g[m] + k[0]·g[m + 1]`.
+fn stride2_row_grad<T: Real>(dst: &mut [T], g: &[T], k: &[T]) {
+    let (k0, k1, k2) = (k[0], k[1], k[2]);
+    let pairs = dst.len() / 2;
+    // Pairs whose odd column also has an output to its right.
+    let full = pairs.min(g.len().saturating_sub(1));
+    for (pair, (&a, &b)) in dst[..2 * full]
+        .chunks_exact_mut(2)
+        .zip(g.iter().zip(&g[1..]))
+    {
+        pair[0] += k1 * a;
+        pair[1] += k2 * a + k0 * b;
+    }
+    for m in full..pairs {
+        dst[2 * m] += k1 * g[m];
+        dst[2 * m + 1] += k2 * g[m];
+    }
+    if dst.len() % 2 == 1 {
+        dst[2 * pairs] += k1 * g[pairs];
+    }
+}
+
+/// Independent partial sums of a dot product: the adds of one pipeline instead of waiting on
+/// each other, and vectorise.
+const LANES: usize = 8;
+
+/// Σ a·b with each product rounded to `T` and summed in f64 over [`LANES`] partial sums in a
 /// fixed order, so every run gives the same bits.
+#[inline]
+fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(&u, &v)| (u * v).as_f64())
+        .sum();
+    for (u, v) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            acc[lane] += (u[lane] * v[lane]).as_f64();
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The gradient with respect to the (channels, 9) weight: per channel, each tap's correlation of
+/// the input `x` (`batch` images) and the output gradient `g`, summed in f64. Tap (ky, kx) pairs
+/// output row oy with input row oy·stride + ky − 1 and output column ox with input column
+/// ox·stride + kx − 1; at stride 2 each input row is first split into its even and odd columns,
+/// so every tap is a dot product of two contiguous runs.
 pub fn depthwise_weight_grad<T: Real>(
     x: &[T],
     g: &[T],
@@ -161,22 +212,53 @@ pub fn depthwise_weight_grad<T: Real>(
     (oh, ow): (usize, usize),
     stride: usize,
 ) -> Vec<T> {
-    let rows = taps(oh, h, stride);
-    let cols = taps(ow, w, stride);
+    // Output columns [lo, hi) whose tap kx lies inside the row: ox·stride + kx − 1 in 0..w.
+    let columns = |kx: usize| {
+        let lo = usize::from(kx == 0);
+        let hi = ow.min((w + 1 - kx).div_ceil(stride));
+        (lo, hi.max(lo))
+    };
     let mut out = vec![T::ZERO; channels * 9];
+    if oh * ow == 0 {
+        return out;
+    }
     out.par_chunks_mut(9)
         .enumerate()
         .for_each(|(ch, grad_kernel)| {
             let mut acc = [0f64; 9];
+            // At stride 2, phases[p][j] = x_row[2j + p]; stride 1 reads the row itself.
+            let mut phases: Vec<Vec<T>> = vec![Vec::new(); stride];
             for b in 0..batch {
                 let plane = b * channels + ch;
                 let x = &x[plane * h * w..(plane + 1) * h * w];
                 let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                for &(oy, ky, iy) in &rows {
-                    let g_row = &g[oy * ow..(oy + 1) * ow];
-                    let x_row = &x[iy * w..(iy + 1) * w];
-                    for &(ox, kx, ix) in &cols {
-                        acc[ky * 3 + kx] += (g_row[ox] * x_row[ix]).as_f64();
+                for (oy, g_row) in g.chunks_exact(ow).enumerate() {
+                    for ky in 0..3 {
+                        let Some(iy) = (oy * stride + ky).checked_sub(1).filter(|&iy| iy < h)
+                        else {
+                            continue;
+                        };
+                        let x_row = &x[iy * w..(iy + 1) * w];
+                        if stride > 1 {
+                            for (p, phase) in phases.iter_mut().enumerate() {
+                                phase.clear();
+                                phase.extend(x_row.iter().skip(p).step_by(stride));
+                            }
+                        }
+                        for kx in 0..3 {
+                            let (lo, hi) = columns(kx);
+                            if lo == hi {
+                                continue;
+                            }
+                            let start = lo * stride + kx - 1;
+                            let phase = if stride == 1 {
+                                x_row
+                            } else {
+                                &phases[start % stride]
+                            };
+                            let taps = &phase[start / stride..start / stride + (hi - lo)];
+                            acc[ky * 3 + kx] += dot_f64(&g_row[lo..hi], taps);
+                        }
                     }
                 }
             }

@@ -20,7 +20,7 @@ mod generic;
 #[cfg(test)]
 mod tests;
 
-pub use generic::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad};
+pub use generic::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels};
 
 #[cfg(target_arch = "x86_64")]
 use avx2::*;
