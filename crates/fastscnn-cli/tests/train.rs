@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use candle_core::Device;
 use fastscnn_core::testing::{
-    assert_train_step_within_f32_bounds, max_abs_diff, shared_dir, train_step_differences,
+    assert_train_step_within_f32_bounds, is_running_statistic, max_abs_diff, shared_dir,
+    train_step_differences, worst_difference,
 };
 use image::imageops::FilterType;
 
@@ -439,7 +440,11 @@ fn one_step_equals_the_reference_implementation() {
     let loss_error = (loss - want_loss).abs() / want_loss;
     let state = candle_core::safetensors::load(out.join("last.safetensors"), &Device::Cpu).unwrap();
     let differences = train_step_differences(&expected, &state);
-    eprintln!("loss {loss} (reference {want_loss}, relative {loss_error:e})");
+    let (weight, weights) = worst_difference(&differences, |k| !is_running_statistic(k));
+    eprintln!(
+        "loss {loss} (reference {want_loss}, relative {loss_error:e}); weights max |diff| \
+         {weights:e} ({weight})"
+    );
     assert_train_step_within_f32_bounds(loss_error, &differences);
 
     // The run's recipe records both choices.

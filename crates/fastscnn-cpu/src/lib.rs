@@ -25,7 +25,8 @@
 //!   ([`output_vec`], and [`keep_freed_memory`] for a process that wants it kept).
 //!
 //! Training runs through candle's ops and the custom ops of `fastscnn-core`, which take the
-//! depthwise gradients ([`depthwise_input_grad`], [`depthwise_weight_grad`]) and the loss
+//! depthwise gradients ([`depthwise_input_grad`], [`depthwise_weight_grad`]), the dense
+//! convolution's ([`dense_weight_grad`], [`dense_input_grad`]) and the loss
 //! ([`cross_entropy_planes`]) from here; other devices use candle alone.
 
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ mod buffers;
 mod context;
 mod cross_entropy;
 mod dense;
+mod dense_gradients;
 mod depthwise;
 mod epilogue;
 mod feature_map;
@@ -63,6 +65,7 @@ pub use buffers::{output_vec, zeroed_vec, Buffer, BufferPool, Zeroable};
 pub use context::{ContextError, ExecutionContext};
 pub use cross_entropy::cross_entropy_planes;
 pub use dense::DenseConv;
+pub use dense_gradients::{dense_forward, dense_input_grad, dense_weight_grad, DenseGeometry};
 pub use depthwise::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };

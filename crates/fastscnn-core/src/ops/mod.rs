@@ -11,6 +11,7 @@ mod adaptive_avg_pool;
 mod batch_norm;
 mod bilinear_resize;
 mod cross_entropy;
+mod dense_conv;
 mod depthwise_conv;
 mod resize_argmax;
 
@@ -22,6 +23,7 @@ pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite};
 pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
 };
+pub use dense_conv::dense_conv2d;
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
 pub use resize_argmax::resize_argmax;
 
