@@ -7,9 +7,11 @@
 //! both.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use fastscnn_cpu::{resize_forward, resize_grad};
+use fastscnn_cpu::{output_vec, resize_forward, resize_grad, resize_planes_uninit, MapView};
 
-use super::{forward_only_op, has_cpu_kernel, run_kernel, source_index, Float, Kernel};
+use super::{
+    contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, source_index, Float, Kernel,
+};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -98,8 +100,27 @@ impl CustomOp1 for BilinearResize {
         Self::NAME
     }
 
+    /// f32 runs on the inference engine's separable resize, written once into fresh memory.
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s, l)])
+        let CpuStorage::F32(_) = s else {
+            return run_kernel(self, [(s, l)]);
+        };
+        let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (oh, ow) = (self.out_h, self.out_w);
+        let len = n * c * oh * ow;
+        let mut out = output_vec::<f32>(len);
+        let input = MapView::new(x, n * c, h, w);
+        resize_planes_uninit(
+            input,
+            &mut out.spare_capacity_mut()[..len],
+            (oh, ow),
+            self.align_corners,
+            false,
+        );
+        // SAFETY: resize_planes_uninit initialised all `len` elements.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
     /// Each output's gradient sent back to its four source pixels with the forward's weights.

@@ -41,7 +41,10 @@ pub fn resize_forward<T: Real>(
 }
 
 /// The gradient of [`resize_forward`]: each output's gradient `g` (planes of `oh`x`ow`) sent back
-/// to its four source pixels with the forward's weights.
+/// to its four source pixels with the forward's weights, in the forward's order reversed: each
+/// output row's gradients are first gathered onto one input-width row through the column taps,
+/// which is then added to its two source rows with the row weights (two scattered adds per output
+/// instead of four).
 pub fn resize_grad<T: Real>(
     g: &[T],
     (oh, ow): (usize, usize),
@@ -51,25 +54,29 @@ pub fn resize_grad<T: Real>(
     let planes = g.len().checked_div(oh * ow).unwrap_or(0);
     let columns = taps::<T>(w, ow, align_corners);
     let mut out = vec![T::ZERO; planes * h * w];
-    if h * w == 0 {
+    if h * w == 0 || ow == 0 {
         return out;
     }
-    out.par_chunks_mut(h * w)
-        .enumerate()
-        .for_each(|(plane, grad_plane)| {
+    out.par_chunks_mut(h * w).enumerate().for_each_init(
+        || vec![T::ZERO; w],
+        |row_grad, (plane, grad_plane)| {
             let g = &g[plane * oh * ow..(plane + 1) * oh * ow];
             for (oy, g_row) in g.chunks_exact(ow).enumerate() {
-                let (y0, y1, l) = source_index(oy, h, oh, align_corners);
-                let (wy0, wy1) = (T::of_f64(1.0 - l), T::of_f64(l));
+                row_grad.fill(T::ZERO);
                 for (&gv, &(x0, x1, wx0, wx1)) in g_row.iter().zip(&columns) {
-                    for (y, wy) in [(y0, wy0), (y1, wy1)] {
-                        let row = &mut grad_plane[y * w..(y + 1) * w];
-                        row[x0] += gv * wy * wx0;
-                        row[x1] += gv * wy * wx1;
+                    row_grad[x0] += wx0 * gv;
+                    row_grad[x1] += wx1 * gv;
+                }
+                let (y0, y1, l) = source_index(oy, h, oh, align_corners);
+                for (y, wy) in [(y0, T::of_f64(1.0 - l)), (y1, T::of_f64(l))] {
+                    let dst = &mut grad_plane[y * w..(y + 1) * w];
+                    for (d, &r) in dst.iter_mut().zip(row_grad.iter()) {
+                        *d += wy * r;
                     }
                 }
             }
-        });
+        },
+    );
     out
 }
 
