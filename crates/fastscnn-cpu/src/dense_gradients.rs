@@ -137,7 +137,7 @@ impl DenseGeometry {
 /// # Safety
 /// Every pointer must address its whole matrix under its strides, and `dst` no other's memory.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product<T: Real>(
+pub(crate) unsafe fn product<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: *mut T,
     dst_rs: usize,
@@ -175,7 +175,7 @@ unsafe fn product<T: Real>(
 
 /// A raw output pointer the band tasks share, each writing only its own columns.
 #[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
+pub(crate) struct Shared<T>(pub(crate) *mut T);
 
 // SAFETY: the tasks write disjoint ranges through it (see each use).
 unsafe impl<T> Send for Shared<T> {}
@@ -183,7 +183,7 @@ unsafe impl<T> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
     /// Through a method, so closures capture the `Send` wrapper rather than its field.
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

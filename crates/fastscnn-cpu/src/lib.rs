@@ -25,8 +25,9 @@
 //!   ([`output_vec`], and [`keep_freed_memory`] for a process that wants it kept).
 //!
 //! Training runs through candle's ops and the custom ops of `fastscnn-core`, which take the
-//! depthwise gradients ([`depthwise_input_grad`], [`depthwise_weight_grad`]), the dense
-//! convolution's ([`dense_weight_grad`], [`dense_input_grad`]) and the loss
+//! depthwise gradients ([`depthwise_input_grad`], [`depthwise_weight_grad`]), the dense and
+//! pointwise convolutions' ([`dense_weight_grad`], [`dense_input_grad`],
+//! [`pointwise_weight_grad`], [`pointwise_input_grad`]) and the loss
 //! ([`cross_entropy_planes`]) from here; other devices use candle alone.
 
 #![warn(missing_docs)]
@@ -49,6 +50,7 @@ mod gemm_avx512;
 mod gemm_neon;
 mod packed_gemm;
 mod pointwise;
+mod pointwise_gradients;
 mod real;
 mod resize;
 pub mod sampling;
@@ -72,6 +74,9 @@ pub use depthwise::{
 pub use feature_map::{FeatureMap, MapView};
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
+pub use pointwise_gradients::{
+    pointwise_forward, pointwise_input_grad, pointwise_weight_grad, PointwiseGeometry,
+};
 pub use real::Real;
 pub use resize::{
     resize_argmax_forward, resize_argmax_min_scratch_len, resize_argmax_planes,

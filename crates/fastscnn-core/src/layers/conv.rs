@@ -1,13 +1,13 @@
 //! A 2D convolution that routes each shape Fast-SCNN uses to its fastest path.
 //!
 //! Fast-SCNN has three kinds of convolution: one dense 3x3 (the stem and the auxiliary head),
-//! depthwise 3x3 and pointwise 1x1. The dense and depthwise custom ops serve the first two; a 1x1
-//! convolution is a matrix product over the flattened plane and needs no im2col at all.
+//! depthwise 3x3 and pointwise 1x1, each served by its own custom op; a 1x1 convolution is a
+//! matrix product over the flattened plane and needs no im2col at all.
 
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{BatchNorm, VarBuilder};
 
-use crate::ops::{dense_conv2d, depthwise_conv2d};
+use crate::ops::{dense_conv2d, depthwise_conv2d, pointwise_conv2d};
 
 /// The shape of a convolution, as PyTorch's `nn.Conv2d` arguments describe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl ConvConfig {
 }
 
 /// A 2D convolution with an optional bias, run on the fastest path for its shape: the depthwise op,
-/// a matrix product for 1x1, or the dense op for the rest.
+/// the pointwise op for 1x1, or the dense op for the rest.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -165,12 +165,7 @@ impl Module for Conv2d {
         let y = if c.depthwise {
             depthwise_conv2d(x, &self.weight, c.stride)?
         } else if c.is_pointwise() {
-            let (n, _, h, w) = x.dims4()?;
-            let weight = self.weight.reshape((c.out_channels, c.in_channels))?;
-            let flat = x.reshape((n, c.in_channels, h * w))?;
-            weight
-                .broadcast_matmul(&flat)?
-                .reshape((n, c.out_channels, h, w))?
+            pointwise_conv2d(x, &self.weight)?
         } else {
             dense_conv2d(x, &self.weight, c.stride, c.padding)?
         };

@@ -13,6 +13,7 @@ mod bilinear_resize;
 mod cross_entropy;
 mod dense_conv;
 mod depthwise_conv;
+mod pointwise_conv;
 mod resize_argmax;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite};
@@ -25,6 +26,7 @@ pub use cross_entropy::{
 };
 pub use dense_conv::dense_conv2d;
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
+pub use pointwise_conv::pointwise_conv2d;
 pub use resize_argmax::resize_argmax;
 
 use fastscnn_cpu::sampling::pool_planes;
