@@ -7,7 +7,7 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{BatchNorm, VarBuilder};
 
-use crate::ops::{dense_conv2d, depthwise_conv2d, pointwise_conv2d};
+use crate::ops::{add_channel_bias, dense_conv2d, depthwise_conv2d, pointwise_conv2d};
 
 /// The shape of a convolution, as PyTorch's `nn.Conv2d` arguments describe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl Module for Conv2d {
             dense_conv2d(x, &self.weight, c.stride, c.padding)?
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, c.out_channels, 1, 1))?),
+            Some(b) => add_channel_bias(&y, b),
             None => Ok(y),
         }
     }

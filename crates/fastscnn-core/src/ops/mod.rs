@@ -10,6 +10,7 @@
 mod adaptive_avg_pool;
 mod batch_norm;
 mod bilinear_resize;
+mod channel_bias;
 mod cross_entropy;
 mod dense_conv;
 mod depthwise_conv;
@@ -21,6 +22,7 @@ pub use batch_norm::{
     batch_norm_train, batch_norm_train_act, batch_norm_train_composite, BatchNormTrainOutput,
 };
 pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite};
+pub use channel_bias::add_channel_bias;
 pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
 };

@@ -241,7 +241,11 @@ mod tests {
                         .unwrap();
                     let err =
                         max_abs_diff(a, b) as f64 / scale.to_scalar::<f64>().unwrap().max(1e-12);
-                    assert!(err < tolerance as f64, "{:?} {dtype:?} {name}: {err}", SHAPES[i]);
+                    assert!(
+                        err < tolerance as f64,
+                        "{:?} {dtype:?} {name}: {err}",
+                        SHAPES[i]
+                    );
                 }
             }
         }
