@@ -294,3 +294,25 @@ fn depthwise_conv_f32_gradients_match_f64() {
         }
     }
 }
+
+/// The f32 gradients (the sums on the vectorised kernel) equal the f64 ones up to f32 rounding,
+/// with and without the ReLU, over planes that reach the kernel's vector body and its tail.
+#[test]
+fn training_batch_norm_f32_gradients_match_f64() {
+    for relu in [false, true] {
+        let x = random64(&[2, 3, 9, 21], 41).affine(2.0, 0.5).unwrap();
+        let gamma = random64(&[3], 42);
+        let beta = random64(&[3], 43);
+        let op = |xs: &[Tensor]| {
+            let y = batch_norm_train_act(&xs[0], &xs[1], &xs[2], 1e-5, relu)?.output;
+            y.to_dtype(DType::F64)
+        };
+        let inputs64 = [x, gamma, beta];
+        let inputs32 = inputs64.clone().map(|t| t.to_dtype(DType::F32).unwrap());
+        let (f64_grads, f32_grads) = (autograd(&op, &inputs64, 44), autograd(&op, &inputs32, 44));
+        for (i, (a, b)) in f32_grads.iter().zip(&f64_grads).enumerate() {
+            let err = relative_error(&a.to_dtype(DType::F64).unwrap(), b);
+            assert!(err < 1e-5, "relu {relu} input {i}: relative error {err}");
+        }
+    }
+}

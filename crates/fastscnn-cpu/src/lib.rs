@@ -48,6 +48,7 @@ mod gemm_avx2;
 mod gemm_avx512;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod gemm_neon;
+mod norm_grad;
 mod packed_gemm;
 mod pointwise;
 mod pointwise_gradients;
@@ -72,6 +73,7 @@ pub use depthwise::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 pub use feature_map::{FeatureMap, MapView};
+pub use norm_grad::batch_norm_grad_sums;
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use pointwise_gradients::{

@@ -14,7 +14,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use fastscnn_cpu::batch_norm_grad_sums;
+
+use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// The output of training BatchNorm and the statistics it normalised by.
 #[derive(Debug, Clone)]
@@ -367,7 +369,57 @@ impl Kernel<3> for BatchNormGradSums {
     }
 }
 
-forward_only_op!(BatchNormGradSums, 3);
+impl BatchNormGradSums {
+    /// The f32 sums on `fastscnn-cpu`'s vectorised kernel, the same arithmetic as [`Kernel::run`].
+    fn run_f32(&self, [x, dy, y]: [&[f32]; 3], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let plane = h * w;
+        let mode = &self.0;
+        let sums: Vec<[f64; 2]> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut sums = [0f64; 2];
+                let planes = channel_planes(x, n, c, ch, plane)
+                    .zip(channel_planes(dy, n, c, ch, plane))
+                    .zip(channel_planes(y, n, c, ch, plane));
+                for ((x, dy), y) in planes {
+                    batch_norm_grad_sums(x, dy, y, mode.stats[ch].mean, mode.relu, &mut sums);
+                }
+                [sums[0], sums[1] * mode.stats[ch].inverse_std(mode.eps)]
+            })
+            .collect();
+        let mut out: Vec<f64> = sums.iter().map(|s| s[0]).collect();
+        out.extend(sums.iter().map(|s| s[1]));
+        Ok((CpuStorage::F64(out), Shape::from((2, c))))
+    }
+}
+
+impl CustomOp3 for BatchNormGradSums {
+    fn name(&self) -> &'static str {
+        <Self as Kernel<3>>::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2, s3) {
+            let name = <Self as Kernel<3>>::NAME;
+            let inputs = [
+                contiguous_slice::<f32>(s1, l1, name)?,
+                contiguous_slice::<f32>(s2, l2, name)?,
+                contiguous_slice::<f32>(s3, l3, name)?,
+            ];
+            return self.run_f32(inputs, l1.shape());
+        }
+        run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+}
 
 /// dx from x, dy, the output and the per-channel sums. Arguments (x, dy, output).
 struct BatchNormGradInput {
