@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 mod allocator;
+mod batch_norm;
 mod blocks;
 mod buffers;
 mod context;
@@ -48,7 +49,6 @@ mod gemm_avx2;
 mod gemm_avx512;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod gemm_neon;
-mod norm_grad;
 mod packed_gemm;
 mod pointwise;
 mod pointwise_gradients;
@@ -60,6 +60,9 @@ mod softmax;
 mod tuning;
 
 pub use allocator::keep_freed_memory;
+pub use batch_norm::{
+    batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, InputGradTerms,
+};
 pub use blocks::{
     AnyConv, FusedBottleneck, FusedClassifier, FusedFeatureFusion, FusedPyramidPooling,
     SeparableConv, StemSeparable,
@@ -73,7 +76,6 @@ pub use depthwise::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 pub use feature_map::{FeatureMap, MapView};
-pub use norm_grad::batch_norm_grad_sums;
 pub use packed_gemm::PackedWeights;
 pub use pointwise::{PointwiseConv, Seed};
 pub use pointwise_gradients::{

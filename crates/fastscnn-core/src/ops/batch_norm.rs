@@ -14,9 +14,11 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use fastscnn_cpu::batch_norm_grad_sums;
+use fastscnn_cpu::{
+    batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, InputGradTerms,
+};
 
-use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{contiguous_slice, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// The output of training BatchNorm and the statistics it normalised by.
 #[derive(Debug, Clone)]
@@ -210,6 +212,28 @@ fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, plane: usize) -> Vec<Cha
         .collect()
 }
 
+/// [`channel_stats`] for f32 on `fastscnn-cpu`'s vectorised sums: the same two passes.
+fn channel_stats_f32(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<ChannelStats> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let count = (n * plane) as f64;
+            let (mut sum, mut squares) = (0f64, 0f64);
+            for p in channel_planes(x, n, c, ch, plane) {
+                batch_norm_moment(p, 0.0, 1, &mut sum);
+            }
+            let mean = sum / count;
+            for p in channel_planes(x, n, c, ch, plane) {
+                batch_norm_moment(p, mean, 2, &mut squares);
+            }
+            ChannelStats {
+                mean,
+                variance: squares / count,
+            }
+        })
+        .collect()
+}
+
 /// The forward op: arguments (x, gamma, beta); fills `stats` for the caller and the backward pass.
 struct BatchNormTrain {
     eps: f64,
@@ -266,6 +290,11 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if let CpuStorage::F32(_) = s1 {
+            let x = contiguous_slice::<f32>(s1, l1, <Self as Kernel<3>>::NAME)?;
+            let (n, c, h, w) = l1.shape().dims4()?;
+            self.stats.get_or_init(|| channel_stats_f32(x, n, c, h * w));
+        }
         run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
@@ -445,12 +474,12 @@ impl Kernel<3> for BatchNormGradInput {
         if plane > 0 {
             out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
                 let ch = i % c;
-                let ChannelStats { mean, .. } = mode.stats[ch];
-                let inv = mode.stats[ch].inverse_std(mode.eps);
-                // dx = k·(dy − mean_dy) − k·inv·mean_dy_xhat·(x − mean).
-                let k = self.gamma[ch] * inv;
-                let mean_dy = self.sums[ch] / count;
-                let slope = k * inv * self.sums[c + ch] / count;
+                let InputGradTerms {
+                    mean,
+                    k,
+                    mean_dy,
+                    slope,
+                } = self.terms(ch, c, count);
                 let range = i * plane..(i + 1) * plane;
                 for (((o, &g), &v), &y) in dst
                     .iter_mut()
@@ -467,7 +496,59 @@ impl Kernel<3> for BatchNormGradInput {
     }
 }
 
-forward_only_op!(BatchNormGradInput, 3);
+impl BatchNormGradInput {
+    /// The per-channel terms of `dx = k·(dy − mean_dy) − slope·(x − mean)`.
+    fn terms(&self, ch: usize, c: usize, count: f64) -> InputGradTerms {
+        let mode = &self.mode;
+        let inv = mode.stats[ch].inverse_std(mode.eps);
+        let k = self.gamma[ch] * inv;
+        InputGradTerms {
+            mean: mode.stats[ch].mean,
+            k,
+            mean_dy: self.sums[ch] / count,
+            slope: k * inv * self.sums[c + ch] / count,
+        }
+    }
+}
+
+impl CustomOp3 for BatchNormGradInput {
+    fn name(&self) -> &'static str {
+        <Self as Kernel<3>>::NAME
+    }
+
+    /// f32 on `fastscnn-cpu`'s kernel under the dispatched target features, the same arithmetic
+    /// as [`Kernel::run`].
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2, s3) else {
+            return run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)]);
+        };
+        let name = <Self as Kernel<3>>::NAME;
+        let x = contiguous_slice::<f32>(s1, l1, name)?;
+        let dy = contiguous_slice::<f32>(s2, l2, name)?;
+        let y = contiguous_slice::<f32>(s3, l3, name)?;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let plane = h * w;
+        let count = (n * plane) as f64;
+        let mut out = vec![0f32; x.len()];
+        if plane > 0 {
+            out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let range = i * plane..(i + 1) * plane;
+                let terms = self.terms(i % c, c, count);
+                let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
+                batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
+            });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
 
 #[cfg(test)]
 mod tests {
