@@ -1,12 +1,15 @@
 //! Softmax cross-entropy over the class axis of (N, C, H, W) logits, fused.
 //!
 //! Composed from candle's ops (log-softmax, gather, mask) the loss of one 2x19x512x1024 batch
-//! costs several full passes and a scatter in the backward pass; fused, the forward is one pass
-//! and the gradient `(softmax − onehot) / count` another. f32 runs on the CPU crate's kernel
+//! costs several full passes and a scatter in the backward pass; fused, the forward is one pass,
+//! which in f32 also writes the gradient `(softmax − onehot) / count` of logits that will be
+//! differentiated, from the same exponentials, for the backward pass to take (`fastscnn bench
+//! --mode train`: 4% of a step, for the gradient's memory held from the forward pass on). f32 runs
+//! on the CPU crate's kernel
 //! (`fastscnn_cpu::cross_entropy_planes`: a vectorised `exp`, blocks in cache); f64, which the
 //! gradient checks and the exact reference step use, on the library's `exp` in f64.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::cross_entropy_planes;
@@ -41,6 +44,7 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) ->
             targets: Arc::new(targets.to_vec()),
             mask: Arc::new(mask.to_vec()),
             count,
+            gradient: logits.track_op().then(Default::default),
         })
     } else {
         softmax_cross_entropy_composite(logits, targets, mask)
@@ -103,6 +107,10 @@ struct SoftmaxCrossEntropy {
     targets: Arc<Vec<u32>>,
     mask: Arc<Vec<bool>>,
     count: usize,
+    /// For logits that will be differentiated: the f32 forward pass writes the gradient here,
+    /// from the same exponentials as the loss, and the backward pass takes it, instead of
+    /// computing every exponential again.
+    gradient: Option<Mutex<Option<Vec<f32>>>>,
 }
 
 /// Visits every masked pixel of one block as (image, pixel in plane, target).
@@ -160,7 +168,23 @@ impl CustomOp1 for SoftmaxCrossEntropy {
         match s {
             CpuStorage::F32(_) => {
                 let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
-                let total = f32_planes(x, l.shape(), &self.targets, &self.mask, 1.0, None)?;
+                let scale = 1.0 / self.count.max(1) as f32;
+                let total = match &self.gradient {
+                    Some(cell) => {
+                        let mut grad = vec![0f32; x.len()];
+                        let total = f32_planes(
+                            x,
+                            l.shape(),
+                            &self.targets,
+                            &self.mask,
+                            scale,
+                            Some(&mut grad),
+                        )?;
+                        *lock(cell) = Some(grad);
+                        total
+                    }
+                    None => f32_planes(x, l.shape(), &self.targets, &self.mask, 1.0, None)?,
+                };
                 let loss = (total / self.count.max(1) as f64) as f32;
                 Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
             }
@@ -168,14 +192,31 @@ impl CustomOp1 for SoftmaxCrossEntropy {
         }
     }
 
+    /// The gradient the forward pass kept, or else computed now, times the loss's own gradient.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = arg.apply_op1_no_bwd(&SoftmaxCrossEntropyGrad {
-            targets: self.targets.clone(),
-            mask: self.mask.clone(),
-            count: self.count,
-        })?;
-        Ok(Some(grad.broadcast_mul(grad_res)?))
+        let kept = self.gradient.as_ref().and_then(|cell| lock(cell).take());
+        let grad = match kept {
+            Some(grad) => Tensor::from_vec(grad, arg.shape(), arg.device())?,
+            None => arg.apply_op1_no_bwd(&SoftmaxCrossEntropyGrad {
+                targets: self.targets.clone(),
+                mask: self.mask.clone(),
+                count: self.count,
+            })?,
+        };
+        let factor = grad_res
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        if factor == 1.0 {
+            Ok(Some(grad))
+        } else {
+            Ok(Some(grad.affine(factor, 0.0)?))
+        }
     }
+}
+
+/// The kept gradient's cell; a panic elsewhere while it was held leaves the vector whole.
+fn lock(cell: &Mutex<Option<Vec<f32>>>) -> MutexGuard<'_, Option<Vec<f32>>> {
+    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `(softmax − onehot(target)) / count` at masked pixels, 0 elsewhere.
@@ -322,9 +363,11 @@ mod tests {
     #[test]
     fn f32_loss_and_gradient_match_the_f64_kernel() {
         let (logits, targets, mask) = case();
+        // Weighted as an auxiliary head's, so the loss's own gradient is not 1.
         let grad_of = |x: &Tensor| {
             let var = Var::from_tensor(x).unwrap();
             let loss = softmax_cross_entropy(var.as_tensor(), &targets, &mask).unwrap();
+            let loss = loss.affine(0.4, 0.0).unwrap();
             let grad = loss.backward().unwrap().get(&var).unwrap().clone();
             let loss = loss
                 .to_dtype(DType::F64)
@@ -340,6 +383,18 @@ mod tests {
             "{single} vs {exact}"
         );
         assert!(max_abs_diff(&single_grad, &exact_grad) < 1e-7);
+        // Logits without gradient give the same loss (the forward keeps no gradient for them).
+        let plain = logits.to_dtype(DType::F32).unwrap();
+        let loss = softmax_cross_entropy(&plain, &targets, &mask).unwrap();
+        let loss = loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            ((0.4 * loss - single) / single).abs() < 1e-6,
+            "{loss} vs {single}"
+        );
     }
 
     #[test]
