@@ -1,10 +1,11 @@
 //! Building blocks of Fast-SCNN (Poudel et al., arXiv 1902.04502) on candle.
 //!
 //! [`layers`] holds the network's modules; [`ops`] the operations candle lacks or runs slowly
-//! (depthwise 3x3 convolution, adaptive average pooling, bilinear resize), as custom ops with direct
-//! CPU kernels and candle-composite fallbacks on other devices. The kernels of the fused CPU
-//! inference engine are `fastscnn-cpu`'s, on plain buffers; this crate shares its sampling code
-//! (bilinear source indices, pooling windows), so both follow PyTorch the same way.
+//! (the convolutions, training BatchNorm, adaptive average pooling, bilinear resize, the loss), as
+//! custom ops with direct CPU kernels and candle-composite fallbacks on other devices. The kernels
+//! of the fused CPU inference engine are `fastscnn-cpu`'s, on plain buffers; this crate's ops run
+//! them where they share a pass and its sampling code (bilinear source indices, pooling windows),
+//! so both follow PyTorch the same way.
 
 #![warn(missing_docs)]
 

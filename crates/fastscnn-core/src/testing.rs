@@ -105,10 +105,10 @@ pub fn worst_difference(
 /// within 1e-4 relative, every running statistic within 1e-4 (relative to 1 + |value|), every
 /// weight within 1e-4 but the learning-to-downsample ones, within 3e-4. Those are the furthest
 /// behind one pixel of the classifier's first depthwise block whose pre-activation is -8.4e-7 in
-/// exact arithmetic, within f32's accumulated rounding of zero: where an instruction set's kernels
-/// land it above zero (NEON's do) its gradient passes, and moves the BatchNorm-centred gradient
-/// sums behind it by up to 1.4e-4 (`fastscnn-train`'s `golden_train_step` tests; in f64 the step
-/// is within 2e-6).
+/// exact arithmetic, within f32's accumulated rounding of zero: kernels whose order of operations
+/// lands it above zero let its gradient pass, which moves the BatchNorm-centred gradient sums
+/// behind it by more than 1e-4 (`fastscnn-train`'s `golden_train_step` tests: AVX2 and NEON land
+/// it below, within 1.3e-5; in f64 the step is within 2e-6).
 ///
 /// # Panics
 /// If a bound is exceeded, naming the tensor.

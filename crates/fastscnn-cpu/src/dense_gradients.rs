@@ -43,6 +43,23 @@ impl DenseGeometry {
         Some((side(self.input.0)?, side(self.input.1)?))
     }
 
+    /// Checks the lengths of the inputs `x`, output gradients `g` and weights given, for `batch`
+    /// images: the products read them through raw pointers.
+    fn check(&self, batch: usize, x: Option<usize>, g: Option<usize>, weight: Option<usize>) {
+        let (h, w) = self.input;
+        let (oh, ow) = self.output().unwrap_or((0, 0));
+        let expected = [
+            (x, batch * self.in_channels * h * w, "input"),
+            (g, batch * self.out_channels * oh * ow, "output gradient"),
+            (weight, self.out_channels * self.depth(), "weight"),
+        ];
+        for (len, want, what) in expected {
+            if let Some(len) = len {
+                assert_eq!(len, want, "dense conv {what} of {self:?}");
+            }
+        }
+    }
+
     /// Rows of the im2col matrix: one per weight of an output channel.
     fn depth(&self) -> usize {
         self.in_channels * self.kernel * self.kernel
@@ -190,12 +207,16 @@ impl<T> Shared<T> {
 
 /// The convolution of `x` (`batch` images of (in, h, w)) by `weight` (out, in, k, k), no bias:
 /// (batch, out, oh, ow).
+///
+/// # Panics
+/// If `x` or `weight` does not hold what `batch` and `geometry` say.
 pub fn dense_forward<T: Real>(
     x: &[T],
     batch: usize,
     geometry: &DenseGeometry,
     weight: &[T],
 ) -> Vec<T> {
+    geometry.check(batch, Some(x.len()), None, Some(weight.len()));
     let Some((oh, ow)) = geometry.output() else {
         return Vec::new();
     };
@@ -235,12 +256,16 @@ pub fn dense_forward<T: Real>(
 /// The gradient with respect to the (out, in, k, k) weight from the input `x` and the output
 /// gradient `g` (batch, out, oh, ow): each band's product summed in f64 in a fixed order, so every
 /// run gives the same bits.
+///
+/// # Panics
+/// If `x` or `g` does not hold what `batch` and `geometry` say.
 pub fn dense_weight_grad<T: Real>(
     x: &[T],
     g: &[T],
     batch: usize,
     geometry: &DenseGeometry,
 ) -> Vec<T> {
+    geometry.check(batch, Some(x.len()), Some(g.len()), None);
     let (cout, depth) = (geometry.out_channels, geometry.depth());
     let Some((oh, ow)) = geometry.output() else {
         return vec![T::ZERO; cout * depth];
@@ -285,12 +310,16 @@ pub fn dense_weight_grad<T: Real>(
 
 /// The gradient with respect to the input (batch, in, h, w) from the output gradient `g` and the
 /// weight: one image per task, its bands in order.
+///
+/// # Panics
+/// If `g` or `weight` does not hold what `batch` and `geometry` say.
 pub fn dense_input_grad<T: Real>(
     g: &[T],
     batch: usize,
     geometry: &DenseGeometry,
     weight: &[T],
 ) -> Vec<T> {
+    geometry.check(batch, None, Some(g.len()), Some(weight.len()));
     let (h, w) = geometry.input;
     let (cin, cout, depth) = (
         geometry.in_channels,

@@ -24,11 +24,14 @@
 //! - outputs are written once, into memory the allocator may have kept from the previous frame
 //!   ([`output_vec`], and [`keep_freed_memory`] for a process that wants it kept).
 //!
-//! Training runs through candle's ops and the custom ops of `fastscnn-core`, which take the
-//! depthwise gradients ([`depthwise_input_grad`], [`depthwise_weight_grad`]), the dense and
-//! pointwise convolutions' ([`dense_weight_grad`], [`dense_input_grad`],
-//! [`pointwise_weight_grad`], [`pointwise_input_grad`]) and the loss
-//! ([`cross_entropy_planes`]) from here; other devices use candle alone.
+//! Training runs through candle's autograd and the custom ops of `fastscnn-core`, which take their
+//! kernels from here: the forward passes above in f32, and for training the convolutions written
+//! once for f32 and f64 with their gradients ([`depthwise_forward`], [`depthwise_input_grad`],
+//! [`depthwise_weight_grad`], [`turned_kernels`], [`dense_forward`], [`dense_weight_grad`],
+//! [`dense_input_grad`], [`pointwise_forward`], [`pointwise_weight_grad`],
+//! [`pointwise_input_grad`]), BatchNorm's f64-working passes ([`batch_norm_moment`],
+//! [`batch_norm_grad_sums`], [`batch_norm_input_grad`]) and the loss ([`cross_entropy_planes`]);
+//! other devices use candle alone.
 
 #![warn(missing_docs)]
 

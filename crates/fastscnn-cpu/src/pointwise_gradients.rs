@@ -28,6 +28,32 @@ fn chunks(batch: usize, pixels: usize) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
+/// Checks the lengths of the inputs `x`, output gradients `g` and weights given, for `batch`
+/// images: the products read them through raw pointers.
+fn check(
+    geometry: &PointwiseGeometry,
+    batch: usize,
+    x: Option<usize>,
+    g: Option<usize>,
+    weight: Option<usize>,
+) {
+    let PointwiseGeometry {
+        in_channels: cin,
+        out_channels: cout,
+        pixels,
+    } = *geometry;
+    let expected = [
+        (x, batch * cin * pixels, "input"),
+        (g, batch * cout * pixels, "output gradient"),
+        (weight, cout * cin, "weight"),
+    ];
+    for (len, want, what) in expected {
+        if let Some(len) = len {
+            assert_eq!(len, want, "pointwise conv {what} of {geometry:?}");
+        }
+    }
+}
+
 /// The shape of a 1x1 convolution over one input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PointwiseGeometry {
@@ -40,12 +66,16 @@ pub struct PointwiseGeometry {
 }
 
 /// `W · X` for `batch` images of (in, pixels): (batch, out, pixels). `weight` is (out, in).
+///
+/// # Panics
+/// If `x` or `weight` does not hold what `batch` and `geometry` say.
 pub fn pointwise_forward<T: Real>(
     x: &[T],
     batch: usize,
     geometry: &PointwiseGeometry,
     weight: &[T],
 ) -> Vec<T> {
+    check(geometry, batch, Some(x.len()), None, Some(weight.len()));
     let PointwiseGeometry {
         in_channels: cin,
         out_channels: cout,
@@ -77,12 +107,16 @@ pub fn pointwise_forward<T: Real>(
 
 /// The gradient with respect to the (out, in) weight, `Σ dY · Xᵀ` over every image and pixel:
 /// each chunk's product summed in f64 in a fixed order, so every run gives the same bits.
+///
+/// # Panics
+/// If `x` or `g` does not hold what `batch` and `geometry` say.
 pub fn pointwise_weight_grad<T: Real>(
     x: &[T],
     g: &[T],
     batch: usize,
     geometry: &PointwiseGeometry,
 ) -> Vec<T> {
+    check(geometry, batch, Some(x.len()), Some(g.len()), None);
     let PointwiseGeometry {
         in_channels: cin,
         out_channels: cout,
@@ -119,12 +153,16 @@ pub fn pointwise_weight_grad<T: Real>(
 }
 
 /// The gradient with respect to the input, `Wᵀ · dY`: (batch, in, pixels).
+///
+/// # Panics
+/// If `g` or `weight` does not hold what `batch` and `geometry` say.
 pub fn pointwise_input_grad<T: Real>(
     g: &[T],
     batch: usize,
     geometry: &PointwiseGeometry,
     weight: &[T],
 ) -> Vec<T> {
+    check(geometry, batch, None, Some(g.len()), Some(weight.len()));
     let PointwiseGeometry {
         in_channels: cin,
         out_channels: cout,

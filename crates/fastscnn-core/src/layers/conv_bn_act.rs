@@ -1,6 +1,6 @@
 //! Convolution + BatchNorm + optional ReLU, the unit every Fast-SCNN block is made of.
 
-use candle_core::{DType, Module, Result, Tensor, Var};
+use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
@@ -126,7 +126,7 @@ impl ConvBnAct {
 
 /// BatchNorm in training mode (and the ReLU, if `relu`) through the fused op, with PyTorch's
 /// running-statistics update: momentum 0.1 (candle's default, as PyTorch's) and the unbiased batch
-/// variance, computed in f64 from the statistics the op normalised by.
+/// variance, computed in the statistics' type (f64 from the CPU kernel).
 fn batch_norm_training(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
     let Some((gamma, beta)) = bn.weight_and_bias() else {
         let y = bn.forward_t(x, true)?;
@@ -142,7 +142,7 @@ fn batch_norm_training(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor>
     let unbiased = variance.affine(count / (count - 1.0).max(1.0), 0.0)?;
     let m = bn.momentum();
     for (running, batch) in [(bn.running_mean(), mean), (bn.running_var(), unbiased)] {
-        let previous = running.to_dtype(DType::F64)?;
+        let previous = running.to_dtype(batch.dtype())?;
         let updated = (previous.affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
         Var::from_tensor(running)?.set(&updated.to_dtype(running.dtype())?)?;
     }

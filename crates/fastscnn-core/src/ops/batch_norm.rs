@@ -3,11 +3,10 @@
 //!
 //! candle_nn's training path transposes, flattens and broadcasts through a dozen full-size
 //! intermediate tensors, and candle's ReLU costs a pass forward and five (a comparison, a cast, a
-//! product, a zeroed gradient and a sum) backward. Here the forward is two passes (statistics,
-//! normalisation with the ReLU) and the backward two (the per-channel sums, the input gradient),
-//! the ReLU's mask read from the output; the batch statistics are computed once and serve the
-//! running estimates and the backward pass (`cargo bench -p fastscnn-benches --bench
-//! train_step`).
+//! product, a zeroed gradient and a sum) backward. Here the forward is three passes (the mean, the
+//! variance, the normalisation with the ReLU) and the backward two (the per-channel sums, the
+//! input gradient), the ReLU's mask read from the output; the batch statistics are computed once
+//! and serve the running estimates and the backward pass (`fastscnn bench --mode train`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -25,10 +24,11 @@ use super::{contiguous_slice, has_cpu_kernel, run_kernel, Float, Kernel};
 pub struct BatchNormTrainOutput {
     /// `(x − mean) / √(var + eps) · gamma + beta`, through a ReLU if one was asked for.
     pub output: Tensor,
-    /// Each channel's mean over the batch and both spatial axes, (C), f64, without gradient.
+    /// Each channel's mean over the batch and both spatial axes, (C), without gradient: f64 from
+    /// the CPU kernel (the sums it normalised by), `x`'s dtype elsewhere.
     pub mean: Tensor,
-    /// Each channel's biased variance, (C), f64, without gradient: PyTorch's running variance
-    /// takes it times `M / (M − 1)`, M the count per channel.
+    /// Each channel's biased variance, (C), without gradient, typed as `mean`: PyTorch's running
+    /// variance takes it times `M / (M − 1)`, M the count per channel.
     pub variance: Tensor,
 }
 
@@ -40,7 +40,8 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
 }
 
 /// [`batch_norm_train`], followed by a ReLU when `relu` is set, with the batch statistics it used.
-/// The ReLU's gradient passes where its output is positive, as PyTorch's does.
+/// On the CPU kernel the ReLU's gradient passes where its output is positive, as PyTorch's does;
+/// elsewhere it is candle's ReLU, whose gradient also passes where the normalised value is 0.
 pub fn batch_norm_train_act(
     x: &Tensor,
     gamma: &Tensor,
@@ -79,7 +80,7 @@ pub fn batch_norm_train_act(
     } else {
         let output = batch_norm_train_composite(x, gamma, beta, eps)?;
         let output = if relu { output.relu()? } else { output };
-        let x = x.detach().to_dtype(DType::F64)?;
+        let x = x.detach();
         let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
         let variance = x
             .broadcast_sub(&mean)?
@@ -116,8 +117,8 @@ pub fn batch_norm_train_composite(
         .broadcast_add(&beta.reshape((1, c, 1, 1))?)
 }
 
-/// Independent partial sums per reduction: the adds of one pipeline instead of waiting on each
-/// other, and vectorise, while every term is still summed in f64.
+/// Independent partial sums per reduction: the adds pipeline instead of waiting on each other,
+/// and vectorise, while every term is still summed in f64.
 const LANES: usize = 8;
 
 /// Σ f(v) over a slice, in f64, over [`LANES`] partial sums.
@@ -399,7 +400,8 @@ impl Kernel<3> for BatchNormGradSums {
 }
 
 impl BatchNormGradSums {
-    /// The f32 sums on `fastscnn-cpu`'s vectorised kernel, the same arithmetic as [`Kernel::run`].
+    /// The f32 sums on `fastscnn-cpu`'s vectorised kernel: [`Kernel::run`]'s terms, summed over
+    /// its own number of partial sums.
     fn run_f32(&self, [x, dy, y]: [&[f32]; 3], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
@@ -595,16 +597,33 @@ mod tests {
 
     #[test]
     fn relu_gradient_passes_only_where_the_output_is_positive() {
+        // Channel 0 holds -2..=2 in each image: its mean is 0 exactly, and with gamma 1 and beta
+        // 0 the pixels holding 0 normalise to exactly 0, where the gradient must not pass (as
+        // PyTorch's ReLU; candle's passes it there). The other channels are random.
         let (x, gamma, beta) = inputs(DType::F64);
+        let ramp: Vec<f64> = (0..35).map(|i| (i % 5) as f64 - 2.0).collect();
+        let ramp = Tensor::from_vec(ramp, (1, 1, 5, 7), x.device()).unwrap();
+        let ramp = Tensor::cat(&[&ramp, &ramp, &ramp], 0).unwrap();
+        let x = Tensor::cat(&[&ramp, &x.narrow(1, 1, 3).unwrap()], 1).unwrap();
+        let first = |t: &Tensor, v: f64| {
+            Tensor::cat(
+                &[
+                    &Tensor::new(&[v], t.device()).unwrap(),
+                    &t.narrow(0, 1, 3).unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+        };
+        let (gamma, beta) = (first(&gamma, 1.0), first(&beta, 0.0));
         let x = candle_core::Var::from_tensor(&x).unwrap();
         let fused = batch_norm_train_act(x.as_tensor(), &gamma, &beta, 1e-5, true).unwrap();
         let grads = fused.output.sum_all().unwrap().backward().unwrap();
         let normalised = batch_norm_train_composite(x.as_tensor(), &gamma, &beta, 1e-5).unwrap();
+        let zeros = normalised.eq(0.0).unwrap().to_dtype(DType::F64).unwrap();
+        assert!(zeros.sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0);
         let mask = normalised.gt(0.0).unwrap().to_dtype(DType::F64).unwrap();
-        let masked = batch_norm_train_composite(x.as_tensor(), &gamma, &beta, 1e-5)
-            .unwrap()
-            .mul(&mask)
-            .unwrap();
+        let masked = normalised.mul(&mask).unwrap();
         let reference = masked.sum_all().unwrap().backward().unwrap();
         let err = max_abs_diff(grads.get(&x).unwrap(), reference.get(&x).unwrap());
         assert!(err < 1e-12, "{err}");

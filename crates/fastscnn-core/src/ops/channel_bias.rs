@@ -1,9 +1,9 @@
 //! A per-channel bias added to an (N, C, H, W) map, as one op with its own backward pass.
 //!
 //! Through candle the bias is broadcast, and its gradient is a reduction over three of the four
-//! axes that candle's strided reduction runs element by element (8.7 ms for the 2x19x64x128
-//! logits of one head). Here the forward is one pass and the bias gradient each plane's sum,
-//! in f64 over independent partial sums (`cargo bench -p fastscnn-benches --bench train_step`).
+//! axes that candle's strided reduction runs element by element, milliseconds for one head's
+//! logits. Here the forward is one pass and the bias gradient each plane's sum, in f64 over
+//! independent partial sums (`fastscnn bench --mode train`).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

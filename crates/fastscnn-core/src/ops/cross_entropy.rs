@@ -4,10 +4,10 @@
 //! costs several full passes and a scatter in the backward pass; fused, the forward is one pass,
 //! which in f32 also writes the gradient `(softmax − onehot) / count` of logits that will be
 //! differentiated, from the same exponentials, for the backward pass to take (`fastscnn bench
-//! --mode train`: 4% of a step, for the gradient's memory held from the forward pass on). f32 runs
-//! on the CPU crate's kernel
-//! (`fastscnn_cpu::cross_entropy_planes`: a vectorised `exp`, blocks in cache); f64, which the
-//! gradient checks and the exact reference step use, on the library's `exp` in f64.
+//! --mode train`: 4% of a step, for the gradient's memory held from the forward pass on). f32
+//! runs on the CPU crate's kernel (`fastscnn_cpu::cross_entropy_planes`: a vectorised `exp`,
+//! blocks in cache); f64, which the gradient checks and the exact reference step use, on the
+//! library's `exp` in f64.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -383,7 +383,13 @@ mod tests {
             "{single} vs {exact}"
         );
         assert!(max_abs_diff(&single_grad, &exact_grad) < 1e-7);
-        // Logits without gradient give the same loss (the forward keeps no gradient for them).
+        // A second backward pass recomputes the gradient the first one took.
+        let var = Var::from_tensor(&logits.to_dtype(DType::F32).unwrap()).unwrap();
+        let loss = softmax_cross_entropy(var.as_tensor(), &targets, &mask).unwrap();
+        let first = loss.backward().unwrap().get(&var).unwrap().clone();
+        let second = loss.backward().unwrap().get(&var).unwrap().clone();
+        assert_eq!(max_abs_diff(&first, &second), 0.0);
+        // Logits without gradient give the same loss.
         let plain = logits.to_dtype(DType::F32).unwrap();
         let loss = softmax_cross_entropy(&plain, &targets, &mask).unwrap();
         let loss = loss

@@ -19,9 +19,9 @@ use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float
 pub fn dense_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
     let (_, wc, kh, kw) = weight.dims4()?;
-    if wc != c || kh != kw {
+    if wc != c || kh != kw || c == 0 || kh == 0 {
         bail!(
-            "dense_conv2d: weight must be (out, {c}, k, k) for {c} input channels, got {:?}",
+            "dense_conv2d: weight must be (out, {c}, k, k), k and {c} input channels above 0, got {:?}",
             weight.dims()
         )
     }
@@ -275,6 +275,40 @@ mod tests {
             let candle = grads(&|x| x.conv2d(weight.as_tensor(), p, s, 1, 1).unwrap(), &x);
             let err = max_abs_diff(ours.get(&x).unwrap(), candle.get(&x).unwrap());
             assert!(err < 1e-10, "{:?} input: {err}", SHAPES[i]);
+        }
+    }
+
+    #[test]
+    fn f32_gradients_match_f64() {
+        for (i, &(o, c, k, s, p, h, w)) in SHAPES.iter().enumerate() {
+            let x = random_tensor(&[2, c, h, w], 20 + i as u64).unwrap();
+            let weight = random_tensor(&[o, c, k, k], 70 + i as u64).unwrap();
+            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let mix = random_tensor(&[2, o, oh, ow], 95 + i as u64).unwrap();
+            let grads = |dtype: DType| {
+                let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+                let weight = Var::from_tensor(&weight.to_dtype(dtype).unwrap()).unwrap();
+                let y = dense_conv2d(x.as_tensor(), weight.as_tensor(), s, p).unwrap();
+                let y = y.to_dtype(DType::F64).unwrap();
+                let mix = mix.to_dtype(DType::F64).unwrap();
+                let grads = (y * mix).unwrap().sum_all().unwrap().backward().unwrap();
+                [&x, &weight].map(|v| grads.get(v).unwrap().to_dtype(DType::F64).unwrap())
+            };
+            let (single, double) = (grads(DType::F32), grads(DType::F64));
+            for (name, a, b) in [
+                ("input", &single[0], &double[0]),
+                ("weight", &single[1], &double[1]),
+            ] {
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                let err = max_abs_diff(a, b) as f64 / scale.max(1e-12);
+                assert!(err < 1e-5, "{:?} {name}: relative error {err}", SHAPES[i]);
+            }
         }
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Each op runs a direct CPU kernel for f32 and f64 and, on every other device or dtype, a
 //! fallback composed of candle's own ops, so CUDA and Metal builds work from day one. The composite
-//! paths double as the reference the CPU kernels are tested against. The kernels of the ops the
-//! inference engine shares (depthwise conv, resize, resize + argmax, pooling) are
-//! `fastscnn-cpu`'s, beside the engine's own; those only training needs (BatchNorm, the loss) are
-//! here with their ops.
+//! paths double as the reference the CPU kernels are tested against. Most kernels are
+//! `fastscnn-cpu`'s: the engine's own for the forward passes it shares (depthwise, dense and 1x1
+//! convolutions, resize, resize + argmax, pooling), and beside them those training adds (the same
+//! forwards in f64, every gradient, BatchNorm's passes that work in f64, the loss in f32). The few
+//! that only these ops run are here with them (BatchNorm's normalisation, the per-channel bias,
+//! the loss in f64).
 
 mod adaptive_avg_pool;
 mod batch_norm;
@@ -61,8 +63,8 @@ trait Float: WithDType + fastscnn_cpu::Real {}
 
 impl<T: WithDType + fastscnn_cpu::Real> Float for T {}
 
-/// `CustomOp1`, `CustomOp2` or `CustomOp3` for a kernel run forward only (a gradient, a
-/// statistic, the fused argmax): its name, and its CPU forward through [`run_kernel`].
+/// `CustomOp1`, `CustomOp2` or `CustomOp3` for a kernel run forward only (a gradient, the
+/// fused argmax): its name, and its CPU forward through [`run_kernel`].
 macro_rules! forward_only_op {
     ($kernel:ty, 1) => {
         impl candle_core::CustomOp1 for $kernel {

@@ -20,9 +20,9 @@ use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float
 pub fn pointwise_conv2d(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (o, wc, kh, kw) = weight.dims4()?;
-    if wc != c || kh != 1 || kw != 1 {
+    if wc != c || kh != 1 || kw != 1 || c == 0 {
         bail!(
-            "pointwise_conv2d: weight must be (out, {c}, 1, 1) for {c} input channels, got {:?}",
+            "pointwise_conv2d: weight must be (out, {c}, 1, 1), {c} input channels above 0, got {:?}",
             weight.dims()
         )
     }

@@ -110,6 +110,9 @@ fn forward_plane<T: Real>(
 /// forward convolution of `g` with each kernel turned by 180°; at stride 2 each input column
 /// takes the taps of its parity (even columns the centre tap of one output, odd ones the outer
 /// taps of two), so every row is written in one pass.
+///
+/// # Panics
+/// If `stride` is neither 1 nor 2, or at stride 1 the sizes differ.
 pub fn depthwise_input_grad<T: Real>(
     g: &[T],
     channels: usize,
@@ -118,7 +121,9 @@ pub fn depthwise_input_grad<T: Real>(
     weight: &[T],
     stride: usize,
 ) -> Vec<T> {
+    assert!(stride == 1 || stride == 2, "depthwise stride {stride}");
     if stride == 1 {
+        assert_eq!((oh, ow), (h, w), "a stride-1 depthwise conv keeps the size");
         return depthwise_forward(g, channels, (oh, ow), &turned_kernels(weight), 1);
     }
     let planes = g.len().checked_div(oh * ow).unwrap_or(0);
@@ -175,8 +180,8 @@ fn stride2_row_grad<T: Real>(dst: &mut [T], g: &[T], k: &[T]) {
     }
 }
 
-/// Independent partial sums of a dot product: the adds of one pipeline instead of waiting on
-/// each other, and vectorise.
+/// Independent partial sums of a dot product: the adds pipeline instead of waiting on each other,
+/// and vectorise.
 const LANES: usize = 8;
 
 /// Σ a·b with each product rounded to `T` and summed in f64 over [`LANES`] partial sums in a
