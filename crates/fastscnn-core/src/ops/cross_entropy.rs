@@ -3,11 +3,11 @@
 //! Composed from candle's ops (log-softmax, gather, mask) the loss of one 2x19x512x1024 batch
 //! costs several full passes and a scatter in the backward pass; fused, the forward is one pass,
 //! which in f32 also writes the gradient `(softmax − onehot) / count` of logits that will be
-//! differentiated, from the same exponentials, for the backward pass to take (`fastscnn bench
-//! --mode train`: 4% of a step, for the gradient's memory held from the forward pass on). f32
-//! runs on the CPU crate's kernel (`fastscnn_cpu::cross_entropy_planes`: a vectorised `exp`,
-//! blocks in cache); f64, which the gradient checks and the exact reference step use, on the
-//! library's `exp` in f64.
+//! differentiated, from the same exponentials, for the backward pass to take: 4% of a step in
+//! `fastscnn bench --mode train`, for the gradient's memory held from the forward pass to the
+//! backward. f32 runs on the CPU crate's kernel (`fastscnn_cpu::cross_entropy_planes`: a
+//! vectorised `exp`, blocks in cache); f64, which the gradient checks and the exact reference
+//! step use, on the library's `exp` in f64.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

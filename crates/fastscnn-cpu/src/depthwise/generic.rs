@@ -209,6 +209,9 @@ fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
 /// output row oy with input row oy·stride + ky − 1 and output column ox with input column
 /// ox·stride + kx − 1; at stride 2 each input row is first split into its even and odd columns,
 /// so every tap is a dot product of two contiguous runs.
+///
+/// # Panics
+/// If `stride` is neither 1 nor 2.
 pub fn depthwise_weight_grad<T: Real>(
     x: &[T],
     g: &[T],
@@ -217,6 +220,7 @@ pub fn depthwise_weight_grad<T: Real>(
     (oh, ow): (usize, usize),
     stride: usize,
 ) -> Vec<T> {
+    assert!(stride == 1 || stride == 2, "depthwise stride {stride}");
     // Output columns [lo, hi) whose tap kx lies inside the row: ox·stride + kx − 1 in 0..w.
     let columns = |kx: usize| {
         let lo = usize::from(kx == 0);
