@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::Real;
+use crate::{Real, SendPtr};
 
 /// The shape of a dense convolution over one input size: weights (out, in, k, k) row-major,
 /// planes of `h`x`w` in, `oh`x`ow` out.
@@ -190,19 +190,16 @@ pub(crate) unsafe fn product<T: Real>(
     }
 }
 
-/// A raw output pointer the band tasks share, each writing only its own columns.
-#[derive(Clone, Copy)]
-pub(crate) struct Shared<T>(pub(crate) *mut T);
-
-// SAFETY: the tasks write disjoint ranges through it (see each use).
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// Through a method, so closures capture the `Send` wrapper rather than its field.
-    pub(crate) fn get(self) -> *mut T {
-        self.0
+/// The element-wise sum of equally long `partials`, added in f64 in their order, so that every
+/// run gives the same bits whatever the threads that produced them.
+pub(crate) fn sum_in_order<T: Real>(partials: &[Vec<T>], len: usize) -> Vec<T> {
+    let mut sum = vec![0f64; len];
+    for partial in partials {
+        for (s, &v) in sum.iter_mut().zip(partial) {
+            *s += v.as_f64();
+        }
     }
+    sum.into_iter().map(T::of_f64).collect()
 }
 
 /// The convolution of `x` (`batch` images of (in, h, w)) by `weight` (out, in, k, k), no bias:
@@ -228,7 +225,7 @@ pub fn dense_forward<T: Real>(
     );
     let plane = oh * ow;
     let mut out = vec![T::ZERO; batch * cout * plane];
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr());
     let tasks: Vec<(usize, Range<usize>)> = (0..batch)
         .flat_map(|b| geometry.bands().into_iter().map(move |rows| (b, rows)))
         .collect();
@@ -299,13 +296,7 @@ pub fn dense_weight_grad<T: Real>(
             partial
         })
         .collect();
-    let mut sum = vec![0f64; cout * depth];
-    for partial in &partials {
-        for (s, &v) in sum.iter_mut().zip(partial) {
-            *s += v.as_f64();
-        }
-    }
-    sum.into_iter().map(T::of_f64).collect()
+    sum_in_order(&partials, cout * depth)
 }
 
 /// The gradient with respect to the input (batch, in, h, w) from the output gradient `g` and the

@@ -94,16 +94,24 @@ pub use softmax::softmax_planes;
 pub use tuning::Tuning;
 
 /// A raw output pointer that parallel tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SendPtr<T = f32>(*mut T);
+
+// Copy for every `T`, not only `T: Copy` as derive would ask: it copies the pointer.
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SendPtr<T> {}
 
 // SAFETY: every user writes through the pointer only at ranges no other task touches.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
+impl<T> SendPtr<T> {
     /// Through a method, so closures capture the `Send` wrapper rather than its field.
-    fn get(self) -> *mut f32 {
+    fn get(self) -> *mut T {
         self.0
     }
 }

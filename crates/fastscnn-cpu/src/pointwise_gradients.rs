@@ -10,8 +10,8 @@
 
 use rayon::prelude::*;
 
-use crate::dense_gradients::{product, Shared};
-use crate::Real;
+use crate::dense_gradients::{product, sum_in_order};
+use crate::{Real, SendPtr};
 
 /// Pixels per task: enough columns that a product amortises its packing, few enough that every
 /// thread gets several tasks at the network's 1/8 and 1/4 resolutions.
@@ -82,7 +82,7 @@ pub fn pointwise_forward<T: Real>(
         pixels,
     } = *geometry;
     let mut out = vec![T::ZERO; batch * cout * pixels];
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr());
     chunks(batch, pixels)
         .into_par_iter()
         .for_each(|(b, start, width)| {
@@ -143,13 +143,7 @@ pub fn pointwise_weight_grad<T: Real>(
             partial
         })
         .collect();
-    let mut sum = vec![0f64; cout * cin];
-    for partial in &partials {
-        for (s, &v) in sum.iter_mut().zip(partial) {
-            *s += v.as_f64();
-        }
-    }
-    sum.into_iter().map(T::of_f64).collect()
+    sum_in_order(&partials, cout * cin)
 }
 
 /// The gradient with respect to the input, `Wᵀ · dY`: (batch, in, pixels).
@@ -169,7 +163,7 @@ pub fn pointwise_input_grad<T: Real>(
         pixels,
     } = *geometry;
     let mut out = vec![T::ZERO; batch * cin * pixels];
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr());
     chunks(batch, pixels)
         .into_par_iter()
         .for_each(|(b, start, width)| {

@@ -109,7 +109,7 @@ impl ConvBnAct {
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv.forward(x)?;
         match &self.bn {
-            Some(bn) if mode.is_training() => batch_norm_training(bn, &y, self.relu),
+            Some(bn) if mode.is_training() => self.batch_norm_training(bn, &y),
             Some(bn) => self.activate(bn.forward_t(&y, false)?),
             None => self.activate(y),
         }
@@ -122,31 +122,30 @@ impl ConvBnAct {
             Ok(y)
         }
     }
-}
 
-/// BatchNorm in training mode (and the ReLU, if `relu`) through the fused op, with PyTorch's
-/// running-statistics update: momentum 0.1 (candle's default, as PyTorch's) and the unbiased batch
-/// variance, computed in the statistics' type (f64 from the CPU kernel).
-fn batch_norm_training(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
-    let Some((gamma, beta)) = bn.weight_and_bias() else {
-        let y = bn.forward_t(x, true)?;
-        return if relu { y.relu() } else { Ok(y) };
-    };
-    let BatchNormTrainOutput {
-        output,
-        mean,
-        variance,
-    } = batch_norm_train_act(x, gamma, beta, bn.eps(), relu)?;
-    let (n, _, h, w) = x.dims4()?;
-    let count = (n * h * w) as f64;
-    let unbiased = variance.affine(count / (count - 1.0).max(1.0), 0.0)?;
-    let m = bn.momentum();
-    for (running, batch) in [(bn.running_mean(), mean), (bn.running_var(), unbiased)] {
-        let previous = running.to_dtype(batch.dtype())?;
-        let updated = (previous.affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
-        Var::from_tensor(running)?.set(&updated.to_dtype(running.dtype())?)?;
+    /// BatchNorm in training mode (and the ReLU, if any) through the fused op, with PyTorch's
+    /// running-statistics update: momentum 0.1 (candle's default, as PyTorch's) and the unbiased
+    /// batch variance, computed in the statistics' type (f64 from the CPU kernel).
+    fn batch_norm_training(&self, bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+        let Some((gamma, beta)) = bn.weight_and_bias() else {
+            return self.activate(bn.forward_t(x, true)?);
+        };
+        let BatchNormTrainOutput {
+            output,
+            mean,
+            variance,
+        } = batch_norm_train_act(x, gamma, beta, bn.eps(), self.relu)?;
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = variance.affine(count / (count - 1.0).max(1.0), 0.0)?;
+        let m = bn.momentum();
+        for (running, batch) in [(bn.running_mean(), mean), (bn.running_var(), unbiased)] {
+            let previous = running.to_dtype(batch.dtype())?;
+            let updated = (previous.affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
+            Var::from_tensor(running)?.set(&updated.to_dtype(running.dtype())?)?;
+        }
+        Ok(output)
     }
-    Ok(output)
 }
 
 impl Module for ConvBnAct {

@@ -17,7 +17,7 @@ use fastscnn_cpu::{
     batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, InputGradTerms,
 };
 
-use super::{contiguous_slice, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{contiguous_slice, has_cpu_kernel, lane_sum, run_kernel, Float, Kernel, LANES};
 
 /// The output of training BatchNorm and the statistics it normalised by.
 #[derive(Debug, Clone)]
@@ -115,24 +115,6 @@ pub fn batch_norm_train_composite(
     normed
         .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
         .broadcast_add(&beta.reshape((1, c, 1, 1))?)
-}
-
-/// Independent partial sums per reduction: the adds pipeline instead of waiting on each other,
-/// and vectorise, while every term is still summed in f64.
-const LANES: usize = 8;
-
-/// Σ f(v) over a slice, in f64, over [`LANES`] partial sums.
-#[inline]
-fn lane_sum<T: Float>(a: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0f64; LANES];
-    let chunks = a.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|v| f(v.as_f64())).sum();
-    for chunk in chunks {
-        for lane in 0..LANES {
-            acc[lane] += f(chunk[lane].as_f64());
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Σ f(a, b, c) over three slices of one length, as two sums at once (f returns both terms), in

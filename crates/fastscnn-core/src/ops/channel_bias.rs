@@ -8,7 +8,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{forward_only_op, has_cpu_kernel, lane_sum, run_kernel, Float, Kernel};
 
 /// `x + bias` with `bias` (C) added to every pixel of channel c of `x` (N, C, H, W).
 /// Differentiable in both.
@@ -82,9 +82,6 @@ impl CustomOp2 for ChannelBias {
 /// gives the shape.
 struct ChannelSums;
 
-/// Independent partial sums: the adds pipeline instead of waiting on each other.
-const LANES: usize = 8;
-
 impl Kernel<2> for ChannelSums {
     const NAME: &'static str = "channel-sums";
 
@@ -101,15 +98,7 @@ impl Kernel<2> for ChannelSums {
                 let mut total = 0f64;
                 for b in 0..n {
                     let p = &g[(b * c + ch) * plane..(b * c + ch + 1) * plane];
-                    let mut acc = [0f64; LANES];
-                    let chunks = p.chunks_exact(LANES);
-                    total += chunks.remainder().iter().map(|v| v.as_f64()).sum::<f64>();
-                    for chunk in chunks {
-                        for lane in 0..LANES {
-                            acc[lane] += chunk[lane].as_f64();
-                        }
-                    }
-                    total += acc.iter().sum::<f64>();
+                    total += lane_sum(p, |v| v);
                 }
                 T::of_f64(total)
             })
