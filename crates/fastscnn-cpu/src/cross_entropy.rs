@@ -15,7 +15,7 @@ use super::softmax::exp;
 
 /// Pixels a task handles at a time: 19 class planes of them are 38 KB, in L2 (in L1 on cores
 /// with 48 KB of it).
-const BLOCK: usize = 512;
+pub(crate) const BLOCK: usize = 512;
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -55,8 +55,11 @@ fn cross_entropy_block_body<M: MulAdd>(
 }
 
 dispatch!(
+    /// The loss terms of one block of `len` pixels, `block` its (classes, len) scores: `max` the
+    /// largest score, `losses` `max − score[target]` (0 where `mask` is unset), and `block`'s
+    /// scores replaced by their exponentials `e^(score − max)`, whose sum is `sum`.
     #[allow(clippy::too_many_arguments)]
-    fn cross_entropy_block(
+    pub(crate) fn cross_entropy_block(
         block: &mut [f32],
         classes: usize,
         len: usize,

@@ -87,7 +87,8 @@ pub use pointwise_gradients::{
 pub use real::Real;
 pub use resize::{
     resize_argmax_forward, resize_argmax_min_scratch_len, resize_argmax_planes,
-    resize_argmax_scratch_len, resize_forward, resize_grad, resize_planes, resize_planes_uninit,
+    resize_argmax_scratch_len, resize_cross_entropy_planes, resize_forward, resize_grad,
+    resize_planes, resize_planes_uninit,
 };
 pub use simd::Isa;
 pub use softmax::softmax_planes;

@@ -69,6 +69,35 @@ pub struct FastScnnStages {
     pub aux_logits: Vec<Tensor>,
 }
 
+/// A training forward pass's class scores, each head's at its own resolution, before the
+/// upsampling to the input's size: the loss takes that upsampling into its own pass
+/// (`fastscnn_core::ops::resize_cross_entropy`), so the full-resolution logits and their
+/// gradients are never stored.
+#[derive(Debug, Clone)]
+pub struct TrainingScores {
+    /// The classifier's scores, at 1/8 of the input's resolution.
+    pub scores: Tensor,
+    /// Each auxiliary head's scores at its features' resolution, in the order of
+    /// [`FastScnn::aux_heads`].
+    pub aux_scores: Vec<Tensor>,
+    /// The input's (height, width): the labels'.
+    pub size: (usize, usize),
+    /// How the scores upsample to `size`: the network's `align_corners`.
+    pub align_corners: bool,
+}
+
+impl TrainingScores {
+    /// Every head's logits at the input's size, the main head's first: what
+    /// [`FastScnn::forward_stages`] gives as `logits` and `aux_logits`.
+    pub fn logits(&self) -> Result<Vec<Tensor>> {
+        let (h, w) = self.size;
+        std::iter::once(&self.scores)
+            .chain(&self.aux_scores)
+            .map(|scores| Ok(resize_bilinear(scores, h, w, self.align_corners)?))
+            .collect()
+    }
+}
+
 /// The network of the paper, with the auxiliary heads its checkpoint has: built from weights
 /// ([`FastScnn::from_file`]), it gives logits ([`Module::forward`]), probabilities and label maps
 /// for (N, 3, H, W) batches of any size, on the fused CPU path for f32 CPU inputs and through
@@ -320,65 +349,74 @@ impl FastScnn {
     /// Runs the network on a normalised (N, 3, H, W) batch of any height and width and returns every
     /// intermediate; the auxiliary logits only when `with_aux`.
     pub fn forward_stages(&self, x: &Tensor, with_aux: bool) -> Result<FastScnnStages> {
-        self.forward_stages_mode(x, with_aux, Mode::Inference)
-    }
-
-    /// A training forward pass: batch statistics in every BatchNorm (whose running statistics are
-    /// updated; the network must have been built with [`BatchNormMode::Unfolded`]), every
-    /// dropout (before each classifying convolution) at probability `dropout` with masks drawn
-    /// from `dropout_seed`, and every auxiliary head's logits.
-    pub fn forward_train(
-        &self,
-        x: &Tensor,
-        dropout: f32,
-        dropout_seed: u64,
-    ) -> Result<FastScnnStages> {
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(ModelError::Input(format!(
-                "dropout probability {dropout} is not in [0, 1)"
-            )));
-        }
-        self.forward_stages_mode(
-            x,
-            true,
-            Mode::Training {
-                dropout,
-                dropout_seed,
-            },
-        )
-    }
-
-    fn forward_stages_mode(
-        &self,
-        x: &Tensor,
-        with_aux: bool,
-        mode: Mode,
-    ) -> Result<FastScnnStages> {
         self.check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
+        let mode = Mode::Inference;
         let mut run = CandleRun::new(self, x, mode, CandleHead::Logits(h, w), true);
         let logits = run_plan(&mut run, x, None)?;
-        let higher_res = run.kept(Stage::LearningToDownsample)?;
-        let global = run.kept(Stage::PyramidPooling)?;
-        let mut aux_logits = Vec::new();
-        if with_aux {
-            for (site, (source, head)) in (1..).zip(&self.aux_heads) {
-                let features = match source {
-                    AuxSource::HigherRes => &higher_res,
-                    AuxSource::Global => &global,
-                };
-                let scores = head.forward_mode(features, mode, site)?;
-                aux_logits.push(resize_bilinear(&scores, h, w, self.config.align_corners)?);
-            }
-        }
+        let aux_logits = if with_aux {
+            self.aux_scores(&run, mode)?
+                .iter()
+                .map(|scores| resize_bilinear(scores, h, w, self.config.align_corners))
+                .collect::<candle_core::Result<_>>()?
+        } else {
+            Vec::new()
+        };
         Ok(FastScnnStages {
-            higher_res,
-            global,
+            higher_res: run.kept(Stage::LearningToDownsample)?,
+            global: run.kept(Stage::PyramidPooling)?,
             fused: run.kept(Stage::FeatureFusion)?,
             classifier: run.kept(Stage::Classifier)?,
             logits,
             aux_logits,
         })
+    }
+
+    /// A training forward pass: batch statistics in every BatchNorm (whose running statistics are
+    /// updated; the network must have been built with [`BatchNormMode::Unfolded`]), every
+    /// dropout (before each classifying convolution) at probability `dropout` with masks drawn
+    /// from `dropout_seed`, and every head's scores at its own resolution.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        dropout: f32,
+        dropout_seed: u64,
+    ) -> Result<TrainingScores> {
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(ModelError::Input(format!(
+                "dropout probability {dropout} is not in [0, 1)"
+            )));
+        }
+        self.check_input(x)?;
+        let (_, _, h, w) = x.dims4()?;
+        let mode = Mode::Training {
+            dropout,
+            dropout_seed,
+        };
+        let mut run = CandleRun::new(self, x, mode, CandleHead::Scores, true);
+        let scores = run_plan(&mut run, x, None)?;
+        let aux_scores = self.aux_scores(&run, mode)?;
+        Ok(TrainingScores {
+            scores,
+            aux_scores,
+            size: (h, w),
+            align_corners: self.config.align_corners,
+        })
+    }
+
+    /// Every auxiliary head's scores, at its features' resolution, from a run that kept them.
+    fn aux_scores(&self, run: &CandleRun, mode: Mode) -> Result<Vec<Tensor>> {
+        let higher_res = run.kept(Stage::LearningToDownsample)?;
+        let global = run.kept(Stage::PyramidPooling)?;
+        let mut scores = Vec::new();
+        for (site, (source, head)) in (1..).zip(&self.aux_heads) {
+            let features = match source {
+                AuxSource::HigherRes => &higher_res,
+                AuxSource::Global => &global,
+            };
+            scores.push(head.forward_mode(features, mode, site)?);
+        }
+        Ok(scores)
     }
 
     /// Logits resized to `(height, width)`: for inputs scaled down for speed (the paper's ½ and ¼
@@ -474,11 +512,13 @@ impl Module for FastScnn {
     }
 }
 
-/// What the candle network's head makes of the scores, at the input's height and width.
+/// What the candle network's head makes of the scores: logits or labels at the input's height
+/// and width, or the scores themselves (for a loss that upsamples them itself).
 #[derive(Debug, Clone, Copy)]
 enum CandleHead {
     Logits(usize, usize),
     Labels(usize, usize),
+    Scores,
 }
 
 /// The candle network as an executor of the stage plan, on (N, C, H, W) tensors.
@@ -566,6 +606,7 @@ impl<'a> StageExecutor for CandleRun<'a> {
         let out = match self.head {
             CandleHead::Logits(h, w) => resize_bilinear(&scores, h, w, align_corners)?,
             CandleHead::Labels(h, w) => resize_argmax(&scores, h, w, align_corners)?,
+            CandleHead::Scores => scores.clone(),
         };
         self.release(Stage::Classifier, scores);
         Ok(out)
@@ -575,6 +616,8 @@ impl<'a> StageExecutor for CandleRun<'a> {
         match self.head {
             CandleHead::Logits(..) => Stage::Upsample,
             CandleHead::Labels(..) => Stage::UpsampleArgmax,
+            // No work of its own: its (nil) time is the classifier's.
+            CandleHead::Scores => Stage::Classifier,
         }
     }
 

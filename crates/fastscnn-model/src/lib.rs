@@ -39,7 +39,7 @@ pub use image::RgbImage;
 
 pub use config::{AuxSource, FastScnnConfig};
 pub use error::{ModelError, Result};
-pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions};
+pub use fast_scnn::{FastScnn, FastScnnStages, LoadOptions, TrainingScores};
 pub use fastscnn_core::layers::BatchNormMode;
 pub use fastscnn_core::{candle_message, Normalization};
 pub use fastscnn_cpu::{keep_freed_memory, ContextError, ExecutionContext, Isa, Tuning};

@@ -2,7 +2,10 @@
 //! hardest ones (OHEM), plus the auxiliary heads' losses at a fixed weight.
 
 use candle_core::{DType, Result, Tensor};
-use fastscnn_core::ops::{softmax_cross_entropy, target_probabilities};
+use fastscnn_core::ops::{
+    resize_bilinear, resize_cross_entropy, softmax_cross_entropy, target_probabilities,
+};
+use fastscnn_model::TrainingScores;
 
 /// Online hard example mining: keep the pixels whose probability of the true class is at most
 /// `threshold`, but never fewer than `min_kept` (the least confident ones), as the reference
@@ -34,6 +37,43 @@ pub fn cross_entropy(
     ohem: Option<Ohem>,
 ) -> Result<Tensor> {
     let (n, c, h, w) = logits.dims4()?;
+    let (labels, mut valid) = targets(labels, (n, c, h, w), ignore)?;
+    if let Some(ohem) = ohem {
+        let probs = target_probabilities(logits, &labels)?;
+        keep_hardest(&mut valid, &probs, ohem);
+    }
+    softmax_cross_entropy(logits, &labels, &valid)
+}
+
+/// [`cross_entropy`] of `scores` (N, C, h, w) upsampled to `size` by bilinear resize
+/// (`align_corners` as the network's), against `labels` (N, size): on the CPU in f32 without
+/// storing the upsampled scores ([`resize_cross_entropy`]). OHEM ranks the pixels by the
+/// upsampled scores, computed for that without a gradient.
+pub fn resize_then_cross_entropy(
+    scores: &Tensor,
+    (size, align_corners): ((usize, usize), bool),
+    labels: &Tensor,
+    ignore: u32,
+    ohem: Option<Ohem>,
+) -> Result<Tensor> {
+    let (n, c, _, _) = scores.dims4()?;
+    let (h, w) = size;
+    let (labels, mut valid) = targets(labels, (n, c, h, w), ignore)?;
+    if let Some(ohem) = ohem {
+        let logits = resize_bilinear(&scores.detach(), h, w, align_corners)?;
+        let probs = target_probabilities(&logits, &labels)?;
+        keep_hardest(&mut valid, &probs, ohem);
+    }
+    resize_cross_entropy(scores, size, align_corners, &labels, &valid)
+}
+
+/// `labels` as the loss's targets, and which of them count (those not `ignore`), for logits of
+/// `dims`; an error for a count that does not match or a counted label that is not a class.
+fn targets(
+    labels: &Tensor,
+    (n, c, h, w): (usize, usize, usize, usize),
+    ignore: u32,
+) -> Result<(Vec<u32>, Vec<bool>)> {
     let labels: Vec<u32> = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
     if labels.len() != n * h * w {
         candle_core::bail!(
@@ -41,7 +81,7 @@ pub fn cross_entropy(
             labels.len()
         );
     }
-    let mut valid: Vec<bool> = labels.iter().map(|&l| l != ignore).collect();
+    let valid: Vec<bool> = labels.iter().map(|&l| l != ignore).collect();
     if let Some(&bad) = labels
         .iter()
         .zip(&valid)
@@ -49,11 +89,7 @@ pub fn cross_entropy(
     {
         candle_core::bail!("cross_entropy: label {bad} out of range for {c} classes");
     }
-    if let Some(ohem) = ohem {
-        let probs = target_probabilities(logits, &labels)?;
-        keep_hardest(&mut valid, &probs, ohem);
-    }
-    softmax_cross_entropy(logits, &labels, &valid)
+    Ok((labels, valid))
 }
 
 /// Narrows `valid` to the OHEM selection, given each pixel's probability of its true class.
@@ -113,6 +149,20 @@ impl SegmentationLoss {
         for aux in aux_logits {
             let aux_loss = cross_entropy(aux, labels, self.ignore, self.ohem)?;
             loss = (loss + aux_loss.affine(self.aux_weight, 0.0)?)?;
+        }
+        Ok(loss)
+    }
+
+    /// The loss of one batch from a training forward pass's scores, each head's upsampled to the
+    /// labels' size inside its loss ([`resize_then_cross_entropy`]); `labels` (N, H, W) at
+    /// `scores.size`. The same value as [`SegmentationLoss::compute`] of the upsampled logits.
+    pub fn compute_scores(&self, scores: &TrainingScores, labels: &Tensor) -> Result<Tensor> {
+        let upsampling = (scores.size, scores.align_corners);
+        let head =
+            |s: &Tensor| resize_then_cross_entropy(s, upsampling, labels, self.ignore, self.ohem);
+        let mut loss = head(&scores.scores)?;
+        for aux in &scores.aux_scores {
+            loss = (loss + head(aux)?.affine(self.aux_weight, 0.0)?)?;
         }
         Ok(loss)
     }
@@ -208,6 +258,52 @@ mod tests {
             },
         );
         assert_eq!(valid, [false, true, true]);
+    }
+
+    #[test]
+    fn the_loss_of_scores_is_the_loss_of_their_logits() {
+        // Two images, 4 classes of 3x5 scores for 12x20 labels, a main and an auxiliary head.
+        let scores = |seed| fastscnn_core::testing::random_tensor(&[2, 4, 3, 5], seed).unwrap();
+        let labels: Vec<u8> = (0..2 * 12 * 20)
+            .map(|i| if i % 9 == 4 { 255 } else { (i * 7 % 4) as u8 })
+            .collect();
+        let labels = Tensor::from_vec(labels, (2, 12, 20), &Device::Cpu).unwrap();
+        for align_corners in [false, true] {
+            let out = TrainingScores {
+                scores: scores(1),
+                aux_scores: vec![scores(2)],
+                size: (12, 20),
+                align_corners,
+            };
+            let logits = out.logits().unwrap();
+            let ohem = Ohem {
+                threshold: 0.3,
+                min_kept: 150,
+            };
+            for ohem in [None, Some(ohem)] {
+                let loss = SegmentationLoss {
+                    ohem,
+                    ..SegmentationLoss::default()
+                };
+                let value = |t: Tensor| t.to_scalar::<f32>().unwrap();
+                let fused = value(loss.compute_scores(&out, &labels).unwrap());
+                let plain = value(loss.compute(&logits[0], &logits[1..], &labels).unwrap());
+                assert!(
+                    ((fused - plain) / plain).abs() < 1e-6,
+                    "{ohem:?}: {fused} vs {plain}"
+                );
+            }
+        }
+        let wrong = Tensor::zeros((2, 12, 19), DType::U8, &Device::Cpu).unwrap();
+        let out = TrainingScores {
+            scores: scores(1),
+            aux_scores: Vec::new(),
+            size: (12, 20),
+            align_corners: false,
+        };
+        assert!(SegmentationLoss::default()
+            .compute_scores(&out, &wrong)
+            .is_err());
     }
 
     #[test]

@@ -44,12 +44,10 @@ impl TrainStep {
         lr: f64,
         dropout_seed: u64,
     ) -> crate::Result<f64> {
-        let stages = model
+        let scores = model
             .model
             .forward_train(images, self.dropout, dropout_seed)?;
-        let loss = self
-            .loss
-            .compute(&stages.logits, &stages.aux_logits, labels)?;
+        let loss = self.loss.compute_scores(&scores, labels)?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if value.is_finite() {
             optimizer.step(&loss.backward()?, lr)?;

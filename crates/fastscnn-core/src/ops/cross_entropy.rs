@@ -23,21 +23,7 @@ const BLOCK: usize = 4096;
 /// Mean over the pixels where `mask` is set of `−log softmax(logits)[target]`; `targets` and
 /// `mask` hold one entry per pixel of the (N, H, W) grid. Zero when no pixel is set.
 pub fn softmax_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> Result<Tensor> {
-    let (n, c, h, w) = logits.dims4()?;
-    if targets.len() != n * h * w || mask.len() != targets.len() {
-        bail!(
-            "softmax_cross_entropy: {} targets and {} mask entries for {n}x{h}x{w} pixels",
-            targets.len(),
-            mask.len()
-        )
-    }
-    if let Some(t) = targets
-        .iter()
-        .zip(mask)
-        .find_map(|(&t, &m)| (m && t as usize >= c).then_some(t))
-    {
-        bail!("softmax_cross_entropy: target {t} out of range for {c} classes")
-    }
+    check_targets("softmax_cross_entropy", logits.dims4()?, targets, mask)?;
     let count = mask.iter().filter(|m| **m).count();
     if has_cpu_kernel(logits) {
         logits.contiguous()?.apply_op1(SoftmaxCrossEntropy {
@@ -49,6 +35,31 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) ->
     } else {
         softmax_cross_entropy_composite(logits, targets, mask)
     }
+}
+
+/// Refuses `targets` and `mask` unless they hold one entry per pixel of (N, C, H, W) logits'
+/// (N, H, W) grid, and every masked target is a class.
+pub(super) fn check_targets(
+    op: &str,
+    (n, c, h, w): (usize, usize, usize, usize),
+    targets: &[u32],
+    mask: &[bool],
+) -> Result<()> {
+    if targets.len() != n * h * w || mask.len() != targets.len() {
+        bail!(
+            "{op}: {} targets and {} mask entries for {n}x{h}x{w} pixels",
+            targets.len(),
+            mask.len()
+        )
+    }
+    if let Some(t) = targets
+        .iter()
+        .zip(mask)
+        .find_map(|(&t, &m)| (m && t as usize >= c).then_some(t))
+    {
+        bail!("{op}: target {t} out of range for {c} classes")
+    }
+    Ok(())
 }
 
 /// The same loss from candle's own ops: the fallback on other devices and the reference for the
@@ -215,7 +226,7 @@ impl CustomOp1 for SoftmaxCrossEntropy {
 }
 
 /// The kept gradient's cell; a panic elsewhere while it was held leaves the vector whole.
-fn lock(cell: &Mutex<Option<Vec<f32>>>) -> MutexGuard<'_, Option<Vec<f32>>> {
+pub(super) fn lock(cell: &Mutex<Option<Vec<f32>>>) -> MutexGuard<'_, Option<Vec<f32>>> {
     cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -18,6 +18,7 @@ mod dense_conv;
 mod depthwise_conv;
 mod pointwise_conv;
 mod resize_argmax;
+mod resize_cross_entropy;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite};
 pub use batch_norm::{
@@ -32,6 +33,7 @@ pub use dense_conv::dense_conv2d;
 pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
 pub use pointwise_conv::pointwise_conv2d;
 pub use resize_argmax::resize_argmax;
+pub use resize_cross_entropy::resize_cross_entropy;
 
 use fastscnn_cpu::sampling::pool_planes;
 pub use fastscnn_cpu::sampling::{depthwise_output_size, pool_window, source_index};

@@ -9,9 +9,11 @@
 //! candle ops run.
 
 mod argmax;
+mod cross_entropy;
 mod generic;
 
 pub use argmax::{resize_argmax_min_scratch_len, resize_argmax_planes, resize_argmax_scratch_len};
+pub use cross_entropy::resize_cross_entropy_planes;
 pub use generic::{resize_argmax_forward, resize_forward, resize_grad};
 
 use std::mem::MaybeUninit;
