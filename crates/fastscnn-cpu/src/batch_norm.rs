@@ -1,12 +1,15 @@
-//! Training BatchNorm's passes over f32 planes that work in f64: the batch statistics, the
-//! backward pass's per-channel sums and its input gradient.
+//! Training BatchNorm's passes over f32 planes: the batch statistics, the normalisation, the
+//! backward pass's per-channel sums and its input gradient, all but the normalisation in f64.
 //!
 //! Per channel the statistics are Σ x and Σ (x − mean)², and the backward needs Σ dy and
 //! Σ dy·(x − mean), with dy the output gradient through the ReLU that follows (zero where the
 //! output is not positive). All are summed in f64, over independent partial sums that the
 //! instruction set's widest f64 vectors hold, and the input gradient is computed in f64, under the
 //! dispatched target features, so the passes run at the speed of their loads
-//! (`fastscnn bench --mode train`).
+//! (`fastscnn bench --mode train`). The passes that write a plane write it into memory not yet
+//! written (an [`output_vec`](crate::output_vec)'s), every element, so that no one clears it first.
+
+use std::mem::MaybeUninit;
 
 use super::simd::{dispatch, MulAdd};
 
@@ -141,7 +144,7 @@ fn input_grad_body<M: MulAdd>(
     y: &[f32],
     terms: InputGradTerms,
     relu: bool,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
 ) {
     let InputGradTerms {
         mean,
@@ -151,7 +154,7 @@ fn input_grad_body<M: MulAdd>(
     } = terms;
     for (((o, &g), &v), &y) in dx.iter_mut().zip(dy).zip(x).zip(y) {
         let g = if !relu || y > 0.0 { g } else { 0.0 } as f64;
-        *o = (k * (g - mean_dy) - slope * (v as f64 - mean)) as f32;
+        o.write((k * (g - mean_dy) - slope * (v as f64 - mean)) as f32);
     }
 }
 
@@ -162,12 +165,13 @@ dispatch!(
         y: &[f32],
         terms: InputGradTerms,
         relu: bool,
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
     ) => input_grad_body
 );
 
-/// Writes one plane's input gradient `dx` from its input `x`, output gradient `dy` and output
-/// `y` (whose ReLU, with `relu`, passes the gradient only where `y > 0`), computed in f64.
+/// Writes every element of one plane's input gradient `dx` from its input `x`, output gradient
+/// `dy` and output `y` (whose ReLU, with `relu`, passes the gradient only where `y > 0`),
+/// computed in f64.
 ///
 /// # Panics
 /// If the slices' lengths differ.
@@ -177,7 +181,7 @@ pub fn batch_norm_input_grad(
     y: &[f32],
     terms: InputGradTerms,
     relu: bool,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
 ) {
     assert!(
         x.len() == dy.len() && x.len() == y.len() && x.len() == dx.len(),
@@ -190,9 +194,57 @@ pub fn batch_norm_input_grad(
     input_grad_dispatch(x, dy, y, terms, relu, dx);
 }
 
+#[inline(always)]
+fn normalize_body<M: MulAdd>(
+    x: &[f32],
+    scale: f32,
+    shift: f32,
+    relu: bool,
+    y: &mut [MaybeUninit<f32>],
+) {
+    // `x·scale + shift` with two roundings: the generic pass's arithmetic in f32.
+    if relu {
+        for (o, &v) in y.iter_mut().zip(x) {
+            let t = v * scale + shift;
+            o.write(if t > 0.0 { t } else { 0.0 });
+        }
+    } else {
+        for (o, &v) in y.iter_mut().zip(x) {
+            o.write(v * scale + shift);
+        }
+    }
+}
+
+dispatch!(
+    fn normalize_dispatch(
+        x: &[f32],
+        scale: f32,
+        shift: f32,
+        relu: bool,
+        y: &mut [MaybeUninit<f32>],
+    ) => normalize_body
+);
+
+/// Writes every element of one plane's BatchNorm output `y = x·scale + shift` (`scale` γ/σ and
+/// `shift` β − mean·γ/σ), with `relu` followed by the ReLU (`y > 0`, else 0).
+///
+/// # Panics
+/// If the slices' lengths differ.
+pub fn batch_norm_normalize(
+    x: &[f32],
+    scale: f32,
+    shift: f32,
+    relu: bool,
+    y: &mut [MaybeUninit<f32>],
+) {
+    assert_eq!(x.len(), y.len(), "batch_norm_normalize: input and output");
+    normalize_dispatch(x, scale, shift, relu, y);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::as_uninit;
     use crate::on_every_isa;
 
     #[test]
@@ -255,8 +307,19 @@ mod tests {
                     .collect();
                 on_every_isa(|isa| {
                     let mut dx = vec![f32::NAN; len];
-                    batch_norm_input_grad(&x, &dy, &y, terms, relu, &mut dx);
+                    // SAFETY: the kernel only writes values.
+                    batch_norm_input_grad(&x, &dy, &y, terms, relu, unsafe { as_uninit(&mut dx) });
                     assert_eq!(dx, expected, "{isa:?} len {len} relu {relu}");
+                    let (scale, shift) = (1.25f32, -0.5f32);
+                    let expected: Vec<f32> = x
+                        .iter()
+                        .map(|&v| v * scale + shift)
+                        .map(|t| if relu && t <= 0.0 { 0.0 } else { t })
+                        .collect();
+                    let mut out = vec![f32::NAN; len];
+                    // SAFETY: the kernel only writes values.
+                    batch_norm_normalize(&x, scale, shift, relu, unsafe { as_uninit(&mut out) });
+                    assert_eq!(out, expected, "{isa:?} len {len} relu {relu}: normalised");
                 });
             }
             let sum: f64 = x.iter().map(|&v| v as f64).sum();

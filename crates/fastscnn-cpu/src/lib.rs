@@ -29,8 +29,8 @@
 //! once for f32 and f64 with their gradients ([`depthwise_forward`], [`depthwise_input_grad`],
 //! [`depthwise_weight_grad`], [`turned_kernels`], [`dense_forward`], [`dense_weight_grad`],
 //! [`dense_input_grad`], [`pointwise_forward`], [`pointwise_weight_grad`],
-//! [`pointwise_input_grad`]), BatchNorm's f64-working passes ([`batch_norm_moment`],
-//! [`batch_norm_grad_sums`], [`batch_norm_input_grad`]) and the loss ([`cross_entropy_planes`]);
+//! [`pointwise_input_grad`]), BatchNorm's passes ([`batch_norm_moment`],
+//! [`batch_norm_normalize`], [`batch_norm_grad_sums`], [`batch_norm_input_grad`]) and the loss ([`cross_entropy_planes`]);
 //! other devices use candle alone.
 
 #![warn(missing_docs)]
@@ -64,7 +64,8 @@ mod tuning;
 
 pub use allocator::keep_freed_memory;
 pub use batch_norm::{
-    batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, InputGradTerms,
+    batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, batch_norm_normalize,
+    InputGradTerms,
 };
 pub use blocks::{
     AnyConv, FusedBottleneck, FusedClassifier, FusedFeatureFusion, FusedPyramidPooling,

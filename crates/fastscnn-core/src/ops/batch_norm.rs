@@ -14,7 +14,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use fastscnn_cpu::{
-    batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, InputGradTerms,
+    batch_norm_grad_sums, batch_norm_input_grad, batch_norm_moment, batch_norm_normalize,
+    output_vec, InputGradTerms,
 };
 
 use super::{contiguous_slice, has_cpu_kernel, lane_sum, run_kernel, Float, Kernel, LANES};
@@ -273,12 +274,34 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if let CpuStorage::F32(_) = s1 {
-            let x = contiguous_slice::<f32>(s1, l1, <Self as Kernel<3>>::NAME)?;
-            let (n, c, h, w) = l1.shape().dims4()?;
-            self.stats.get_or_init(|| channel_stats_f32(x, n, c, h * w));
+        let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2, s3) else {
+            return run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)]);
+        };
+        // f32: the statistics and the normalisation on `fastscnn-cpu`'s dispatched kernels, the
+        // same arithmetic as [`Kernel::run`].
+        let name = <Self as Kernel<3>>::NAME;
+        let x = contiguous_slice::<f32>(s1, l1, name)?;
+        let gamma = contiguous_slice::<f32>(s2, l2, name)?;
+        let beta = contiguous_slice::<f32>(s3, l3, name)?;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let plane = h * w;
+        let stats = self.stats.get_or_init(|| channel_stats_f32(x, n, c, plane));
+        let mut out = output_vec::<f32>(x.len());
+        if plane > 0 {
+            out.spare_capacity_mut()[..x.len()]
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    let ch = i % c;
+                    let scale = stats[ch].inverse_std(self.eps) * gamma[ch] as f64;
+                    let shift = beta[ch] as f64 - stats[ch].mean * scale;
+                    let src = &x[i * plane..(i + 1) * plane];
+                    batch_norm_normalize(src, scale as f32, shift as f32, self.relu, dst);
+                });
         }
-        run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
+        // SAFETY: the planes cover all `x.len()` elements, each written in full.
+        unsafe { out.set_len(x.len()) };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     /// With dy the output's gradient through the ReLU (zero where the output is not positive),
@@ -521,15 +544,20 @@ impl CustomOp3 for BatchNormGradInput {
         let (n, c, h, w) = l1.shape().dims4()?;
         let plane = h * w;
         let count = (n * plane) as f64;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_vec::<f32>(x.len());
         if plane > 0 {
-            out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-                let range = i * plane..(i + 1) * plane;
-                let terms = self.terms(i % c, c, count);
-                let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
-                batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
-            });
+            out.spare_capacity_mut()[..x.len()]
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    let range = i * plane..(i + 1) * plane;
+                    let terms = self.terms(i % c, c, count);
+                    let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
+                    batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
+                });
         }
+        // SAFETY: the planes cover all `x.len()` elements, each written in full.
+        unsafe { out.set_len(x.len()) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
