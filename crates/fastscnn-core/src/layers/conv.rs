@@ -7,7 +7,7 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{BatchNorm, VarBuilder};
 
-use crate::ops::{add_channel_bias, dense_conv2d, depthwise_conv2d, pointwise_conv2d};
+use crate::ops::{add_channel_bias, ConvKind};
 
 /// The shape of a convolution, as PyTorch's `nn.Conv2d` arguments describe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +139,21 @@ impl Conv2d {
         self.bias.as_ref()
     }
 
+    /// Which op runs the convolution (without its bias).
+    pub fn kind(&self) -> ConvKind {
+        let c = &self.config;
+        if c.depthwise {
+            ConvKind::Depthwise { stride: c.stride }
+        } else if c.is_pointwise() {
+            ConvKind::Pointwise
+        } else {
+            ConvKind::Dense {
+                stride: c.stride,
+                padding: c.padding,
+            }
+        }
+    }
+
     /// This convolution followed by eval-mode `bn`, as one convolution with a bias:
     /// `w' = w·γ/√(σ²+ε)` and `b' = (b − μ)·γ/√(σ²+ε) + β`.
     pub fn fold_batch_norm(&self, bn: &BatchNorm) -> Result<Self> {
@@ -161,14 +176,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
-        let y = if c.depthwise {
-            depthwise_conv2d(x, &self.weight, c.stride)?
-        } else if c.is_pointwise() {
-            pointwise_conv2d(x, &self.weight)?
-        } else {
-            dense_conv2d(x, &self.weight, c.stride, c.padding)?
-        };
+        let y = self.kind().apply(x, &self.weight)?;
         match &self.bias {
             Some(b) => add_channel_bias(&y, b),
             None => Ok(y),

@@ -5,7 +5,7 @@ use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
 use super::Mode;
-use crate::ops::{batch_norm_train_act, BatchNormTrainOutput};
+use crate::ops::{batch_norm_train_act, conv_batch_norm_train_act, BatchNormTrainOutput};
 
 /// How BatchNorm is run at inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,11 +107,10 @@ impl ConvBnAct {
     /// In [`Mode::Training`] an unfolded BatchNorm uses batch statistics and updates its running
     /// ones; a folded one has no statistics left to train.
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.conv.forward(x)?;
         match &self.bn {
-            Some(bn) if mode.is_training() => self.batch_norm_training(bn, &y),
-            Some(bn) => self.activate(bn.forward_t(&y, false)?),
-            None => self.activate(y),
+            Some(bn) if mode.is_training() => self.batch_norm_training(bn, x),
+            Some(bn) => self.activate(bn.forward_t(&self.conv.forward(x)?, false)?),
+            None => self.activate(self.conv.forward(x)?),
         }
     }
 
@@ -123,19 +122,34 @@ impl ConvBnAct {
         }
     }
 
-    /// BatchNorm in training mode (and the ReLU, if any) through the fused op, with PyTorch's
-    /// running-statistics update: momentum 0.1 (candle's default, as PyTorch's) and the unbiased
-    /// batch variance, computed in the statistics' type (f64 from the CPU kernel).
+    /// The convolution, BatchNorm in training mode and the ReLU, if any, through the fused ops
+    /// (one op for all three where the convolution has no bias, as every convolution before a
+    /// BatchNorm of the network), with PyTorch's running-statistics update: momentum 0.1
+    /// (candle's default, as PyTorch's) and the unbiased batch variance, computed in the
+    /// statistics' type (f64 from the CPU kernel).
     fn batch_norm_training(&self, bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
         let Some((gamma, beta)) = bn.weight_and_bias() else {
-            return self.activate(bn.forward_t(x, true)?);
+            return self.activate(bn.forward_t(&self.conv.forward(x)?, true)?);
         };
         let BatchNormTrainOutput {
             output,
             mean,
             variance,
-        } = batch_norm_train_act(x, gamma, beta, bn.eps(), self.relu)?;
-        let (n, _, h, w) = x.dims4()?;
+        } = match self.conv.bias() {
+            None => conv_batch_norm_train_act(
+                x,
+                self.conv.weight(),
+                self.conv.kind(),
+                (gamma, beta),
+                bn.eps(),
+                self.relu,
+            )?,
+            Some(_) => {
+                let y = self.conv.forward(x)?;
+                batch_norm_train_act(&y, gamma, beta, bn.eps(), self.relu)?
+            }
+        };
+        let (n, _, h, w) = output.dims4()?;
         let count = (n * h * w) as f64;
         let unbiased = variance.affine(count / (count - 1.0).max(1.0), 0.0)?;
         let m = bn.momentum();

@@ -59,25 +59,12 @@ pub fn batch_norm_train_act(
         )
     }
     if has_cpu_kernel(x) && x.dtype() == gamma.dtype() && x.dtype() == beta.dtype() {
-        let stats = Arc::new(OnceLock::new());
-        let output = x.contiguous()?.apply_op3(
-            &gamma.contiguous()?,
-            &beta.contiguous()?,
-            BatchNormTrain {
-                eps,
-                relu,
-                stats: stats.clone(),
-            },
-        )?;
-        let Some(stats) = stats.get() else {
-            bail!("batch_norm_train: the kernel left no statistics")
-        };
-        let column = |values: Vec<f64>| Tensor::from_vec(values, c, x.device());
-        Ok(BatchNormTrainOutput {
-            output,
-            mean: column(stats.iter().map(|s| s.mean).collect())?,
-            variance: column(stats.iter().map(|s| s.variance).collect())?,
-        })
+        let op = BatchNormTrain::new(eps, relu);
+        let stats = op.stats.clone();
+        let output = x
+            .contiguous()?
+            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+        with_statistics(output, &stats)
     } else {
         let output = batch_norm_train_composite(x, gamma, beta, eps)?;
         let output = if relu { output.relu()? } else { output };
@@ -154,7 +141,7 @@ fn lane_sums<T: Float>(
 
 /// One channel's batch statistics.
 #[derive(Debug, Clone, Copy)]
-struct ChannelStats {
+pub(super) struct ChannelStats {
     mean: f64,
     /// Biased: the mean squared deviation.
     variance: f64,
@@ -218,11 +205,37 @@ fn channel_stats_f32(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<Channel
         .collect()
 }
 
+/// The output of an op that ran [`BatchNormTrain`], with the statistics it filled.
+pub(super) fn with_statistics(
+    output: Tensor,
+    stats: &OnceLock<Vec<ChannelStats>>,
+) -> Result<BatchNormTrainOutput> {
+    let Some(stats) = stats.get() else {
+        bail!("batch_norm_train: the kernel left no statistics")
+    };
+    let column = |values: Vec<f64>| Tensor::from_vec(values, stats.len(), output.device());
+    Ok(BatchNormTrainOutput {
+        mean: column(stats.iter().map(|s| s.mean).collect())?,
+        variance: column(stats.iter().map(|s| s.variance).collect())?,
+        output,
+    })
+}
+
 /// The forward op: arguments (x, gamma, beta); fills `stats` for the caller and the backward pass.
-struct BatchNormTrain {
+pub(super) struct BatchNormTrain {
     eps: f64,
     relu: bool,
-    stats: Arc<OnceLock<Vec<ChannelStats>>>,
+    pub(super) stats: Arc<OnceLock<Vec<ChannelStats>>>,
+}
+
+impl BatchNormTrain {
+    pub(super) fn new(eps: f64, relu: bool) -> Self {
+        Self {
+            eps,
+            relu,
+            stats: Arc::new(OnceLock::new()),
+        }
+    }
 }
 
 impl Kernel<3> for BatchNormTrain {

@@ -17,6 +17,21 @@ use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float
 /// and `stride` along both axes, no bias. Runs the direct kernels on CPU for f32/f64 and candle's
 /// conv2d elsewhere; differentiable in both.
 pub fn dense_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let op = dense_op(x, weight, stride, padding)?;
+    if has_cpu_kernel(x) {
+        x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+    } else {
+        x.conv2d(weight, padding, stride, 1, 1)
+    }
+}
+
+/// The op of [`dense_conv2d`] for these operands, or its error for operands that do not fit.
+pub(super) fn dense_op(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<DenseConv2d> {
     let (_, c, h, w) = x.dims4()?;
     let (_, wc, kh, kw) = weight.dims4()?;
     if wc != c || kh != kw || c == 0 || kh == 0 {
@@ -39,15 +54,11 @@ pub fn dense_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) 
              kernel (or stride {stride} is zero)"
         )
     }
-    if has_cpu_kernel(x) {
-        x.contiguous()?.apply_op2(&weight.contiguous()?, op)
-    } else {
-        x.conv2d(weight, padding, stride, 1, 1)
-    }
+    Ok(op)
 }
 
 #[derive(Debug, Clone, Copy)]
-struct DenseConv2d {
+pub(super) struct DenseConv2d {
     stride: usize,
     padding: usize,
 }

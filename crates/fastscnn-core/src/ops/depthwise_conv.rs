@@ -21,14 +21,20 @@ use super::{
 ///
 /// Runs the direct kernel on CPU for f32/f64 and candle's grouped convolution elsewhere.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
-    check_shapes(x, weight, stride)?;
+    let op = depthwise_op(x, weight, stride)?;
     if has_cpu_kernel(x) {
         let x = x.contiguous()?;
         let weight = weight.contiguous()?;
-        x.apply_op2(&weight, DepthwiseConv3x3 { stride })
+        x.apply_op2(&weight, op)
     } else {
         depthwise_conv2d_grouped(x, weight, stride)
     }
+}
+
+/// The op of [`depthwise_conv2d`] for these operands, or its error for operands that do not fit.
+pub(super) fn depthwise_op(x: &Tensor, weight: &Tensor, stride: usize) -> Result<DepthwiseConv3x3> {
+    check_shapes(x, weight, stride)?;
+    Ok(DepthwiseConv3x3 { stride })
 }
 
 /// The same convolution through candle's grouped conv2d: the fallback on other devices and the
@@ -61,7 +67,7 @@ fn check_shapes(x: &Tensor, weight: &Tensor, stride: usize) -> Result<()> {
     Ok(())
 }
 
-struct DepthwiseConv3x3 {
+pub(super) struct DepthwiseConv3x3 {
     stride: usize,
 }
 

@@ -13,6 +13,7 @@ mod adaptive_avg_pool;
 mod batch_norm;
 mod bilinear_resize;
 mod channel_bias;
+mod conv_batch_norm;
 mod cross_entropy;
 mod dense_conv;
 mod depthwise_conv;
@@ -26,6 +27,7 @@ pub use batch_norm::{
 };
 pub use bilinear_resize::{resize_bilinear, resize_bilinear_composite};
 pub use channel_bias::add_channel_bias;
+pub use conv_batch_norm::{conv_batch_norm_train_act, ConvKind};
 pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
 };

@@ -18,8 +18,24 @@ use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float
 /// The 1x1 convolution of `x` (N, C, H, W) by `weight` (O, C, 1, 1), no bias. Runs the direct
 /// kernels on CPU for f32/f64 and a broadcast matrix product elsewhere; differentiable in both.
 pub fn pointwise_conv2d(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (o, wc, kh, kw) = weight.dims4()?;
+    let op = pointwise_op(x, weight)?;
+    if has_cpu_kernel(x) {
+        x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+    } else {
+        let (n, c, h, w) = x.dims4()?;
+        let o = weight.dim(0)?;
+        let flat = x.reshape((n, c, h * w))?;
+        weight
+            .reshape((o, c))?
+            .broadcast_matmul(&flat)?
+            .reshape((n, o, h, w))
+    }
+}
+
+/// The op of [`pointwise_conv2d`] for these operands, or its error for operands that do not fit.
+pub(super) fn pointwise_op(x: &Tensor, weight: &Tensor) -> Result<PointwiseConv2d> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, wc, kh, kw) = weight.dims4()?;
     if wc != c || kh != 1 || kw != 1 || c == 0 {
         bail!(
             "pointwise_conv2d: weight must be (out, {c}, 1, 1), {c} input channels above 0, got {:?}",
@@ -33,19 +49,10 @@ pub fn pointwise_conv2d(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             weight.dtype()
         )
     }
-    if has_cpu_kernel(x) {
-        x.contiguous()?
-            .apply_op2(&weight.contiguous()?, PointwiseConv2d)
-    } else {
-        let flat = x.reshape((n, c, h * w))?;
-        weight
-            .reshape((o, c))?
-            .broadcast_matmul(&flat)?
-            .reshape((n, o, h, w))
-    }
+    Ok(PointwiseConv2d)
 }
 
-struct PointwiseConv2d;
+pub(super) struct PointwiseConv2d;
 
 fn geometry(x: &Shape, weight: &Shape) -> Result<(usize, PointwiseGeometry)> {
     let (n, c, h, w) = x.dims4()?;
