@@ -53,8 +53,8 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         model
     };
     weights::check_isa_applies(args.execution.isa, &model)?;
-    // candle's own operations size themselves from RAYON_NUM_THREADS, not from the context;
-    // the training ops run in rayon's pool, which --threads sizes.
+    // candle's own operations size themselves from RAYON_NUM_THREADS (which --threads sets),
+    // not from the context; the training ops run in rayon's pool, which --threads sizes.
     let (engine, threads) = if args.mode == BenchMode::Train {
         ("training ops".to_string(), rayon::current_num_threads())
     } else if model.uses_cpu_kernels() {

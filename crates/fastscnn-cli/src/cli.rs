@@ -120,9 +120,8 @@ pub struct BenchArgs {
 /// Where the network runs, for the commands that run its inference.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct ExecutionArgs {
-    /// Threads the fused CPU path and rayon's pool run on (default: all cores; at most 4 per
-    /// core). candle's own operations (`bench --candle-ops`, GPUs' CPU side) follow
-    /// RAYON_NUM_THREADS.
+    /// Threads the fused CPU path, rayon's pool and candle's own operations (`bench
+    /// --candle-ops`, training) run on (default: all cores; at most 4 per core).
     #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// The CPU kernels to run: avx512, avx2, neon or portable (default: the best this processor
@@ -333,8 +332,8 @@ pub struct TrainArgs {
     /// The run folder: checkpoints (last, best), train.log, metrics.jsonl.
     #[arg(long)]
     pub out: PathBuf,
-    /// Threads of rayon's pool, where this project's training ops run (default: all cores; at
-    /// most 4 per core). candle's own operations follow RAYON_NUM_THREADS.
+    /// Threads of rayon's pool, where this project's training ops run, and of candle's own
+    /// operations (default: all cores; at most 4 per core).
     #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Continue the run in --out from its last checkpoint, with its saved configuration (so

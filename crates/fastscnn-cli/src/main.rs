@@ -25,18 +25,23 @@ use fastscnn_model::candle_message;
 
 use cli::{Cli, Command, ExecutionArgs};
 
-/// Sizes candle's own thread pool, which runs its element-wise ops (training's gradient sums), as
-/// --threads sizes rayon's, and stops its threads spinning after each op while they wait for the
-/// next: they park at once, leaving the cores to this project's kernels on rayon's threads, which
-/// run between candle's ops (a training step at 512x1024 takes 8% less time, `fastscnn bench
-/// --mode train` with and without `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`). A value the user set is
-/// kept. Called before any thread starts and before candle's first op builds its pool.
-fn configure_candle_threads(threads: Option<usize>) {
-    let mut defaults = vec![("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0".to_string())];
+/// Makes candle's own threads follow --threads as the rest do: `RAYON_NUM_THREADS` sizes its
+/// matrix products and `CANDLE_NUM_THREADS` the pool of its element-wise ops. For training
+/// (`train`, `bench --mode train`) that pool's threads also stop spinning after each op while they
+/// wait for the next: they park at once, leaving the cores to this project's kernels on rayon's
+/// threads, which run between candle's ops (a training step at 512x1024 takes 8% less time,
+/// `fastscnn bench --mode train` with and without `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`). A value
+/// the user set is kept. Called before any thread starts and before candle's first op reads them.
+fn configure_candle_threads(threads: Option<usize>, training: bool) {
+    let mut settings = Vec::new();
     if let Some(threads) = threads {
-        defaults.push(("CANDLE_NUM_THREADS", threads.to_string()));
+        settings.push(("RAYON_NUM_THREADS", threads.to_string()));
+        settings.push(("CANDLE_NUM_THREADS", threads.to_string()));
     }
-    for (name, value) in defaults {
+    if training {
+        settings.push(("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0".to_string()));
+    }
+    for (name, value) in settings {
         if std::env::var_os(name).is_none() {
             std::env::set_var(name, value);
         }
@@ -62,7 +67,12 @@ fn main() -> ExitCode {
     // here, in the main arena, whose freed blocks glibc keeps for the next frame
     // (`keep_freed_memory`); a pool thread's arena would map fresh pages for every large output.
     let ExecutionArgs { threads, .. } = cli.command.execution();
-    configure_candle_threads(threads);
+    let training = match &cli.command {
+        Command::Train(_) => true,
+        Command::Bench(args) => args.mode == cli::BenchMode::Train,
+        _ => false,
+    };
+    configure_candle_threads(threads, training);
     if let Some(threads) = threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -30,8 +30,9 @@
 //! [`depthwise_weight_grad`], [`turned_kernels`], [`dense_forward`], [`dense_weight_grad`],
 //! [`dense_input_grad`], [`pointwise_forward`], [`pointwise_weight_grad`],
 //! [`pointwise_input_grad`]), BatchNorm's passes ([`batch_norm_moment`],
-//! [`batch_norm_normalize`], [`batch_norm_grad_sums`], [`batch_norm_input_grad`]) and the loss ([`cross_entropy_planes`]);
-//! other devices use candle alone.
+//! [`batch_norm_normalize`], [`batch_norm_grad_sums`], [`batch_norm_input_grad`]) and the loss
+//! ([`cross_entropy_planes`], and of upsampled scores [`resize_cross_entropy_planes`]); other
+//! devices use candle alone.
 
 #![warn(missing_docs)]
 

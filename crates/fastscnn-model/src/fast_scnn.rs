@@ -70,9 +70,9 @@ pub struct FastScnnStages {
 }
 
 /// A training forward pass's class scores, each head's at its own resolution, before the
-/// upsampling to the input's size: the loss takes that upsampling into its own pass
-/// (`fastscnn_core::ops::resize_cross_entropy`), so the full-resolution logits and their
-/// gradients are never stored.
+/// upsampling to the input's size, for a loss that upsamples them in its own pass
+/// (`fastscnn_core::ops::resize_cross_entropy`, which on the CPU in f32 stores neither the
+/// full-resolution logits nor their gradients).
 #[derive(Debug, Clone)]
 pub struct TrainingScores {
     /// The classifier's scores, at 1/8 of the input's resolution.
@@ -676,6 +676,38 @@ mod tests {
             logits.to_vec1().unwrap(),
             labels(&model.predict(x).unwrap()),
         )
+    }
+
+    #[test]
+    fn a_training_pass_gives_each_head_its_scores_at_its_own_resolution() {
+        let norm = NormOptions {
+            mode: BatchNormMode::Unfolded,
+            ..NormOptions::default()
+        };
+        let config = FastScnnConfig::reference(5);
+        let model = fastscnn_core::testing::random_layer(11, |vb| FastScnn::new(&config, norm, vb))
+            .unwrap();
+        let x = fastscnn_core::testing::random_tensor(&[2, 3, 64, 96], 1).unwrap();
+        let out = model.forward_train(&x, 0.0, 0).unwrap();
+        assert_eq!(out.scores.dims(), [2, 5, 8, 12]);
+        let aux: Vec<_> = out.aux_scores.iter().map(|s| s.dims().to_vec()).collect();
+        let want: Vec<_> = model
+            .aux_heads()
+            .iter()
+            .map(|source| match source {
+                AuxSource::HigherRes => vec![2, 5, 8, 12],
+                AuxSource::Global => vec![2, 5, 2, 3],
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(aux, want);
+        assert_eq!(
+            (out.size, out.align_corners),
+            ((64, 96), config.align_corners)
+        );
+        let logits = out.logits().unwrap();
+        assert_eq!(logits.len(), 1 + want.len());
+        assert!(logits.iter().all(|l| l.dims() == [2, 5, 64, 96]));
     }
 
     #[test]

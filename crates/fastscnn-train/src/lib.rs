@@ -21,7 +21,7 @@ pub mod trainer;
 pub use config::{Augment, TrainConfig, MAX_SCALE};
 pub use error::{Result, TrainError};
 pub use evaluation::{evaluate, EvalError, Evaluation};
-pub use loss::{cross_entropy, Ohem, SegmentationLoss};
+pub use loss::{cross_entropy, resize_then_cross_entropy, Ohem, SegmentationLoss};
 pub use metrics::{ConfusionMatrix, MetricsError};
 pub use optimizer::Sgd;
 pub use schedule::PolyLr;

@@ -51,20 +51,31 @@ pub fn cross_entropy(
 /// upsampled scores, computed for that without a gradient.
 pub fn resize_then_cross_entropy(
     scores: &Tensor,
-    (size, align_corners): ((usize, usize), bool),
+    size: (usize, usize),
+    align_corners: bool,
     labels: &Tensor,
     ignore: u32,
     ohem: Option<Ohem>,
 ) -> Result<Tensor> {
     let (n, c, _, _) = scores.dims4()?;
-    let (h, w) = size;
-    let (labels, mut valid) = targets(labels, (n, c, h, w), ignore)?;
+    let (labels, valid) = targets(labels, (n, c, size.0, size.1), ignore)?;
+    upsampled_loss(scores, (size, align_corners), &labels, valid, ohem)
+}
+
+/// [`resize_then_cross_entropy`] with the labels already checked and turned into targets.
+fn upsampled_loss(
+    scores: &Tensor,
+    ((h, w), align_corners): ((usize, usize), bool),
+    labels: &[u32],
+    mut valid: Vec<bool>,
+    ohem: Option<Ohem>,
+) -> Result<Tensor> {
     if let Some(ohem) = ohem {
         let logits = resize_bilinear(&scores.detach(), h, w, align_corners)?;
-        let probs = target_probabilities(&logits, &labels)?;
+        let probs = target_probabilities(&logits, labels)?;
         keep_hardest(&mut valid, &probs, ohem);
     }
-    resize_cross_entropy(scores, size, align_corners, &labels, &valid)
+    resize_cross_entropy(scores, (h, w), align_corners, labels, &valid)
 }
 
 /// `labels` as the loss's targets, and which of them count (those not `ignore`), for logits of
@@ -155,11 +166,14 @@ impl SegmentationLoss {
 
     /// The loss of one batch from a training forward pass's scores, each head's upsampled to the
     /// labels' size inside its loss ([`resize_then_cross_entropy`]); `labels` (N, H, W) at
-    /// `scores.size`. The same value as [`SegmentationLoss::compute`] of the upsampled logits.
+    /// `scores.size`. [`SegmentationLoss::compute`] of the upsampled logits, up to the order of
+    /// the sums where the width is not a multiple of 512.
     pub fn compute_scores(&self, scores: &TrainingScores, labels: &Tensor) -> Result<Tensor> {
+        let (n, c, _, _) = scores.scores.dims4()?;
+        let (h, w) = scores.size;
+        let (labels, valid) = targets(labels, (n, c, h, w), self.ignore)?;
         let upsampling = (scores.size, scores.align_corners);
-        let head =
-            |s: &Tensor| resize_then_cross_entropy(s, upsampling, labels, self.ignore, self.ohem);
+        let head = |s: &Tensor| upsampled_loss(s, upsampling, &labels, valid.clone(), self.ohem);
         let mut loss = head(&scores.scores)?;
         for aux in &scores.aux_scores {
             loss = (loss + head(aux)?.affine(self.aux_weight, 0.0)?)?;

@@ -8,6 +8,7 @@
 //! input gradient), the ReLU's mask read from the output; the batch statistics are computed once
 //! and serve the running estimates and the backward pass (`fastscnn bench --mode train`).
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -205,6 +206,29 @@ fn channel_stats_f32(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<Channel
         .collect()
 }
 
+/// `len` f32 values whose planes of `plane` `fill` writes in parallel (its arguments: the plane's
+/// index, its memory), into memory not written before ([`output_vec`]'s): no pass clears it first.
+///
+/// # Safety
+/// `fill` must write every element of the plane it is given.
+unsafe fn written_planes(
+    len: usize,
+    plane: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = output_vec::<f32>(len);
+    if plane > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, dst)| fill(i, dst));
+    }
+    // SAFETY: the planes cover all `len` elements (none when `plane` is 0, for `len` is then 0
+    // too), each of which the caller's `fill` wrote.
+    unsafe { out.set_len(if plane > 0 { len } else { 0 }) };
+    out
+}
+
 /// The output of an op that ran [`BatchNormTrain`], with the statistics it filled.
 pub(super) fn with_statistics(
     output: Tensor,
@@ -299,21 +323,16 @@ impl CustomOp3 for BatchNormTrain {
         let (n, c, h, w) = l1.shape().dims4()?;
         let plane = h * w;
         let stats = self.stats.get_or_init(|| channel_stats_f32(x, n, c, plane));
-        let mut out = output_vec::<f32>(x.len());
-        if plane > 0 {
-            out.spare_capacity_mut()[..x.len()]
-                .par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(i, dst)| {
-                    let ch = i % c;
-                    let scale = stats[ch].inverse_std(self.eps) * gamma[ch] as f64;
-                    let shift = beta[ch] as f64 - stats[ch].mean * scale;
-                    let src = &x[i * plane..(i + 1) * plane];
-                    batch_norm_normalize(src, scale as f32, shift as f32, self.relu, dst);
-                });
-        }
-        // SAFETY: the planes cover all `x.len()` elements, each written in full.
-        unsafe { out.set_len(x.len()) };
+        // SAFETY: `batch_norm_normalize` writes every element of its plane.
+        let out = unsafe {
+            written_planes(x.len(), plane, |i, dst| {
+                let ch = i % c;
+                let scale = stats[ch].inverse_std(self.eps) * gamma[ch] as f64;
+                let shift = beta[ch] as f64 - stats[ch].mean * scale;
+                let src = &x[i * plane..(i + 1) * plane];
+                batch_norm_normalize(src, scale as f32, shift as f32, self.relu, dst);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -557,20 +576,15 @@ impl CustomOp3 for BatchNormGradInput {
         let (n, c, h, w) = l1.shape().dims4()?;
         let plane = h * w;
         let count = (n * plane) as f64;
-        let mut out = output_vec::<f32>(x.len());
-        if plane > 0 {
-            out.spare_capacity_mut()[..x.len()]
-                .par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(i, dst)| {
-                    let range = i * plane..(i + 1) * plane;
-                    let terms = self.terms(i % c, c, count);
-                    let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
-                    batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
-                });
-        }
-        // SAFETY: the planes cover all `x.len()` elements, each written in full.
-        unsafe { out.set_len(x.len()) };
+        // SAFETY: `batch_norm_input_grad` writes every element of its plane.
+        let out = unsafe {
+            written_planes(x.len(), plane, |i, dst| {
+                let range = i * plane..(i + 1) * plane;
+                let terms = self.terms(i % c, c, count);
+                let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
+                batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -11,7 +11,9 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor, WithDType,
+};
 
 use super::batch_norm::{with_statistics, BatchNormTrain};
 use super::dense_conv::dense_op;
@@ -124,28 +126,19 @@ impl CustomOp3 for ConvBatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
         let o = shape.dims4()?.1;
-        let rows = |storage: &CpuStorage| -> Result<(CpuStorage, CpuStorage)> {
-            let Some((start, end)) = l3.contiguous_offsets() else {
-                bail!("conv-batch-norm-train: gamma and beta must be contiguous")
-            };
-            Ok(match storage {
-                CpuStorage::F32(v) => {
-                    let (g, b) = v[start..end].split_at(o);
-                    (CpuStorage::F32(g.to_vec()), CpuStorage::F32(b.to_vec()))
-                }
-                CpuStorage::F64(v) => {
-                    let (g, b) = v[start..end].split_at(o);
-                    (CpuStorage::F64(g.to_vec()), CpuStorage::F64(b.to_vec()))
-                }
-                _ => bail!("conv-batch-norm-train: only f32 and f64 have a CPU kernel"),
-            })
+        let Some((start, end)) = l3.contiguous_offsets() else {
+            bail!("conv-batch-norm-train: gamma and beta must be contiguous")
         };
-        let (gamma, beta) = rows(s3)?;
+        let (gamma, beta) = match s3 {
+            CpuStorage::F32(v) => rows(&v[start..end], o),
+            CpuStorage::F64(v) => rows(&v[start..end], o),
+            _ => bail!("conv-batch-norm-train: only f32 and f64 have a CPU kernel"),
+        };
         let (y_layout, row) = (Layout::contiguous(shape.clone()), Layout::contiguous(o));
         let out = self.bn.cpu_fwd(&y, &y_layout, &gamma, &row, &beta, &row)?;
         let y = match y {
-            CpuStorage::F32(v) => Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?,
+            CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
             _ => bail!("conv-batch-norm-train: only f32 and f64 have a CPU kernel"),
         };
         if self.conv_output.set(y).is_err() {
@@ -176,6 +169,12 @@ impl CustomOp3 for ConvBatchNormTrain {
         let grad_gamma_beta = Tensor::stack(&[grad_gamma, grad_beta], 0)?;
         Ok((grad_x, grad_weight, Some(grad_gamma_beta)))
     }
+}
+
+/// The first `o` values and the next `o` (gamma and beta) as storages of their own.
+fn rows<T: WithDType>(values: &[T], o: usize) -> (CpuStorage, CpuStorage) {
+    let (gamma, beta) = values.split_at(o);
+    (T::to_cpu_storage(gamma), T::to_cpu_storage(beta))
 }
 
 #[cfg(test)]
@@ -266,6 +265,28 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn an_input_without_gradient_gets_none_and_a_second_backward_agrees() {
+        let x = random_tensor(&[2, 3, 6, 6], 1).unwrap();
+        let weight = Var::from_tensor(&random_tensor(&[4, 3, 3, 3], 2).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&random_tensor(&[4], 3).unwrap()).unwrap();
+        let beta = Var::from_tensor(&random_tensor(&[4], 4).unwrap()).unwrap();
+        let kind = ConvKind::Dense {
+            stride: 2,
+            padding: 1,
+        };
+        let params = (gamma.as_tensor(), beta.as_tensor());
+        let out = conv_batch_norm_train_act(&x, &weight, kind, params, 1e-5, true).unwrap();
+        let loss = out.output.sqr().unwrap().sum_all().unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        assert!(first.get(&x).is_none());
+        for var in [&weight, &gamma, &beta] {
+            let (a, b) = (first.get(var).unwrap(), second.get(var).unwrap());
+            assert_eq!(max_abs_diff(a, b), 0.0);
         }
     }
 

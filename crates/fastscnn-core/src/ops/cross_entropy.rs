@@ -121,7 +121,7 @@ struct SoftmaxCrossEntropy {
     /// For logits that will be differentiated: the f32 forward pass writes the gradient here,
     /// from the same exponentials as the loss, and the backward pass takes it, instead of
     /// computing every exponential again.
-    gradient: Option<Mutex<Option<Vec<f32>>>>,
+    gradient: Option<KeptGradient>,
 }
 
 /// Visits every masked pixel of one block as (image, pixel in plane, target).
@@ -191,7 +191,7 @@ impl CustomOp1 for SoftmaxCrossEntropy {
                             scale,
                             Some(&mut grad),
                         )?;
-                        *lock(cell) = Some(grad);
+                        cell.keep(grad);
                         total
                     }
                     None => f32_planes(x, l.shape(), &self.targets, &self.mask, 1.0, None)?,
@@ -205,7 +205,7 @@ impl CustomOp1 for SoftmaxCrossEntropy {
 
     /// The gradient the forward pass kept, or else computed now, times the loss's own gradient.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let kept = self.gradient.as_ref().and_then(|cell| lock(cell).take());
+        let kept = self.gradient.as_ref().and_then(KeptGradient::take);
         let grad = match kept {
             Some(grad) => Tensor::from_vec(grad, arg.shape(), arg.device())?,
             None => arg.apply_op1_no_bwd(&SoftmaxCrossEntropyGrad {
@@ -214,20 +214,44 @@ impl CustomOp1 for SoftmaxCrossEntropy {
                 count: self.count,
             })?,
         };
-        let factor = grad_res
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        if factor == 1.0 {
-            Ok(Some(grad))
-        } else {
-            Ok(Some(grad.affine(factor, 0.0)?))
-        }
+        Ok(Some(times_loss_gradient(grad, grad_res)?))
     }
 }
 
-/// The kept gradient's cell; a panic elsewhere while it was held leaves the vector whole.
-pub(super) fn lock(cell: &Mutex<Option<Vec<f32>>>) -> MutexGuard<'_, Option<Vec<f32>>> {
-    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A loss's gradient with respect to its argument times the loss's own gradient `grad_res` (1
+/// for the main head's loss, the weight of an auxiliary one's).
+pub(super) fn times_loss_gradient(grad: Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    let factor = grad_res
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    if factor == 1.0 {
+        Ok(grad)
+    } else {
+        grad.affine(factor, 0.0)
+    }
+}
+
+/// The gradient an f32 loss's forward pass wrote for an argument that will be differentiated,
+/// for the backward pass to take instead of computing it again.
+#[derive(Default)]
+pub(super) struct KeptGradient(Mutex<Option<Vec<f32>>>);
+
+impl KeptGradient {
+    pub(super) fn keep(&self, grad: Vec<f32>) {
+        *self.lock() = Some(grad);
+    }
+
+    /// The gradient, once: a second backward pass computes it again.
+    pub(super) fn take(&self) -> Option<Vec<f32>> {
+        self.lock().take()
+    }
+
+    /// A panic elsewhere while the cell was held leaves the vector whole.
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<f32>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// `(softmax − onehot(target)) / count` at masked pixels, 0 elsewhere.

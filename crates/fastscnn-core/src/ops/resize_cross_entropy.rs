@@ -1,20 +1,20 @@
 //! The training loss straight from low-resolution class scores: bilinear upsampling to the
 //! labels' size and softmax cross-entropy in one pass, so neither the full-resolution logits nor
-//! their gradient is stored. A 2x19x512x1024 batch's logits are 80 MB, and each head's went
-//! through four passes over them and another two in candle's gradient store (a zeroed tensor
-//! and a sum into it); `fastscnn bench --mode train` measures the step.
+//! their gradient is stored. A 2x19x512x1024 batch's logits are 80 MB: resizing then taking the
+//! loss makes four passes over such a tensor per head, and candle's gradient store two more (a
+//! zeroed tensor and a sum into it); `fastscnn bench --mode train` measures the step.
 //!
 //! f32 on the CPU runs `fastscnn_cpu::resize_cross_entropy_planes`, whose forward pass also
 //! writes the gradient with respect to the low-resolution scores when they will be
 //! differentiated, for the backward pass to take. Elsewhere the loss is the composition it
 //! equals, [`resize_bilinear`] then [`softmax_cross_entropy`], which is also its reference.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{resize_cross_entropy_planes, MapView};
 
-use super::cross_entropy::{check_targets, lock};
+use super::cross_entropy::{check_targets, times_loss_gradient, KeptGradient};
 use super::{contiguous_slice, resize_bilinear, softmax_cross_entropy};
 
 /// `softmax_cross_entropy(resize_bilinear(scores, out_h, out_w, align_corners), targets,
@@ -54,7 +54,7 @@ struct ResizeCrossEntropy {
     mask: Arc<Vec<bool>>,
     /// For scores that will be differentiated: the forward pass writes the loss's gradient
     /// with respect to them here, and the backward pass takes it.
-    gradient: Option<Mutex<Option<Vec<f32>>>>,
+    gradient: Option<KeptGradient>,
 }
 
 impl ResizeCrossEntropy {
@@ -95,7 +95,7 @@ impl CustomOp1 for ResizeCrossEntropy {
             Some(cell) => {
                 let mut grad = vec![0f32; scores.len()];
                 let loss = self.run(scores, l.shape(), Some(&mut grad))?;
-                *lock(cell) = Some(grad);
+                cell.keep(grad);
                 loss
             }
             None => self.run(scores, l.shape(), None)?,
@@ -105,7 +105,7 @@ impl CustomOp1 for ResizeCrossEntropy {
 
     /// The gradient the forward pass kept, or else computed now, times the loss's own gradient.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = match self.gradient.as_ref().and_then(|cell| lock(cell).take()) {
+        let grad = match self.gradient.as_ref().and_then(KeptGradient::take) {
             Some(grad) => grad,
             None => {
                 let scores: Vec<f32> = arg.flatten_all()?.to_vec1()?;
@@ -115,12 +115,7 @@ impl CustomOp1 for ResizeCrossEntropy {
             }
         };
         let grad = Tensor::from_vec(grad, arg.shape(), arg.device())?;
-        let factor = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if factor == 1.0 {
-            Ok(Some(grad))
-        } else {
-            Ok(Some(grad.affine(factor, 0.0)?))
-        }
+        Ok(Some(times_loss_gradient(grad, grad_res)?))
     }
 }
 
@@ -199,6 +194,25 @@ mod tests {
         assert_eq!(
             plain.to_scalar::<f32>().unwrap(),
             loss.to_scalar::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn no_labelled_pixel_gives_zero_and_no_gradient() {
+        let (scores, targets, _) = case();
+        let var = Var::from_tensor(&scores.to_dtype(DType::F32).unwrap()).unwrap();
+        let none = vec![false; targets.len()];
+        let loss = resize_cross_entropy(var.as_tensor(), (20, 33), true, &targets, &none).unwrap();
+        assert_eq!(loss.to_scalar::<f32>().unwrap(), 0.0);
+        let grad = loss.backward().unwrap().get(&var).unwrap().clone();
+        assert_eq!(
+            grad.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
         );
     }
 

@@ -139,12 +139,6 @@ pub(super) fn horizontal_row(
     horizontal_rows(&scores[y * w..], columns, rows, spans, out);
 }
 
-/// Output rows a label map's argmax is cut into, at most: a few per thread, each of which
-/// interpolates its first two source rows again.
-pub(super) fn argmax_tasks(oh: usize) -> usize {
-    (4 * rayon::current_num_threads()).clamp(1, oh.max(1))
-}
-
 /// The scratch [`resize_argmax_planes`] runs fastest with, from `h`x`w` scores to `oh`x`ow`
 /// labels: the source map's labels, and two horizontally interpolated rows of every class for
 /// each of its tasks.
@@ -153,7 +147,7 @@ pub fn resize_argmax_scratch_len(
     (h, w): (usize, usize),
     (oh, ow): (usize, usize),
 ) -> usize {
-    h * w + argmax_tasks(oh) * 2 * classes * class_stride(ow)
+    h * w + row_tasks(oh) * 2 * classes * class_stride(ow)
 }
 
 /// The least scratch [`resize_argmax_planes`] runs with: the source map's labels and one task's
@@ -223,7 +217,7 @@ pub fn resize_argmax_planes(
         .collect();
     let stride = class_stride(ow);
     let pair = 2 * classes * stride;
-    let tasks = argmax_tasks(oh).min(scratch.len() / pair);
+    let tasks = row_tasks(oh).min(scratch.len() / pair);
     assert!(tasks > 0, "resize_argmax scratch");
     let rows_per_task = oh.div_ceil(tasks);
     // Every output row's source rows and weights.

@@ -2,10 +2,9 @@
 //! bilinear upsampling, and its gradient with respect to the scores, without ever storing the
 //! full-resolution scores or their gradient.
 //!
-//! A training step of Fast-SCNN at 512x1024 upsamples three heads' 19-class scores by 8 or 32
-//! to full resolution, takes the loss and its gradient there and sends the gradient back through
-//! the resize: four passes over 40 MB per image and head (scores, gradient, and each of them
-//! read back). Here each output row is blended from two horizontally interpolated source rows
+//! Resizing then taking the loss costs, for each of Fast-SCNN's three heads at 512x1024, four
+//! passes over 40 MB per image (the 19-class scores upsampled by 8 or 32, their gradient, and
+//! each of them read back). Here each output row is blended from two horizontally interpolated source rows
 //! into a block that stays in cache, its loss and gradient are taken there, and the gradient is
 //! added at once to the two source rows' accumulators, which the horizontal pass's transpose
 //! brings to the input width once per run of output rows that share their source rows.
@@ -13,12 +12,6 @@
 use super::argmax::{class_stride, horizontal_row};
 use super::*;
 use crate::cross_entropy::{cross_entropy_block, BLOCK};
-
-/// Runs of output rows a loss task walks, at most: a few per thread, each of which
-/// interpolates its first two source rows again.
-fn tasks(runs: usize) -> usize {
-    (4 * rayon::current_num_threads()).clamp(1, runs.max(1))
-}
 
 /// The cross-entropy of `resize_planes(scores)` at `oh`x`ow` against `targets` (one per output
 /// pixel, each below the class count where `mask` is set): the sum over the pixels of `mask` of
@@ -73,7 +66,7 @@ pub fn resize_cross_entropy_planes(
             _ => runs.push(oy..oy + 1),
         }
     }
-    let per_task = runs.len().div_ceil(tasks(runs.len()));
+    let per_task = runs.len().div_ceil(row_tasks(runs.len()));
     let pass = Pass {
         scores,
         classes,
@@ -389,6 +382,10 @@ mod tests {
             ((6, 128), (48, 1024)),
             ((5, 9), (20, 36)),
             ((12, 40), (7, 23)),
+            // The same size; a single source row; a single output row.
+            ((4, 6), (4, 6)),
+            ((1, 5), (8, 30)),
+            ((6, 5), (1, 17)),
         ];
         for ((h, w), (oh, ow)) in shapes {
             for align_corners in [false, true] {
@@ -458,7 +455,7 @@ mod tests {
     fn the_results_do_not_depend_on_the_threads() {
         let (classes, (h, w), (oh, ow)) = (7, (16, 24), (128, 192));
         let (scores, targets, mask) = case(classes, (h, w), (oh, ow));
-        let run = |threads: usize| {
+        let run = |threads: usize, align_corners: bool| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
@@ -469,7 +466,7 @@ mod tests {
                 let loss = resize_cross_entropy_planes(
                     view,
                     (oh, ow),
-                    false,
+                    align_corners,
                     &targets,
                     &mask,
                     0.5,
@@ -481,7 +478,9 @@ mod tests {
                 )
             })
         };
-        assert_eq!(run(1), run(3));
+        for align_corners in [false, true] {
+            assert_eq!(run(1, align_corners), run(3, align_corners));
+        }
     }
 
     #[test]

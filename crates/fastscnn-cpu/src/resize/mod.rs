@@ -371,6 +371,12 @@ dispatch!(
     ) => blend_body
 );
 
+/// The tasks a pass over `rows` output rows (or runs of them) is cut into, at most: a few per
+/// thread, each of which interpolates its first two source rows again.
+pub(super) fn row_tasks(rows: usize) -> usize {
+    (4 * rayon::current_num_threads()).clamp(1, rows.max(1))
+}
+
 /// For every output row, its two source rows and their weights.
 pub(crate) fn row_taps(h: usize, oh: usize, align_corners: bool) -> Vec<(usize, usize, f32, f32)> {
     (0..oh)
