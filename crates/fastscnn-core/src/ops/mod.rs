@@ -9,8 +9,9 @@
 //! BatchNorm's f32 passes, the loss in f32, alone and of upsampled scores). The few that only
 //! these ops run are here with them (BatchNorm's f64 normalisation, the per-channel bias, the loss
 //! in f64). Two ops run others inside them so that the maps between those never enter candle's
-//! gradient store: a convolution and the training BatchNorm after it ([`conv_batch_norm_train_act`]),
-//! and the upsampling of scores and their loss ([`resize_cross_entropy`]).
+//! gradient store: a convolution and the training BatchNorm after it
+//! ([`conv_batch_norm_train_act`]), and the upsampling of scores and their loss
+//! ([`resize_cross_entropy`]).
 
 mod adaptive_avg_pool;
 mod batch_norm;

@@ -4,10 +4,11 @@
 //!
 //! Resizing then taking the loss costs, for each of Fast-SCNN's three heads at 512x1024, four
 //! passes over 40 MB per image (the 19-class scores upsampled by 8 or 32, their gradient, and
-//! each of them read back). Here each output row is blended from two horizontally interpolated source rows
-//! into a block that stays in cache, its loss and gradient are taken there, and the gradient is
-//! added at once to the two source rows' accumulators, which the horizontal pass's transpose
-//! brings to the input width once per run of output rows that share their source rows.
+//! each of them read back). Here each output row is blended from two horizontally interpolated
+//! source rows into a block that stays in cache, its loss and gradient are taken there, and the
+//! gradient is added at once to the two source rows' accumulators, which the horizontal pass's
+//! transpose brings to the input width once per run of output rows that share their source
+//! rows.
 
 use super::argmax::{class_stride, horizontal_row};
 use super::*;
