@@ -19,7 +19,7 @@ use fastscnn_cpu::{
     output_vec, InputGradTerms,
 };
 
-use super::{contiguous_slice, has_cpu_kernel, lane_sum, run_kernel, Float, Kernel, LANES};
+use super::{forward_only_op, has_cpu_kernel, lane_sum, run_kernel, Float, Kernel, LANES};
 
 /// The output of training BatchNorm and the statistics it normalised by.
 #[derive(Debug, Clone)]
@@ -295,6 +295,29 @@ impl Kernel<3> for BatchNormTrain {
         }
         Ok((T::to_cpu_storage_owned(out), shape.clone()))
     }
+
+    /// The statistics and the normalisation on `fastscnn-cpu`'s dispatched kernels, the same
+    /// arithmetic as [`Kernel::run`].
+    fn run_f32(
+        &self,
+        [x, gamma, beta]: [&[f32]; 3],
+        [shape, _, _]: [&Shape; 3],
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let plane = h * w;
+        let stats = self.stats.get_or_init(|| channel_stats_f32(x, n, c, plane));
+        // SAFETY: `batch_norm_normalize` writes every element of its plane.
+        let out = unsafe {
+            written_planes(x.len(), plane, |i, dst| {
+                let ch = i % c;
+                let scale = stats[ch].inverse_std(self.eps) * gamma[ch] as f64;
+                let shift = beta[ch] as f64 - stats[ch].mean * scale;
+                let src = &x[i * plane..(i + 1) * plane];
+                batch_norm_normalize(src, scale as f32, shift as f32, self.relu, dst);
+            })
+        };
+        Ok((CpuStorage::F32(out), shape.clone()))
+    }
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -311,29 +334,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2, s3) else {
-            return run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)]);
-        };
-        // f32: the statistics and the normalisation on `fastscnn-cpu`'s dispatched kernels, the
-        // same arithmetic as [`Kernel::run`].
-        let name = <Self as Kernel<3>>::NAME;
-        let x = contiguous_slice::<f32>(s1, l1, name)?;
-        let gamma = contiguous_slice::<f32>(s2, l2, name)?;
-        let beta = contiguous_slice::<f32>(s3, l3, name)?;
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let plane = h * w;
-        let stats = self.stats.get_or_init(|| channel_stats_f32(x, n, c, plane));
-        // SAFETY: `batch_norm_normalize` writes every element of its plane.
-        let out = unsafe {
-            written_planes(x.len(), plane, |i, dst| {
-                let ch = i % c;
-                let scale = stats[ch].inverse_std(self.eps) * gamma[ch] as f64;
-                let shift = beta[ch] as f64 - stats[ch].mean * scale;
-                let src = &x[i * plane..(i + 1) * plane];
-                batch_norm_normalize(src, scale as f32, shift as f32, self.relu, dst);
-            })
-        };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     /// With dy the output's gradient through the ReLU (zero where the output is not positive),
@@ -434,12 +435,14 @@ impl Kernel<3> for BatchNormGradSums {
         out.extend(sums.iter().map(|s| s.1));
         Ok((CpuStorage::F64(out), Shape::from((2, c))))
     }
-}
 
-impl BatchNormGradSums {
     /// The f32 sums on `fastscnn-cpu`'s vectorised kernel: [`Kernel::run`]'s terms, summed over
     /// its own number of partial sums.
-    fn run_f32(&self, [x, dy, y]: [&[f32]; 3], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run_f32(
+        &self,
+        [x, dy, y]: [&[f32]; 3],
+        [shape, _, _]: [&Shape; 3],
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
         let plane = h * w;
         let mode = &self.0;
@@ -462,32 +465,7 @@ impl BatchNormGradSums {
     }
 }
 
-impl CustomOp3 for BatchNormGradSums {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<3>>::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2, s3) {
-            let name = <Self as Kernel<3>>::NAME;
-            let inputs = [
-                contiguous_slice::<f32>(s1, l1, name)?,
-                contiguous_slice::<f32>(s2, l2, name)?,
-                contiguous_slice::<f32>(s3, l3, name)?,
-            ];
-            return self.run_f32(inputs, l1.shape());
-        }
-        run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
-    }
-}
+forward_only_op!(BatchNormGradSums, 3);
 
 /// dx from x, dy, the output and the per-channel sums. Arguments (x, dy, output).
 struct BatchNormGradInput {
@@ -533,6 +511,28 @@ impl Kernel<3> for BatchNormGradInput {
         }
         Ok((T::to_cpu_storage_owned(out), shape.clone()))
     }
+
+    /// On `fastscnn-cpu`'s kernel under the dispatched target features, the same arithmetic as
+    /// [`Kernel::run`].
+    fn run_f32(
+        &self,
+        [x, dy, y]: [&[f32]; 3],
+        [shape, _, _]: [&Shape; 3],
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
+        let plane = h * w;
+        let count = (n * plane) as f64;
+        // SAFETY: `batch_norm_input_grad` writes every element of its plane.
+        let out = unsafe {
+            written_planes(x.len(), plane, |i, dst| {
+                let range = i * plane..(i + 1) * plane;
+                let terms = self.terms(i % c, c, count);
+                let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
+                batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
+            })
+        };
+        Ok((CpuStorage::F32(out), shape.clone()))
+    }
 }
 
 impl BatchNormGradInput {
@@ -550,44 +550,7 @@ impl BatchNormGradInput {
     }
 }
 
-impl CustomOp3 for BatchNormGradInput {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<3>>::NAME
-    }
-
-    /// f32 on `fastscnn-cpu`'s kernel under the dispatched target features, the same arithmetic
-    /// as [`Kernel::run`].
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2, s3) else {
-            return run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)]);
-        };
-        let name = <Self as Kernel<3>>::NAME;
-        let x = contiguous_slice::<f32>(s1, l1, name)?;
-        let dy = contiguous_slice::<f32>(s2, l2, name)?;
-        let y = contiguous_slice::<f32>(s3, l3, name)?;
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let plane = h * w;
-        let count = (n * plane) as f64;
-        // SAFETY: `batch_norm_input_grad` writes every element of its plane.
-        let out = unsafe {
-            written_planes(x.len(), plane, |i, dst| {
-                let range = i * plane..(i + 1) * plane;
-                let terms = self.terms(i % c, c, count);
-                let (x, dy, y) = (&x[range.clone()], &dy[range.clone()], &y[range]);
-                batch_norm_input_grad(x, dy, y, terms, self.mode.relu, dst);
-            })
-        };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
+forward_only_op!(BatchNormGradInput, 3);
 
 #[cfg(test)]
 mod tests {

@@ -9,9 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{output_vec, resize_forward, resize_grad, resize_planes_uninit, MapView};
 
-use super::{
-    contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, source_index, Float, Kernel,
-};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, source_index, Float, Kernel};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -93,20 +91,10 @@ impl Kernel<1> for BilinearResize {
         let out = resize_forward(x, (h, w), (oh, ow), self.align_corners);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
-}
 
-impl CustomOp1 for BilinearResize {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    /// f32 runs on the inference engine's separable resize, written once into fresh memory.
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(_) = s else {
-            return run_kernel(self, [(s, l)]);
-        };
-        let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
-        let (n, c, h, w) = l.shape().dims4()?;
+    /// On the inference engine's separable resize, written once into fresh memory.
+    fn run_f32(&self, [x]: [&[f32]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = shape.dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
         let len = n * c * oh * ow;
         let mut out = output_vec::<f32>(len);
@@ -121,6 +109,16 @@ impl CustomOp1 for BilinearResize {
         // SAFETY: resize_planes_uninit initialised all `len` elements.
         unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+impl CustomOp1 for BilinearResize {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run_kernel(self, [(s, l)])
     }
 
     /// Each output's gradient sent back to its four source pixels with the forward's weights.

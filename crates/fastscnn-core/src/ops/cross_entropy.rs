@@ -15,7 +15,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::cross_entropy_planes;
 use rayon::prelude::*;
 
-use super::{contiguous_slice, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// Pixels per parallel task: large enough to amortise, small enough to spread over cores.
 const BLOCK: usize = 4096;
@@ -168,6 +168,24 @@ impl Kernel<1> for SoftmaxCrossEntropy {
             Shape::from(()),
         ))
     }
+
+    /// On the CPU crate's kernel, which for logits that will be differentiated also writes
+    /// the gradient for the backward pass to take.
+    fn run_f32(&self, [x]: [&[f32]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
+        let scale = 1.0 / self.count.max(1) as f32;
+        let total = match &self.gradient {
+            Some(cell) => {
+                let mut grad = vec![0f32; x.len()];
+                let total =
+                    f32_planes(x, shape, &self.targets, &self.mask, scale, Some(&mut grad))?;
+                cell.keep(grad);
+                total
+            }
+            None => f32_planes(x, shape, &self.targets, &self.mask, 1.0, None)?,
+        };
+        let loss = (total / self.count.max(1) as f64) as f32;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
 }
 
 impl CustomOp1 for SoftmaxCrossEntropy {
@@ -176,31 +194,7 @@ impl CustomOp1 for SoftmaxCrossEntropy {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => {
-                let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
-                let scale = 1.0 / self.count.max(1) as f32;
-                let total = match &self.gradient {
-                    Some(cell) => {
-                        let mut grad = vec![0f32; x.len()];
-                        let total = f32_planes(
-                            x,
-                            l.shape(),
-                            &self.targets,
-                            &self.mask,
-                            scale,
-                            Some(&mut grad),
-                        )?;
-                        cell.keep(grad);
-                        total
-                    }
-                    None => f32_planes(x, l.shape(), &self.targets, &self.mask, 1.0, None)?,
-                };
-                let loss = (total / self.count.max(1) as f64) as f32;
-                Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
-            }
-            _ => run_kernel(self, [(s, l)]),
-        }
+        run_kernel(self, [(s, l)])
     }
 
     /// The gradient the forward pass kept, or else computed now, times the loss's own gradient.
@@ -295,33 +289,17 @@ impl Kernel<1> for SoftmaxCrossEntropyGrad {
             });
         Ok((T::to_cpu_storage_owned(out), shape.clone()))
     }
-}
 
-impl CustomOp1 for SoftmaxCrossEntropyGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => {
-                let x = contiguous_slice::<f32>(s, l, Self::NAME)?;
-                let scale = 1.0 / self.count.max(1) as f32;
-                let mut grad = vec![0f32; x.len()];
-                f32_planes(
-                    x,
-                    l.shape(),
-                    &self.targets,
-                    &self.mask,
-                    scale,
-                    Some(&mut grad),
-                )?;
-                Ok((CpuStorage::F32(grad), l.shape().clone()))
-            }
-            _ => run_kernel(self, [(s, l)]),
-        }
+    /// On the CPU crate's kernel.
+    fn run_f32(&self, [x]: [&[f32]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
+        let scale = 1.0 / self.count.max(1) as f32;
+        let mut grad = vec![0f32; x.len()];
+        f32_planes(x, shape, &self.targets, &self.mask, scale, Some(&mut grad))?;
+        Ok((CpuStorage::F32(grad), shape.clone()))
     }
 }
+
+forward_only_op!(SoftmaxCrossEntropyGrad, 1);
 
 /// The f32 loss summed over the masked pixels of every image of (N, C, H, W) `x`, through the
 /// CPU crate's kernel, and with `grad` its gradient times `scale`.

@@ -11,7 +11,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{dense_forward, dense_input_grad, dense_weight_grad, DenseConv, DenseGeometry};
 
-use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// The convolution of `x` (N, C, H, W) by `weight` (O, C, k, k) with zero `padding` on every side
 /// and `stride` along both axes, no bias. Runs the direct kernels on CPU for f32/f64 and candle's
@@ -78,14 +78,35 @@ impl DenseConv2d {
             input: (h, w),
         }
     }
+}
 
-    /// The f32 forward on the inference engine's kernel (bias zero, no ReLU).
-    fn forward_f32(
+/// The forward written for both float types: what f64 runs (f32 takes the engine's kernel,
+/// `run_f32`).
+impl Kernel<2> for DenseConv2d {
+    const NAME: &'static str = "dense-conv2d";
+
+    fn run<T: Float>(
         &self,
-        x: &[f32],
-        x_shape: &Shape,
-        weight: &[f32],
-        w_shape: &Shape,
+        [x, weight]: [&[T]; 2],
+        [x_shape, w_shape]: [&Shape; 2],
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = x_shape.dims4()?.0;
+        let geometry = self.geometry(x_shape.dims4()?, w_shape.dims4()?);
+        let Some((oh, ow)) = geometry.output() else {
+            bail!("{}: the input is smaller than the kernel", Self::NAME)
+        };
+        let out = dense_forward(x, n, &geometry, weight);
+        Ok((
+            T::to_cpu_storage_owned(out),
+            Shape::from((n, geometry.out_channels, oh, ow)),
+        ))
+    }
+
+    /// On the inference engine's kernel (bias zero, no ReLU).
+    fn run_f32(
+        &self,
+        [x, weight]: [&[f32]; 2],
+        [x_shape, w_shape]: [&Shape; 2],
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = x_shape.dims4()?;
         let (o, _, k, _) = w_shape.dims4()?;
@@ -113,29 +134,6 @@ impl DenseConv2d {
     }
 }
 
-/// The forward written for both float types: what f64 runs (f32 goes to the engine's kernel in
-/// `cpu_fwd`).
-impl Kernel<2> for DenseConv2d {
-    const NAME: &'static str = "dense-conv2d";
-
-    fn run<T: Float>(
-        &self,
-        [x, weight]: [&[T]; 2],
-        [x_shape, w_shape]: [&Shape; 2],
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = x_shape.dims4()?.0;
-        let geometry = self.geometry(x_shape.dims4()?, w_shape.dims4()?);
-        let Some((oh, ow)) = geometry.output() else {
-            bail!("{}: the input is smaller than the kernel", Self::NAME)
-        };
-        let out = dense_forward(x, n, &geometry, weight);
-        Ok((
-            T::to_cpu_storage_owned(out),
-            Shape::from((n, geometry.out_channels, oh, ow)),
-        ))
-    }
-}
-
 impl CustomOp2 for DenseConv2d {
     fn name(&self) -> &'static str {
         <Self as Kernel<2>>::NAME
@@ -148,18 +146,7 @@ impl CustomOp2 for DenseConv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let name = <Self as Kernel<2>>::NAME;
-                self.forward_f32(
-                    contiguous_slice::<f32>(s1, l1, name)?,
-                    l1.shape(),
-                    contiguous_slice::<f32>(s2, l2, name)?,
-                    l2.shape(),
-                )
-            }
-            _ => run_kernel(self, [(s1, l1), (s2, l2)]),
-        }
+        run_kernel(self, [(s1, l1), (s2, l2)])
     }
 
     /// The weight gradient always; the input gradient only for an input that tracks one (not

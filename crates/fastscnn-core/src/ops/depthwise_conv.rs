@@ -12,10 +12,7 @@ use fastscnn_cpu::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 
-use super::{
-    contiguous_slice, depthwise_output_size, forward_only_op, has_cpu_kernel, run_kernel, Float,
-    Kernel,
-};
+use super::{depthwise_output_size, forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
 ///
@@ -95,8 +92,8 @@ impl DepthwiseConv3x3 {
     }
 }
 
-/// The forward on the kernel written for both float types: what f64 runs (f32 goes to the
-/// engine's kernels in `cpu_fwd`).
+/// The forward on the kernel written for both float types: what f64 runs (f32 takes the
+/// engine's kernels, `run_f32`).
 impl Kernel<2> for DepthwiseConv3x3 {
     const NAME: &'static str = "depthwise-conv3x3";
 
@@ -113,6 +110,14 @@ impl Kernel<2> for DepthwiseConv3x3 {
         let out = depthwise_forward(x, c, (h, wd), w, self.stride);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
+
+    fn run_f32(
+        &self,
+        [x, w]: [&[f32]; 2],
+        [x_shape, _]: [&Shape; 2],
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward_f32(x, x_shape, w)
+    }
 }
 
 impl CustomOp2 for DepthwiseConv3x3 {
@@ -127,14 +132,7 @@ impl CustomOp2 for DepthwiseConv3x3 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => self.forward_f32(
-                contiguous_slice::<f32>(s1, l1, <Self as Kernel<2>>::NAME)?,
-                l1.shape(),
-                contiguous_slice::<f32>(s2, l2, <Self as Kernel<2>>::NAME)?,
-            ),
-            _ => run_kernel(self, [(s1, l1), (s2, l2)]),
-        }
+        run_kernel(self, [(s1, l1), (s2, l2)])
     }
 
     fn bwd(
@@ -185,36 +183,20 @@ impl Kernel<2> for DepthwiseConv3x3InputGrad {
         let out = depthwise_input_grad(g, c, (oh, ow), (h, w), k, self.stride);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
     }
-}
 
-impl CustomOp2 for DepthwiseConv3x3InputGrad {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<2>>::NAME
-    }
-
-    /// At stride 1 the gradient is the forward convolution with every kernel turned by 180°:
-    /// f32 runs it on the engine's vectorised kernels.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) if self.stride == 1 => {
-                let name = <Self as Kernel<2>>::NAME;
-                let weight = contiguous_slice::<f32>(s2, l2, name)?;
-                DepthwiseConv3x3 { stride: 1 }.forward_f32(
-                    contiguous_slice::<f32>(s1, l1, name)?,
-                    l1.shape(),
-                    &turned_kernels(weight),
-                )
-            }
-            _ => run_kernel(self, [(s1, l1), (s2, l2)]),
+    /// At stride 1 the gradient is the forward convolution with every kernel turned by 180°,
+    /// which f32 runs on the engine's vectorised kernels.
+    fn run_f32(&self, inputs: [&[f32]; 2], shapes: [&Shape; 2]) -> Result<(CpuStorage, Shape)> {
+        let [g, k] = inputs;
+        if self.stride == 1 {
+            DepthwiseConv3x3 { stride: 1 }.forward_f32(g, shapes[0], &turned_kernels(k))
+        } else {
+            self.run(inputs, shapes)
         }
     }
 }
+
+forward_only_op!(DepthwiseConv3x3InputGrad, 2);
 
 /// Gradient of the depthwise convolution with respect to its (C, 1, 3, 3) weight. Arguments:
 /// (x, grad_out).

@@ -150,11 +150,17 @@ use forward_only_op;
 trait Kernel<const N: usize> {
     const NAME: &'static str;
     fn run<T: Float>(&self, inputs: [&[T]; N], shapes: [&Shape; N]) -> Result<(CpuStorage, Shape)>;
+
+    /// f32 inputs: [`Kernel::run`], unless the op has a faster f32 path of its own (the
+    /// inference engine's kernels, `fastscnn-cpu`'s dispatched ones), which computes the same.
+    fn run_f32(&self, inputs: [&[f32]; N], shapes: [&Shape; N]) -> Result<(CpuStorage, Shape)> {
+        self.run(inputs, shapes)
+    }
 }
 
 /// Runs `kernel` on `N` contiguous storages, all f32 or all f64 (the first one's type decides;
-/// another dtype among the rest is an error): the ops' one f32/f64 dispatch (the depthwise
-/// forward takes f32 to the engine's kernels before it).
+/// another dtype among the rest is an error): the ops' one f32/f64 dispatch, f32 through
+/// [`Kernel::run_f32`].
 fn run_kernel<const N: usize, K: Kernel<N>>(
     kernel: &K,
     inputs: [(&CpuStorage, &Layout); N],
@@ -171,7 +177,7 @@ fn run_kernel<const N: usize, K: Kernel<N>>(
     }
     let shapes = inputs.map(|(_, layout)| layout.shape());
     match inputs.first().map(|(storage, _)| storage) {
-        Some(CpuStorage::F32(_)) => kernel.run(slices::<f32, N>(K::NAME, inputs)?, shapes),
+        Some(CpuStorage::F32(_)) => kernel.run_f32(slices::<f32, N>(K::NAME, inputs)?, shapes),
         Some(CpuStorage::F64(_)) => kernel.run(slices::<f64, N>(K::NAME, inputs)?, shapes),
         _ => bail!("{}: only f32 and f64 have a CPU kernel", K::NAME),
     }

@@ -13,7 +13,7 @@ use fastscnn_cpu::{
     PointwiseGeometry, Seed,
 };
 
-use super::{contiguous_slice, forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
 
 /// The 1x1 convolution of `x` (N, C, H, W) by `weight` (O, C, 1, 1), no bias. Runs the direct
 /// kernels on CPU for f32/f64 and a broadcast matrix product elsewhere; differentiable in both.
@@ -65,8 +65,8 @@ fn geometry(x: &Shape, weight: &Shape) -> Result<(usize, PointwiseGeometry)> {
     Ok((n, geometry))
 }
 
-/// The forward written for both float types: what f64 runs (f32 goes to the engine's kernel in
-/// `cpu_fwd`).
+/// The forward written for both float types: what f64 runs (f32 takes the engine's kernel,
+/// `run_f32`).
 impl Kernel<2> for PointwiseConv2d {
     const NAME: &'static str = "pointwise-conv2d";
 
@@ -81,28 +81,15 @@ impl Kernel<2> for PointwiseConv2d {
         let shape = (n, geometry.out_channels, h, w);
         Ok((T::to_cpu_storage_owned(out), Shape::from(shape)))
     }
-}
 
-impl CustomOp2 for PointwiseConv2d {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<2>>::NAME
-    }
-
-    fn cpu_fwd(
+    /// On the inference engine's kernel.
+    fn run_f32(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        [x, weight]: [&[f32]; 2],
+        [x_shape, w_shape]: [&Shape; 2],
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(_), CpuStorage::F32(_)) = (s1, s2) else {
-            return run_kernel(self, [(s1, l1), (s2, l2)]);
-        };
-        let name = <Self as Kernel<2>>::NAME;
-        let x = contiguous_slice::<f32>(s1, l1, name)?;
-        let weight = contiguous_slice::<f32>(s2, l2, name)?;
-        let (n, geometry) = geometry(l1.shape(), l2.shape())?;
-        let (_, _, h, w) = l1.shape().dims4()?;
+        let (n, geometry) = geometry(x_shape, w_shape)?;
+        let (_, _, h, w) = x_shape.dims4()?;
         let PointwiseGeometry {
             in_channels: c,
             out_channels: o,
@@ -119,6 +106,22 @@ impl CustomOp2 for PointwiseConv2d {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((n, o, h, w))))
+    }
+}
+
+impl CustomOp2 for PointwiseConv2d {
+    fn name(&self) -> &'static str {
+        <Self as Kernel<2>>::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run_kernel(self, [(s1, l1), (s2, l2)])
     }
 
     /// The weight gradient always; the input gradient only for an input that tracks one.
