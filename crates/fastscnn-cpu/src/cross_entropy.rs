@@ -71,6 +71,18 @@ dispatch!(
     ) => cross_entropy_block_body
 );
 
+/// Panics unless every pixel where `mask` is set has a target below `classes`: the kernels
+/// index the class planes by it.
+pub(crate) fn assert_targets_are_classes(targets: &[u32], mask: &[bool], classes: usize) {
+    assert!(
+        targets
+            .iter()
+            .zip(mask)
+            .all(|(&t, &m)| !m || (t as usize) < classes),
+        "a labelled pixel's target is not a class"
+    );
+}
+
 /// The cross-entropy of one image's (classes, pixels) `logits` against `targets` (one per
 /// pixel, each below `classes` where `mask` is set): the sum over the pixels of `mask` of
 /// `−ln softmax(logits)[target]`. With `grad` (classes, pixels), also writes the loss's gradient
@@ -90,13 +102,7 @@ pub fn cross_entropy_planes(
     assert_eq!(logits.len(), classes * pixels, "cross-entropy scores");
     assert_eq!(targets.len(), pixels, "cross-entropy targets");
     assert_eq!(mask.len(), pixels, "cross-entropy mask");
-    assert!(
-        targets
-            .iter()
-            .zip(mask)
-            .all(|(&t, &m)| !m || (t as usize) < classes),
-        "a labelled pixel's target is not a class"
-    );
+    assert_targets_are_classes(targets, mask, classes);
     if let Some(grad) = &grad {
         assert_eq!(grad.len(), classes * pixels, "cross-entropy gradient");
     }

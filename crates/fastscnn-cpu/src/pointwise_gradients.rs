@@ -81,28 +81,7 @@ pub fn pointwise_forward<T: Real>(
         out_channels: cout,
         pixels,
     } = *geometry;
-    let mut out = vec![T::ZERO; batch * cout * pixels];
-    let dst = SendPtr(out.as_mut_ptr());
-    chunks(batch, pixels)
-        .into_par_iter()
-        .for_each(|(b, start, width)| {
-            // SAFETY: this task writes columns start..start + width of image b's (cout, pixels)
-            // output, which no other task writes; W is (cout, cin), X's chunk (cin, width) with
-            // row stride pixels.
-            unsafe {
-                product(
-                    (cout, width, cin),
-                    dst.get().add(b * cout * pixels + start),
-                    pixels,
-                    false,
-                    weight.as_ptr(),
-                    (cin, 1),
-                    x.as_ptr().add(b * cin * pixels + start),
-                    (pixels, 1),
-                );
-            }
-        });
-    out
+    image_products(weight, (cin, 1), (cout, cin), x, batch, pixels)
 }
 
 /// The gradient with respect to the (out, in) weight, `Σ dY · Xᵀ` over every image and pixel:
@@ -162,23 +141,47 @@ pub fn pointwise_input_grad<T: Real>(
         out_channels: cout,
         pixels,
     } = *geometry;
-    let mut out = vec![T::ZERO; batch * cin * pixels];
+    image_products(weight, (1, cin), (cin, cout), g, batch, pixels)
+}
+
+/// `A · X` for each of `batch` images `X` (k, pixels) of `x`: (batch, m, pixels), `a` the (m, k)
+/// matrix read with row and column strides `a_strides`. The forward (`A = W`) and the input
+/// gradient (`A = Wᵀ`), a product per column chunk in parallel.
+///
+/// # Panics
+/// If `x` or `a` is shorter than those sizes say.
+fn image_products<T: Real>(
+    a: &[T],
+    a_strides: (usize, usize),
+    (m, k): (usize, usize),
+    x: &[T],
+    batch: usize,
+    pixels: usize,
+) -> Vec<T> {
+    assert_eq!(x.len(), batch * k * pixels, "pointwise product input");
+    let a_end = if m * k == 0 {
+        0
+    } else {
+        (m - 1) * a_strides.0 + (k - 1) * a_strides.1 + 1
+    };
+    assert!(a.len() >= a_end, "pointwise product matrix");
+    let mut out = vec![T::ZERO; batch * m * pixels];
     let dst = SendPtr(out.as_mut_ptr());
     chunks(batch, pixels)
         .into_par_iter()
         .for_each(|(b, start, width)| {
-            // SAFETY: this task writes columns start..start + width of image b's (cin, pixels)
-            // gradient, which no other task writes; Wᵀ is (cin, cout) read from the (cout, cin)
-            // weight with strides (1, cin); dY's chunk is (cout, width) with row stride pixels.
+            // SAFETY: this task writes columns start..start + width of image b's (m, pixels)
+            // output, which no other task writes; A is (m, k) under `a_strides` (checked above),
+            // X's chunk (k, width) with row stride pixels.
             unsafe {
                 product(
-                    (cin, width, cout),
-                    dst.get().add(b * cin * pixels + start),
+                    (m, width, k),
+                    dst.get().add(b * m * pixels + start),
                     pixels,
                     false,
-                    weight.as_ptr(),
-                    (1, cin),
-                    g.as_ptr().add(b * cout * pixels + start),
+                    a.as_ptr(),
+                    a_strides,
+                    x.as_ptr().add(b * k * pixels + start),
                     (pixels, 1),
                 );
             }

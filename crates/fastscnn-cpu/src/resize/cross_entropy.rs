@@ -12,7 +12,7 @@
 
 use super::argmax::{class_stride, horizontal_row};
 use super::*;
-use crate::cross_entropy::{cross_entropy_block, BLOCK};
+use crate::cross_entropy::{assert_targets_are_classes, cross_entropy_block, BLOCK};
 
 /// The cross-entropy of `resize_planes(scores)` at `oh`x`ow` against `targets` (one per output
 /// pixel, each below the class count where `mask` is set): the sum over the pixels of `mask` of
@@ -45,13 +45,7 @@ pub fn resize_cross_entropy_planes(
     assert_eq!(scores.len(), classes * h * w, "resize_cross_entropy scores");
     assert_eq!(targets.len(), oh * ow, "resize_cross_entropy targets");
     assert_eq!(mask.len(), oh * ow, "resize_cross_entropy mask");
-    assert!(
-        targets
-            .iter()
-            .zip(mask)
-            .all(|(&t, &m)| !m || (t as usize) < classes),
-        "a labelled pixel's target is not a class"
-    );
+    assert_targets_are_classes(targets, mask, classes);
     if let Some(grad) = &grad {
         assert_eq!(grad.len(), scores.len(), "resize_cross_entropy gradient");
     }
