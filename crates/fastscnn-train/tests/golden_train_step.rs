@@ -30,8 +30,8 @@ struct Step {
     state: HashMap<String, Tensor>,
 }
 
-/// The fixture's tensors and the step computed with variables of `dtype`.
-fn reference_step(golden: &Path, dtype: DType) -> (HashMap<String, Tensor>, Step) {
+/// The fixture's tensors and the step computed with variables of `dtype` on `device`.
+fn reference_step(golden: &Path, dtype: DType, device: &Device) -> (HashMap<String, Tensor>, Step) {
     let step = golden.join("train_step");
     let expected = candle_core::safetensors::load(
         step.join("one_step_lr0.045_expected.safetensors"),
@@ -68,7 +68,7 @@ fn reference_step(golden: &Path, dtype: DType) -> (HashMap<String, Tensor>, Step
         want_labels
     );
 
-    let model = TrainableModel::with_dtype(&config, &Device::Cpu, dtype, 0).unwrap();
+    let model = TrainableModel::with_dtype(&config, device, dtype, 0).unwrap();
     let weights = WeightFile::open(golden.join("fastscnn_seed0_c19.safetensors")).unwrap();
     assert_eq!(model.load(&weights, false).unwrap(), 231);
     let mut sgd = Sgd::new(model.params(), 0.9, 4e-5);
@@ -76,8 +76,13 @@ fn reference_step(golden: &Path, dtype: DType) -> (HashMap<String, Tensor>, Step
     let images = Tensor::cat(&[&input, &input], 0)
         .unwrap()
         .to_dtype(dtype)
+        .unwrap()
+        .to_device(device)
         .unwrap();
-    let labels = Tensor::stack(&[&labels, &labels], 0).unwrap();
+    let labels = Tensor::stack(&[&labels, &labels], 0)
+        .unwrap()
+        .to_device(device)
+        .unwrap();
     // No dropout, as the reference step has none.
     let loss_value = TrainStep {
         dropout: 0.0,
@@ -131,7 +136,7 @@ fn differences(
 #[test]
 fn f64_step_equals_the_reference_implementation() {
     let Some(golden) = fixtures() else { return };
-    let (expected, step) = reference_step(&golden, DType::F64);
+    let (expected, step) = reference_step(&golden, DType::F64, &Device::Cpu);
     let (loss, tensors) = differences(&expected, &step, "f64");
     assert!(loss <= 1e-6, "loss relative error {loss:e}");
     let (key, weights) = worst_difference(&tensors, |k| !is_running_statistic(k));
@@ -155,7 +160,26 @@ fn f64_step_equals_the_reference_implementation() {
 #[test]
 fn f32_step_equals_the_reference_up_to_f32_rounding() {
     let Some(golden) = fixtures() else { return };
-    let (expected, step) = reference_step(&golden, DType::F32);
+    let (expected, step) = reference_step(&golden, DType::F32, &Device::Cpu);
     let (loss, tensors) = differences(&expected, &step, "f32");
+    assert_train_step_within_f32_bounds(loss, &tensors);
+}
+
+/// The same f32 step on a CUDA device (its kernels for the depthwise convolutions, pooling,
+/// resize, training BatchNorm and the loss), held to the same bounds. Runs where a CUDA device is
+/// present in a build with `--features cuda`; elsewhere it says "skipped: no CUDA device".
+#[test]
+fn f32_step_on_cuda_equals_the_reference_up_to_f32_rounding() {
+    let Ok(device) = Device::new_cuda(0) else {
+        eprintln!("skipped: no CUDA device");
+        return;
+    };
+    let Some(golden) = fixtures() else { return };
+    let (expected, step) = reference_step(&golden, DType::F32, &device);
+    assert!(
+        step.state.values().all(|t| t.device().is_cuda()),
+        "the step left the GPU"
+    );
+    let (loss, tensors) = differences(&expected, &step, "f32 on CUDA");
     assert_train_step_within_f32_bounds(loss, &tensors);
 }

@@ -5,7 +5,10 @@ use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
 use super::Mode;
-use crate::ops::{batch_norm_train_act, conv_batch_norm_train_act, BatchNormTrainOutput};
+use crate::ops::{
+    batch_norm_train_act, conv_batch_norm_train_act, depthwise_conv2d_bias_act,
+    BatchNormTrainOutput, ConvKind,
+};
 
 /// How BatchNorm is run at inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,7 +113,13 @@ impl ConvBnAct {
         match &self.bn {
             Some(bn) if mode.is_training() => self.batch_norm_training(bn, x),
             Some(bn) => self.activate(bn.forward_t(&self.conv.forward(x)?, false)?),
-            None => self.activate(self.conv.forward(x)?),
+            None => match (self.conv.kind(), self.conv.bias()) {
+                // A depthwise layer with its BatchNorm folded in: one kernel on CUDA.
+                (ConvKind::Depthwise { stride }, Some(bias)) => {
+                    depthwise_conv2d_bias_act(x, self.conv.weight(), bias, stride, self.relu)
+                }
+                _ => self.activate(self.conv.forward(x)?),
+            },
         }
     }
 

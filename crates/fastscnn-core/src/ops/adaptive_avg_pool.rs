@@ -3,16 +3,18 @@
 //! Output cell `i` of `out` averages input cells `floor(i*in/out) .. ceil((i+1)*in/out)`. When `in`
 //! is not a multiple of `out` the windows are uneven and overlap (an 8x16 map pooled to 3x3 or 6x6,
 //! as in the pyramid pooling of a 256x512 input), which no fixed-stride pooling reproduces.
+//! CPU (f32, f64) and CUDA (f32, `adaptive_avg_pool.cu`) run direct kernels, other devices
+//! candle's narrow/mean/cat.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::sampling::pool_planes_grad;
 
-use super::{forward_only_op, has_cpu_kernel, pool_planes, pool_window, run_kernel, Float, Kernel};
+use super::{forward_only_op, has_kernel, pool_planes, pool_window, run_kernel, Float, Kernel};
 
 /// Adaptive average pooling of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     check(x, out_h, out_w)?;
-    if has_cpu_kernel(x) {
+    if has_kernel(x) {
         x.contiguous()?
             .apply_op1(AdaptiveAvgPool2d { out_h, out_w })
     } else {
@@ -69,6 +71,16 @@ impl Kernel<1> for AdaptiveAvgPool2d {
         pool_planes(x, h, w, &mut out, oh, ow);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [x]: [(&candle_core::CudaStorage, &Layout); 1],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = x.1.shape().dims4()?;
+        let out = cuda::run(x, n * c, (h, w), (self.out_h, self.out_w), false)?;
+        Ok((out, Shape::from((n, c, self.out_h, self.out_w))))
+    }
 }
 
 impl CustomOp1 for AdaptiveAvgPool2d {
@@ -80,11 +92,20 @@ impl CustomOp1 for AdaptiveAvgPool2d {
         run_kernel(self, [(s, l)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.run_cuda([(s, l)])
+    }
+
     /// Each output's gradient spread evenly over its window; overlapping windows add up.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, in_h, in_w) = arg.dims4()?;
         let grad = grad_res.contiguous()?;
-        let grad_arg = if has_cpu_kernel(&grad) {
+        let grad_arg = if has_kernel(&grad) {
             grad.apply_op1_no_bwd(&AdaptiveAvgPool2dGrad { in_h, in_w })?
         } else {
             adaptive_avg_pool2d_grad_composite(&grad, in_h, in_w)?
@@ -127,9 +148,72 @@ impl Kernel<1> for AdaptiveAvgPool2dGrad {
         let out = pool_planes_grad(g, (oh, ow), (h, w));
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [g]: [(&candle_core::CudaStorage, &Layout); 1],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, oh, ow) = g.1.shape().dims4()?;
+        let (h, w) = (self.in_h, self.in_w);
+        let out = cuda::run(g, n * c, (h, w), (oh, ow), true)?;
+        Ok((out, Shape::from((n, c, h, w))))
+    }
 }
 
 forward_only_op!(AdaptiveAvgPool2dGrad, 1);
+
+/// The launches of `adaptive_avg_pool.cu`'s kernels.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result};
+
+    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Module};
+
+    static MODULE: Module = ptx_module!("adaptive_avg_pool");
+
+    /// The pooling of `planes` planes of `input` to `output` cells, or with `backward` its
+    /// gradient (from planes of `output` to planes of `input`).
+    pub(super) fn run(
+        (s, l): (&CudaStorage, &Layout),
+        planes: usize,
+        input_size: (usize, usize),
+        output_size: (usize, usize),
+        backward: bool,
+    ) -> Result<CudaStorage> {
+        let (function, to) = if backward {
+            ("adaptive_avg_pool_grad_f32", input_size)
+        } else {
+            ("adaptive_avg_pool_f32", output_size)
+        };
+        let device = &s.device;
+        let src = input::<f32>(s, l, function)?;
+        let len = planes * to.0 * to.1;
+        let out = output::<f32>(device, len)?;
+        let dims = dims(
+            [
+                planes,
+                input_size.0,
+                input_size.1,
+                output_size.0,
+                output_size.1,
+            ],
+            function,
+        )?;
+        let (func, stream) = MODULE.function(device, function)?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&src).arg(&out);
+        for d in &dims {
+            args.arg(d);
+        }
+        // SAFETY: the arguments match the kernel's parameters in order and type; the views hold
+        // the element counts the dimensions give.
+        unsafe { args.launch(elementwise(len)) }.w()?;
+        Ok(storage(out, device))
+    }
+}
 
 #[cfg(test)]
 mod tests {

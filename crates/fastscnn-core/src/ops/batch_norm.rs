@@ -19,7 +19,10 @@ use fastscnn_cpu::{
     output_vec, InputGradTerms,
 };
 
-use super::{forward_only_op, has_cpu_kernel, lane_sum, run_kernel, Float, Kernel, LANES};
+use super::stacked_batch_norm::stacked_batch_norm_train_act;
+use super::{
+    forward_only_op, has_cpu_kernel, has_cuda_kernel, lane_sum, run_kernel, Float, Kernel, LANES,
+};
 
 /// The output of training BatchNorm and the statistics it normalised by.
 #[derive(Debug, Clone)]
@@ -27,7 +30,8 @@ pub struct BatchNormTrainOutput {
     /// `(x − mean) / √(var + eps) · gamma + beta`, through a ReLU if one was asked for.
     pub output: Tensor,
     /// Each channel's mean over the batch and both spatial axes, (C), without gradient: f64 from
-    /// the CPU kernel (the sums it normalised by), `x`'s dtype elsewhere.
+    /// the CPU kernel (the sums it normalised by), `x`'s dtype elsewhere (f32 from the CUDA
+    /// kernels, which keep it on the device).
     pub mean: Tensor,
     /// Each channel's biased variance, (C), without gradient, typed as `mean`: PyTorch's running
     /// variance takes it times `M / (M − 1)`, M the count per channel.
@@ -42,8 +46,9 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
 }
 
 /// [`batch_norm_train`], followed by a ReLU when `relu` is set, with the batch statistics it used.
-/// On the CPU kernel the ReLU's gradient passes where its output is positive, as PyTorch's does;
-/// elsewhere it is candle's ReLU, whose gradient also passes where the normalised value is 0.
+/// On the CPU and CUDA kernels the ReLU's gradient passes where its output is positive, as
+/// PyTorch's does; elsewhere it is candle's ReLU, whose gradient also passes where the normalised
+/// value is 0.
 pub fn batch_norm_train_act(
     x: &Tensor,
     gamma: &Tensor,
@@ -59,13 +64,16 @@ pub fn batch_norm_train_act(
             beta.dims()
         )
     }
-    if has_cpu_kernel(x) && x.dtype() == gamma.dtype() && x.dtype() == beta.dtype() {
+    let same_types = x.dtype() == gamma.dtype() && x.dtype() == beta.dtype();
+    if has_cpu_kernel(x) && same_types {
         let op = BatchNormTrain::new(eps, relu);
         let stats = op.stats.clone();
         let output = x
             .contiguous()?
             .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
         with_statistics(output, &stats)
+    } else if has_cuda_kernel(x) && same_types {
+        stacked_batch_norm_train_act(x, gamma, beta, eps, relu)
     } else {
         let output = batch_norm_train_composite(x, gamma, beta, eps)?;
         let output = if relu { output.relu()? } else { output };

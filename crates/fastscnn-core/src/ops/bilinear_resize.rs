@@ -4,12 +4,12 @@
 //! place source samples differently, so both are needed to reproduce either set of weights.
 //! candle's own `upsample_bilinear2d` has no backward pass, which training needs; this op's
 //! composite path is differentiable through candle's matmul, and its CPU kernel is tested against
-//! both.
+//! both. CUDA (f32) runs the kernels of `bilinear_resize.cu`.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{output_vec, resize_forward, resize_grad, resize_planes_uninit, MapView};
 
-use super::{forward_only_op, has_cpu_kernel, run_kernel, source_index, Float, Kernel};
+use super::{forward_only_op, has_kernel, run_kernel, source_index, Float, Kernel};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -22,7 +22,7 @@ pub fn resize_bilinear(
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
-    if has_cpu_kernel(x) {
+    if has_kernel(x) {
         x.contiguous()?.apply_op1(BilinearResize {
             out_h,
             out_w,
@@ -110,6 +110,17 @@ impl Kernel<1> for BilinearResize {
         unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [x]: [(&candle_core::CudaStorage, &Layout); 1],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = x.1.shape().dims4()?;
+        let (oh, ow) = (self.out_h, self.out_w);
+        let out = cuda::run(x, n * c, (h, w), (oh, ow), self.align_corners, false)?;
+        Ok((out, Shape::from((n, c, oh, ow))))
+    }
 }
 
 impl CustomOp1 for BilinearResize {
@@ -121,11 +132,20 @@ impl CustomOp1 for BilinearResize {
         run_kernel(self, [(s, l)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.run_cuda([(s, l)])
+    }
+
     /// Each output's gradient sent back to its four source pixels with the forward's weights.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, in_h, in_w) = arg.dims4()?;
         let grad = grad_res.contiguous()?;
-        let grad_arg = if has_cpu_kernel(&grad) {
+        let grad_arg = if has_kernel(&grad) {
             grad.apply_op1_no_bwd(&BilinearResizeGrad {
                 in_h,
                 in_w,
@@ -157,9 +177,75 @@ impl Kernel<1> for BilinearResizeGrad {
         let out = resize_grad(g, (oh, ow), (h, w), self.align_corners);
         Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, h, w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [g]: [(&candle_core::CudaStorage, &Layout); 1],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, oh, ow) = g.1.shape().dims4()?;
+        let (h, w) = (self.in_h, self.in_w);
+        let out = cuda::run(g, n * c, (h, w), (oh, ow), self.align_corners, true)?;
+        Ok((out, Shape::from((n, c, h, w))))
+    }
 }
 
 forward_only_op!(BilinearResizeGrad, 1);
+
+/// The launches of `bilinear_resize.cu`'s kernels.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result};
+
+    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Module};
+
+    static MODULE: Module = ptx_module!("bilinear_resize");
+
+    /// The resize of `planes` planes of `input_size` to `output_size`, or with `backward` its
+    /// gradient (from planes of `output_size` to planes of `input_size`).
+    pub(super) fn run(
+        (s, l): (&CudaStorage, &Layout),
+        planes: usize,
+        input_size: (usize, usize),
+        output_size: (usize, usize),
+        align_corners: bool,
+        backward: bool,
+    ) -> Result<CudaStorage> {
+        let (function, to) = if backward {
+            ("resize_bilinear_grad_f32", input_size)
+        } else {
+            ("resize_bilinear_f32", output_size)
+        };
+        let device = &s.device;
+        let src = input::<f32>(s, l, function)?;
+        let len = planes * to.0 * to.1;
+        let out = output::<f32>(device, len)?;
+        let dims = dims(
+            [
+                planes,
+                input_size.0,
+                input_size.1,
+                output_size.0,
+                output_size.1,
+            ],
+            function,
+        )?;
+        let align_corners = i32::from(align_corners);
+        let (func, stream) = MODULE.function(device, function)?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&src).arg(&out);
+        for d in &dims {
+            args.arg(d);
+        }
+        args.arg(&align_corners);
+        // SAFETY: the arguments match the kernel's parameters in order and type; the views hold
+        // the element counts the dimensions give.
+        unsafe { args.launch(elementwise(len)) }.w()?;
+        Ok(storage(out, device))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -15,13 +15,16 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::cross_entropy_planes;
 use rayon::prelude::*;
 
-use super::{forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::target_map_cross_entropy::{target_map, target_map_cross_entropy};
+use super::{forward_only_op, has_cpu_kernel, has_cuda_kernel, run_kernel, Float, Kernel};
 
 /// Pixels per parallel task: large enough to amortise, small enough to spread over cores.
 const BLOCK: usize = 4096;
 
 /// Mean over the pixels where `mask` is set of `−log softmax(logits)[target]`; `targets` and
-/// `mask` hold one entry per pixel of the (N, H, W) grid. Zero when no pixel is set.
+/// `mask` hold one entry per pixel of the (N, H, W) grid. Zero when no pixel is set. CPU (f32,
+/// f64) and CUDA (f32, with the targets copied to the device once) run fused kernels, other
+/// devices candle's ops.
 pub fn softmax_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> Result<Tensor> {
     check_targets("softmax_cross_entropy", logits.dims4()?, targets, mask)?;
     let count = mask.iter().filter(|m| **m).count();
@@ -32,6 +35,10 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) ->
             count,
             gradient: logits.track_op().then(Default::default),
         })
+    } else if has_cuda_kernel(logits) {
+        let (n, _, h, w) = logits.dims4()?;
+        let targets = target_map(targets, mask, (n, h, w), logits.device())?;
+        target_map_cross_entropy(logits, &targets, count)
     } else {
         softmax_cross_entropy_composite(logits, targets, mask)
     }

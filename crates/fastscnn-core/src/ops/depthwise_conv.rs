@@ -5,26 +5,70 @@
 //! so a direct kernel over each channel plane is both simpler and much faster
 //! (`cargo bench -p fastscnn-benches --bench depthwise`). The kernels are `fastscnn-cpu`'s: its
 //! vectorised f32 ones for the forward pass, those written for f32 and f64 for f64 and the
-//! gradients; this is candle's side of the op and its composite reference.
+//! gradients; this is candle's side of the op and its composite reference. On CUDA (f32) the op
+//! runs the kernels of `depthwise_conv.cu` beside it, the forward with the bias and ReLU of a
+//! folded BatchNorm fused in for inference ([`depthwise_conv2d_bias_act`]).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use fastscnn_cpu::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 
-use super::{depthwise_output_size, forward_only_op, has_cpu_kernel, run_kernel, Float, Kernel};
+use super::{
+    add_channel_bias, depthwise_output_size, forward_only_op, has_cuda_kernel, has_kernel,
+    run_kernel, Float, Kernel,
+};
 
 /// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
 ///
-/// Runs the direct kernel on CPU for f32/f64 and candle's grouped convolution elsewhere.
+/// Runs the direct kernels on CPU for f32/f64 and on CUDA for f32, candle's grouped convolution
+/// elsewhere.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
     let op = depthwise_op(x, weight, stride)?;
-    if has_cpu_kernel(x) {
+    if has_kernel(x) {
         let x = x.contiguous()?;
         let weight = weight.contiguous()?;
         x.apply_op2(&weight, op)
     } else {
         depthwise_conv2d_grouped(x, weight, stride)
+    }
+}
+
+/// `relu(depthwise_conv2d(x, weight, stride) + bias)` (the ReLU where `relu` is set), `bias` (C):
+/// a depthwise layer with its BatchNorm folded in, for inference. On CUDA (f32) one kernel
+/// writes the result, with no gradient; elsewhere, or where an operand will be differentiated,
+/// the three ops in turn.
+pub fn depthwise_conv2d_bias_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    check_shapes(x, weight, stride)?;
+    let c = x.dim(1)?;
+    if bias.dims() != [c] || bias.dtype() != x.dtype() {
+        bail!(
+            "depthwise_conv2d_bias_act: bias must be ({c}) {:?}, got {:?} {:?}",
+            x.dtype(),
+            bias.dims(),
+            bias.dtype()
+        )
+    }
+    let differentiated = x.track_op() || weight.track_op() || bias.track_op();
+    if has_cuda_kernel(x) && !differentiated {
+        x.contiguous()?.apply_op3_no_bwd(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            &DepthwiseConv3x3BiasAct { stride, relu },
+        )
+    } else {
+        let y = add_channel_bias(&depthwise_conv2d(x, weight, stride)?, bias)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -118,7 +162,60 @@ impl Kernel<2> for DepthwiseConv3x3 {
     ) -> Result<(CpuStorage, Shape)> {
         self.forward_f32(x, x_shape, w)
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [x, w]: [(&candle_core::CudaStorage, &Layout); 2],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(x, w, None, self.stride, false)
+    }
 }
+
+/// The forward with a per-channel bias and an optional ReLU, for inference (no backward pass).
+/// Arguments: (x, weight, bias).
+struct DepthwiseConv3x3BiasAct {
+    stride: usize,
+    relu: bool,
+}
+
+impl Kernel<3> for DepthwiseConv3x3BiasAct {
+    const NAME: &'static str = "depthwise-conv3x3-bias-act";
+
+    fn run<T: Float>(
+        &self,
+        [x, w, bias]: [&[T]; 3],
+        [x_shape, _, _]: [&Shape; 3],
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, wd) = x_shape.dims4()?;
+        let (oh, ow) = (
+            depthwise_output_size(h, self.stride),
+            depthwise_output_size(wd, self.stride),
+        );
+        let mut out = depthwise_forward(x, c, (h, wd), w, self.stride);
+        if oh * ow > 0 {
+            for (i, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
+                for v in plane {
+                    *v += bias[i % c];
+                    if self.relu {
+                        *v = if *v > T::zero() { *v } else { T::zero() };
+                    }
+                }
+            }
+        }
+        Ok((T::to_cpu_storage_owned(out), Shape::from((n, c, oh, ow))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [x, w, bias]: [(&candle_core::CudaStorage, &Layout); 3],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(x, w, Some(bias), self.stride, self.relu)
+    }
+}
+
+forward_only_op!(DepthwiseConv3x3BiasAct, 3);
 
 impl CustomOp2 for DepthwiseConv3x3 {
     fn name(&self) -> &'static str {
@@ -133,6 +230,17 @@ impl CustomOp2 for DepthwiseConv3x3 {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         run_kernel(self, [(s1, l1), (s2, l2)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.run_cuda([(s1, l1), (s2, l2)])
     }
 
     fn bwd(
@@ -194,6 +302,14 @@ impl Kernel<2> for DepthwiseConv3x3InputGrad {
             self.run(inputs, shapes)
         }
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [g, k]: [(&candle_core::CudaStorage, &Layout); 2],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::input_grad(g, k, (self.h, self.w), self.stride)
+    }
 }
 
 forward_only_op!(DepthwiseConv3x3InputGrad, 2);
@@ -217,9 +333,129 @@ impl Kernel<2> for DepthwiseConv3x3WeightGrad {
         let out = depthwise_weight_grad(x, g, (n, c), (h, w), (oh, ow), self.stride);
         Ok((T::to_cpu_storage_owned(out), Shape::from((c, 1, 3, 3))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [x, g]: [(&candle_core::CudaStorage, &Layout); 2],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::weight_grad(x, g, self.stride)
+    }
 }
 
 forward_only_op!(DepthwiseConv3x3WeightGrad, 2);
+
+/// The launches of `depthwise_conv.cu`'s kernels.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    use crate::ops::cuda::{
+        dims, elementwise, input, output, ptx_module, reduction, storage, Module,
+    };
+    use crate::ops::depthwise_output_size;
+
+    static MODULE: Module = ptx_module!("depthwise_conv");
+
+    type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// The output of `x` (N, C, H, W) by `w` (C, 1, 3, 3), plus `bias` (C) if given, through a
+    /// ReLU if `relu`.
+    pub(super) fn forward(
+        (xs, xl): Input,
+        (ws, wl): Input,
+        bias: Option<Input>,
+        stride: usize,
+        relu: bool,
+    ) -> Result<(CudaStorage, Shape)> {
+        const OP: &str = "depthwise-conv3x3";
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (oh, ow) = (
+            depthwise_output_size(h, stride),
+            depthwise_output_size(w, stride),
+        );
+        let device = &xs.device;
+        let x = input::<f32>(xs, xl, OP)?;
+        let weight = input::<f32>(ws, wl, OP)?;
+        let bias = bias.map(|(s, l)| input::<f32>(s, l, OP)).transpose()?;
+        let len = n * c * oh * ow;
+        let out = output::<f32>(device, len)?;
+        let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
+        let relu = i32::from(relu);
+        // The kernel reads no bias through a null pointer.
+        let no_bias = 0u64;
+        let (func, stream) = MODULE.function(device, "depthwise3x3_forward_f32")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&x).arg(&weight);
+        match &bias {
+            Some(bias) => args.arg(bias),
+            None => args.arg(&no_bias),
+        };
+        args.arg(&out);
+        for d in &dims {
+            args.arg(d);
+        }
+        args.arg(&relu);
+        // SAFETY: the arguments match the kernel's parameters in order and type; the views hold
+        // the element counts the dimensions give.
+        unsafe { args.launch(elementwise(len)) }.w()?;
+        Ok((storage(out, device), Shape::from((n, c, oh, ow))))
+    }
+
+    /// The input gradient, (N, C, H, W) from the output gradient `g` and the weight `k`.
+    pub(super) fn input_grad(
+        (gs, gl): Input,
+        (ks, kl): Input,
+        (h, w): (usize, usize),
+        stride: usize,
+    ) -> Result<(CudaStorage, Shape)> {
+        const OP: &str = "depthwise-conv3x3-input-grad";
+        let (n, c, oh, ow) = gl.shape().dims4()?;
+        let device = &gs.device;
+        let g = input::<f32>(gs, gl, OP)?;
+        let k = input::<f32>(ks, kl, OP)?;
+        let len = n * c * h * w;
+        let out = output::<f32>(device, len)?;
+        let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
+        let (func, stream) = MODULE.function(device, "depthwise3x3_input_grad_f32")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&g).arg(&k).arg(&out);
+        for d in &dims {
+            args.arg(d);
+        }
+        // SAFETY: as in `forward`.
+        unsafe { args.launch(elementwise(len)) }.w()?;
+        Ok((storage(out, device), Shape::from((n, c, h, w))))
+    }
+
+    /// The (C, 1, 3, 3) weight gradient from the input `x` and the output gradient `g`: one block
+    /// per channel.
+    pub(super) fn weight_grad(
+        (xs, xl): Input,
+        (gs, gl): Input,
+        stride: usize,
+    ) -> Result<(CudaStorage, Shape)> {
+        const OP: &str = "depthwise-conv3x3-weight-grad";
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (_, _, oh, ow) = gl.shape().dims4()?;
+        let device = &xs.device;
+        let x = input::<f32>(xs, xl, OP)?;
+        let g = input::<f32>(gs, gl, OP)?;
+        let out = output::<f32>(device, c * 9)?;
+        let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
+        let (func, stream) = MODULE.function(device, "depthwise3x3_weight_grad_f32")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&x).arg(&g).arg(&out);
+        for d in &dims {
+            args.arg(d);
+        }
+        // SAFETY: as in `forward`; one block per channel, each writing its nine values.
+        unsafe { args.launch(reduction((dims[1], 1), OP)?) }.w()?;
+        Ok((storage(out, device), Shape::from((c, 1, 3, 3))))
+    }
+}
 
 #[cfg(test)]
 mod tests {

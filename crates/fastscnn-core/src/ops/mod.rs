@@ -1,8 +1,10 @@
 //! Operations that candle lacks or runs slowly, as candle custom ops.
 //!
-//! Each op runs a direct CPU kernel for f32 and f64 (the loss of upsampled scores for f32) and, on
-//! every other device or dtype, a fallback composed of candle's own ops or of the other ops here,
-//! so CUDA and Metal builds work from day one. The composite paths double as the reference the
+//! Each op runs a direct CPU kernel for f32 and f64 (the loss of upsampled scores for f32); with
+//! the `cuda` feature, the depthwise convolution, pooling, resize, resize + argmax, training
+//! BatchNorm and the loss run CUDA kernels for f32 (the `.cu` file beside each op, compiled to
+//! PTX by `build.rs`); on every other device or dtype a fallback composed of candle's own ops or
+//! of the other ops here runs, so Metal builds (and CUDA's other dtypes) work too. The composite paths double as the reference the
 //! CPU kernels are tested against. Most kernels are `fastscnn-cpu`'s: the engine's own for the
 //! forward passes it shares (depthwise, dense and 1x1 convolutions, resize, resize + argmax,
 //! pooling), and beside them those training adds (the same forwards in f64, every gradient,
@@ -19,11 +21,15 @@ mod bilinear_resize;
 mod channel_bias;
 mod conv_batch_norm;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod dense_conv;
 mod depthwise_conv;
 mod pointwise_conv;
 mod resize_argmax;
 mod resize_cross_entropy;
+mod stacked_batch_norm;
+mod target_map_cross_entropy;
 
 pub use adaptive_avg_pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_composite};
 pub use batch_norm::{
@@ -36,7 +42,7 @@ pub use cross_entropy::{
     softmax_cross_entropy, softmax_cross_entropy_composite, target_probabilities,
 };
 pub use dense_conv::dense_conv2d;
-pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_grouped};
+pub use depthwise_conv::{depthwise_conv2d, depthwise_conv2d_bias_act, depthwise_conv2d_grouped};
 pub use pointwise_conv::pointwise_conv2d;
 pub use resize_argmax::resize_argmax;
 pub use resize_cross_entropy::resize_cross_entropy;
@@ -65,6 +71,17 @@ fn has_cpu_kernel(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
+/// Whether a tensor can take the ops' CUDA kernels: a build with the `cuda` feature, a CUDA
+/// device, f32 and at least one element (the driver allocates no empty buffer).
+fn has_cuda_kernel(t: &Tensor) -> bool {
+    cfg!(feature = "cuda") && t.device().is_cuda() && t.dtype() == DType::F32 && t.elem_count() > 0
+}
+
+/// Whether a tensor can take the kernels of the ops that have both a CPU and a CUDA one.
+fn has_kernel(t: &Tensor) -> bool {
+    has_cpu_kernel(t) || has_cuda_kernel(t)
+}
+
 /// The float types the CPU kernels run on: f32 and f64, as candle's dtype and as the sampling
 /// code of `fastscnn-cpu` takes them.
 trait Float: WithDType + fastscnn_cpu::Real {}
@@ -90,7 +107,8 @@ fn lane_sum<T: Float>(a: &[T], f: impl Fn(f64) -> f64) -> f64 {
 }
 
 /// `CustomOp1`, `CustomOp2` or `CustomOp3` for a kernel run forward only (a gradient, the
-/// fused argmax): its name, and its CPU forward through [`run_kernel`].
+/// fused argmax): its name, its CPU forward through [`run_kernel`] and, with the `cuda` feature,
+/// its CUDA forward through `Kernel::run_cuda`.
 macro_rules! forward_only_op {
     ($kernel:ty, 1) => {
         impl candle_core::CustomOp1 for $kernel {
@@ -104,6 +122,15 @@ macro_rules! forward_only_op {
                 l: &candle_core::Layout,
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 $crate::ops::run_kernel(self, [(s, l)])
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                s: &candle_core::CudaStorage,
+                l: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                <Self as $crate::ops::Kernel<1>>::run_cuda(self, [(s, l)])
             }
         }
     };
@@ -121,6 +148,17 @@ macro_rules! forward_only_op {
                 l2: &candle_core::Layout,
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 $crate::ops::run_kernel(self, [(s1, l1), (s2, l2)])
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                <Self as $crate::ops::Kernel<2>>::run_cuda(self, [(s1, l1), (s2, l2)])
             }
         }
     };
@@ -141,6 +179,19 @@ macro_rules! forward_only_op {
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 $crate::ops::run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
             }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CudaStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                <Self as $crate::ops::Kernel<3>>::run_cuda(self, [(s1, l1), (s2, l2), (s3, l3)])
+            }
         }
     };
 }
@@ -155,6 +206,17 @@ trait Kernel<const N: usize> {
     /// inference engine's kernels, `fastscnn-cpu`'s dispatched ones), which computes the same.
     fn run_f32(&self, inputs: [&[f32]; N], shapes: [&Shape; N]) -> Result<(CpuStorage, Shape)> {
         self.run(inputs, shapes)
+    }
+
+    /// CUDA inputs (f32, contiguous, not empty): the op's CUDA kernel, for the ops that have one
+    /// (the public wrappers send CUDA tensors to no other).
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        inputs: [(&candle_core::CudaStorage, &Layout); N],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let _ = inputs;
+        bail!("{}: no CUDA kernel", Self::NAME)
     }
 }
 

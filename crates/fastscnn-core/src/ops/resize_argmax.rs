@@ -1,11 +1,13 @@
 //! The label map straight from low-resolution class scores: bilinear upsampling and the argmax over
 //! classes in one pass, so the (C, H, W) logits at full resolution are never stored (the paper's
-//! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back.
+//! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back. CPU
+//! (f32, f64) and CUDA (f32, `resize_argmax.cu`) run the fused kernel, other devices the resize
+//! and candle's argmax.
 
 use candle_core::{bail, CpuStorage, Result, Shape, Tensor};
 use fastscnn_cpu::resize_argmax_forward;
 
-use super::{forward_only_op, has_cpu_kernel, resize_bilinear, Float, Kernel};
+use super::{forward_only_op, has_kernel, resize_bilinear, Float, Kernel};
 
 /// `argmax` over classes of `resize_bilinear(scores, out_h, out_w, align_corners)`, as (N, out_h,
 /// out_w) u32, with the same arithmetic as the resize (so the same labels) and the first class
@@ -20,7 +22,7 @@ pub fn resize_argmax(
     if c == 0 || h == 0 || w == 0 || out_h == 0 || out_w == 0 {
         bail!("resize_argmax: cannot take {c} classes of {h}x{w} to {out_h}x{out_w}")
     }
-    if has_cpu_kernel(scores) {
+    if has_kernel(scores) {
         scores.contiguous()?.apply_op1_no_bwd(&ResizeArgmax {
             out_h,
             out_w,
@@ -45,6 +47,41 @@ impl Kernel<1> for ResizeArgmax {
         let (oh, ow) = (self.out_h, self.out_w);
         let labels = resize_argmax_forward(x, c, (h, w), (oh, ow), self.align_corners);
         Ok((CpuStorage::U32(labels), Shape::from((n, oh, ow))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        [(s, l)]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::WrapErr;
+
+        use super::cuda::{dims, elementwise, input, output, ptx_module, Module};
+
+        static MODULE: Module = ptx_module!("resize_argmax");
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (oh, ow) = (self.out_h, self.out_w);
+        let device = &s.device;
+        let scores = input::<f32>(s, l, Self::NAME)?;
+        let len = n * oh * ow;
+        let labels = output::<u32>(device, len)?;
+        let dims = dims([n, c, h, w, oh, ow], Self::NAME)?;
+        let align_corners = i32::from(self.align_corners);
+        let (func, stream) = MODULE.function(device, "resize_argmax_f32")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&scores).arg(&labels);
+        for d in &dims {
+            args.arg(d);
+        }
+        args.arg(&align_corners);
+        // SAFETY: the arguments match the kernel's parameters in order and type; the view holds
+        // the element count the dimensions give; the kernel writes every label.
+        unsafe { args.launch(elementwise(len)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(labels, device.clone()),
+            Shape::from((n, oh, ow)),
+        ))
     }
 }
 

@@ -1,0 +1,137 @@
+//! What the ops' CUDA kernels share on the Rust side: their PTX modules (built from the `.cu`
+//! file beside each op by `build.rs`), the inputs as device views, the launch shapes.
+//!
+//! Every kernel takes contiguous f32 (the public wrappers make inputs contiguous and send only
+//! f32 CUDA tensors with at least one element here) and writes every element of its output, so
+//! outputs are allocated without being cleared.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
+};
+use candle_core::cuda_backend::{CudaDType, CudaDevice};
+use candle_core::{bail, CudaStorage, Layout, Result};
+
+/// The PTX `build.rs` compiled from one `.cu` file of `src/ops`.
+pub(super) struct Module {
+    name: &'static str,
+    ptx: &'static str,
+}
+
+/// The [`Module`] of `src/ops/<name>.cu`.
+macro_rules! ptx_module {
+    ($name:literal) => {
+        $crate::ops::cuda::Module::new(
+            concat!("fastscnn-", $name),
+            include_str!(concat!(env!("OUT_DIR"), "/", $name, ".ptx")),
+        )
+    };
+}
+pub(super) use ptx_module;
+
+impl Module {
+    pub(super) const fn new(name: &'static str, ptx: &'static str) -> Self {
+        Self { name, ptx }
+    }
+
+    /// Kernel `function` of this module on `device` (the module is loaded once per device), with
+    /// the stream candle runs that device's work on.
+    pub(super) fn function(
+        &self,
+        device: &CudaDevice,
+        function: &str,
+    ) -> Result<(CudaFunction, Arc<CudaStream>)> {
+        let func = device.get_or_load_custom_func(function, self.name, self.ptx)?;
+        Ok((func.into_cuda_function(), device.cuda_stream()))
+    }
+}
+
+/// The elements of a contiguous storage, as a view.
+pub(super) fn input<'a, T: CudaDType + DeviceRepr>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<CudaView<'a, T>> {
+    let slice = storage.as_cuda_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// `len` elements for a kernel that writes every one of them.
+pub(super) fn output<T: DeviceRepr>(device: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: the kernel this is allocated for writes all `len` elements before anything reads
+    // them (each op's kernel documents that it writes its whole output).
+    unsafe { device.alloc::<T>(len) }
+}
+
+/// The storage of a kernel's f32 output.
+pub(super) fn storage(slice: CudaSlice<f32>, device: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(slice, device.clone())
+}
+
+/// Sizes as the kernels' `unsigned` parameters take them.
+pub(super) fn dims<const N: usize>(values: [usize; N], op: &str) -> Result<[u32; N]> {
+    let mut out = [0u32; N];
+    for (slot, value) in out.iter_mut().zip(values) {
+        *slot = u32::try_from(value).map_err(|_| {
+            candle_core::Error::Msg(format!("{op}: {value} is too large for a CUDA kernel"))
+        })?;
+    }
+    Ok(out)
+}
+
+/// Threads per block of the element-wise kernels.
+const THREADS: u32 = 256;
+
+/// The most blocks an element-wise launch uses: its threads then loop over the rest (every
+/// element-wise kernel is a grid-stride loop).
+const MAX_BLOCKS: usize = 1 << 20;
+
+/// A grid-stride launch over `elements` (at least one).
+pub(super) fn elementwise(elements: usize) -> LaunchConfig {
+    let blocks = elements.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Threads per block of the reducing kernels: `SUM_THREADS` of `block_sum.cuh`.
+pub(super) const SUM_THREADS: u32 = 256;
+
+/// Each channel's values split among this many blocks at most, for reductions over channels of
+/// `count` values: a few thousand values per block, enough blocks over all channels to fill a
+/// GPU's multiprocessors.
+pub(super) fn channel_splits(count: usize) -> u32 {
+    count.div_ceil(4096).clamp(1, 64) as u32
+}
+
+/// `grid` blocks of [`SUM_THREADS`]; a grid's second dimension (channels, for the reductions
+/// over channels) holds at most 65535 blocks.
+pub(super) fn reduction(grid: (u32, u32), op: &str) -> Result<LaunchConfig> {
+    if grid.1 > 65535 {
+        bail!(
+            "{op}: {} channels, more than the CUDA kernel's 65535",
+            grid.1
+        )
+    }
+    Ok(LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (SUM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// One thread per channel of `channels`.
+pub(super) fn per_channel(channels: usize) -> LaunchConfig {
+    let blocks = channels.div_ceil(THREADS as usize).max(1) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}

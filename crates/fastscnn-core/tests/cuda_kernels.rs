@@ -1,0 +1,239 @@
+//! Every CUDA kernel against the CPU kernel of the same op: forwards within 1e-4 of the CPU's
+//! largest value, gradients (through `backward`, so the ops' backward wiring too) within 1e-4,
+//! label maps equal. Runs where a CUDA device is present in a build with `--features cuda`;
+//! elsewhere each test says "skipped: no CUDA device" and passes.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use fastscnn_core::ops::{
+    adaptive_avg_pool2d, batch_norm_train_act, depthwise_conv2d, depthwise_conv2d_bias_act,
+    resize_argmax, resize_bilinear, resize_cross_entropy, softmax_cross_entropy,
+};
+use fastscnn_core::testing::random_tensor;
+
+/// The first CUDA device, or `None` after saying the test is skipped.
+fn cuda() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(device) if device.is_cuda() => Some(device),
+        _ => {
+            eprintln!("skipped: no CUDA device");
+            None
+        }
+    }
+}
+
+/// max |a − b| over max |b| (at least 1), both brought to the CPU.
+fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let largest = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    largest(&(&a - &b).unwrap()) / largest(&b).max(1.0)
+}
+
+fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor) {
+    let diff = relative_diff(gpu, cpu);
+    assert!(diff <= 1e-4, "{what}: relative difference {diff}");
+}
+
+/// `f` of inputs on the CPU and on `gpu`: the outputs and every input's gradient of the sum of
+/// the outputs weighted by a fixed random map (so that each output element's gradient differs,
+/// and a loss's own gradient is not 1).
+fn both_devices(
+    gpu: &Device,
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> [(Tensor, Vec<Tensor>); 2] {
+    [Device::Cpu, gpu.clone()].map(|device| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_device(&device).unwrap()).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors).unwrap();
+        let weights = random_tensor(out.dims(), 99)
+            .unwrap()
+            .to_device(&device)
+            .unwrap();
+        let grads = (&out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grads = vars
+            .iter()
+            .map(|v| grads.get(v).expect("every input has a gradient").clone())
+            .collect();
+        (out, grads)
+    })
+}
+
+/// Compares what [`both_devices`] returned.
+fn assert_same(what: &str, [(cpu, cpu_grads), (gpu, gpu_grads)]: &[(Tensor, Vec<Tensor>); 2]) {
+    assert_close(&format!("{what}: output"), gpu, cpu);
+    for (i, (g, c)) in gpu_grads.iter().zip(cpu_grads).enumerate() {
+        assert_close(&format!("{what}: gradient of input {i}"), g, c);
+    }
+}
+
+#[test]
+fn depthwise_convolution_and_its_gradients() {
+    let Some(gpu) = cuda() else { return };
+    for (i, (h, w)) in [(1, 1), (5, 7), (16, 32), (33, 65)].into_iter().enumerate() {
+        for stride in [1, 2] {
+            let x = random_tensor(&[2, 8, h, w], i as u64).unwrap();
+            let k = random_tensor(&[8, 1, 3, 3], 50 + i as u64).unwrap();
+            let runs = both_devices(&gpu, &[x, k], |t| depthwise_conv2d(&t[0], &t[1], stride));
+            assert_same(&format!("depthwise {h}x{w} stride {stride}"), &runs);
+        }
+    }
+}
+
+#[test]
+fn depthwise_convolution_with_bias_and_relu() {
+    let Some(gpu) = cuda() else { return };
+    let x = random_tensor(&[2, 16, 24, 40], 1).unwrap();
+    let k = random_tensor(&[16, 1, 3, 3], 2).unwrap();
+    let bias = random_tensor(&[16], 3).unwrap();
+    for stride in [1, 2] {
+        for relu in [false, true] {
+            let run = |device: &Device| {
+                let [x, k, bias] = [&x, &k, &bias].map(|t| t.to_device(device).unwrap());
+                depthwise_conv2d_bias_act(&x, &k, &bias, stride, relu).unwrap()
+            };
+            assert_close(
+                &format!("depthwise + bias, stride {stride}, relu {relu}"),
+                &run(&gpu),
+                &run(&Device::Cpu),
+            );
+        }
+    }
+}
+
+#[test]
+fn adaptive_average_pooling_and_its_gradient() {
+    let Some(gpu) = cuda() else { return };
+    for (h, w) in [(8, 16), (7, 13), (32, 64)] {
+        for out in [1, 2, 3, 6] {
+            let x = random_tensor(&[2, 4, h, w], (h * w + out) as u64).unwrap();
+            let runs = both_devices(&gpu, &[x], |t| adaptive_avg_pool2d(&t[0], out, out));
+            assert_same(&format!("pool {h}x{w} to {out}x{out}"), &runs);
+        }
+    }
+}
+
+#[test]
+fn bilinear_resize_and_its_gradient_in_both_corner_modes() {
+    let Some(gpu) = cuda() else { return };
+    let cases = [
+        ((8, 16), (64, 128)),
+        ((5, 7), (13, 3)),
+        ((32, 64), (8, 16)),
+        ((1, 1), (4, 5)),
+    ];
+    for ((h, w), (oh, ow)) in cases {
+        for align_corners in [true, false] {
+            let x = random_tensor(&[2, 3, h, w], (h + ow) as u64).unwrap();
+            let runs = both_devices(&gpu, &[x], |t| {
+                resize_bilinear(&t[0], oh, ow, align_corners)
+            });
+            assert_same(
+                &format!("resize {h}x{w} to {oh}x{ow}, align {align_corners}"),
+                &runs,
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_resize_and_argmax_gives_the_cpu_labels() {
+    let Some(gpu) = cuda() else { return };
+    for align_corners in [true, false] {
+        let scores = random_tensor(&[2, 19, 16, 32], 7).unwrap();
+        let labels = |device: &Device| -> Vec<u32> {
+            resize_argmax(&scores.to_device(device).unwrap(), 128, 256, align_corners)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (gpu_labels, cpu_labels) = (labels(&gpu), labels(&Device::Cpu));
+        let same = gpu_labels
+            .iter()
+            .zip(&cpu_labels)
+            .filter(|(a, b)| a == b)
+            .count();
+        assert_eq!(same, cpu_labels.len(), "align {align_corners}");
+    }
+}
+
+#[test]
+fn training_batch_norm_forward_backward_and_statistics() {
+    let Some(gpu) = cuda() else { return };
+    for relu in [false, true] {
+        // Values far from zero: the statistics' sums must not lose the variance.
+        let x = random_tensor(&[4, 6, 17, 33], 1)
+            .unwrap()
+            .affine(3.0, 20.0)
+            .unwrap();
+        let gamma = (random_tensor(&[6], 2).unwrap() + 1.5).unwrap();
+        let beta = random_tensor(&[6], 3).unwrap();
+        let stats: std::cell::RefCell<Vec<Tensor>> = Default::default();
+        let runs = both_devices(&gpu, &[x, gamma, beta], |t| {
+            let out = batch_norm_train_act(&t[0], &t[1], &t[2], 1e-5, relu)?;
+            stats.borrow_mut().extend([out.mean, out.variance]);
+            Ok(out.output)
+        });
+        assert_same(&format!("batch norm, relu {relu}"), &runs);
+        let stats = stats.borrow();
+        assert_close("batch mean", &stats[2], &stats[0]);
+        assert_close("batch variance", &stats[3], &stats[1]);
+    }
+}
+
+#[test]
+fn cross_entropy_with_ignored_pixels_and_its_gradient() {
+    let Some(gpu) = cuda() else { return };
+    let (n, c, h, w) = (2, 19, 24, 40);
+    let targets: Vec<u32> = (0..n * h * w).map(|i| (i * 7 % c) as u32).collect();
+    let mask: Vec<bool> = (0..n * h * w).map(|i| i % 5 != 0).collect();
+    let logits = (random_tensor(&[n, c, h, w], 4).unwrap() * 4.0).unwrap();
+    let runs = both_devices(&gpu, &[logits], |t| {
+        softmax_cross_entropy(&t[0], &targets, &mask)
+    });
+    assert_same("cross-entropy", &runs);
+}
+
+#[test]
+fn loss_of_upsampled_scores_and_its_gradient() {
+    let Some(gpu) = cuda() else { return };
+    let (n, c, h, w, oh, ow) = (2, 19, 8, 16, 64, 128);
+    let targets: Vec<u32> = (0..n * oh * ow).map(|i| (i * 3 % c) as u32).collect();
+    let mask: Vec<bool> = (0..n * oh * ow).map(|i| i % 7 != 0).collect();
+    let scores = (random_tensor(&[n, c, h, w], 5).unwrap() * 4.0).unwrap();
+    for align_corners in [true, false] {
+        let runs = both_devices(&gpu, std::slice::from_ref(&scores), |t| {
+            resize_cross_entropy(&t[0], (oh, ow), align_corners, &targets, &mask)
+        });
+        assert_same(
+            &format!("loss of upsampled scores, align {align_corners}"),
+            &runs,
+        );
+    }
+}
