@@ -148,6 +148,27 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The first CUDA device, for the tests of the CUDA kernels: `None` after saying "skipped: no
+/// CUDA device" where there is none (a build without the `cuda` feature, a machine without a
+/// GPU, as in CI), unless `FASTSCNN_REQUIRE_CUDA` is set (the GPU check, `.ci/gpu-check`), where
+/// a test must not pass by skipping.
+pub fn cuda_device() -> Option<candle_core::Device> {
+    match candle_core::Device::new_cuda(0) {
+        Ok(device) if device.is_cuda() => Some(device),
+        found => {
+            let why = found
+                .err()
+                .map_or("not a CUDA device".to_string(), |e| e.to_string());
+            assert!(
+                std::env::var_os("FASTSCNN_REQUIRE_CUDA").is_none(),
+                "FASTSCNN_REQUIRE_CUDA is set, but there is no CUDA device: {why}"
+            );
+            eprintln!("skipped: no CUDA device ({why})");
+            None
+        }
+    }
+}
+
 /// What a test needs from the machine (a program, a device): `Some` when `found` is `Ok`;
 /// otherwise `None` after saying on stderr that the test is skipped, and under CI a failure.
 pub fn needed<T, E: std::fmt::Display>(found: Result<T, E>) -> Option<T> {

@@ -8,18 +8,7 @@ use fastscnn_core::ops::{
     adaptive_avg_pool2d, batch_norm_train_act, depthwise_conv2d, depthwise_conv2d_bias_act,
     resize_argmax, resize_bilinear, resize_cross_entropy, softmax_cross_entropy,
 };
-use fastscnn_core::testing::random_tensor;
-
-/// The first CUDA device, or `None` after saying the test is skipped.
-fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(device) if device.is_cuda() => Some(device),
-        _ => {
-            eprintln!("skipped: no CUDA device");
-            None
-        }
-    }
-}
+use fastscnn_core::testing::{cuda_device, random_tensor};
 
 /// max |a − b| over max |b| (at least 1), both brought to the CPU.
 fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -93,7 +82,7 @@ fn assert_same(what: &str, [(cpu, cpu_grads), (gpu, gpu_grads)]: &[(Tensor, Vec<
 
 #[test]
 fn depthwise_convolution_and_its_gradients() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     for (i, (h, w)) in [(1, 1), (5, 7), (16, 32), (33, 65)].into_iter().enumerate() {
         for stride in [1, 2] {
             let x = random_tensor(&[2, 8, h, w], i as u64).unwrap();
@@ -106,7 +95,7 @@ fn depthwise_convolution_and_its_gradients() {
 
 #[test]
 fn depthwise_convolution_with_bias_and_relu() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     let x = random_tensor(&[2, 16, 24, 40], 1).unwrap();
     let k = random_tensor(&[16, 1, 3, 3], 2).unwrap();
     let bias = random_tensor(&[16], 3).unwrap();
@@ -127,7 +116,7 @@ fn depthwise_convolution_with_bias_and_relu() {
 
 #[test]
 fn adaptive_average_pooling_and_its_gradient() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     for (h, w) in [(8, 16), (7, 13), (32, 64)] {
         for out in [1, 2, 3, 6] {
             let x = random_tensor(&[2, 4, h, w], (h * w + out) as u64).unwrap();
@@ -139,7 +128,7 @@ fn adaptive_average_pooling_and_its_gradient() {
 
 #[test]
 fn bilinear_resize_and_its_gradient_in_both_corner_modes() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     let cases = [
         ((8, 16), (64, 128)),
         ((5, 7), (13, 3)),
@@ -162,7 +151,7 @@ fn bilinear_resize_and_its_gradient_in_both_corner_modes() {
 
 #[test]
 fn fused_resize_and_argmax_gives_the_cpu_labels() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     for align_corners in [true, false] {
         let scores = random_tensor(&[2, 19, 16, 32], 7).unwrap();
         let labels = |device: &Device| -> Vec<u32> {
@@ -185,7 +174,7 @@ fn fused_resize_and_argmax_gives_the_cpu_labels() {
 
 #[test]
 fn training_batch_norm_forward_backward_and_statistics() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     for relu in [false, true] {
         // Values far from zero: the statistics' sums must not lose the variance.
         let x = random_tensor(&[4, 6, 17, 33], 1)
@@ -209,7 +198,7 @@ fn training_batch_norm_forward_backward_and_statistics() {
 
 #[test]
 fn cross_entropy_with_ignored_pixels_and_its_gradient() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     let (n, c, h, w) = (2, 19, 24, 40);
     let targets: Vec<u32> = (0..n * h * w).map(|i| (i * 7 % c) as u32).collect();
     let mask: Vec<bool> = (0..n * h * w).map(|i| i % 5 != 0).collect();
@@ -222,7 +211,7 @@ fn cross_entropy_with_ignored_pixels_and_its_gradient() {
 
 #[test]
 fn loss_of_upsampled_scores_and_its_gradient() {
-    let Some(gpu) = cuda() else { return };
+    let Some(gpu) = cuda_device() else { return };
     let (n, c, h, w, oh, ow) = (2, 19, 8, 16, 64, 128);
     let targets: Vec<u32> = (0..n * oh * ow).map(|i| (i * 3 % c) as u32).collect();
     let mask: Vec<bool> = (0..n * oh * ow).map(|i| i % 7 != 0).collect();

@@ -7,20 +7,12 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Module, Tensor};
-use fastscnn_core::testing::{argmax_agreement, label_agreement, max_abs_diff, shared_dir};
+use fastscnn_core::testing::{
+    argmax_agreement, cuda_device, label_agreement, max_abs_diff, shared_dir,
+};
 use fastscnn_model::{image_to_tensor, load_rgb_image, BatchNormMode, FastScnn, LoadOptions};
 
 const TOLERANCE: f32 = 1e-3;
-
-fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(device) if device.is_cuda() => Some(device),
-        _ => {
-            eprintln!("skipped: no CUDA device");
-            None
-        }
-    }
-}
 
 fn golden() -> Option<PathBuf> {
     Some(shared_dir()?.join("golden"))
@@ -76,7 +68,7 @@ fn check(device: &Device, weights: &str, expected: &str) {
 
 #[test]
 fn reference_layout_on_cuda_matches_pytorch() {
-    let Some(device) = cuda() else { return };
+    let Some(device) = cuda_device() else { return };
     check(
         &device,
         "fastscnn_seed0_c19.safetensors",
@@ -86,7 +78,7 @@ fn reference_layout_on_cuda_matches_pytorch() {
 
 #[test]
 fn openmmlab_layout_on_cuda_matches_pytorch() {
-    let Some(device) = cuda() else { return };
+    let Some(device) = cuda_device() else { return };
     check(
         &device,
         "mmseg_fastscnn_c19.pth",

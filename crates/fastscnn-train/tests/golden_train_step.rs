@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use fastscnn_core::testing::{
-    assert_train_step_within_f32_bounds, is_running_statistic, max_abs_diff, shared_dir,
-    train_step_differences, worst_difference,
+    assert_train_step_within_f32_bounds, cuda_device, is_running_statistic, max_abs_diff,
+    shared_dir, train_step_differences, worst_difference,
 };
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnnConfig, WeightFile};
 use fastscnn_train::{optimizer::Sgd, TrainStep, TrainableModel};
@@ -170,10 +170,7 @@ fn f32_step_equals_the_reference_up_to_f32_rounding() {
 /// present in a build with `--features cuda`; elsewhere it says "skipped: no CUDA device".
 #[test]
 fn f32_step_on_cuda_equals_the_reference_up_to_f32_rounding() {
-    let Ok(device) = Device::new_cuda(0) else {
-        eprintln!("skipped: no CUDA device");
-        return;
-    };
+    let Some(device) = cuda_device() else { return };
     let Some(golden) = fixtures() else { return };
     let (expected, step) = reference_step(&golden, DType::F32, &device);
     assert!(
