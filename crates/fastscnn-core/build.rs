@@ -2,10 +2,11 @@
 //! it runs) to PTX in `OUT_DIR`, which the op embeds and the driver compiles for the GPU it meets
 //! (see docs/cuda.md for why PTX from nvcc rather than NVRTC at run time).
 //!
-//! nvcc is `$NVCC`, else `bin/nvcc` under `$CUDA_ROOT`, `$CUDA_PATH` or `$CUDA_HOME`, else the
-//! `nvcc` on `PATH`. The PTX targets `compute_$CUDA_COMPUTE_CAP` (the variable candle's own
-//! kernels read), by default compute_75, the oldest architecture CUDA 13 compiles for, which
-//! every newer GPU runs.
+//! nvcc is found where candle's kernels find theirs, so that both are compiled by one toolkit:
+//! `$NVCC`, else the `nvcc` on `PATH`, else `bin/nvcc` under `$CUDA_HOME`, `$CUDA_PATH`,
+//! `$CUDA_ROOT` or `/usr/local/cuda`. The PTX targets `compute_$CUDA_COMPUTE_CAP` (the variable
+//! candle's kernels read, e.g. `90` or `90a`), by default compute_75, the oldest architecture
+//! CUDA 13 compiles for, which every newer GPU runs.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,9 @@ fn main() {
     let arch = match env::var("CUDA_COMPUTE_CAP") {
         Ok(cap) => {
             let cap = cap.trim().trim_start_matches("sm_").replace('.', "");
-            if cap.is_empty() || !cap.bytes().all(|b| b.is_ascii_digit()) {
-                panic!("CUDA_COMPUTE_CAP={cap:?}: expected a compute capability such as 90");
+            let digits = cap.trim_end_matches(['a', 'f']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                panic!("CUDA_COMPUTE_CAP={cap:?}: expected a compute capability such as 90 or 90a");
             }
             cap
         }
@@ -58,20 +60,26 @@ fn nvcc() -> PathBuf {
     if let Some(path) = env::var_os("NVCC") {
         return PathBuf::from(path);
     }
-    for root in ["CUDA_ROOT", "CUDA_PATH", "CUDA_HOME"] {
-        if let Some(root) = env::var_os(root) {
-            let candidate = Path::new(&root).join("bin").join("nvcc");
-            if candidate.exists() {
-                return candidate;
-            }
-        }
-    }
-    PathBuf::from("nvcc")
+    let on_path = env::var_os("PATH")
+        .map(|paths| env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let roots = ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"]
+        .into_iter()
+        .filter_map(env::var_os)
+        .map(PathBuf::from)
+        .chain([PathBuf::from("/usr/local/cuda")])
+        .map(|root| root.join("bin"));
+    on_path
+        .into_iter()
+        .chain(roots)
+        .map(|dir| dir.join("nvcc"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("nvcc"))
 }
 
 /// `source` to `OUT_DIR/<stem>.ptx`. Multiply-adds stay two roundings (`--fmad=false`), as the
-/// CPU kernels compute them, so that the GPU's results match theirs to the last bits where the
-/// order of operations is the same (the resize, the fused argmax's labels).
+/// CPU resize computes them, so that the resize and the fused argmax give the CPU ops' values
+/// and labels to the last bit.
 fn compile(nvcc: &Path, source: &Path, arch: &str, out_dir: &Path) {
     let stem = source.file_stem().expect("a .cu file has a stem");
     let ptx = out_dir.join(stem).with_extension("ptx");

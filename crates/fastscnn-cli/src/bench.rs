@@ -108,6 +108,9 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
                     .to_scalar::<u32>()?;
             }
         }
+        // A GPU runs the step's backward pass and update after `step` returns: wait for them,
+        // so that each timed run holds all of its work.
+        device.synchronize()?;
         Ok(())
     };
     for _ in 0..args.warmup {

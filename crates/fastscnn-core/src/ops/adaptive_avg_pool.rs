@@ -191,7 +191,8 @@ mod cuda {
         let device = &s.device;
         let src = input::<f32>(s, l, function)?;
         let len = planes * to.0 * to.1;
-        let out = output::<f32>(device, len)?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<f32>(device, len) }?;
         let dims = dims(
             [
                 planes,

@@ -60,15 +60,24 @@ pub(super) fn input<'a, T: CudaDType + DeviceRepr>(
     }
 }
 
-/// `len` elements for a kernel that writes every one of them.
-pub(super) fn output<T: DeviceRepr>(device: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
-    // SAFETY: the kernel this is allocated for writes all `len` elements before anything reads
-    // them (each op's kernel documents that it writes its whole output).
+/// An input of a kernel launch: a storage and its layout.
+pub(super) type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+/// `len` elements, not initialised.
+///
+/// # Safety
+/// A kernel must write every element before anything reads one: the caller launches it next on
+/// the device's stream, which orders the writes before any later read.
+pub(super) unsafe fn output<T: DeviceRepr>(
+    device: &CudaDevice,
+    len: usize,
+) -> Result<CudaSlice<T>> {
+    // SAFETY: the caller's kernel writes all `len` elements before they are read.
     unsafe { device.alloc::<T>(len) }
 }
 
-/// The storage of a kernel's f32 output.
-pub(super) fn storage(slice: CudaSlice<f32>, device: &CudaDevice) -> CudaStorage {
+/// The storage of a kernel's output.
+pub(super) fn storage<T: CudaDType>(slice: CudaSlice<T>, device: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(slice, device.clone())
 }
 

@@ -350,16 +350,14 @@ forward_only_op!(DepthwiseConv3x3WeightGrad, 2);
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Layout, Result, Shape};
+    use candle_core::{CudaStorage, Result, Shape};
 
     use crate::ops::cuda::{
-        dims, elementwise, input, output, ptx_module, reduction, storage, Module,
+        dims, elementwise, input, output, ptx_module, reduction, storage, Input, Module,
     };
     use crate::ops::depthwise_output_size;
 
     static MODULE: Module = ptx_module!("depthwise_conv");
-
-    type Input<'a> = (&'a CudaStorage, &'a Layout);
 
     /// The output of `x` (N, C, H, W) by `w` (C, 1, 3, 3), plus `bias` (C) if given, through a
     /// ReLU if `relu`.
@@ -381,7 +379,8 @@ mod cuda {
         let weight = input::<f32>(ws, wl, OP)?;
         let bias = bias.map(|(s, l)| input::<f32>(s, l, OP)).transpose()?;
         let len = n * c * oh * ow;
-        let out = output::<f32>(device, len)?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<f32>(device, len) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
         let relu = i32::from(relu);
         // The kernel reads no bias through a null pointer.
@@ -417,7 +416,8 @@ mod cuda {
         let g = input::<f32>(gs, gl, OP)?;
         let k = input::<f32>(ks, kl, OP)?;
         let len = n * c * h * w;
-        let out = output::<f32>(device, len)?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<f32>(device, len) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
         let (func, stream) = MODULE.function(device, "depthwise3x3_input_grad_f32")?;
         let mut args = stream.launch_builder(&func);
@@ -443,7 +443,8 @@ mod cuda {
         let device = &xs.device;
         let x = input::<f32>(xs, xl, OP)?;
         let g = input::<f32>(gs, gl, OP)?;
-        let out = output::<f32>(device, c * 9)?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<f32>(device, c * 9) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
         let (func, stream) = MODULE.function(device, "depthwise3x3_weight_grad_f32")?;
         let mut args = stream.launch_builder(&func);
@@ -556,6 +557,29 @@ mod tests {
         let fast = depthwise_conv2d(&xt, &k, 2).unwrap();
         let slow = depthwise_conv2d_grouped(&xt.contiguous().unwrap(), &k, 2).unwrap();
         assert!(max_abs_diff(&fast, &slow) < 1e-12);
+    }
+
+    /// The fused op's CPU kernel (the reference of the CUDA one) against the three ops in turn.
+    #[test]
+    fn bias_and_relu_fused_equal_the_ops_in_turn() {
+        let x = random(&[2, 6, 9, 14], 3);
+        let k = random(&[6, 1, 3, 3], 4);
+        let bias = random(&[6], 5);
+        for stride in [1, 2] {
+            for relu in [false, true] {
+                let fused = x
+                    .apply_op3_no_bwd(&k, &bias, &DepthwiseConv3x3BiasAct { stride, relu })
+                    .unwrap();
+                let y =
+                    add_channel_bias(&depthwise_conv2d(&x, &k, stride).unwrap(), &bias).unwrap();
+                let y = if relu { y.relu().unwrap() } else { y };
+                let diff = max_abs_diff(&fused, &y);
+                assert!(diff < 1e-6, "stride {stride}, relu {relu}: {diff}");
+                // Off CUDA the public function is the three ops.
+                let public = depthwise_conv2d_bias_act(&x, &k, &bias, stride, relu).unwrap();
+                assert_eq!(max_abs_diff(&public, &y), 0.0);
+            }
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! the `cuda` feature, the depthwise convolution, pooling, resize, resize + argmax, training
 //! BatchNorm and the loss run CUDA kernels for f32 (the `.cu` file beside each op, compiled to
 //! PTX by `build.rs`); on every other device or dtype a fallback composed of candle's own ops or
-//! of the other ops here runs, so Metal builds (and CUDA's other dtypes) work too. The composite paths double as the reference the
-//! CPU kernels are tested against. Most kernels are `fastscnn-cpu`'s: the engine's own for the
+//! of the other ops here runs, so Metal builds (and CUDA's other dtypes) work too. The composite
+//! paths double as the reference the CPU kernels are tested against. Most kernels are `fastscnn-cpu`'s: the engine's own for the
 //! forward passes it shares (depthwise, dense and 1x1 convolutions, resize, resize + argmax,
 //! pooling), and beside them those training adds (the same forwards in f64, every gradient,
 //! BatchNorm's f32 passes, the loss in f32, alone and of upsampled scores). The few that only
@@ -197,7 +197,8 @@ macro_rules! forward_only_op {
 }
 use forward_only_op;
 
-/// A CPU kernel of `N` inputs of one float type, written once for f32 and f64.
+/// A kernel of `N` inputs of one float type: on the CPU written once for f32 and f64, on CUDA
+/// (where the op has one) for f32.
 trait Kernel<const N: usize> {
     const NAME: &'static str;
     fn run<T: Float>(&self, inputs: [&[T]; N], shapes: [&Shape; N]) -> Result<(CpuStorage, Shape)>;

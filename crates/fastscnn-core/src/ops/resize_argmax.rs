@@ -57,7 +57,7 @@ impl Kernel<1> for ResizeArgmax {
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
 
-        use super::cuda::{dims, elementwise, input, output, ptx_module, Module};
+        use super::cuda::{dims, elementwise, input, output, ptx_module, storage, Module};
 
         static MODULE: Module = ptx_module!("resize_argmax");
         let (n, c, h, w) = l.shape().dims4()?;
@@ -65,7 +65,8 @@ impl Kernel<1> for ResizeArgmax {
         let device = &s.device;
         let scores = input::<f32>(s, l, Self::NAME)?;
         let len = n * oh * ow;
-        let labels = output::<u32>(device, len)?;
+        // SAFETY: the kernel launched next writes every element.
+        let labels = unsafe { output::<u32>(device, len) }?;
         let dims = dims([n, c, h, w, oh, ow], Self::NAME)?;
         let align_corners = i32::from(self.align_corners);
         let (func, stream) = MODULE.function(device, "resize_argmax_f32")?;
@@ -78,10 +79,7 @@ impl Kernel<1> for ResizeArgmax {
         // SAFETY: the arguments match the kernel's parameters in order and type; the view holds
         // the element count the dimensions give; the kernel writes every label.
         unsafe { args.launch(elementwise(len)) }.w()?;
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(labels, device.clone()),
-            Shape::from((n, oh, ow)),
-        ))
+        Ok((storage(labels, device), Shape::from((n, oh, ow))))
     }
 }
 

@@ -312,22 +312,24 @@ forward_only_op!(StackedInputGrad, 3);
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
     use candle_core::cuda_backend::{CudaDevice, WrapErr};
-    use candle_core::{CudaStorage, Layout, Result};
+    use candle_core::{CudaStorage, Result};
 
     use crate::ops::cuda::{
         channel_splits, dims, elementwise, input, output, per_channel, ptx_module, reduction,
-        storage, Module,
+        storage, Input, Module,
     };
 
     static MODULE: Module = ptx_module!("stacked_batch_norm");
-
-    type Input<'a> = (&'a CudaStorage, &'a Layout);
 
     /// The f64 partial sums of a channel reduction over maps of `count` values per channel:
     /// two for each of `splits` stretches of each channel, and `splits`.
     fn partials(device: &CudaDevice, c: usize, count: usize) -> Result<(CudaSlice<f64>, u32)> {
         let splits = channel_splits(count);
-        Ok((output::<f64>(device, c * splits as usize * 2)?, splits))
+        // SAFETY: the partial-sum kernel launched next writes every element.
+        Ok((
+            unsafe { output::<f64>(device, c * splits as usize * 2) }?,
+            splits,
+        ))
     }
 
     /// Each channel's mean and biased variance, (2, C).
@@ -348,7 +350,8 @@ mod cuda {
         // SAFETY: the arguments match the kernel's parameters in order and type; each of the
         // (splits, C) blocks writes its two partials.
         unsafe { args.launch(reduction((splits, c32), OP)?) }.w()?;
-        let moments = output::<f32>(device, 2 * c)?;
+        // SAFETY: the kernel launched next writes every element.
+        let moments = unsafe { output::<f32>(device, 2 * c) }?;
         let (func, stream) = MODULE.function(device, "batch_norm_finish_moments_f32")?;
         let mut args = stream.launch_builder(&func);
         args.arg(&x).arg(&partials).arg(&moments);
@@ -371,7 +374,8 @@ mod cuda {
         let x = input::<f32>(xs, xl, OP)?;
         let params = input::<f32>(ps, pl, OP)?;
         let len = n * c * h * w;
-        let out = output::<f32>(device, len)?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<f32>(device, len) }?;
         let dims = dims([n, c, h * w], OP)?;
         let relu = i32::from(relu);
         let (func, stream) = MODULE.function(device, "batch_norm_apply_f32")?;
@@ -410,7 +414,8 @@ mod cuda {
         args.arg(&n32).arg(&c32).arg(&plane32).arg(&eps).arg(&relu);
         // SAFETY: as in `moments`.
         unsafe { args.launch(reduction((splits, c32), OP)?) }.w()?;
-        let sums = output::<f32>(device, 2 * c)?;
+        // SAFETY: the kernel launched next writes every element.
+        let sums = unsafe { output::<f32>(device, 2 * c) }?;
         let (func, stream) = MODULE.function(device, "batch_norm_finish_grad_f32")?;
         let mut args = stream.launch_builder(&func);
         args.arg(&partials).arg(&params).arg(&sums);
@@ -435,7 +440,8 @@ mod cuda {
         let dy = input::<f32>(gs, gl, OP)?;
         let params = input::<f32>(ps, pl, OP)?;
         let len = n * c * h * w;
-        let out = output::<f32>(device, len)?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<f32>(device, len) }?;
         let dims = dims([n, c, h * w], OP)?;
         let relu = i32::from(relu);
         let (func, stream) = MODULE.function(device, "batch_norm_input_grad_f32")?;

@@ -199,21 +199,19 @@ forward_only_op!(TargetMapCrossEntropyGrad, 2);
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Layout, Result};
+    use candle_core::{CudaStorage, Result};
 
     use crate::ops::cuda::{
-        dims, elementwise, input, output, ptx_module, reduction, storage, Module,
+        dims, elementwise, input, output, ptx_module, reduction, storage, Input, Module,
     };
 
     static MODULE: Module = ptx_module!("target_map_cross_entropy");
-
-    type Input<'a> = (&'a CudaStorage, &'a Layout);
 
     /// Blocks summing pixel losses: a fixed number for a given size, so the sum's order, and its
     /// bits, are the same on every run.
     fn loss_blocks(pixels: usize) -> u32 {
         pixels
-            .div_ceil(super::super::cuda::SUM_THREADS as usize * 16)
+            .div_ceil(crate::ops::cuda::SUM_THREADS as usize * 16)
             .clamp(1, 1024) as u32
     }
 
@@ -225,7 +223,8 @@ mod cuda {
         let logits = input::<f32>(ls, ll, OP)?;
         let targets = input::<f32>(ts, tl, OP)?;
         let blocks = loss_blocks(n * h * w);
-        let partials = output::<f64>(device, blocks as usize)?;
+        // SAFETY: the kernel launched next writes every element.
+        let partials = unsafe { output::<f64>(device, blocks as usize) }?;
         let dims = dims([n, c, h * w], OP)?;
         let (func, stream) = MODULE.function(device, "cross_entropy_partial_f32")?;
         let mut args = stream.launch_builder(&func);
@@ -236,7 +235,8 @@ mod cuda {
         // SAFETY: the arguments match the kernel's parameters in order and type; every block
         // writes its partial sum.
         unsafe { args.launch(reduction((blocks, 1), OP)?) }.w()?;
-        let loss = output::<f32>(device, 1)?;
+        // SAFETY: the kernel launched next writes every element.
+        let loss = unsafe { output::<f32>(device, 1) }?;
         let (func, stream) = MODULE.function(device, "cross_entropy_finish_f32")?;
         let mut args = stream.launch_builder(&func);
         args.arg(&partials).arg(&loss).arg(&blocks).arg(&scale);
@@ -252,7 +252,8 @@ mod cuda {
         let device = &ls.device;
         let logits = input::<f32>(ls, ll, OP)?;
         let targets = input::<f32>(ts, tl, OP)?;
-        let grad = output::<f32>(device, n * c * h * w)?;
+        // SAFETY: the kernel launched next writes every element.
+        let grad = unsafe { output::<f32>(device, n * c * h * w) }?;
         let dims = dims([n, c, h * w], OP)?;
         let scale = scale as f32;
         let (func, stream) = MODULE.function(device, "cross_entropy_grad_f32")?;
