@@ -6,10 +6,12 @@
 //! CPU (f32, f64) and CUDA (f32, `adaptive_avg_pool.cu`) run direct kernels, other devices
 //! candle's narrow/mean/cat.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Result, Shape, Tensor};
 use fastscnn_cpu::sampling::pool_planes_grad;
 
-use super::{forward_only_op, has_kernel, pool_planes, pool_window, run_kernel, Float, Kernel};
+use super::{
+    forward_only_op, has_kernel, kernel_forwards, pool_planes, pool_window, Float, Kernel,
+};
 
 /// Adaptive average pooling of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
@@ -75,7 +77,7 @@ impl Kernel<1> for AdaptiveAvgPool2d {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x]: [(&candle_core::CudaStorage, &Layout); 1],
+        [x]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = x.1.shape().dims4()?;
         let out = cuda::run(x, n * c, (h, w), (self.out_h, self.out_w), false)?;
@@ -84,22 +86,7 @@ impl Kernel<1> for AdaptiveAvgPool2d {
 }
 
 impl CustomOp1 for AdaptiveAvgPool2d {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s, l)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.run_cuda([(s, l)])
-    }
+    kernel_forwards!(1);
 
     /// Each output's gradient spread evenly over its window; overlapping windows add up.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -152,7 +139,7 @@ impl Kernel<1> for AdaptiveAvgPool2dGrad {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [g]: [(&candle_core::CudaStorage, &Layout); 1],
+        [g]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, oh, ow) = g.1.shape().dims4()?;
         let (h, w) = (self.in_h, self.in_w);
@@ -168,16 +155,16 @@ forward_only_op!(AdaptiveAvgPool2dGrad, 1);
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Layout, Result};
+    use candle_core::{CudaStorage, Result};
 
-    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Module};
+    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Input, Module};
 
     static MODULE: Module = ptx_module!("adaptive_avg_pool");
 
     /// The pooling of `planes` planes of `input` to `output` cells, or with `backward` its
     /// gradient (from planes of `output` to planes of `input`).
     pub(super) fn run(
-        (s, l): (&CudaStorage, &Layout),
+        (s, l): Input,
         planes: usize,
         input_size: (usize, usize),
         output_size: (usize, usize),

@@ -6,10 +6,10 @@
 //! composite path is differentiable through candle's matmul, and its CPU kernel is tested against
 //! both. CUDA (f32) runs the kernels of `bilinear_resize.cu`.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Result, Shape, Tensor};
 use fastscnn_cpu::{output_vec, resize_forward, resize_grad, resize_planes_uninit, MapView};
 
-use super::{forward_only_op, has_kernel, run_kernel, source_index, Float, Kernel};
+use super::{forward_only_op, has_kernel, kernel_forwards, source_index, Float, Kernel};
 
 /// Bilinear resize of (N, C, H, W) to (N, C, out_h, out_w).
 pub fn resize_bilinear(
@@ -114,7 +114,7 @@ impl Kernel<1> for BilinearResize {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x]: [(&candle_core::CudaStorage, &Layout); 1],
+        [x]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = x.1.shape().dims4()?;
         let (oh, ow) = (self.out_h, self.out_w);
@@ -124,22 +124,7 @@ impl Kernel<1> for BilinearResize {
 }
 
 impl CustomOp1 for BilinearResize {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s, l)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.run_cuda([(s, l)])
-    }
+    kernel_forwards!(1);
 
     /// Each output's gradient sent back to its four source pixels with the forward's weights.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -181,7 +166,7 @@ impl Kernel<1> for BilinearResizeGrad {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [g]: [(&candle_core::CudaStorage, &Layout); 1],
+        [g]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, oh, ow) = g.1.shape().dims4()?;
         let (h, w) = (self.in_h, self.in_w);
@@ -197,16 +182,16 @@ forward_only_op!(BilinearResizeGrad, 1);
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Layout, Result};
+    use candle_core::{CudaStorage, Result};
 
-    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Module};
+    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Input, Module};
 
     static MODULE: Module = ptx_module!("bilinear_resize");
 
     /// The resize of `planes` planes of `input_size` to `output_size`, or with `backward` its
     /// gradient (from planes of `output_size` to planes of `input_size`).
     pub(super) fn run(
-        (s, l): (&CudaStorage, &Layout),
+        (s, l): Input,
         planes: usize,
         input_size: (usize, usize),
         output_size: (usize, usize),

@@ -9,14 +9,14 @@
 //! runs the kernels of `depthwise_conv.cu` beside it, the forward with the bias and ReLU of a
 //! folded BatchNorm fused in for inference ([`depthwise_conv2d_bias_act`]).
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Result, Shape, Tensor};
 use fastscnn_cpu::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 
 use super::{
     add_channel_bias, depthwise_output_size, forward_only_op, has_cuda_kernel, has_kernel,
-    run_kernel, Float, Kernel,
+    kernel_forwards, Float, Kernel,
 };
 
 /// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
@@ -166,7 +166,7 @@ impl Kernel<2> for DepthwiseConv3x3 {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x, w]: [(&candle_core::CudaStorage, &Layout); 2],
+        [x, w]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::forward(x, w, None, self.stride, false)
     }
@@ -209,7 +209,7 @@ impl Kernel<3> for DepthwiseConv3x3BiasAct {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x, w, bias]: [(&candle_core::CudaStorage, &Layout); 3],
+        [x, w, bias]: [(&candle_core::CudaStorage, &candle_core::Layout); 3],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::forward(x, w, Some(bias), self.stride, self.relu)
     }
@@ -218,30 +218,7 @@ impl Kernel<3> for DepthwiseConv3x3BiasAct {
 forward_only_op!(DepthwiseConv3x3BiasAct, 3);
 
 impl CustomOp2 for DepthwiseConv3x3 {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<2>>::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s1, l1), (s2, l2)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.run_cuda([(s1, l1), (s2, l2)])
-    }
+    kernel_forwards!(2);
 
     fn bwd(
         &self,
@@ -306,7 +283,7 @@ impl Kernel<2> for DepthwiseConv3x3InputGrad {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [g, k]: [(&candle_core::CudaStorage, &Layout); 2],
+        [g, k]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::input_grad(g, k, (self.h, self.w), self.stride)
     }
@@ -337,7 +314,7 @@ impl Kernel<2> for DepthwiseConv3x3WeightGrad {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x, g]: [(&candle_core::CudaStorage, &Layout); 2],
+        [x, g]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::weight_grad(x, g, self.stride)
     }

@@ -106,92 +106,107 @@ fn lane_sum<T: Float>(a: &[T], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// Inside `impl CustomOp1`, `CustomOp2` or `CustomOp3` for a [`Kernel`] of that many inputs: its
+/// name, its CPU forward through [`run_kernel`] and, with the `cuda` feature, its CUDA forward
+/// through `Kernel::run_cuda`; the op adds its backward pass, if it has one.
+macro_rules! kernel_forwards {
+    (1) => {
+        fn name(&self) -> &'static str {
+            <Self as $crate::ops::Kernel<1>>::NAME
+        }
+
+        fn cpu_fwd(
+            &self,
+            s: &candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::ops::run_kernel(self, [(s, l)])
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s: &candle_core::CudaStorage,
+            l: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            <Self as $crate::ops::Kernel<1>>::run_cuda(self, [(s, l)])
+        }
+    };
+    (2) => {
+        fn name(&self) -> &'static str {
+            <Self as $crate::ops::Kernel<2>>::NAME
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &candle_core::CpuStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CpuStorage,
+            l2: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::ops::run_kernel(self, [(s1, l1), (s2, l2)])
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            <Self as $crate::ops::Kernel<2>>::run_cuda(self, [(s1, l1), (s2, l2)])
+        }
+    };
+    (3) => {
+        fn name(&self) -> &'static str {
+            <Self as $crate::ops::Kernel<3>>::NAME
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &candle_core::CpuStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CpuStorage,
+            l2: &candle_core::Layout,
+            s3: &candle_core::CpuStorage,
+            l3: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::ops::run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &candle_core::Layout,
+            s3: &candle_core::CudaStorage,
+            l3: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            <Self as $crate::ops::Kernel<3>>::run_cuda(self, [(s1, l1), (s2, l2), (s3, l3)])
+        }
+    };
+}
+use kernel_forwards;
+
 /// `CustomOp1`, `CustomOp2` or `CustomOp3` for a kernel run forward only (a gradient, the
-/// fused argmax): its name, its CPU forward through [`run_kernel`] and, with the `cuda` feature,
-/// its CUDA forward through `Kernel::run_cuda`.
+/// fused argmax): [`kernel_forwards`] alone.
 macro_rules! forward_only_op {
     ($kernel:ty, 1) => {
         impl candle_core::CustomOp1 for $kernel {
-            fn name(&self) -> &'static str {
-                <Self as $crate::ops::Kernel<1>>::NAME
-            }
-
-            fn cpu_fwd(
-                &self,
-                s: &candle_core::CpuStorage,
-                l: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-                $crate::ops::run_kernel(self, [(s, l)])
-            }
-
-            #[cfg(feature = "cuda")]
-            fn cuda_fwd(
-                &self,
-                s: &candle_core::CudaStorage,
-                l: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-                <Self as $crate::ops::Kernel<1>>::run_cuda(self, [(s, l)])
-            }
+            $crate::ops::kernel_forwards!(1);
         }
     };
     ($kernel:ty, 2) => {
         impl candle_core::CustomOp2 for $kernel {
-            fn name(&self) -> &'static str {
-                <Self as $crate::ops::Kernel<2>>::NAME
-            }
-
-            fn cpu_fwd(
-                &self,
-                s1: &candle_core::CpuStorage,
-                l1: &candle_core::Layout,
-                s2: &candle_core::CpuStorage,
-                l2: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-                $crate::ops::run_kernel(self, [(s1, l1), (s2, l2)])
-            }
-
-            #[cfg(feature = "cuda")]
-            fn cuda_fwd(
-                &self,
-                s1: &candle_core::CudaStorage,
-                l1: &candle_core::Layout,
-                s2: &candle_core::CudaStorage,
-                l2: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-                <Self as $crate::ops::Kernel<2>>::run_cuda(self, [(s1, l1), (s2, l2)])
-            }
+            $crate::ops::kernel_forwards!(2);
         }
     };
     ($kernel:ty, 3) => {
         impl candle_core::CustomOp3 for $kernel {
-            fn name(&self) -> &'static str {
-                <Self as $crate::ops::Kernel<3>>::NAME
-            }
-
-            fn cpu_fwd(
-                &self,
-                s1: &candle_core::CpuStorage,
-                l1: &candle_core::Layout,
-                s2: &candle_core::CpuStorage,
-                l2: &candle_core::Layout,
-                s3: &candle_core::CpuStorage,
-                l3: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-                $crate::ops::run_kernel(self, [(s1, l1), (s2, l2), (s3, l3)])
-            }
-
-            #[cfg(feature = "cuda")]
-            fn cuda_fwd(
-                &self,
-                s1: &candle_core::CudaStorage,
-                l1: &candle_core::Layout,
-                s2: &candle_core::CudaStorage,
-                l2: &candle_core::Layout,
-                s3: &candle_core::CudaStorage,
-                l3: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-                <Self as $crate::ops::Kernel<3>>::run_cuda(self, [(s1, l1), (s2, l2), (s3, l3)])
-            }
+            $crate::ops::kernel_forwards!(3);
         }
     };
 }

@@ -8,9 +8,9 @@
 //! CUDA runs the kernels of `stacked_batch_norm.cu`; the CPU runs the same arithmetic in f64,
 //! the reference the CUDA kernels and the rest of this form are tested against.
 
-use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Result, Shape, Tensor};
 
-use super::{forward_only_op, run_kernel, BatchNormTrainOutput, Float, Kernel};
+use super::{forward_only_op, kernel_forwards, BatchNormTrainOutput, Float, Kernel};
 
 /// [`super::batch_norm_train_act`] in the stacked form: `x` (N, C, H, W), `gamma` and `beta` (C)
 /// of `x`'s type. The statistics come back in `x`'s type.
@@ -106,7 +106,7 @@ impl Kernel<1> for ChannelMoments {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x]: [(&candle_core::CudaStorage, &Layout); 1],
+        [x]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let c = x.1.shape().dims4()?.1;
         Ok((cuda::moments(x)?, Shape::from((2, c))))
@@ -153,7 +153,7 @@ impl Kernel<2> for StackedBatchNorm {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x, params]: [(&candle_core::CudaStorage, &Layout); 2],
+        [x, params]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let out = cuda::normalize(x, params, self.eps, self.relu)?;
         Ok((out, x.1.shape().clone()))
@@ -161,30 +161,7 @@ impl Kernel<2> for StackedBatchNorm {
 }
 
 impl candle_core::CustomOp2 for StackedBatchNorm {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<2>>::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s1, l1), (s2, l2)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.run_cuda([(s1, l1), (s2, l2)])
-    }
+    kernel_forwards!(2);
 
     /// With g the output's gradient through the ReLU, x̂ the normalised input and M the count
     /// per channel: dβ = Σ g, dγ = Σ g·x̂, dx = γ/σ · (g − dβ/M − x̂·dγ/M); the statistics rows
@@ -247,7 +224,7 @@ impl Kernel<3> for StackedGradSums {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x, dy, params]: [(&candle_core::CudaStorage, &Layout); 3],
+        [x, dy, params]: [(&candle_core::CudaStorage, &candle_core::Layout); 3],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let c = x.1.shape().dims4()?.1;
         let sums = cuda::grad_sums(x, dy, params, self.eps, self.relu)?;
@@ -298,7 +275,7 @@ impl Kernel<3> for StackedInputGrad {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [x, dy, params]: [(&candle_core::CudaStorage, &Layout); 3],
+        [x, dy, params]: [(&candle_core::CudaStorage, &candle_core::Layout); 3],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let grad = cuda::input_grad(x, dy, params, self.eps, self.relu)?;
         Ok((grad, x.1.shape().clone()))

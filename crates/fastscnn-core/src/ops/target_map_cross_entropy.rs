@@ -7,9 +7,9 @@
 //! CUDA runs the kernels of `target_map_cross_entropy.cu`; the CPU runs the same arithmetic in
 //! f64, the reference the CUDA kernels and the rest of this form are tested against.
 
-use candle_core::{bail, CpuStorage, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, Device, Result, Shape, Tensor};
 
-use super::{forward_only_op, run_kernel, Float, Kernel};
+use super::{forward_only_op, kernel_forwards, Float, Kernel};
 
 /// The target map of `targets` where `mask` is set and −1 elsewhere, (N, H, W) f32 on `device`.
 pub(super) fn target_map(
@@ -98,7 +98,7 @@ impl Kernel<2> for TargetMapCrossEntropy {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [logits, targets]: [(&candle_core::CudaStorage, &Layout); 2],
+        [logits, targets]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let loss = cuda::loss(logits, targets, pixel_weight(self.count))?;
         Ok((loss, Shape::from(())))
@@ -106,30 +106,7 @@ impl Kernel<2> for TargetMapCrossEntropy {
 }
 
 impl candle_core::CustomOp2 for TargetMapCrossEntropy {
-    fn name(&self) -> &'static str {
-        <Self as Kernel<2>>::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        run_kernel(self, [(s1, l1), (s2, l2)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.run_cuda([(s1, l1), (s2, l2)])
-    }
+    kernel_forwards!(2);
 
     /// `(softmax − onehot) / count` at the pixels with a target, times the loss's own gradient,
     /// which stays on the device (a scalar tensor).
@@ -185,7 +162,7 @@ impl Kernel<2> for TargetMapCrossEntropyGrad {
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
-        [logits, targets]: [(&candle_core::CudaStorage, &Layout); 2],
+        [logits, targets]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let grad = cuda::grad(logits, targets, pixel_weight(self.count))?;
         Ok((grad, logits.1.shape().clone()))
