@@ -153,18 +153,16 @@ forward_only_op!(AdaptiveAvgPool2dGrad, 1);
 /// The launches of `adaptive_avg_pool.cu`'s kernels.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Result};
 
-    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Input, Module};
+    use crate::ops::cuda::{map_planes, ptx_module, Input, Module};
 
     static MODULE: Module = ptx_module!("adaptive_avg_pool");
 
     /// The pooling of `planes` planes of `input` to `output` cells, or with `backward` its
     /// gradient (from planes of `output` to planes of `input`).
     pub(super) fn run(
-        (s, l): Input,
+        source: Input,
         planes: usize,
         input_size: (usize, usize),
         output_size: (usize, usize),
@@ -175,31 +173,16 @@ mod cuda {
         } else {
             ("adaptive_avg_pool_f32", output_size)
         };
-        let device = &s.device;
-        let src = input::<f32>(s, l, function)?;
-        let len = planes * to.0 * to.1;
-        // SAFETY: the kernel launched next writes every element.
-        let out = unsafe { output::<f32>(device, len) }?;
-        let dims = dims(
-            [
-                planes,
-                input_size.0,
-                input_size.1,
-                output_size.0,
-                output_size.1,
-            ],
+        map_planes(
+            &MODULE,
             function,
-        )?;
-        let (func, stream) = MODULE.function(device, function)?;
-        let mut args = stream.launch_builder(&func);
-        args.arg(&src).arg(&out);
-        for d in &dims {
-            args.arg(d);
-        }
-        // SAFETY: the arguments match the kernel's parameters in order and type; the views hold
-        // the element counts the dimensions give.
-        unsafe { args.launch(elementwise(len)) }.w()?;
-        Ok(storage(out, device))
+            source,
+            planes,
+            input_size,
+            output_size,
+            to,
+            &[],
+        )
     }
 }
 

@@ -180,18 +180,16 @@ forward_only_op!(BilinearResizeGrad, 1);
 /// The launches of `bilinear_resize.cu`'s kernels.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Result};
 
-    use crate::ops::cuda::{dims, elementwise, input, output, ptx_module, storage, Input, Module};
+    use crate::ops::cuda::{map_planes, ptx_module, Input, Module};
 
     static MODULE: Module = ptx_module!("bilinear_resize");
 
     /// The resize of `planes` planes of `input_size` to `output_size`, or with `backward` its
     /// gradient (from planes of `output_size` to planes of `input_size`).
     pub(super) fn run(
-        (s, l): Input,
+        source: Input,
         planes: usize,
         input_size: (usize, usize),
         output_size: (usize, usize),
@@ -203,33 +201,17 @@ mod cuda {
         } else {
             ("resize_bilinear_f32", output_size)
         };
-        let device = &s.device;
-        let src = input::<f32>(s, l, function)?;
-        let len = planes * to.0 * to.1;
-        // SAFETY: the kernel launched next writes every element.
-        let out = unsafe { output::<f32>(device, len) }?;
-        let dims = dims(
-            [
-                planes,
-                input_size.0,
-                input_size.1,
-                output_size.0,
-                output_size.1,
-            ],
+        let extra = [i32::from(align_corners)];
+        map_planes(
+            &MODULE,
             function,
-        )?;
-        let align_corners = i32::from(align_corners);
-        let (func, stream) = MODULE.function(device, function)?;
-        let mut args = stream.launch_builder(&func);
-        args.arg(&src).arg(&out);
-        for d in &dims {
-            args.arg(d);
-        }
-        args.arg(&align_corners);
-        // SAFETY: the arguments match the kernel's parameters in order and type; the views hold
-        // the element counts the dimensions give.
-        unsafe { args.launch(elementwise(len)) }.w()?;
-        Ok(storage(out, device))
+            source,
+            planes,
+            input_size,
+            output_size,
+            to,
+            &extra,
+        )
     }
 }
 

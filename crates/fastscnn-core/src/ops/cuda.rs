@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaDType, CudaDevice};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result};
 
 /// The PTX `build.rs` compiled from one `.cu` file of `src/ops`.
@@ -143,4 +143,47 @@ pub(super) fn per_channel(channels: usize) -> LaunchConfig {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// A kernel over `planes` planes mapped between `input_size` and `output_size` (a pooling or a
+/// resize, forward or backward), one thread per element of its output of `planes` planes of
+/// `to`: launches `function` of `module` with (source, destination, planes, input rows, input
+/// columns, output rows, output columns, `extra`…).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn map_planes(
+    module: &Module,
+    function: &str,
+    (s, l): Input,
+    planes: usize,
+    input_size: (usize, usize),
+    output_size: (usize, usize),
+    to: (usize, usize),
+    extra: &[i32],
+) -> Result<CudaStorage> {
+    let device = &s.device;
+    let src = input::<f32>(s, l, function)?;
+    let len = planes * to.0 * to.1;
+    // SAFETY: the kernel launched next writes every element.
+    let out = unsafe { output::<f32>(device, len) }?;
+    let sizes = [
+        planes,
+        input_size.0,
+        input_size.1,
+        output_size.0,
+        output_size.1,
+    ];
+    let dims = dims(sizes, function)?;
+    let (func, stream) = module.function(device, function)?;
+    let mut args = stream.launch_builder(&func);
+    args.arg(&src).arg(&out);
+    for d in &dims {
+        args.arg(d);
+    }
+    for e in extra {
+        args.arg(e);
+    }
+    // SAFETY: the callers' kernels take exactly these parameters, in this order; the views hold
+    // the element counts the dimensions give.
+    unsafe { args.launch(elementwise(len)) }.w()?;
+    Ok(storage(out, device))
 }

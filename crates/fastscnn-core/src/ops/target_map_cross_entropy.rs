@@ -60,6 +60,40 @@ fn target_class<T: Float>(target: T) -> Option<usize> {
     (t >= 0.0).then_some(t as usize)
 }
 
+/// Pixel `i`'s class scores in (N, C, plane) logits, in f64: its scores' maximum and
+/// `Σ exp(score − maximum)`, and its index of class k.
+struct PixelScores<'a, T> {
+    x: &'a [T],
+    first: usize,
+    plane: usize,
+    max: f64,
+    sum: f64,
+}
+
+impl<'a, T: Float> PixelScores<'a, T> {
+    fn new(x: &'a [T], i: usize, c: usize, plane: usize) -> Self {
+        let first = (i / plane) * c * plane + i % plane;
+        let at = |k: usize| x[first + k * plane].to_f64();
+        let max = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
+        let sum = (0..c).map(|k| (at(k) - max).exp()).sum();
+        Self {
+            x,
+            first,
+            plane,
+            max,
+            sum,
+        }
+    }
+
+    fn index(&self, k: usize) -> usize {
+        self.first + k * self.plane
+    }
+
+    fn score(&self, k: usize) -> f64 {
+        self.x[self.index(k)].to_f64()
+    }
+}
+
 /// The loss. Arguments: (logits, targets).
 struct TargetMapCrossEntropy {
     count: usize,
@@ -83,10 +117,8 @@ impl Kernel<2> for TargetMapCrossEntropy {
             if t >= c {
                 bail!("{}: target {t} out of range for {c} classes", Self::NAME)
             }
-            let at = |k: usize| x[((i / plane) * c + k) * plane + i % plane].to_f64();
-            let max = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
-            let log_sum = (0..c).map(|k| (at(k) - max).exp()).sum::<f64>().ln();
-            sum += log_sum + max - at(t);
+            let pixel = PixelScores::new(x, i, c, plane);
+            sum += pixel.sum.ln() + pixel.max - pixel.score(t);
         }
         let loss = sum * pixel_weight(self.count);
         Ok((
@@ -145,15 +177,11 @@ impl Kernel<2> for TargetMapCrossEntropyGrad {
             let Some(t) = target_class(target) else {
                 continue;
             };
-            let index = |k: usize| ((i / plane) * c + k) * plane + i % plane;
-            let max = (0..c)
-                .map(|k| x[index(k)].to_f64())
-                .fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = (0..c).map(|k| (x[index(k)].to_f64() - max).exp()).sum();
+            let pixel = PixelScores::new(x, i, c, plane);
             for k in 0..c {
-                let p = (x[index(k)].to_f64() - max).exp() / sum;
+                let p = (pixel.score(k) - pixel.max).exp() / pixel.sum;
                 let onehot = if k == t { 1.0 } else { 0.0 };
-                out[index(k)] = T::from_f64((p - onehot) * scale);
+                out[pixel.index(k)] = T::from_f64((p - onehot) * scale);
             }
         }
         Ok((T::to_cpu_storage_owned(out), shape.clone()))
