@@ -168,19 +168,15 @@ mod cuda {
         output_size: (usize, usize),
         backward: bool,
     ) -> Result<CudaStorage> {
-        let (function, to) = if backward {
-            ("adaptive_avg_pool_grad_f32", input_size)
-        } else {
-            ("adaptive_avg_pool_f32", output_size)
-        };
+        let functions = ("adaptive_avg_pool_f32", "adaptive_avg_pool_grad_f32");
         map_planes(
             &MODULE,
-            function,
+            functions,
             source,
             planes,
             input_size,
             output_size,
-            to,
+            backward,
             &[],
         )
     }

@@ -151,9 +151,9 @@ fn lane_sums<T: Float>(
 /// One channel's batch statistics.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ChannelStats {
-    mean: f64,
+    pub(super) mean: f64,
     /// Biased: the mean squared deviation.
-    variance: f64,
+    pub(super) variance: f64,
 }
 
 impl ChannelStats {
@@ -176,7 +176,12 @@ fn channel_planes<T>(
 
 /// Every channel's mean and biased variance, in f64, two passes (mean, then squared deviations),
 /// one channel per task.
-fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, plane: usize) -> Vec<ChannelStats> {
+pub(super) fn channel_stats<T: Float>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    plane: usize,
+) -> Vec<ChannelStats> {
     (0..c)
         .into_par_iter()
         .map(|ch| {

@@ -196,21 +196,16 @@ mod cuda {
         align_corners: bool,
         backward: bool,
     ) -> Result<CudaStorage> {
-        let (function, to) = if backward {
-            ("resize_bilinear_grad_f32", input_size)
-        } else {
-            ("resize_bilinear_f32", output_size)
-        };
-        let extra = [i32::from(align_corners)];
+        let functions = ("resize_bilinear_f32", "resize_bilinear_grad_f32");
         map_planes(
             &MODULE,
-            function,
+            functions,
             source,
             planes,
             input_size,
             output_size,
-            to,
-            &extra,
+            backward,
+            &[i32::from(align_corners)],
         )
     }
 }

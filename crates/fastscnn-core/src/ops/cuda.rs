@@ -146,20 +146,26 @@ pub(super) fn per_channel(channels: usize) -> LaunchConfig {
 }
 
 /// A kernel over `planes` planes mapped between `input_size` and `output_size` (a pooling or a
-/// resize, forward or backward), one thread per element of its output of `planes` planes of
-/// `to`: launches `function` of `module` with (source, destination, planes, input rows, input
-/// columns, output rows, output columns, `extra`…).
+/// resize), one thread per element of its output: `functions.0` of `module` maps input planes to
+/// output planes, or with `backward` `functions.1` output planes (gradients) to input planes.
+/// Either takes (source, destination, planes, input rows, input columns, output rows, output
+/// columns, `extra`…).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn map_planes(
     module: &Module,
-    function: &str,
+    functions: (&str, &str),
     (s, l): Input,
     planes: usize,
     input_size: (usize, usize),
     output_size: (usize, usize),
-    to: (usize, usize),
+    backward: bool,
     extra: &[i32],
 ) -> Result<CudaStorage> {
+    let (function, to) = if backward {
+        (functions.1, input_size)
+    } else {
+        (functions.0, output_size)
+    };
     let device = &s.device;
     let src = input::<f32>(s, l, function)?;
     let len = planes * to.0 * to.1;

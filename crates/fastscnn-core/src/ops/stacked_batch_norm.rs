@@ -10,6 +10,7 @@
 
 use candle_core::{CpuStorage, Result, Shape, Tensor};
 
+use super::batch_norm::channel_stats;
 use super::{forward_only_op, kernel_forwards, BatchNormTrainOutput, Float, Kernel};
 
 /// [`super::batch_norm_train_act`] in the stacked form: `x` (N, C, H, W), `gamma` and `beta` (C)
@@ -77,7 +78,8 @@ fn channel_indices(n: usize, c: usize, plane: usize, ch: usize) -> impl Iterator
     (0..n).flat_map(move |b| (b * c + ch) * plane..(b * c + ch + 1) * plane)
 }
 
-/// (2, C): each channel's mean and biased variance. Argument: x.
+/// (2, C): each channel's mean and biased variance, on the CPU those the fused op normalises by.
+/// Argument: x.
 struct ChannelMoments;
 
 impl Kernel<1> for ChannelMoments {
@@ -85,21 +87,11 @@ impl Kernel<1> for ChannelMoments {
 
     fn run<T: Float>(&self, [x]: [&[T]; 1], [shape]: [&Shape; 1]) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = shape.dims4()?;
-        let plane = h * w;
-        let count = (n * plane) as f64;
-        let mut out = vec![T::zero(); 2 * c];
-        for ch in 0..c {
-            let mean = channel_indices(n, c, plane, ch)
-                .map(|i| x[i].to_f64())
-                .sum::<f64>()
-                / count;
-            let variance = channel_indices(n, c, plane, ch)
-                .map(|i| (x[i].to_f64() - mean).powi(2))
-                .sum::<f64>()
-                / count;
-            out[ch] = T::from_f64(mean);
-            out[c + ch] = T::from_f64(variance);
-        }
+        let stats = channel_stats(x, n, c, h * w);
+        let out = (stats.iter().map(|s| s.mean))
+            .chain(stats.iter().map(|s| s.variance))
+            .map(T::from_f64)
+            .collect();
         Ok((T::to_cpu_storage_owned(out), Shape::from((2, c))))
     }
 
