@@ -1,7 +1,9 @@
 //! Every CUDA kernel against the CPU kernel of the same op: forwards within 1e-4 of the CPU's
 //! largest value, gradients (through `backward`, so the ops' backward wiring too) within 1e-4,
-//! label maps equal. Runs where a CUDA device is present in a build with `--features cuda`;
-//! elsewhere each test says "skipped: no CUDA device" and passes.
+//! label maps equal. The half-precision kernels of the memory-bound ops against the CPU's f32
+//! kernels on the same (rounded) inputs: within one rounding to the half type, label maps equal.
+//! Runs where a CUDA device is present in a build with `--features cuda`; elsewhere each test
+//! says "skipped: no CUDA device" and passes.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use fastscnn_core::ops::{
@@ -39,37 +41,48 @@ fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor) {
     assert!(diff <= 1e-4, "{what}: relative difference {diff}");
 }
 
-/// `f` of inputs on the CPU and on `gpu`: the outputs and every input's gradient of the sum of
-/// the outputs weighted by a fixed random map (so that each output element's gradient differs,
-/// and a loss's own gradient is not 1).
+/// `f` of `inputs` on `device`: the output and every input's gradient of the sum of the output
+/// weighted by a fixed random map (so that each output element's gradient differs, and a loss's
+/// own gradient is not 1), the map rounded to `rounding` first.
+fn run_on(
+    device: &Device,
+    inputs: &[Tensor],
+    rounding: DType,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_device(device).unwrap()).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&tensors).unwrap();
+    let weights = random_tensor(out.dims(), 99)
+        .and_then(|w| {
+            w.to_dtype(rounding)?
+                .to_dtype(out.dtype())?
+                .to_device(device)
+        })
+        .unwrap();
+    let grads = (&out * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grads = vars
+        .iter()
+        .map(|v| grads.get(v).expect("every input has a gradient").clone())
+        .collect();
+    (out, grads)
+}
+
+/// [`run_on`] the CPU and on `gpu`, in f32.
 fn both_devices(
     gpu: &Device,
     inputs: &[Tensor],
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
 ) -> [(Tensor, Vec<Tensor>); 2] {
-    [Device::Cpu, gpu.clone()].map(|device| {
-        let vars: Vec<Var> = inputs
-            .iter()
-            .map(|t| Var::from_tensor(&t.to_device(&device).unwrap()).unwrap())
-            .collect();
-        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let out = f(&tensors).unwrap();
-        let weights = random_tensor(out.dims(), 99)
-            .unwrap()
-            .to_device(&device)
-            .unwrap();
-        let grads = (&out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let grads = vars
-            .iter()
-            .map(|v| grads.get(v).expect("every input has a gradient").clone())
-            .collect();
-        (out, grads)
-    })
+    [Device::Cpu, gpu.clone()].map(|device| run_on(&device, inputs, DType::F32, &f))
 }
 
 /// Compares what [`both_devices`] returned.
@@ -77,6 +90,41 @@ fn assert_same(what: &str, [(cpu, cpu_grads), (gpu, gpu_grads)]: &[(Tensor, Vec<
     assert_close(&format!("{what}: output"), gpu, cpu);
     for (i, (g, c)) in gpu_grads.iter().zip(cpu_grads).enumerate() {
         assert_close(&format!("{what}: gradient of input {i}"), g, c);
+    }
+}
+
+/// The half-precision types, each with its bound: twice the largest rounding error (half an
+/// ulp) relative to the largest value, 2^-11 for f16's 11-bit significand and 2^-8 for bf16's 8
+/// bits, since the f32 sums may round to the neighbouring half value where they differ in order.
+const HALF_TYPES: [(DType, f32); 2] = [(DType::F16, 1e-3), (DType::BF16, 8e-3)];
+
+/// `f` in `dtype` on `gpu` against `f` in f32 on the CPU, both on the inputs (and output
+/// weights of [`run_on`]) rounded to `dtype`: outputs and gradients within `tolerance`.
+fn assert_half_matches(
+    what: &str,
+    gpu: &Device,
+    (dtype, tolerance): (DType, f32),
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let rounded: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
+    let (gpu_out, gpu_grads) = run_on(gpu, &rounded, dtype, &f);
+    let exact: Vec<Tensor> = rounded
+        .iter()
+        .map(|t| t.to_dtype(DType::F32).unwrap())
+        .collect();
+    let (cpu_out, cpu_grads) = run_on(&Device::Cpu, &exact, dtype, &f);
+    assert_eq!(gpu_out.dtype(), dtype, "{what}: the output changed type");
+    let check = |part: String, gpu: &Tensor, cpu: &Tensor| {
+        let diff = relative_diff(gpu, cpu);
+        assert!(
+            diff <= tolerance,
+            "{part} in {dtype:?}: relative difference {diff}"
+        );
+    };
+    check(format!("{what}: output"), &gpu_out, &cpu_out);
+    for (i, (g, c)) in gpu_grads.iter().zip(&cpu_grads).enumerate() {
+        check(format!("{what}: gradient of input {i}"), g, c);
     }
 }
 
@@ -169,6 +217,89 @@ fn fused_resize_and_argmax_gives_the_cpu_labels() {
             .filter(|(a, b)| a == b)
             .count();
         assert_eq!(same, cpu_labels.len(), "align {align_corners}");
+    }
+}
+
+#[test]
+fn half_precision_depthwise_convolution_and_its_gradients() {
+    let Some(gpu) = cuda_device() else { return };
+    for half in HALF_TYPES {
+        for stride in [1, 2] {
+            let x = random_tensor(&[2, 8, 33, 65], 1).unwrap();
+            let k = random_tensor(&[8, 1, 3, 3], 2).unwrap();
+            assert_half_matches(
+                &format!("depthwise stride {stride}"),
+                &gpu,
+                half,
+                &[x, k],
+                |t| depthwise_conv2d(&t[0], &t[1], stride),
+            );
+        }
+        let x = random_tensor(&[2, 16, 24, 40], 3).unwrap();
+        let k = random_tensor(&[16, 1, 3, 3], 4).unwrap();
+        let bias = random_tensor(&[16], 5).unwrap();
+        let run = |device: &Device, dtype: DType| {
+            let [x, k, bias] =
+                [&x, &k, &bias].map(|t| t.to_dtype(half.0).unwrap().to_dtype(dtype).unwrap());
+            let [x, k, bias] = [x, k, bias].map(|t| t.to_device(device).unwrap());
+            depthwise_conv2d_bias_act(&x, &k, &bias, 2, true).unwrap()
+        };
+        let diff = relative_diff(&run(&gpu, half.0), &run(&Device::Cpu, DType::F32));
+        assert!(diff <= half.1, "depthwise + bias in {:?}: {diff}", half.0);
+    }
+}
+
+#[test]
+fn half_precision_pooling_and_resize_and_their_gradients() {
+    let Some(gpu) = cuda_device() else { return };
+    for half in HALF_TYPES {
+        for out in [1, 2, 3, 6] {
+            let x = random_tensor(&[2, 4, 7, 13], out as u64).unwrap();
+            assert_half_matches(&format!("pool to {out}x{out}"), &gpu, half, &[x], |t| {
+                adaptive_avg_pool2d(&t[0], out, out)
+            });
+        }
+        for align_corners in [true, false] {
+            for ((h, w), (oh, ow)) in [((8, 16), (64, 128)), ((32, 64), (8, 16))] {
+                let x = random_tensor(&[2, 3, h, w], (h + oh) as u64).unwrap();
+                assert_half_matches(
+                    &format!("resize {h}x{w} to {oh}x{ow}, align {align_corners}"),
+                    &gpu,
+                    half,
+                    &[x],
+                    |t| resize_bilinear(&t[0], oh, ow, align_corners),
+                );
+            }
+        }
+    }
+}
+
+/// Half-precision scores are blended in f32 without rounding: the labels are the f32 kernel's on
+/// the same scores, exactly.
+#[test]
+fn half_precision_resize_and_argmax_gives_the_f32_labels() {
+    let Some(gpu) = cuda_device() else { return };
+    for (dtype, _) in HALF_TYPES {
+        for align_corners in [true, false] {
+            let scores = random_tensor(&[2, 19, 16, 32], 7)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let labels = |scores: &Tensor| -> Vec<u32> {
+                resize_argmax(scores, 128, 256, align_corners)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let gpu_labels = labels(&scores.to_device(&gpu).unwrap());
+            let cpu_labels = labels(&scores.to_dtype(DType::F32).unwrap());
+            assert!(
+                gpu_labels == cpu_labels,
+                "{dtype:?}, align {align_corners}: the labels differ"
+            );
+        }
     }
 }
 

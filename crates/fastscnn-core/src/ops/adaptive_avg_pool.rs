@@ -3,8 +3,8 @@
 //! Output cell `i` of `out` averages input cells `floor(i*in/out) .. ceil((i+1)*in/out)`. When `in`
 //! is not a multiple of `out` the windows are uneven and overlap (an 8x16 map pooled to 3x3 or 6x6,
 //! as in the pyramid pooling of a 256x512 input), which no fixed-stride pooling reproduces.
-//! CPU (f32, f64) and CUDA (f32, `adaptive_avg_pool.cu`) run direct kernels, other devices
-//! candle's narrow/mean/cat.
+//! CPU (f32, f64) and CUDA (f32, f16, bf16: `adaptive_avg_pool.cu`) run direct kernels, other
+//! devices candle's narrow/mean/cat.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Result, Shape, Tensor};
 use fastscnn_cpu::sampling::pool_planes_grad;
@@ -168,7 +168,7 @@ mod cuda {
         output_size: (usize, usize),
         backward: bool,
     ) -> Result<CudaStorage> {
-        let functions = ("adaptive_avg_pool_f32", "adaptive_avg_pool_grad_f32");
+        let functions = ("adaptive_avg_pool", "adaptive_avg_pool_grad");
         map_planes(
             &MODULE,
             functions,

@@ -4,7 +4,7 @@
 //! place source samples differently, so both are needed to reproduce either set of weights.
 //! candle's own `upsample_bilinear2d` has no backward pass, which training needs; this op's
 //! composite path is differentiable through candle's matmul, and its CPU kernel is tested against
-//! both. CUDA (f32) runs the kernels of `bilinear_resize.cu`.
+//! both. CUDA (f32, f16, bf16) runs the kernels of `bilinear_resize.cu`.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Result, Shape, Tensor};
 use fastscnn_cpu::{output_vec, resize_forward, resize_grad, resize_planes_uninit, MapView};
@@ -196,7 +196,7 @@ mod cuda {
         align_corners: bool,
         backward: bool,
     ) -> Result<CudaStorage> {
-        let functions = ("resize_bilinear_f32", "resize_bilinear_grad_f32");
+        let functions = ("resize_bilinear", "resize_bilinear_grad");
         map_planes(
             &MODULE,
             functions,

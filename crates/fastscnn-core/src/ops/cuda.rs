@@ -1,9 +1,10 @@
 //! What the ops' CUDA kernels share on the Rust side: their PTX modules (built from the `.cu`
 //! file beside each op by `build.rs`), the inputs as device views, the launch shapes.
 //!
-//! Every kernel takes contiguous f32 (the public wrappers make inputs contiguous and send only
-//! f32 CUDA tensors with at least one element here) and writes every element of its output, so
-//! outputs are allocated without being cleared.
+//! Every kernel takes contiguous inputs (the public wrappers make inputs contiguous and send only
+//! CUDA tensors with at least one element here) and writes every element of its output, so
+//! outputs are allocated without being cleared. The memory-bound kernels (depthwise convolution,
+//! pooling, resize, resize + argmax) are exported for each [`Element`] type, the others for f32.
 
 use std::sync::Arc;
 
@@ -46,6 +47,43 @@ impl Module {
         Ok((func.into_cuda_function(), device.cuda_stream()))
     }
 }
+
+/// An element type of the memory-bound kernels (`element.cuh`): f32, f16 or bf16, whose
+/// kernels are exported as `<name>_<SUFFIX>`.
+pub(super) trait Element: CudaDType + DeviceRepr {
+    const SUFFIX: &'static str;
+}
+
+impl Element for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+impl Element for half::f16 {
+    const SUFFIX: &'static str = "f16";
+}
+
+impl Element for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+/// The name of kernel `function` exported for `T`.
+pub(super) fn typed<T: Element>(function: &str) -> String {
+    format!("{function}_{}", T::SUFFIX)
+}
+
+/// `f::<T>(args…)` for the [`Element`] type `T` of the CUDA storage `storage`, or an error naming
+/// `op` for a dtype with no kernels (the public wrappers send no other).
+macro_rules! for_element {
+    ($storage:expr, $op:expr, $($f:ident)::+($($arg:expr),* $(,)?)) => {
+        match candle_core::backend::BackendStorage::dtype($storage) {
+            candle_core::DType::F32 => $($f)::+::<f32>($($arg),*),
+            candle_core::DType::F16 => $($f)::+::<half::f16>($($arg),*),
+            candle_core::DType::BF16 => $($f)::+::<half::bf16>($($arg),*),
+            other => candle_core::bail!("{}: no CUDA kernel for {other:?}", $op),
+        }
+    };
+}
+pub(super) use for_element;
 
 /// The elements of a contiguous storage, as a view.
 pub(super) fn input<'a, T: CudaDType + DeviceRepr>(
@@ -147,30 +185,45 @@ pub(super) fn per_channel(channels: usize) -> LaunchConfig {
 
 /// A kernel over `planes` planes mapped between `input_size` and `output_size` (a pooling or a
 /// resize), one thread per element of its output: `functions.0` of `module` maps input planes to
-/// output planes, or with `backward` `functions.1` output planes (gradients) to input planes.
-/// Either takes (source, destination, planes, input rows, input columns, output rows, output
-/// columns, `extra`…).
+/// output planes, or with `backward` `functions.1` output planes (gradients) to input planes,
+/// each exported for the source's [`Element`] type. Either takes (source, destination, planes,
+/// input rows, input columns, output rows, output columns, `extra`…).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn map_planes(
     module: &Module,
     functions: (&str, &str),
-    (s, l): Input,
+    source: Input,
     planes: usize,
     input_size: (usize, usize),
     output_size: (usize, usize),
     backward: bool,
     extra: &[i32],
 ) -> Result<CudaStorage> {
-    let (function, to) = if backward {
-        (functions.1, input_size)
-    } else {
-        (functions.0, output_size)
-    };
+    let function = if backward { functions.1 } else { functions.0 };
+    let sizes = (planes, input_size, output_size);
+    for_element!(
+        source.0,
+        function,
+        map_planes_of(module, function, source, sizes, backward, extra)
+    )
+}
+
+/// [`map_planes`] for elements `T`: `function` (not yet [`typed`]) from `source` to planes of
+/// `sizes.2` (or with `backward` of `sizes.1`).
+fn map_planes_of<T: Element>(
+    module: &Module,
+    function: &str,
+    (s, l): Input,
+    (planes, input_size, output_size): (usize, (usize, usize), (usize, usize)),
+    backward: bool,
+    extra: &[i32],
+) -> Result<CudaStorage> {
+    let to = if backward { input_size } else { output_size };
     let device = &s.device;
-    let src = input::<f32>(s, l, function)?;
+    let src = input::<T>(s, l, function)?;
     let len = planes * to.0 * to.1;
     // SAFETY: the kernel launched next writes every element.
-    let out = unsafe { output::<f32>(device, len) }?;
+    let out = unsafe { output::<T>(device, len) }?;
     let sizes = [
         planes,
         input_size.0,
@@ -179,7 +232,7 @@ pub(super) fn map_planes(
         output_size.1,
     ];
     let dims = dims(sizes, function)?;
-    let (func, stream) = module.function(device, function)?;
+    let (func, stream) = module.function(device, &typed::<T>(function))?;
     let mut args = stream.launch_builder(&func);
     args.arg(&src).arg(&out);
     for d in &dims {

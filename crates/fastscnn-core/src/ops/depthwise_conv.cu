@@ -1,13 +1,16 @@
-// Depthwise 3x3 convolution, padding 1, stride 1 or 2, on (N, C, H, W) f32 planes, and its two
-// gradients. One thread per output element (forward, input gradient); one block per channel for
-// the weight gradient, whose nine sums run over the whole batch.
+// Depthwise 3x3 convolution, padding 1, stride 1 or 2, on (N, C, H, W) planes of each element
+// type of `element.cuh`, and its two gradients. One thread per output element (forward, input
+// gradient); one block per channel for the weight gradient, whose nine sums run over the whole
+// batch.
 #include "block_sum.cuh"
+#include "element.cuh"
 
 // out[b, c, oy, ox] = bias[c] + sum over the 3x3 window of x * w[c], then max(0, .) if `relu`.
 // `bias` may be null (no bias).
-extern "C" __global__ void depthwise3x3_forward_f32(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ out, unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh,
+template <typename T>
+__device__ void depthwise3x3_forward(
+    const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+    T* __restrict__ out, unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh,
     unsigned ow, unsigned stride, int relu) {
     const size_t total = (size_t)n * c * oh * ow;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
@@ -17,8 +20,8 @@ extern "C" __global__ void depthwise3x3_forward_f32(
         const unsigned oy = rest % oh;
         const size_t plane = rest / oh;
         const unsigned ch = plane % c;
-        const float* src = x + plane * h * wd;
-        const float* k = w + ch * 9;
+        const T* src = x + plane * h * wd;
+        const T* k = w + ch * 9;
         float acc = 0.0f;
         for (int ky = 0; ky < 3; ++ky) {
             const int iy = (int)(oy * stride) - 1 + ky;
@@ -26,19 +29,20 @@ extern "C" __global__ void depthwise3x3_forward_f32(
             for (int kx = 0; kx < 3; ++kx) {
                 const int ix = (int)(ox * stride) - 1 + kx;
                 if (ix < 0 || ix >= (int)wd) continue;
-                acc += src[(size_t)iy * wd + ix] * k[ky * 3 + kx];
+                acc += load(src[(size_t)iy * wd + ix]) * load(k[ky * 3 + kx]);
             }
         }
-        if (bias != nullptr) acc += bias[ch];
+        if (bias != nullptr) acc += load(bias[ch]);
         if (relu) acc = fmaxf(acc, 0.0f);
-        out[i] = acc;
+        out[i] = store<T>(acc);
     }
 }
 
 // grad_x[b, c, iy, ix] = sum of g[b, c, oy, ox] * w[c, ky, kx] over the outputs whose window
 // holds the pixel: oy * stride - 1 + ky = iy.
-extern "C" __global__ void depthwise3x3_input_grad_f32(
-    const float* __restrict__ g, const float* __restrict__ w, float* __restrict__ grad_x,
+template <typename T>
+__device__ void depthwise3x3_input_grad(
+    const T* __restrict__ g, const T* __restrict__ w, T* __restrict__ grad_x,
     unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow,
     unsigned stride) {
     const size_t total = (size_t)n * c * h * wd;
@@ -49,8 +53,8 @@ extern "C" __global__ void depthwise3x3_input_grad_f32(
         const unsigned iy = rest % h;
         const size_t plane = rest / h;
         const unsigned ch = plane % c;
-        const float* grad = g + plane * oh * ow;
-        const float* k = w + ch * 9;
+        const T* grad = g + plane * oh * ow;
+        const T* k = w + ch * 9;
         float acc = 0.0f;
         for (int ky = 0; ky < 3; ++ky) {
             const int ty = (int)iy + 1 - ky;
@@ -62,17 +66,18 @@ extern "C" __global__ void depthwise3x3_input_grad_f32(
                 if (tx < 0 || tx % (int)stride != 0) continue;
                 const unsigned ox = tx / stride;
                 if (ox >= ow) continue;
-                acc += grad[(size_t)oy * ow + ox] * k[ky * 3 + kx];
+                acc += load(grad[(size_t)oy * ow + ox]) * load(k[ky * 3 + kx]);
             }
         }
-        grad_x[i] = acc;
+        grad_x[i] = store<T>(acc);
     }
 }
 
 // grad_w[c, ky, kx] = sum over images and outputs of g[b, c, oy, ox] * x[b, c, oy*s-1+ky,
 // ox*s-1+kx]: block `c` sums channel c's nine products in f64.
-extern "C" __global__ void depthwise3x3_weight_grad_f32(
-    const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ grad_w,
+template <typename T>
+__device__ void depthwise3x3_weight_grad(
+    const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ grad_w,
     unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow,
     unsigned stride) {
     __shared__ double shared[32];
@@ -87,20 +92,39 @@ extern "C" __global__ void depthwise3x3_weight_grad_f32(
         const unsigned oy = o / ow;
         const unsigned ox = o % ow;
         const size_t plane = b * c + ch;
-        const float go = g[plane * per_image + o];
-        const float* src = x + plane * h * wd;
+        const float go = load(g[plane * per_image + o]);
+        const T* src = x + plane * h * wd;
         for (int ky = 0; ky < 3; ++ky) {
             const int iy = (int)(oy * stride) - 1 + ky;
             if (iy < 0 || iy >= (int)h) continue;
             for (int kx = 0; kx < 3; ++kx) {
                 const int ix = (int)(ox * stride) - 1 + kx;
                 if (ix < 0 || ix >= (int)wd) continue;
-                acc[ky * 3 + kx] += (double)go * (double)src[(size_t)iy * wd + ix];
+                acc[ky * 3 + kx] += (double)go * (double)load(src[(size_t)iy * wd + ix]);
             }
         }
     }
     for (int t = 0; t < 9; ++t) {
         const double total_t = block_sum(acc[t], shared);
-        if (threadIdx.x == 0) grad_w[ch * 9 + t] = (float)total_t;
+        if (threadIdx.x == 0) grad_w[ch * 9 + t] = store<T>((float)total_t);
     }
 }
+
+#define EXPORT(SUFFIX, T)                                                                    \
+    extern "C" __global__ void depthwise3x3_forward_##SUFFIX(                                \
+        const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,        \
+        T* __restrict__ out, unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh,   \
+        unsigned ow, unsigned stride, int relu) {                                            \
+        depthwise3x3_forward(x, w, bias, out, n, c, h, wd, oh, ow, stride, relu);            \
+    }                                                                                        \
+    extern "C" __global__ void depthwise3x3_input_grad_##SUFFIX(                             \
+        const T* __restrict__ g, const T* __restrict__ w, T* __restrict__ grad_x, unsigned n, \
+        unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow, unsigned stride) {    \
+        depthwise3x3_input_grad(g, w, grad_x, n, c, h, wd, oh, ow, stride);                  \
+    }                                                                                        \
+    extern "C" __global__ void depthwise3x3_weight_grad_##SUFFIX(                            \
+        const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ grad_w, unsigned n, \
+        unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow, unsigned stride) {    \
+        depthwise3x3_weight_grad(x, g, grad_w, n, c, h, wd, oh, ow, stride);                 \
+    }
+FOR_EACH_ELEMENT(EXPORT)

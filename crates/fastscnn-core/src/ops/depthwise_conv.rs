@@ -5,24 +5,26 @@
 //! so a direct kernel over each channel plane is both simpler and much faster
 //! (`cargo bench -p fastscnn-benches --bench depthwise`). The kernels are `fastscnn-cpu`'s: its
 //! vectorised f32 ones for the forward pass, those written for f32 and f64 for f64 and the
-//! gradients; this is candle's side of the op and its composite reference. On CUDA (f32) the op
-//! runs the kernels of `depthwise_conv.cu` beside it, the forward with the bias and ReLU of a
-//! folded BatchNorm fused in for inference ([`depthwise_conv2d_bias_act`]).
+//! gradients; this is candle's side of the op and its composite reference. On CUDA (f32, f16,
+//! bf16) the op runs the kernels of `depthwise_conv.cu` beside it, the forward with the bias and
+//! ReLU of a folded BatchNorm fused in for inference ([`depthwise_conv2d_bias_act`]).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Result, Shape, Tensor};
 use fastscnn_cpu::{
     depthwise_forward, depthwise_input_grad, depthwise_weight_grad, turned_kernels, DepthwiseConv,
 };
 
+#[cfg(feature = "cuda")]
+use super::cuda::for_element;
 use super::{
-    add_channel_bias, depthwise_output_size, forward_only_op, has_cuda_kernel, has_kernel,
+    add_channel_bias, depthwise_output_size, forward_only_op, has_cuda_element_kernel, has_kernel,
     kernel_forwards, Float, Kernel,
 };
 
 /// Depthwise 3x3 convolution with padding 1: `x` is (N, C, H, W), `weight` is (C, 1, 3, 3).
 ///
-/// Runs the direct kernels on CPU for f32/f64 and on CUDA for f32, candle's grouped convolution
-/// elsewhere.
+/// Runs the direct kernels on CPU for f32/f64 and on CUDA for f32/f16/bf16, candle's grouped
+/// convolution elsewhere.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
     let op = depthwise_op(x, weight, stride)?;
     if has_kernel(x) {
@@ -35,9 +37,9 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Te
 }
 
 /// `relu(depthwise_conv2d(x, weight, stride) + bias)` (the ReLU where `relu` is set), `bias` (C):
-/// a depthwise layer with its BatchNorm folded in, for inference. On CUDA (f32) one kernel
-/// writes the result, with no gradient; elsewhere, or where an operand will be differentiated,
-/// the three ops in turn.
+/// a depthwise layer with its BatchNorm folded in, for inference. On CUDA (f32, f16, bf16) one
+/// kernel writes the result, with no gradient; elsewhere, or where an operand will be
+/// differentiated, the three ops in turn.
 pub fn depthwise_conv2d_bias_act(
     x: &Tensor,
     weight: &Tensor,
@@ -56,7 +58,7 @@ pub fn depthwise_conv2d_bias_act(
         )
     }
     let differentiated = x.track_op() || weight.track_op() || bias.track_op();
-    if has_cuda_kernel(x) && !differentiated {
+    if has_cuda_element_kernel(x) && !differentiated {
         x.contiguous()?.apply_op3_no_bwd(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -168,7 +170,11 @@ impl Kernel<2> for DepthwiseConv3x3 {
         &self,
         [x, w]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::forward(x, w, None, self.stride, false)
+        for_element!(
+            x.0,
+            Self::NAME,
+            cuda::forward(x, w, None, self.stride, false)
+        )
     }
 }
 
@@ -211,7 +217,11 @@ impl Kernel<3> for DepthwiseConv3x3BiasAct {
         &self,
         [x, w, bias]: [(&candle_core::CudaStorage, &candle_core::Layout); 3],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::forward(x, w, Some(bias), self.stride, self.relu)
+        for_element!(
+            x.0,
+            Self::NAME,
+            cuda::forward(x, w, Some(bias), self.stride, self.relu)
+        )
     }
 }
 
@@ -285,7 +295,11 @@ impl Kernel<2> for DepthwiseConv3x3InputGrad {
         &self,
         [g, k]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::input_grad(g, k, (self.h, self.w), self.stride)
+        for_element!(
+            g.0,
+            Self::NAME,
+            cuda::input_grad(g, k, (self.h, self.w), self.stride)
+        )
     }
 }
 
@@ -316,7 +330,7 @@ impl Kernel<2> for DepthwiseConv3x3WeightGrad {
         &self,
         [x, g]: [(&candle_core::CudaStorage, &candle_core::Layout); 2],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::weight_grad(x, g, self.stride)
+        for_element!(x.0, Self::NAME, cuda::weight_grad(x, g, self.stride))
     }
 }
 
@@ -330,7 +344,8 @@ mod cuda {
     use candle_core::{CudaStorage, Result, Shape};
 
     use crate::ops::cuda::{
-        dims, elementwise, input, output, ptx_module, reduction, storage, Input, Module,
+        dims, elementwise, input, output, ptx_module, reduction, storage, typed, Element, Input,
+        Module,
     };
     use crate::ops::depthwise_output_size;
 
@@ -338,7 +353,7 @@ mod cuda {
 
     /// The output of `x` (N, C, H, W) by `w` (C, 1, 3, 3), plus `bias` (C) if given, through a
     /// ReLU if `relu`.
-    pub(super) fn forward(
+    pub(super) fn forward<T: Element>(
         (xs, xl): Input,
         (ws, wl): Input,
         bias: Option<Input>,
@@ -352,17 +367,17 @@ mod cuda {
             depthwise_output_size(w, stride),
         );
         let device = &xs.device;
-        let x = input::<f32>(xs, xl, OP)?;
-        let weight = input::<f32>(ws, wl, OP)?;
-        let bias = bias.map(|(s, l)| input::<f32>(s, l, OP)).transpose()?;
+        let x = input::<T>(xs, xl, OP)?;
+        let weight = input::<T>(ws, wl, OP)?;
+        let bias = bias.map(|(s, l)| input::<T>(s, l, OP)).transpose()?;
         let len = n * c * oh * ow;
         // SAFETY: the kernel launched next writes every element.
-        let out = unsafe { output::<f32>(device, len) }?;
+        let out = unsafe { output::<T>(device, len) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
         let relu = i32::from(relu);
         // The kernel reads no bias through a null pointer.
         let no_bias = 0u64;
-        let (func, stream) = MODULE.function(device, "depthwise3x3_forward_f32")?;
+        let (func, stream) = MODULE.function(device, &typed::<T>("depthwise3x3_forward"))?;
         let mut args = stream.launch_builder(&func);
         args.arg(&x).arg(&weight);
         match &bias {
@@ -381,7 +396,7 @@ mod cuda {
     }
 
     /// The input gradient, (N, C, H, W) from the output gradient `g` and the weight `k`.
-    pub(super) fn input_grad(
+    pub(super) fn input_grad<T: Element>(
         (gs, gl): Input,
         (ks, kl): Input,
         (h, w): (usize, usize),
@@ -390,13 +405,13 @@ mod cuda {
         const OP: &str = "depthwise-conv3x3-input-grad";
         let (n, c, oh, ow) = gl.shape().dims4()?;
         let device = &gs.device;
-        let g = input::<f32>(gs, gl, OP)?;
-        let k = input::<f32>(ks, kl, OP)?;
+        let g = input::<T>(gs, gl, OP)?;
+        let k = input::<T>(ks, kl, OP)?;
         let len = n * c * h * w;
         // SAFETY: the kernel launched next writes every element.
-        let out = unsafe { output::<f32>(device, len) }?;
+        let out = unsafe { output::<T>(device, len) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
-        let (func, stream) = MODULE.function(device, "depthwise3x3_input_grad_f32")?;
+        let (func, stream) = MODULE.function(device, &typed::<T>("depthwise3x3_input_grad"))?;
         let mut args = stream.launch_builder(&func);
         args.arg(&g).arg(&k).arg(&out);
         for d in &dims {
@@ -409,7 +424,7 @@ mod cuda {
 
     /// The (C, 1, 3, 3) weight gradient from the input `x` and the output gradient `g`: one block
     /// per channel.
-    pub(super) fn weight_grad(
+    pub(super) fn weight_grad<T: Element>(
         (xs, xl): Input,
         (gs, gl): Input,
         stride: usize,
@@ -418,12 +433,12 @@ mod cuda {
         let (n, c, h, w) = xl.shape().dims4()?;
         let (_, _, oh, ow) = gl.shape().dims4()?;
         let device = &xs.device;
-        let x = input::<f32>(xs, xl, OP)?;
-        let g = input::<f32>(gs, gl, OP)?;
+        let x = input::<T>(xs, xl, OP)?;
+        let g = input::<T>(gs, gl, OP)?;
         // SAFETY: the kernel launched next writes every element.
-        let out = unsafe { output::<f32>(device, c * 9) }?;
+        let out = unsafe { output::<T>(device, c * 9) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
-        let (func, stream) = MODULE.function(device, "depthwise3x3_weight_grad_f32")?;
+        let (func, stream) = MODULE.function(device, &typed::<T>("depthwise3x3_weight_grad"))?;
         let mut args = stream.launch_builder(&func);
         args.arg(&x).arg(&g).arg(&out);
         for d in &dims {

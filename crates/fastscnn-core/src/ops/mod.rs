@@ -2,14 +2,14 @@
 //!
 //! Each op runs a direct CPU kernel for f32 and f64 (the loss of upsampled scores for f32); with
 //! the `cuda` feature, the depthwise convolution, pooling, resize, resize + argmax, training
-//! BatchNorm and the loss run CUDA kernels for f32 (the `.cu` file beside each op, compiled to
-//! PTX by `build.rs`); on every other device or dtype a fallback composed of candle's own ops or
-//! of the other ops here runs, so Metal builds (and CUDA's other dtypes) work too. The composite
-//! paths double as the reference the CPU kernels are tested against. Most CPU kernels are
-//! `fastscnn-cpu`'s: the engine's own for the forward passes it shares (depthwise, dense and 1x1
-//! convolutions, resize, resize + argmax, pooling), and beside them those training adds (the
-//! same forwards in f64, every gradient, BatchNorm's f32 passes, the loss in f32, alone and of
-//! upsampled scores). The few that only these ops run are here with them (BatchNorm's f64
+//! BatchNorm and the loss run CUDA kernels for f32, the first four also for f16 and bf16 (the
+//! `.cu` file beside each op, compiled to PTX by `build.rs`); on every other device or dtype a
+//! fallback composed of candle's own ops or of the other ops here runs, so Metal builds (and
+//! CUDA's other dtypes) work too. The composite paths double as the reference the CPU kernels
+//! are tested against. Most CPU kernels are `fastscnn-cpu`'s: the engine's own for the forward
+//! passes it shares (depthwise, dense and 1x1 convolutions, resize, resize + argmax, pooling), and
+//! beside them those training adds (the same forwards in f64, every gradient, BatchNorm's f32
+//! passes, the loss in f32, alone and of upsampled scores). The few that only these ops run are here with them (BatchNorm's f64
 //! normalisation, the per-channel bias, the loss in f64). Two ops run others inside them so that
 //! the maps between those never enter candle's gradient store: a convolution and the training
 //! BatchNorm after it ([`conv_batch_norm_train_act`]), and the upsampling of scores and their
@@ -71,15 +71,26 @@ fn has_cpu_kernel(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
-/// Whether a tensor can take the ops' CUDA kernels: a build with the `cuda` feature, a CUDA
-/// device, f32 and at least one element (the driver allocates no empty buffer).
+/// Whether a tensor can take the CUDA kernels of every op that has one: a build with the `cuda`
+/// feature, a CUDA device, f32 and at least one element (the driver allocates no empty buffer).
 fn has_cuda_kernel(t: &Tensor) -> bool {
-    cfg!(feature = "cuda") && t.device().is_cuda() && t.dtype() == DType::F32 && t.elem_count() > 0
+    has_cuda_element_kernel(t) && t.dtype() == DType::F32
 }
 
-/// Whether a tensor can take the kernels of the ops that have both a CPU and a CUDA one.
+/// Whether a tensor can take the CUDA kernels of the memory-bound ops (depthwise convolution,
+/// pooling, resize, resize + argmax), which also run on f16 and bf16: they compute in f32 and
+/// round once on the store, so half precision halves their memory traffic and costs one rounding.
+fn has_cuda_element_kernel(t: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && t.elem_count() > 0
+}
+
+/// Whether a tensor can take the kernels of the memory-bound ops, which have both CPU kernels
+/// (f32, f64) and CUDA ones (f32, f16, bf16).
 fn has_kernel(t: &Tensor) -> bool {
-    has_cpu_kernel(t) || has_cuda_kernel(t)
+    has_cpu_kernel(t) || has_cuda_element_kernel(t)
 }
 
 /// The float types the CPU kernels run on: f32 and f64, as candle's dtype and as the sampling

@@ -1,8 +1,8 @@
 //! The label map straight from low-resolution class scores: bilinear upsampling and the argmax over
 //! classes in one pass, so the (C, H, W) logits at full resolution are never stored (the paper's
 //! "cls" output). At 1024x2048 with 19 classes that is 160 MB not written and read back. CPU
-//! (f32, f64) and CUDA (f32, `resize_argmax.cu`) run the fused kernel, other devices the resize
-//! and candle's argmax.
+//! (f32, f64) and CUDA (f32, f16, bf16: `resize_argmax.cu`) run the fused kernel, other devices
+//! the resize and candle's argmax.
 
 use candle_core::{bail, CpuStorage, Result, Shape, Tensor};
 use fastscnn_cpu::resize_argmax_forward;
@@ -54,22 +54,43 @@ impl Kernel<1> for ResizeArgmax {
         &self,
         [(s, l)]: [(&candle_core::CudaStorage, &candle_core::Layout); 1],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
+        use super::cuda::for_element;
+        for_element!(s, Self::NAME, cuda::labels(self, (s, l)))
+    }
+}
 
-        use super::cuda::{dims, elementwise, input, output, ptx_module, storage, Module};
+forward_only_op!(ResizeArgmax, 1);
 
-        static MODULE: Module = ptx_module!("resize_argmax");
+/// The launch of `resize_argmax.cu`'s kernel.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Result, Shape};
+
+    use super::{Kernel, ResizeArgmax};
+    use crate::ops::cuda::{
+        dims, elementwise, input, output, ptx_module, storage, typed, Element, Input, Module,
+    };
+
+    static MODULE: Module = ptx_module!("resize_argmax");
+
+    /// The (N, OH, OW) u32 labels of the (N, C, H, W) scores of `op`'s input.
+    pub(super) fn labels<T: Element>(
+        op: &ResizeArgmax,
+        (s, l): Input,
+    ) -> Result<(CudaStorage, Shape)> {
+        const OP: &str = <ResizeArgmax as Kernel<1>>::NAME;
         let (n, c, h, w) = l.shape().dims4()?;
-        let (oh, ow) = (self.out_h, self.out_w);
+        let (oh, ow) = (op.out_h, op.out_w);
         let device = &s.device;
-        let scores = input::<f32>(s, l, Self::NAME)?;
+        let scores = input::<T>(s, l, OP)?;
         let len = n * oh * ow;
         // SAFETY: the kernel launched next writes every element.
         let labels = unsafe { output::<u32>(device, len) }?;
-        let dims = dims([n, c, h, w, oh, ow], Self::NAME)?;
-        let align_corners = i32::from(self.align_corners);
-        let (func, stream) = MODULE.function(device, "resize_argmax_f32")?;
+        let dims = dims([n, c, h, w, oh, ow], OP)?;
+        let align_corners = i32::from(op.align_corners);
+        let (func, stream) = MODULE.function(device, &typed::<T>("resize_argmax"))?;
         let mut args = stream.launch_builder(&func);
         args.arg(&scores).arg(&labels);
         for d in &dims {
@@ -82,8 +103,6 @@ impl Kernel<1> for ResizeArgmax {
         Ok((storage(labels, device), Shape::from((n, oh, ow))))
     }
 }
-
-forward_only_op!(ResizeArgmax, 1);
 
 #[cfg(test)]
 mod tests {
