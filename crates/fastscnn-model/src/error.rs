@@ -83,6 +83,16 @@ pub enum ModelError {
     /// An input the network cannot take: its rank, channels, size, dtype or device.
     #[error("{0}")]
     Input(String),
+    /// The network cannot be built in this dtype on this device.
+    #[error("{dtype:?} weights on {device}: {why}")]
+    DType {
+        /// The dtype asked for.
+        dtype: candle_core::DType,
+        /// The device, in words.
+        device: &'static str,
+        /// Why not, and what runs instead.
+        why: &'static str,
+    },
     /// The model has no class, or more than a label map of bytes holds below the ignore value 255.
     #[error(
         "the model has {classes} classes; a label map of bytes holds 1 to 255 \

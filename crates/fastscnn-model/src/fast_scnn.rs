@@ -184,6 +184,7 @@ impl FastScnn {
     /// Builds the network that `weights` describe: the layout from the key names, the number of
     /// classes from the classifier, the auxiliary heads the file has; every key and shape checked.
     pub fn from_weights(weights: &WeightFile, options: &LoadOptions) -> Result<Self> {
+        check_dtype(options)?;
         let config = config_for(weights)?;
         let norm = NormOptions {
             mode: options.batch_norm,
@@ -631,6 +632,30 @@ impl<'a> StageExecutor for CandleRun<'a> {
 
     fn synchronize(&mut self) -> candle_core::Result<()> {
         self.device.synchronize()
+    }
+}
+
+/// Whether the network can be built in `options.dtype` on `options.device`: a float type, and not
+/// bf16 on the CPU, where candle's matrix product has no bf16 kernel.
+fn check_dtype(options: &LoadOptions) -> Result<()> {
+    let error = |device, why| {
+        Err(ModelError::DType {
+            dtype: options.dtype,
+            device,
+            why,
+        })
+    };
+    match options.dtype {
+        DType::F32 | DType::F64 | DType::F16 => Ok(()),
+        DType::BF16 if options.device.is_cpu() => error(
+            "the CPU",
+            "candle's CPU matrix product has no bf16 (f16 runs there, bf16 on a GPU)",
+        ),
+        DType::BF16 => Ok(()),
+        _ => error(
+            "any device",
+            "the network's weights must be f16, bf16, f32 or f64",
+        ),
     }
 }
 
