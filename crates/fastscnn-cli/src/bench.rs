@@ -14,6 +14,7 @@ use image::imageops::{self, FilterType};
 
 use crate::cli::{BenchArgs, BenchMode};
 use crate::file_roles::FileRoles;
+use crate::precision::Precision;
 use crate::{device, weights};
 
 pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
@@ -30,9 +31,15 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
             args.max_pixels
         );
     }
+    if args.mode == BenchMode::Train && args.dtype != Precision::F32 {
+        bail!(
+            "--dtype {}: --mode train trains in f32 (half precision is for inference)",
+            args.dtype.name()
+        );
+    }
     let kept = !args.fresh_outputs && fastscnn_cpu::keep_freed_memory();
     let device = device::select(args.device)?;
-    let (model, path) = weights::load_model(&args.weights, &device, context)?;
+    let (model, path) = weights::load_model(&args.weights, &device, args.dtype, context)?;
     if let Some(dest) = &args.json {
         let mut roles = FileRoles::default();
         roles.input(&path, "the weights");
@@ -74,7 +81,8 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
             Tensor::cat(&vec![&frame; args.batch], 0)?
         }
         None => Tensor::randn(0f32, 1.0, (args.batch, 3, h, w), &device)?,
-    };
+    }
+    .to_dtype(model.dtype())?;
     let mut training = match args.mode {
         BenchMode::Train => Some(Training::new(&model, &path, &device, args.batch, (h, w))?),
         _ => None,
@@ -143,8 +151,9 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         "fresh output memory"
     };
     println!(
-        "{mode} at {h}x{w}, batch {}, {} ({} layout), {engine}, {threads} threads, {outputs}, input {}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
+        "{mode} at {h}x{w}, batch {}, {}, {} ({} layout), {engine}, {threads} threads, {outputs}, input {}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
         args.batch,
+        args.dtype.name(),
         path.display(),
         model.config().layout,
         args.image.as_ref().map_or("noise".to_string(), |p| p.display().to_string()),
@@ -155,7 +164,7 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
             "median_ms": median_ms, "min_ms": min_ms, "fps": fps, "mode": mode,
             "height": h, "width": w, "batch": args.batch, "iters": args.iters, "threads": threads,
             "weights": path.display().to_string(), "engine": engine, "peak_rss_mb": peak_rss_mb,
-            "freed_memory_kept": kept,
+            "freed_memory_kept": kept, "dtype": args.dtype.name(),
             "image": args.image.as_ref().map(|p| p.display().to_string()),
         });
         let text = serde_json::to_string_pretty(&report)? + "\n";

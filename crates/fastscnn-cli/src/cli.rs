@@ -10,6 +10,7 @@ use fastscnn_train::Augment;
 use fastscnn_weights::{HubFile, WeightSource, WeightsError};
 
 use crate::device::DeviceArg;
+use crate::precision::Precision;
 
 /// Real-time semantic segmentation of street scenes with Fast-SCNN.
 #[derive(Debug, Parser)]
@@ -112,6 +113,10 @@ pub struct BenchArgs {
     pub fresh_outputs: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The precision of the weights and activations, for the inference modes: f16 and bf16 are
+    /// for GPUs (on the CPU they run through candle's ops, slower than f32's fused kernels).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
     /// The largest frame, in pixels, to time (see `segment --max-pixels`).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS, value_parser = pixel_count)]
     pub max_pixels: u64,
@@ -265,6 +270,11 @@ pub struct SegmentArgs {
     pub save_logits: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The precision of the weights and activations: f16 and bf16 are for GPUs (on the CPU they
+    /// run through candle's ops, slower than f32's fused kernels). --probs and --save-logits
+    /// are written as f32 either way.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
     /// The most pixels the network runs on per image (after --input-scale), and the most the
     /// scores of --probs and --save-logits cover: the bound on memory. A larger image is refused
     /// with the --input-scale that fits it.
@@ -295,6 +305,10 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The precision of the weights and activations: what f16 or bf16 costs in mIoU (they are for
+    /// GPUs; on the CPU they run through candle's ops, slower than f32's fused kernels).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
     /// Threads decoding images ahead of the network (0: decode on the main thread).
     #[arg(long, default_value_t = 2, value_parser = worker_count)]
     pub workers: usize,

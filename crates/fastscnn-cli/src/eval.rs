@@ -15,7 +15,7 @@ use crate::{device, progress, weights};
 
 pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
     let device = device::select(args.device)?;
-    let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
+    let (model, weights_path) = weights::load_model(&args.weights, &device, args.dtype, context)?;
     weights::check_isa_applies(args.execution.isa, &model)?;
     let dataset = Dataset::open(&args.dataset_root, args.dataset_format)?;
     if model.num_classes() != dataset.classes().len() {
@@ -62,7 +62,13 @@ pub fn run(args: &EvalArgs, context: &ExecutionContext) -> Result<()> {
 
     print!("{}", table(&evaluation));
     if let Some(dest) = &args.json {
-        let report = report(&evaluation, &args.split, args.input_scale, &weights_path);
+        let report = report(
+            &evaluation,
+            &args.split,
+            args.input_scale,
+            args.dtype.name(),
+            &weights_path,
+        );
         let text = serde_json::to_string_pretty(&report)? + "\n";
         write_atomically(dest, |tmp| {
             std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", dest.display()))
@@ -132,7 +138,8 @@ fn named(values: Vec<(&str, f64)>) -> Value {
     )
 }
 
-fn report(e: &Evaluation, split: &str, input_scale: f32, weights: &Path) -> Value {
+/// The JSON of `--json`: the scores, and how they were made (`dtype`: `--dtype`'s value).
+fn report(e: &Evaluation, split: &str, input_scale: f32, dtype: &str, weights: &Path) -> Value {
     let mut report = json!({
         "miou": number(e.mean_iou()),
         "pixel_accuracy": number(e.pixel_accuracy()),
@@ -142,6 +149,7 @@ fn report(e: &Evaluation, split: &str, input_scale: f32, weights: &Path) -> Valu
         "fps": e.fps(),
         "split": split,
         "input_scale": input_scale,
+        "dtype": dtype,
         "weights": weights.display().to_string(),
     });
     // Cityscapes' categories, for its classes only.
@@ -172,7 +180,7 @@ mod tests {
 
     #[test]
     fn absent_classes_are_null_in_json_and_na_in_the_table() {
-        let report = report(&road_only(), "val", 1.0, Path::new("w.safetensors"));
+        let report = report(&road_only(), "val", 1.0, "f32", Path::new("w.safetensors"));
         assert!((report["miou"].as_f64().unwrap() - (2.0 / 3.0) / 2.0).abs() < 1e-12);
         assert_eq!(report["per_class_iou"]["sidewalk"], json!(0.0));
         assert!(report["per_class_iou"]["train"].is_null());

@@ -9,6 +9,7 @@ mod file_roles;
 mod info;
 mod inputs;
 mod interrupt;
+mod precision;
 mod prepare;
 mod progress;
 mod segment;

@@ -73,7 +73,7 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
     }
     let alpha = args.overlay_alpha.unwrap_or(0.5);
     let device = device::select(args.device)?;
-    let (model, weights_path) = weights::load_model(&args.weights, &device, context)?;
+    let (model, weights_path) = weights::load_model(&args.weights, &device, args.dtype, context)?;
     weights::check_isa_applies(args.execution.isa, &model)?;
     let classes = model.num_classes();
     // 255 is "ignore" in a train-id map.
@@ -222,7 +222,8 @@ fn segment_one(
     (height, width): (u32, u32),
     keep_scores: bool,
 ) -> Result<(Option<Tensor>, Vec<u8>)> {
-    let input = image_to_tensor(network_input, &model.config().normalization, device)?;
+    let input = image_to_tensor(network_input, &model.config().normalization, device)?
+        .to_dtype(model.dtype())?;
     let (h, w) = (height as usize, width as usize);
     // Logits are only kept at full resolution when they are to be written.
     let logits = if keep_scores {

@@ -3,30 +3,36 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::Device;
-use fastscnn_model::{ExecutionContext, FastScnn, Isa, LoadOptions};
+use fastscnn_model::{ExecutionContext, FastScnn, Isa, LoadOptions, ModelError};
 
 use crate::cli::WeightsArgs;
+use crate::precision::Precision;
 
 /// The local file the arguments name, fetched from the Hub first if need be.
 pub fn resolve(args: &WeightsArgs) -> Result<PathBuf> {
     Ok(args.source()?.resolve()?)
 }
 
-/// The network the checkpoint describes, BatchNorm folded, on `device`.
+/// The network the checkpoint describes, BatchNorm folded, on `device`, in `precision`.
 pub fn load_model(
     args: &WeightsArgs,
     device: &Device,
+    precision: Precision,
     context: &ExecutionContext,
 ) -> Result<(FastScnn, PathBuf)> {
     let path = resolve(args)?;
     let options = LoadOptions {
         device: device.clone(),
+        dtype: precision.dtype(),
         context: Some(context.clone()),
         ..Default::default()
     };
-    let model = FastScnn::from_file(&path, &options)?;
+    let model = FastScnn::from_file(&path, &options).map_err(|e| match e {
+        ModelError::DType { .. } => anyhow!("--dtype {}: {e}", precision.name()),
+        e => e.into(),
+    })?;
     Ok((model, path))
 }
 

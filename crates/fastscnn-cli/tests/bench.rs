@@ -103,6 +103,35 @@ fn candle_ops_time_the_path_without_the_cpu_kernels() {
 }
 
 #[test]
+fn half_precision_is_timed_and_named() {
+    let Some(golden) = golden() else { return };
+    let (text, report) = quick_bench(&golden, &["--dtype", "f16", "--mode", "logits"]);
+    assert!(
+        text.starts_with("logits at 64x128, batch 1, f16, "),
+        "{text}"
+    );
+    assert_eq!(report["dtype"], "f16");
+    // The fused CPU kernels are f32: f16 runs through candle's ops.
+    assert_eq!(report["engine"], "candle ops");
+    let (_, report) = quick_bench(&golden, &[]);
+    assert_eq!(report["dtype"], "f32");
+    // Training is in f32; bf16 has no CPU matrix product in candle.
+    for (args, flag) in [
+        (&["--mode", "train", "--dtype", "f16"][..], "--dtype f16"),
+        (&["--dtype", "bf16"][..], "--dtype bf16"),
+    ] {
+        common::assert_clean_failure(
+            fastscnn()
+                .arg("bench")
+                .arg("--weights")
+                .arg(golden.join("fastscnn_seed0_c19.safetensors"))
+                .args(args),
+            flag,
+        );
+    }
+}
+
+#[test]
 fn fresh_outputs_leave_the_allocator_default() {
     let Some(golden) = golden() else { return };
     let (text, report) = quick_bench(&golden, &["--fresh-outputs"]);

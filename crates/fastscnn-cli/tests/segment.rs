@@ -77,6 +77,53 @@ fn golden_logits_through_the_binary() {
     assert!(classes.len() >= 4, "only {classes:?}");
 }
 
+/// `--dtype f16` on the CPU: the bound of the model's half-precision test (logits within 1.5e-2
+/// of their largest value, argmax ≥ 99.5% PyTorch's), logits written as f32, and the label map the
+/// argmax of the logits written.
+#[test]
+fn half_precision_logits_stay_near_pytorch() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let logits_path = dir.path().join("logits.safetensors");
+    segment_with(
+        &golden.join("seed0_c19_256x512_input0.png"),
+        &weights_arg(&golden),
+        &dir.path().join("out"),
+    )
+    .args(["--dtype", "f16", "--format", "trainid", "--save-logits"])
+    .arg(&logits_path)
+    .assert()
+    .success();
+    let ours = candle_core::safetensors::load(&logits_path, &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        golden.join("seed0_c19_256x512_expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (ours, expected) = (&ours["logits"], &expected["logits"]);
+    assert_eq!(ours.dtype(), candle_core::DType::F32);
+    let largest = expected
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(ours, expected) / largest;
+    assert!(diff <= 1.5e-2, "relative diff {diff}");
+    let agreement = argmax_agreement(ours, expected);
+    assert!(agreement >= 0.995, "argmax agreement {agreement}");
+    let trainid = image::open(dir.path().join("out/seed0_c19_256x512_input0_trainid.png"))
+        .unwrap()
+        .into_luma8();
+    let labels = argmax_labels(ours);
+    assert!(trainid
+        .as_raw()
+        .iter()
+        .zip(&labels)
+        .all(|(&t, &l)| t as u32 == l));
+}
+
 #[test]
 fn odd_sized_images_keep_their_resolution() {
     let Some(golden) = golden() else { return };

@@ -137,8 +137,8 @@ impl Evaluation {
     }
 }
 
-/// Runs `model` over every batch of `loader`'s epoch 0 on `device` and accumulates one confusion
-/// matrix; `on_image` is called once per scored image (for progress bars).
+/// Runs `model` over every batch of `loader`'s epoch 0 on `device` (the images converted to the
+/// model's dtype) and accumulates one confusion matrix; `on_image` is called once per scored image (for progress bars).
 pub fn evaluate(
     model: &FastScnn,
     loader: &Loader,
@@ -170,7 +170,11 @@ pub fn evaluate(
         let (b, h, w) = labels.dims3()?;
         let start = Instant::now();
         let predictions = model
-            .predict_at(&batch.images.to_device(device)?, h, w)
+            .predict_at(
+                &batch.images.to_device(device)?.to_dtype(model.dtype())?,
+                h,
+                w,
+            )
             .map_err(|source| EvalError::Network {
                 image: name(0),
                 cause: Box::new(source),
