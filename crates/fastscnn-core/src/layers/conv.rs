@@ -4,7 +4,7 @@
 //! depthwise 3x3 and pointwise 1x1, each served by its own custom op; a 1x1 convolution is a
 //! matrix product over the flattened plane and needs no im2col at all.
 
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::{BatchNorm, VarBuilder};
 
 use crate::ops::{add_channel_bias, ConvKind};
@@ -132,6 +132,12 @@ impl Conv2d {
     /// The weights, in (out, in / groups, k, k) order.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The same convolution with its weight and bias converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let bias = self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?;
+        Self::from_parts(self.weight.to_dtype(dtype)?, bias, self.config)
     }
 
     /// The bias, one value per output channel, if the convolution has one.

@@ -1,6 +1,6 @@
 //! Convolution + BatchNorm + optional ReLU, the unit every Fast-SCNN block is made of.
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
 
 use super::conv::{Conv2d, ConvConfig};
@@ -60,21 +60,32 @@ impl ConvBnAct {
         conv_vb: VarBuilder,
         bn_vb: VarBuilder,
     ) -> Result<Self> {
-        let conv_layer = Conv2d::new(conv, conv_vb)?;
         let bn_config = BatchNormConfig {
             eps: norm.eps,
             ..Default::default()
         };
-        let bn = batch_norm(conv.out_channels, bn_config, bn_vb)?;
+        let dtype = conv_vb.dtype();
         Ok(match norm.mode {
-            BatchNormMode::Folded => Self {
-                conv: conv_layer.fold_batch_norm(&bn)?,
-                bn: None,
-                relu,
-            },
+            // Folded from the weights read in f32 (f64 for an f64 network), then rounded once to
+            // the network's dtype: folded in f16 or bf16, σ²+ε, its root and each product would
+            // be rounded in turn, and a small variance would lose its digits.
+            BatchNormMode::Folded => {
+                let wide = if dtype == DType::F64 {
+                    DType::F64
+                } else {
+                    DType::F32
+                };
+                let conv_layer = Conv2d::new(conv, conv_vb.set_dtype(wide))?;
+                let bn = batch_norm(conv.out_channels, bn_config, bn_vb.set_dtype(wide))?;
+                Self {
+                    conv: conv_layer.fold_batch_norm(&bn)?.to_dtype(dtype)?,
+                    bn: None,
+                    relu,
+                }
+            }
             BatchNormMode::Unfolded => Self {
-                conv: conv_layer,
-                bn: Some(bn),
+                conv: Conv2d::new(conv, conv_vb)?,
+                bn: Some(batch_norm(conv.out_channels, bn_config, bn_vb)?),
                 relu,
             },
         })
