@@ -40,6 +40,33 @@ pub struct LoadOptions {
     pub context: Option<ExecutionContext>,
 }
 
+impl LoadOptions {
+    /// Whether a network can be built with these options: `dtype` a float type, and not bf16 on
+    /// the CPU, where candle's convolution has no bf16 kernel. [`FastScnn::from_file`] checks
+    /// this before reading the file; a caller can check it before fetching one.
+    pub fn validate(&self) -> Result<()> {
+        let error = |device, why| {
+            Err(ModelError::DType {
+                dtype: self.dtype,
+                device,
+                why,
+            })
+        };
+        match self.dtype {
+            DType::F32 | DType::F64 | DType::F16 => Ok(()),
+            DType::BF16 if self.device.is_cpu() => error(
+                "the CPU",
+                "candle's CPU convolution has no bf16 (f16 runs there, bf16 on a GPU)",
+            ),
+            DType::BF16 => Ok(()),
+            _ => error(
+                "any device",
+                "the network's weights must be f16, bf16, f32 or f64",
+            ),
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
@@ -178,13 +205,14 @@ impl FastScnn {
 
     /// Loads a checkpoint in either public layout: safetensors or a PyTorch `.pth`/`.pt` file.
     pub fn from_file(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        options.validate()?;
         Self::from_weights(&WeightFile::open(path)?, options)
     }
 
     /// Builds the network that `weights` describe: the layout from the key names, the number of
     /// classes from the classifier, the auxiliary heads the file has; every key and shape checked.
     pub fn from_weights(weights: &WeightFile, options: &LoadOptions) -> Result<Self> {
-        check_dtype(options)?;
+        options.validate()?;
         let config = config_for(weights)?;
         let norm = NormOptions {
             mode: options.batch_norm,
@@ -491,7 +519,7 @@ impl FastScnn {
         if let Some(cpu) = self.cpu_path(x) {
             return Ok(cpu.probabilities(x)?);
         }
-        Ok(candle_nn::ops::softmax(&self.logits(x)?, 1)?)
+        class_softmax(&self.logits(x)?)
     }
 
     /// Logits (N, C, H, W) at the input resolution: [`Module::forward`] with this crate's error.
@@ -635,28 +663,16 @@ impl<'a> StageExecutor for CandleRun<'a> {
     }
 }
 
-/// Whether the network can be built in `options.dtype` on `options.device`: a float type, and not
-/// bf16 on the CPU, where candle's matrix product has no bf16 kernel.
-fn check_dtype(options: &LoadOptions) -> Result<()> {
-    let error = |device, why| {
-        Err(ModelError::DType {
-            dtype: options.dtype,
-            device,
-            why,
-        })
+/// The softmax over the classes (dimension 1) of `logits`, in their dtype, computed in f32 at
+/// least: a half-precision sum of exponentials would round at every class.
+pub(crate) fn class_softmax(logits: &Tensor) -> Result<Tensor> {
+    let dtype = logits.dtype();
+    let wide = if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
     };
-    match options.dtype {
-        DType::F32 | DType::F64 | DType::F16 => Ok(()),
-        DType::BF16 if options.device.is_cpu() => error(
-            "the CPU",
-            "candle's CPU matrix product has no bf16 (f16 runs there, bf16 on a GPU)",
-        ),
-        DType::BF16 => Ok(()),
-        _ => error(
-            "any device",
-            "the network's weights must be f16, bf16, f32 or f64",
-        ),
-    }
+    Ok(candle_nn::ops::softmax(&logits.to_dtype(wide)?, 1)?.to_dtype(dtype)?)
 }
 
 /// The preset of the file's layout, with the class count its classifier was trained for and the
@@ -733,6 +749,28 @@ mod tests {
         let logits = out.logits().unwrap();
         assert_eq!(logits.len(), 1 + want.len());
         assert!(logits.iter().all(|l| l.dims() == [2, 5, 64, 96]));
+    }
+
+    #[test]
+    fn options_take_float_dtypes_and_no_bf16_on_the_cpu() {
+        let options = |dtype| LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        for dtype in [DType::F16, DType::F32, DType::F64] {
+            options(dtype).validate().unwrap();
+        }
+        for (dtype, why) in [
+            (DType::BF16, "convolution has no bf16"),
+            (DType::U8, "must be f16"),
+        ] {
+            let e = options(dtype).validate().unwrap_err();
+            assert!(matches!(e, ModelError::DType { .. }), "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        // Checked before the file is opened.
+        let e = FastScnn::from_file("no/such/file.safetensors", &options(DType::BF16)).unwrap_err();
+        assert!(matches!(e, ModelError::DType { .. }), "{e}");
     }
 
     #[test]

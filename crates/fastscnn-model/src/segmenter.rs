@@ -10,6 +10,7 @@ use fastscnn_data::{ClassTable, MAX_CLASSES};
 use image::{GrayImage, RgbImage};
 
 use crate::error::{ModelError, Result};
+use crate::fast_scnn::class_softmax;
 use crate::preprocess::pixels_to_tensor;
 use crate::{resize_image, ExecutionContext, FastScnn, Isa, LoadOptions, DEFAULT_MAX_PIXELS};
 
@@ -379,7 +380,7 @@ impl Segmenter {
         let probabilities = if self.input_scale == 1.0 {
             self.model.probabilities(&input)?
         } else {
-            candle_nn::ops::softmax(&self.model.logits_at(&input, height, width)?, 1)?
+            class_softmax(&self.model.logits_at(&input, height, width)?)?
         };
         self.scores(frame, &probabilities)
     }

@@ -108,6 +108,10 @@ fn check_half(device: &Device, weights: &str, expected: &str, dtype: DType, boun
         .unwrap();
     let logits = model.forward(&input).unwrap();
     assert_eq!(logits.dtype(), dtype);
+    assert!(
+        logits.device().is_cuda(),
+        "{weights}: the logits left the GPU"
+    );
     let logits = logits
         .to_device(&Device::Cpu)
         .unwrap()
