@@ -151,12 +151,16 @@ pub fn run(args: &BenchArgs, context: &ExecutionContext) -> Result<()> {
         "fresh output memory"
     };
     println!(
-        "{mode} at {h}x{w}, batch {}, {}, {} ({} layout), {engine}, {threads} threads, {outputs}, input {}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, {fps:.2} fps{rss}",
+        "{mode} at {h}x{w}, batch {}, {}, {} ({} layout), {engine}, {threads} threads, \
+         {outputs}, input {}, {} runs: median {median_ms:.2} ms, min {min_ms:.2} ms, \
+         {fps:.2} fps{rss}",
         args.batch,
         args.dtype.name(),
         path.display(),
         model.config().layout,
-        args.image.as_ref().map_or("noise".to_string(), |p| p.display().to_string()),
+        args.image
+            .as_ref()
+            .map_or("noise".to_string(), |p| p.display().to_string()),
         args.iters
     );
     if let Some(dest) = &args.json {

@@ -114,7 +114,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// The precision of the weights and activations, for the inference modes: f16 and bf16 are
-    /// for GPUs (on the CPU they run through candle's ops, slower than f32's fused kernels).
+    /// for GPUs (on the CPU f16 runs through candle's ops, slower than f32's fused kernels, and
+    /// bf16 is refused).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// The largest frame, in pixels, to time (see `segment --max-pixels`).
@@ -270,9 +271,9 @@ pub struct SegmentArgs {
     pub save_logits: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
-    /// The precision of the weights and activations: f16 and bf16 are for GPUs (on the CPU they
-    /// run through candle's ops, slower than f32's fused kernels). --probs and --save-logits
-    /// are written as f32 either way.
+    /// The precision of the weights and activations: f16 and bf16 are for GPUs (on the CPU f16
+    /// runs through candle's ops, slower than f32's fused kernels, and bf16 is refused).
+    /// --probs (a softmax in f32) and --save-logits are written as f32 either way.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// The most pixels the network runs on per image (after --input-scale), and the most the
@@ -306,7 +307,8 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// The precision of the weights and activations: what f16 or bf16 costs in mIoU (they are for
-    /// GPUs; on the CPU they run through candle's ops, slower than f32's fused kernels).
+    /// GPUs; on the CPU f16 runs through candle's ops, slower than f32's fused kernels, and bf16
+    /// is refused).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Threads decoding images ahead of the network (0: decode on the main thread).

@@ -5,8 +5,9 @@ use clap::ValueEnum;
 
 /// f32 everywhere; f16 and bf16 halve the memory a GPU reads and writes: on CUDA the
 /// memory-bound ops (depthwise convolution, pooling, resize, resize + argmax) run their own
-/// half-precision kernels and the rest candle's, while on the CPU every op runs through candle's
-/// ops (the fused CPU kernels are f32), slower than f32.
+/// half-precision kernels and the rest candle's, while on the CPU f16 runs every op through
+/// candle's ops (the fused CPU kernels are f32), slower than f32, and bf16 is refused (candle's
+/// CPU convolution has no bf16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
     F32,

@@ -192,7 +192,8 @@ pub fn run(args: &SegmentArgs, context: &ExecutionContext) -> Result<()> {
             written.push(dest);
         }
         if let (Some(dest), Some(logits)) = (&args.probs, &logits) {
-            let probs = candle_nn::ops::softmax(logits, 1)?;
+            // In f32 whatever the network's dtype: the file holds f32.
+            let probs = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, 1)?;
             save_tensor(dest, "probs", &probs)?;
             written.push(dest.clone());
         }

@@ -117,6 +117,7 @@ fn half_precision_logits_stay_near_pytorch() {
         .unwrap()
         .into_luma8();
     let labels = argmax_labels(ours);
+    assert_eq!(trainid.as_raw().len(), labels.len());
     assert!(trainid
         .as_raw()
         .iter()

@@ -138,7 +138,8 @@ impl Evaluation {
 }
 
 /// Runs `model` over every batch of `loader`'s epoch 0 on `device` (the images converted to the
-/// model's dtype) and accumulates one confusion matrix; `on_image` is called once per scored image (for progress bars).
+/// model's dtype) and accumulates one confusion matrix; `on_image` is called once per scored
+/// image (for progress bars).
 pub fn evaluate(
     model: &FastScnn,
     loader: &Loader,
