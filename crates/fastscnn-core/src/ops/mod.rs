@@ -9,8 +9,8 @@
 //! are tested against. Most CPU kernels are `fastscnn-cpu`'s: the engine's own for the forward
 //! passes it shares (depthwise, dense and 1x1 convolutions, resize, resize + argmax, pooling), and
 //! beside them those training adds (the same forwards in f64, every gradient, BatchNorm's f32
-//! passes, the loss in f32, alone and of upsampled scores). The few that only these ops run are here with them (BatchNorm's f64
-//! normalisation, the per-channel bias, the loss in f64). Two ops run others inside them so that
+//! passes, the loss in f32, alone and of upsampled scores). The few that only these ops run are
+//! here with them (BatchNorm's f64 normalisation, the per-channel bias, the loss in f64). Two ops run others inside them so that
 //! the maps between those never enter candle's gradient store: a convolution and the training
 //! BatchNorm after it ([`conv_batch_norm_train_act`]), and the upsampling of scores and their
 //! loss ([`resize_cross_entropy`]).
@@ -224,7 +224,7 @@ macro_rules! forward_only_op {
 use forward_only_op;
 
 /// A kernel of `N` inputs of one float type: on the CPU written once for f32 and f64, on CUDA
-/// (where the op has one) for f32.
+/// (where the op has one) for f32, and for f16 and bf16 too where the op is memory-bound.
 trait Kernel<const N: usize> {
     const NAME: &'static str;
     fn run<T: Float>(&self, inputs: [&[T]; N], shapes: [&Shape; N]) -> Result<(CpuStorage, Shape)>;
@@ -235,8 +235,8 @@ trait Kernel<const N: usize> {
         self.run(inputs, shapes)
     }
 
-    /// CUDA inputs (f32, contiguous, not empty): the op's CUDA kernel, for the ops that have one
-    /// (the public wrappers send CUDA tensors to no other).
+    /// CUDA inputs (contiguous, not empty, of a dtype the op has a kernel for): the op's CUDA
+    /// kernel, for the ops that have one (the public wrappers send CUDA tensors to no other).
     #[cfg(feature = "cuda")]
     fn run_cuda(
         &self,
