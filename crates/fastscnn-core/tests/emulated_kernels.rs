@@ -3,7 +3,7 @@
 //! parameters the ops' launches pass them, every thread of a block an OS thread (so that the
 //! block sums' shuffles and barriers run as on a GPU). This proves the kernels' arithmetic and
 //! indexing on any machine; what it cannot prove (the PTX, the launches through cudarc, the
-//! GPU's own `expf`) `cuda_kernels.rs` proves on a GPU, against the same bounds.
+//! GPU's own `expf`) `cuda_kernels.rs` proves on a GPU.
 //!
 //! Needs a C++20 compiler (`$CXX`, else `c++`) and CUDA's headers for `cuda_fp16.h` and
 //! `cuda_bf16.h` (`$FASTSCNN_CUDA_INCLUDE`, else `include/` beside the `nvcc` on `PATH`, else
@@ -11,12 +11,6 @@
 //! passes, unless `FASTSCNN_REQUIRE_EMULATION` is set (`.ci/run`'s CUDA section sets it).
 //! Unix only: the kernels are loaded with `dlopen`.
 #![cfg(unix)]
-
-use std::collections::HashMap;
-use std::ffi::{c_void, CString};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use fastscnn_core::ops::{
@@ -26,134 +20,13 @@ use fastscnn_core::ops::{
 use fastscnn_core::testing::random_tensor;
 use half::{bf16, f16};
 
-// ---------------------------------------------------------------------------------------------
-// Compiling and loading the kernels
-
-/// Where CUDA's headers are, if anywhere.
-fn cuda_include() -> Option<PathBuf> {
-    let has_headers = |dir: &Path| dir.join("cuda_fp16.h").is_file();
-    if let Some(dir) = std::env::var_os("FASTSCNN_CUDA_INCLUDE") {
-        return Some(PathBuf::from(dir)).filter(|d| has_headers(d));
-    }
-    let beside_nvcc = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .find(|dir| dir.join("nvcc").is_file())
-            .and_then(|bin| Some(bin.parent()?.join("include")))
-    });
-    let homes = ["CUDA_HOME", "CUDA_PATH"]
-        .into_iter()
-        .filter_map(|v| Some(PathBuf::from(std::env::var_os(v)?).join("include")));
-    beside_nvcc
-        .into_iter()
-        .chain(homes)
-        .chain([PathBuf::from("/usr/local/cuda/include")])
-        .find(|d| has_headers(d))
-}
-
-/// A kernel file compiled for the host and loaded.
-struct Library(*mut c_void);
-
-// SAFETY: the handle is only passed to dlsym, which may be called from any thread.
-unsafe impl Send for Library {}
-unsafe impl Sync for Library {}
-
-impl Library {
-    /// The address of `symbol`, as the function type `F` (the kernel's C signature).
-    fn function<F: Copy>(&self, symbol: &str) -> F {
-        assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
-        let name = CString::new(symbol).unwrap();
-        // SAFETY: a handle from dlopen and a NUL-terminated name.
-        let address = unsafe { libc::dlsym(self.0, name.as_ptr()) };
-        assert!(!address.is_null(), "{symbol}: not in the library");
-        // SAFETY: `F` is the function pointer type of the symbol's C declaration.
-        unsafe { std::mem::transmute_copy(&address) }
-    }
-}
-
-/// Why the emulation cannot run here, said once per test; a failure where it is required.
-fn skipped(why: &str) -> Option<&'static Library> {
-    assert!(
-        std::env::var_os("FASTSCNN_REQUIRE_EMULATION").is_none(),
-        "FASTSCNN_REQUIRE_EMULATION is set, but {why}"
-    );
-    eprintln!("skipped: {why}");
-    None
-}
-
-/// `src/ops/<name>.cu` compiled with the emulation, once per test process.
-fn library(name: &str) -> Option<&'static Library> {
-    static LIBRARIES: OnceLock<Mutex<HashMap<String, Option<&'static Library>>>> = OnceLock::new();
-    let mut libraries = LIBRARIES.get_or_init(Default::default).lock().unwrap();
-    if let Some(found) = libraries.get(name) {
-        return found.or_else(|| skipped("the kernels did not build (see the first test)"));
-    }
-    let built = build(name);
-    libraries.insert(name.to_string(), built);
-    built
-}
-
-fn build(name: &str) -> Option<&'static Library> {
-    let Some(include) = cuda_include() else {
-        return skipped("no CUDA headers (cuda_fp16.h) to compile the kernels with");
-    };
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let emulation = crate_dir.join("tests/emulation");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("emulated-{name}.so"));
-    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let status = Command::new(&compiler)
-        .args(["-x", "c++", "-std=c++20", "-O2", "-ffp-contract=off"])
-        .args(["-fPIC", "-shared", "-pthread", "-include"])
-        .arg(emulation.join("cuda_emulation.h"))
-        .arg("-I")
-        .arg(crate_dir.join("src/ops"))
-        .arg("-I")
-        .arg(&include)
-        .arg(crate_dir.join(format!("src/ops/{name}.cu")))
-        .arg(emulation.join("cuda_emulation.cpp"))
-        .arg("-o")
-        .arg(&out)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("{compiler} failed on {name}.cu ({s})"),
-        Err(e) => return skipped(&format!("no C++ compiler `{compiler}`: {e}")),
-    }
-    let path = CString::new(out.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path to the library just built.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!handle.is_null(), "{}: dlopen failed", out.display());
-    Some(Box::leak(Box::new(Library(handle))))
-}
-
-type Body<'a> = &'a (dyn Fn() + Sync);
-
-extern "C" fn run_body(context: *mut c_void) {
-    // SAFETY: `launch` passes a pointer to a `Body` that outlives the launch.
-    let body = unsafe { *(context as *const Body) };
-    body();
-}
-
-/// `body` (one kernel call) on every thread of a `grid` of blocks of `threads` threads.
-fn launch(library: &Library, grid: (u32, u32), threads: u32, body: Body) {
-    type Launcher = unsafe extern "C" fn(u32, u32, u32, extern "C" fn(*mut c_void), *mut c_void);
-    let emu_launch: Launcher = library.function("emu_launch");
-    let context = &body as *const Body as *mut c_void;
-    // SAFETY: `run_body` reads `context` as the `Body` it points to, within this call.
-    unsafe { emu_launch(grid.0, grid.1, threads, run_body, context) };
-}
-
-/// The grid of an element-wise launch here: few enough threads to spawn, more than one block and
-/// fewer threads than elements, so the grid-stride loops run.
-const ELEMENTWISE: ((u32, u32), u32) = ((3, 1), 64);
-
-/// The block size of the reducing kernels (`SUM_THREADS` of `src/ops/cuda.rs`).
-const SUM_THREADS: u32 = 256;
+mod emulation;
+use emulation::{launch, library, Library, ELEMENTWISE, SUM_THREADS};
 
 // ---------------------------------------------------------------------------------------------
 // Element types and comparisons
 
-/// An element type of the memory-bound kernels, as the kernels' exported names and the bounds
-/// of `cuda_kernels.rs` have it.
+/// An element type of the memory-bound kernels, with the suffix of the kernels exported for it.
 trait Element: Copy + Send + Sync + 'static {
     const SUFFIX: &'static str;
     fn from_f32(v: f32) -> Self;
@@ -612,12 +485,14 @@ fn fused_resize_and_argmax_gives_the_cpu_labels() {
 
 type Moments = unsafe extern "C" fn(*const f32, *mut f64, u32, u32, u32);
 type FinishMoments = unsafe extern "C" fn(*const f32, *const f64, *mut f32, u32, u32, u32, u32);
-type Apply = unsafe extern "C" fn(*const f32, *const f32, *mut f32, u32, u32, u32, f64, i32);
+type Coefficients = unsafe extern "C" fn(*const f32, *mut f32, u32, f64);
+type Apply = unsafe extern "C" fn(*const f32, *const f32, *mut f32, u32, u32, u32, i32);
 type PartialGrad =
     unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f64, u32, u32, u32, f64, i32);
 type FinishGrad = unsafe extern "C" fn(*const f64, *const f32, *mut f32, u32, u32, f64);
+type GradCoefficients = unsafe extern "C" fn(*const f32, *mut f32, u32, f64, f64);
 type InputGrad =
-    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, u32, u32, u32, f64, i32);
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, u32, u32, u32, i32);
 
 /// The passes of `stacked_batch_norm.cu` in the order the op runs them, against the CPU's fused
 /// training BatchNorm: statistics, output and the three gradients.
@@ -628,9 +503,11 @@ fn training_batch_norm_forward_backward_and_statistics() {
     };
     let moments: Moments = library.function("batch_norm_partial_moments_f32");
     let finish_moments: FinishMoments = library.function("batch_norm_finish_moments_f32");
+    let coefficients: Coefficients = library.function("batch_norm_coefficients_f32");
     let apply: Apply = library.function("batch_norm_apply_f32");
     let partial_grad: PartialGrad = library.function("batch_norm_partial_grad_f32");
     let finish_grad: FinishGrad = library.function("batch_norm_finish_grad_f32");
+    let grad_coefficients: GradCoefficients = library.function("batch_norm_grad_coefficients_f32");
     let input_grad: InputGrad = library.function("batch_norm_input_grad_f32");
     let (n, c, h, w) = (4, 6, 17, 33);
     let plane = h * w;
@@ -680,17 +557,21 @@ fn training_batch_norm_forward_backward_and_statistics() {
         let mut params: Vec<f32> = values(&gamma);
         params.extend(values(&beta));
         params.extend_from_slice(&stacked);
+        let scale_shift = output::<f32>(2 * c);
+        let (qa, ca) = (at(&params), at(&scale_shift));
+        launch(library, (1, 1), 64, &|| unsafe {
+            coefficients(qa as *const f32, ca as *mut f32, c32, eps)
+        });
         let result = output::<f32>(x.len());
-        let (qa, ra) = (at(&params), at(&result));
+        let ra = at(&result);
         launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
             apply(
                 xa as *const f32,
-                qa as *const f32,
+                ca as *const f32,
                 ra as *mut f32,
                 n32,
                 c32,
                 plane32,
-                eps,
                 i32::from(relu),
             )
         });
@@ -739,18 +620,23 @@ fn training_batch_norm_forward_backward_and_statistics() {
             1e-5,
         );
         params.extend_from_slice(&sums);
+        let terms = output::<f32>(6 * c);
+        let (qa, ta) = (at(&params), at(&terms));
+        let count = (n * plane) as f64;
+        launch(library, (1, 1), 64, &|| unsafe {
+            grad_coefficients(qa as *const f32, ta as *mut f32, c32, count, eps)
+        });
         let grad_x = output::<f32>(x.len());
-        let (qa, ra) = (at(&params), at(&grad_x));
+        let ra = at(&grad_x);
         launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
             input_grad(
                 xa as *const f32,
                 ga as *const f32,
-                qa as *const f32,
+                ta as *const f32,
                 ra as *mut f32,
                 n32,
                 c32,
                 plane32,
-                eps,
                 i32::from(relu),
             )
         });

@@ -81,18 +81,28 @@ __device__ __forceinline__ void scale_shift(const float* params, unsigned c, uns
     *shift = (float)((double)params[c + ch] - (double)params[2 * c + ch] * s);
 }
 
-// out = x·scale + shift, through max(0, ·) if `relu`.
+// coefficients[ch] = scale, coefficients[c + ch] = shift; one thread per channel. The f64 root
+// and division run once per channel here rather than once per element in `batch_norm_apply`:
+// GPUs other than datacenter ones run f64 at a small fraction of their f32 rate.
+extern "C" __global__ void batch_norm_coefficients_f32(const float* __restrict__ params,
+                                                       float* __restrict__ coefficients,
+                                                       unsigned c, double eps) {
+    const unsigned ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    scale_shift(params, c, ch, eps, &coefficients[ch], &coefficients[c + ch]);
+}
+
+// out = x·scale + shift, through max(0, ·) if `relu`; `coefficients` from
+// `batch_norm_coefficients`.
 extern "C" __global__ void batch_norm_apply_f32(const float* __restrict__ x,
-                                                const float* __restrict__ params,
+                                                const float* __restrict__ coefficients,
                                                 float* __restrict__ out, unsigned n, unsigned c,
-                                                unsigned plane, double eps, int relu) {
+                                                unsigned plane, int relu) {
     const size_t total = (size_t)n * c * plane;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const unsigned ch = (i / plane) % c;
-        float scale, shift;
-        scale_shift(params, c, ch, eps, &scale, &shift);
-        float y = x[i] * scale + shift;
+        float y = x[i] * coefficients[ch] + coefficients[c + ch];
         if (relu) y = y > 0.0f ? y : 0.0f;
         out[i] = y;
     }
@@ -148,25 +158,37 @@ extern "C" __global__ void batch_norm_finish_grad_f32(const double* __restrict__
     sums[c + ch] = (float)(centred * inverse_std(params[3 * c + ch], eps));
 }
 
-// dx = γ/σ · (g − Σg/M − x̂·Σg·x̂/M), M = N·plane; `params` rows 4 and 5 hold the two sums.
+// The input gradient's per-channel terms, once per channel (as `batch_norm_coefficients`):
+// dx = γ/σ · (g − Σg/M − x̂·Σg·x̂/M) = a·g − b − k·(x − μ), M = N·plane, with a = γ/σ,
+// b = a·Σg/M and k = a/σ·Σg·x̂/M, each computed in f64 and rounded; `params` rows 4 and 5 hold
+// the two sums. terms rows: scale, shift (the forward's, for the ReLU), a, b, k, μ.
+extern "C" __global__ void batch_norm_grad_coefficients_f32(const float* __restrict__ params,
+                                                            float* __restrict__ terms,
+                                                            unsigned c, double count,
+                                                            double eps) {
+    const unsigned ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    scale_shift(params, c, ch, eps, &terms[ch], &terms[c + ch]);
+    const double inv = inverse_std(params[3 * c + ch], eps);
+    const double a = (double)params[ch] * inv;
+    terms[2 * c + ch] = (float)a;
+    terms[3 * c + ch] = (float)(a * (double)params[4 * c + ch] / count);
+    terms[4 * c + ch] = (float)(a * inv * (double)params[5 * c + ch] / count);
+    terms[5 * c + ch] = params[2 * c + ch];
+}
+
+// dx from x, the output gradient dy and the `terms` of `batch_norm_grad_coefficients`, in f32.
 extern "C" __global__ void batch_norm_input_grad_f32(const float* __restrict__ x,
                                                      const float* __restrict__ dy,
-                                                     const float* __restrict__ params,
+                                                     const float* __restrict__ terms,
                                                      float* __restrict__ grad_x, unsigned n,
-                                                     unsigned c, unsigned plane, double eps,
-                                                     int relu) {
+                                                     unsigned c, unsigned plane, int relu) {
     const size_t total = (size_t)n * c * plane;
-    const double count = (double)n * (double)plane;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const unsigned ch = (i / plane) % c;
-        float scale, shift;
-        scale_shift(params, c, ch, eps, &scale, &shift);
-        const double inv = inverse_std(params[3 * c + ch], eps);
-        const double xhat = ((double)x[i] - (double)params[2 * c + ch]) * inv;
-        const double g = through_relu(dy[i], x[i], scale, shift, relu);
-        const double mean_g = (double)params[4 * c + ch] / count;
-        const double mean_gx = (double)params[5 * c + ch] / count;
-        grad_x[i] = (float)((double)params[ch] * inv * (g - mean_g - xhat * mean_gx));
+        const float g = through_relu(dy[i], x[i], terms[ch], terms[c + ch], relu);
+        grad_x[i] = terms[2 * c + ch] * g - terms[3 * c + ch] -
+                    terms[4 * c + ch] * (x[i] - terms[5 * c + ch]);
     }
 }

@@ -330,7 +330,8 @@ mod cuda {
         Ok(storage(moments, device))
     }
 
-    /// x·scale + shift per channel, through a ReLU if `relu`.
+    /// x·scale + shift per channel, through a ReLU if `relu`: the channels' scale and shift
+    /// first (f64 once per channel), then the element-wise pass in f32.
     pub(super) fn normalize(
         (xs, xl): Input,
         (ps, pl): Input,
@@ -342,18 +343,26 @@ mod cuda {
         let device = &xs.device;
         let x = input::<f32>(xs, xl, OP)?;
         let params = input::<f32>(ps, pl, OP)?;
+        let dims = dims([n, c, h * w], OP)?;
+        // SAFETY: the kernel launched next writes every element.
+        let coefficients = unsafe { output::<f32>(device, 2 * c) }?;
+        let (func, stream) = MODULE.function(device, "batch_norm_coefficients_f32")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&params).arg(&coefficients).arg(&dims[1]).arg(&eps);
+        // SAFETY: the arguments match the kernel's parameters in order and type; one thread per
+        // channel writes its two values.
+        unsafe { args.launch(per_channel(c)) }.w()?;
         let len = n * c * h * w;
         // SAFETY: the kernel launched next writes every element.
         let out = unsafe { output::<f32>(device, len) }?;
-        let dims = dims([n, c, h * w], OP)?;
         let relu = i32::from(relu);
         let (func, stream) = MODULE.function(device, "batch_norm_apply_f32")?;
         let mut args = stream.launch_builder(&func);
-        args.arg(&x).arg(&params).arg(&out);
+        args.arg(&x).arg(&coefficients).arg(&out);
         for d in &dims {
             args.arg(d);
         }
-        args.arg(&eps).arg(&relu);
+        args.arg(&relu);
         // SAFETY: the arguments match the kernel's parameters in order and type; the views hold
         // the element counts the dimensions give.
         unsafe { args.launch(elementwise(len)) }.w()?;
@@ -394,7 +403,8 @@ mod cuda {
         Ok(storage(sums, device))
     }
 
-    /// dx from x, dy and the (6, C) stack.
+    /// dx from x, dy and the (6, C) stack: the per-channel terms first (f64 once per channel),
+    /// then the element-wise pass in f32.
     pub(super) fn input_grad(
         (xs, xl): Input,
         (gs, gl): Input,
@@ -408,18 +418,31 @@ mod cuda {
         let x = input::<f32>(xs, xl, OP)?;
         let dy = input::<f32>(gs, gl, OP)?;
         let params = input::<f32>(ps, pl, OP)?;
+        let dims = dims([n, c, h * w], OP)?;
+        // SAFETY: the kernel launched next writes every element.
+        let terms = unsafe { output::<f32>(device, 6 * c) }?;
+        let count = (n * h * w) as f64;
+        let (func, stream) = MODULE.function(device, "batch_norm_grad_coefficients_f32")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&params)
+            .arg(&terms)
+            .arg(&dims[1])
+            .arg(&count)
+            .arg(&eps);
+        // SAFETY: the arguments match the kernel's parameters in order and type; one thread per
+        // channel writes its six values.
+        unsafe { args.launch(per_channel(c)) }.w()?;
         let len = n * c * h * w;
         // SAFETY: the kernel launched next writes every element.
         let out = unsafe { output::<f32>(device, len) }?;
-        let dims = dims([n, c, h * w], OP)?;
         let relu = i32::from(relu);
         let (func, stream) = MODULE.function(device, "batch_norm_input_grad_f32")?;
         let mut args = stream.launch_builder(&func);
-        args.arg(&x).arg(&dy).arg(&params).arg(&out);
+        args.arg(&x).arg(&dy).arg(&terms).arg(&out);
         for d in &dims {
             args.arg(d);
         }
-        args.arg(&eps).arg(&relu);
+        args.arg(&relu);
         // SAFETY: as in `normalize`.
         unsafe { args.launch(elementwise(len)) }.w()?;
         Ok(storage(out, device))
