@@ -156,6 +156,9 @@ type DepthwiseForward<T> = unsafe extern "C" fn(
 );
 type DepthwiseGrad<T> =
     unsafe extern "C" fn(*const T, *const T, *mut T, u32, u32, u32, u32, u32, u32, u32);
+type WeightGradPartial<T> =
+    unsafe extern "C" fn(*const T, *const T, *mut f64, u32, u32, u32, u32, u32, u32, u32);
+type WeightGradFinish<T> = unsafe extern "C" fn(*const f64, *mut T, u32, u32);
 
 /// What a kernel family computed: each part's name, its values and the CPU f32 op's.
 type Outputs = Vec<(String, Vec<f32>, Tensor)>;
@@ -243,8 +246,10 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
         library.function(&format!("depthwise3x3_forward_{}", K::SUFFIX));
     let input_grad: DepthwiseGrad<K> =
         library.function(&format!("depthwise3x3_input_grad_{}", K::SUFFIX));
-    let weight_grad: DepthwiseGrad<K> =
-        library.function(&format!("depthwise3x3_weight_grad_{}", K::SUFFIX));
+    let weight_grad_partial: WeightGradPartial<K> =
+        library.function(&format!("depthwise3x3_weight_grad_partial_{}", K::SUFFIX));
+    let weight_grad_finish: WeightGradFinish<K> =
+        library.function(&format!("depthwise3x3_weight_grad_finish_{}", K::SUFFIX));
     let mut outputs = Outputs::new();
     for (i, (h, w)) in [(1, 1), (5, 7), (17, 33)].into_iter().enumerate() {
         for stride in [1usize, 2] {
@@ -309,14 +314,16 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
             });
             let part = format!("{what}: input gradient");
             outputs.push((part, as_f32(&grad_x), grads[0].clone()));
-            let grad_w = output::<K>(c * 9);
-            let (xa, ga, ra) = (at(&x), at(&g), at(&grad_w));
-            // One block per channel, as the op launches it.
-            launch(library, (dims[1], 1), SUM_THREADS, &|| unsafe {
-                weight_grad(
+            // Three blocks per channel (the op's split for these sizes is one), so that the
+            // partials have stages to add, and stretches run past the outputs at 1x1.
+            let splits = 3u32;
+            let partials = vec![f64::NAN; c * splits as usize * 9];
+            let (xa, ga, pa) = (at(&x), at(&g), at(&partials));
+            launch(library, (splits, dims[1]), SUM_THREADS, &|| unsafe {
+                weight_grad_partial(
                     xa as *const K,
                     ga as *const K,
-                    ra as *mut K,
+                    pa as *mut f64,
                     dims[0],
                     dims[1],
                     dims[2],
@@ -325,6 +332,11 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
                     dims[5],
                     dims[6],
                 )
+            });
+            let grad_w = output::<K>(c * 9);
+            let ra = at(&grad_w);
+            launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
+                weight_grad_finish(pa as *const f64, ra as *mut K, dims[1], splits)
             });
             let part = format!("{what}: weight gradient");
             outputs.push((part, as_f32(&grad_w), grads[1].clone()));

@@ -30,3 +30,13 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
     }
     return v;
 }
+
+// The stretch of a channel's `count` values that block `split` of `splits` sums, in the
+// reductions over a grid of (split, channel) blocks whose partial sums one thread per channel
+// then adds in order.
+__device__ __forceinline__ void stretch(size_t count, unsigned split, unsigned splits,
+                                        size_t* start, size_t* end) {
+    const size_t per = (count + splits - 1) / splits;
+    *start = min(count, (size_t)split * per);
+    *end = min(count, *start + per);
+}

@@ -1,7 +1,7 @@
 // Depthwise 3x3 convolution, padding 1, stride 1 or 2, on (N, C, H, W) planes of each element
 // type of `element.cuh`, and its two gradients. One thread per output element (forward, input
-// gradient); one block per channel for the weight gradient, whose nine sums run over the whole
-// batch.
+// gradient); for the weight gradient, whose nine sums per channel run over the whole batch, a
+// grid of (split, channel) blocks and then one thread per weight.
 #include "block_sum.cuh"
 #include "element.cuh"
 
@@ -74,19 +74,20 @@ __device__ void depthwise3x3_input_grad(
 }
 
 // grad_w[c, ky, kx] = sum over images and outputs of g[b, c, oy, ox] * x[b, c, oy*s-1+ky,
-// ox*s-1+kx]: block `c` sums channel c's nine products in f64.
+// ox*s-1+kx], in two stages: block (split, c) sums its stretch of channel c's outputs into nine
+// f64 partials, then one thread per weight adds its channel's partials in order.
 template <typename T>
-__device__ void depthwise3x3_weight_grad(
-    const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ grad_w,
-    unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow,
-    unsigned stride) {
+__device__ void depthwise3x3_weight_grad_partial(
+    const T* __restrict__ x, const T* __restrict__ g, double* __restrict__ partials, unsigned n,
+    unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow, unsigned stride) {
     __shared__ double shared[32];
-    const unsigned ch = blockIdx.x;
+    const unsigned split = blockIdx.x, splits = gridDim.x, ch = blockIdx.y;
     double acc[9];
     for (int t = 0; t < 9; ++t) acc[t] = 0.0;
     const size_t per_image = (size_t)oh * ow;
-    const size_t total = (size_t)n * per_image;
-    for (size_t e = threadIdx.x; e < total; e += blockDim.x) {
+    size_t start, end;
+    stretch((size_t)n * per_image, split, splits, &start, &end);
+    for (size_t e = start + threadIdx.x; e < end; e += blockDim.x) {
         const size_t b = e / per_image;
         const size_t o = e % per_image;
         const unsigned oy = o / ow;
@@ -106,8 +107,20 @@ __device__ void depthwise3x3_weight_grad(
     }
     for (int t = 0; t < 9; ++t) {
         const double total_t = block_sum(acc[t], shared);
-        if (threadIdx.x == 0) grad_w[ch * 9 + t] = store<T>((float)total_t);
+        if (threadIdx.x == 0) partials[((size_t)ch * splits + split) * 9 + t] = total_t;
     }
+}
+
+template <typename T>
+__device__ void depthwise3x3_weight_grad_finish(const double* __restrict__ partials,
+                                                T* __restrict__ grad_w, unsigned c,
+                                                unsigned splits) {
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= c * 9) return;
+    const unsigned ch = i / 9, t = i % 9;
+    double sum = 0.0;
+    for (unsigned s = 0; s < splits; ++s) sum += partials[((size_t)ch * splits + s) * 9 + t];
+    grad_w[i] = store<T>((float)sum);
 }
 
 #define EXPORT(SUFFIX, T)                                                                    \
@@ -122,9 +135,15 @@ __device__ void depthwise3x3_weight_grad(
         unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow, unsigned stride) {    \
         depthwise3x3_input_grad(g, w, grad_x, n, c, h, wd, oh, ow, stride);                  \
     }                                                                                        \
-    extern "C" __global__ void depthwise3x3_weight_grad_##SUFFIX(                            \
-        const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ grad_w, unsigned n, \
-        unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow, unsigned stride) {    \
-        depthwise3x3_weight_grad(x, g, grad_w, n, c, h, wd, oh, ow, stride);                 \
+    extern "C" __global__ void depthwise3x3_weight_grad_partial_##SUFFIX(                    \
+        const T* __restrict__ x, const T* __restrict__ g, double* __restrict__ partials,     \
+        unsigned n, unsigned c, unsigned h, unsigned wd, unsigned oh, unsigned ow,           \
+        unsigned stride) {                                                                   \
+        depthwise3x3_weight_grad_partial(x, g, partials, n, c, h, wd, oh, ow, stride);       \
+    }                                                                                        \
+    extern "C" __global__ void depthwise3x3_weight_grad_finish_##SUFFIX(                     \
+        const double* __restrict__ partials, T* __restrict__ grad_w, unsigned c,             \
+        unsigned splits) {                                                                   \
+        depthwise3x3_weight_grad_finish(partials, grad_w, c, splits);                        \
     }
 FOR_EACH_ELEMENT(EXPORT)

@@ -344,8 +344,8 @@ mod cuda {
     use candle_core::{CudaStorage, Result, Shape};
 
     use crate::ops::cuda::{
-        dims, elementwise, input, output, ptx_module, reduction, storage, typed, Element, Input,
-        Module,
+        channel_splits, dims, elementwise, input, output, ptx_module, reduction, storage, typed,
+        Element, Input, Module,
     };
     use crate::ops::depthwise_output_size;
 
@@ -422,8 +422,9 @@ mod cuda {
         Ok((storage(out, device), Shape::from((n, c, h, w))))
     }
 
-    /// The (C, 1, 3, 3) weight gradient from the input `x` and the output gradient `g`: one block
-    /// per channel.
+    /// The (C, 1, 3, 3) weight gradient from the input `x` and the output gradient `g`: a grid
+    /// of (split, channel) blocks sums nine f64 partials per stretch of each channel, then one
+    /// thread per weight adds its channel's in order.
     pub(super) fn weight_grad<T: Element>(
         (xs, xl): Input,
         (gs, gl): Input,
@@ -435,17 +436,27 @@ mod cuda {
         let device = &xs.device;
         let x = input::<T>(xs, xl, OP)?;
         let g = input::<T>(gs, gl, OP)?;
-        // SAFETY: the kernel launched next writes every element.
-        let out = unsafe { output::<T>(device, c * 9) }?;
         let dims = dims([n, c, h, w, oh, ow, stride], OP)?;
-        let (func, stream) = MODULE.function(device, &typed::<T>("depthwise3x3_weight_grad"))?;
+        let splits = channel_splits(n * oh * ow);
+        // SAFETY: the kernel launched next writes every element.
+        let partials = unsafe { output::<f64>(device, c * splits as usize * 9) }?;
+        let function = typed::<T>("depthwise3x3_weight_grad_partial");
+        let (func, stream) = MODULE.function(device, &function)?;
         let mut args = stream.launch_builder(&func);
-        args.arg(&x).arg(&g).arg(&out);
+        args.arg(&x).arg(&g).arg(&partials);
         for d in &dims {
             args.arg(d);
         }
-        // SAFETY: as in `forward`; one block per channel, each writing its nine values.
-        unsafe { args.launch(reduction((dims[1], 1), OP)?) }.w()?;
+        // SAFETY: as in `forward`; each of the (splits, C) blocks writes its nine partials.
+        unsafe { args.launch(reduction((splits, dims[1]), OP)?) }.w()?;
+        // SAFETY: the kernel launched next writes every element.
+        let out = unsafe { output::<T>(device, c * 9) }?;
+        let function = typed::<T>("depthwise3x3_weight_grad_finish");
+        let (func, stream) = MODULE.function(device, &function)?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&partials).arg(&out).arg(&dims[1]).arg(&splits);
+        // SAFETY: as in `forward`; one thread per weight writes it.
+        unsafe { args.launch(elementwise(c * 9)) }.w()?;
         Ok((storage(out, device), Shape::from((c, 1, 3, 3))))
     }
 }

@@ -15,14 +15,6 @@ __device__ __forceinline__ size_t channel_index(size_t e, unsigned ch, unsigned 
     return ((e / plane) * c + ch) * plane + e % plane;
 }
 
-// The stretch of a channel's `count` values that block `split` of `splits` sums.
-__device__ __forceinline__ void stretch(size_t count, unsigned split, unsigned splits,
-                                        size_t* start, size_t* end) {
-    const size_t per = (count + splits - 1) / splits;
-    *start = min(count, (size_t)split * per);
-    *end = min(count, *start + per);
-}
-
 // 1/sqrt(var + eps) in f64, as the CPU op computes it.
 __device__ __forceinline__ double inverse_std(float variance, double eps) {
     return 1.0 / sqrt((double)variance + eps);
