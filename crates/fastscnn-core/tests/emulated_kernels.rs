@@ -132,14 +132,23 @@ fn with_gradients(
     (out, grads)
 }
 
-/// An address a kernel call on another thread can take (raw pointers are not `Sync`).
+/// The address of an input, which a kernel call on another thread can take (raw pointers are
+/// not `Sync`); kernels only read through it.
 fn at<T>(v: &[T]) -> usize {
     v.as_ptr() as usize
+}
+
+/// The address of an output (or of partial sums one kernel writes and the next reads), taken
+/// from a unique borrow, since kernels write through it.
+fn at_mut<T>(v: &mut [T]) -> usize {
+    v.as_mut_ptr() as usize
 }
 
 // ---------------------------------------------------------------------------------------------
 // The kernels
 
+// The kernels' C declarations as Rust function types (`T` the element type): each kernel is
+// looked up as its type below, which the `unsafe` lookups rely on.
 type DepthwiseForward<T> = unsafe extern "C" fn(
     *const T,
     *const T,
@@ -243,13 +252,13 @@ macro_rules! typed {
 
 fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
     let forward: DepthwiseForward<K> =
-        library.function(&format!("depthwise3x3_forward_{}", K::SUFFIX));
+        unsafe { library.function(&format!("depthwise3x3_forward_{}", K::SUFFIX)) };
     let input_grad: DepthwiseGrad<K> =
-        library.function(&format!("depthwise3x3_input_grad_{}", K::SUFFIX));
+        unsafe { library.function(&format!("depthwise3x3_input_grad_{}", K::SUFFIX)) };
     let weight_grad_partial: WeightGradPartial<K> =
-        library.function(&format!("depthwise3x3_weight_grad_partial_{}", K::SUFFIX));
+        unsafe { library.function(&format!("depthwise3x3_weight_grad_partial_{}", K::SUFFIX)) };
     let weight_grad_finish: WeightGradFinish<K> =
-        library.function(&format!("depthwise3x3_weight_grad_finish_{}", K::SUFFIX));
+        unsafe { library.function(&format!("depthwise3x3_weight_grad_finish_{}", K::SUFFIX)) };
     let mut outputs = Outputs::new();
     for (i, (h, w)) in [(1, 1), (5, 7), (17, 33)].into_iter().enumerate() {
         for stride in [1usize, 2] {
@@ -267,9 +276,9 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
             let dims = [n, c, h, w, oh, ow, stride].map(|d| d as u32);
             let what = format!("depthwise {h}x{w} stride {stride}");
             for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
-                let result = output::<K>(n * c * oh * ow);
+                let mut result = output::<K>(n * c * oh * ow);
                 let bias_at = if with_bias { at(&bias) } else { 0 };
-                let (xa, ka, ra) = (at(&x), at(&k), at(&result));
+                let (xa, ka, ra) = (at(&x), at(&k), at_mut(&mut result));
                 launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
                     forward(
                         xa as *const K,
@@ -296,8 +305,8 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
                 let part = format!("{what}: forward, bias {with_bias}, relu {relu}");
                 outputs.push((part, as_f32(&result), expected));
             }
-            let grad_x = output::<K>(n * c * h * w);
-            let (ga, ka, ra) = (at(&g), at(&k), at(&grad_x));
+            let mut grad_x = output::<K>(n * c * h * w);
+            let (ga, ka, ra) = (at(&g), at(&k), at_mut(&mut grad_x));
             launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
                 input_grad(
                     ga as *const K,
@@ -317,8 +326,8 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
             // Three blocks per channel (the op's split for these sizes is one), so that the
             // partials have stages to add, and stretches run past the outputs at 1x1.
             let splits = 3u32;
-            let partials = vec![f64::NAN; c * splits as usize * 9];
-            let (xa, ga, pa) = (at(&x), at(&g), at(&partials));
+            let mut partials = vec![f64::NAN; c * splits as usize * 9];
+            let (xa, ga, pa) = (at(&x), at(&g), at_mut(&mut partials));
             launch(library, (splits, dims[1]), SUM_THREADS, &|| unsafe {
                 weight_grad_partial(
                     xa as *const K,
@@ -333,8 +342,8 @@ fn depthwise<R: Element, K: Element>(library: &Library) -> Outputs {
                     dims[6],
                 )
             });
-            let grad_w = output::<K>(c * 9);
-            let ra = at(&grad_w);
+            let mut grad_w = output::<K>(c * 9);
+            let ra = at_mut(&mut grad_w);
             launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
                 weight_grad_finish(pa as *const f64, ra as *mut K, dims[1], splits)
             });
@@ -365,8 +374,10 @@ fn map_planes<R: Element, K: Element>(
     extra: i32,
     op: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Outputs {
-    let forward: MapPlanes<K> = library.function(&format!("{}_{}", functions.0, K::SUFFIX));
-    let backward: MapPlanes<K> = library.function(&format!("{}_{}", functions.1, K::SUFFIX));
+    let forward: MapPlanes<K> =
+        unsafe { library.function(&format!("{}_{}", functions.0, K::SUFFIX)) };
+    let backward: MapPlanes<K> =
+        unsafe { library.function(&format!("{}_{}", functions.1, K::SUFFIX)) };
     let (n, c) = (2, 3);
     let x: Vec<K> = inputs::<R, K>(&random_tensor(&[n, c, h, w], (h * w + oh) as u64).unwrap());
     let g: Vec<K> = inputs::<R, K>(&random_tensor(&[n, c, oh, ow], 7).unwrap());
@@ -382,8 +393,8 @@ fn map_planes<R: Element, K: Element>(
         (forward, at(&x), n * c * oh * ow, &out, "forward"),
         (backward, at(&g), n * c * h * w, &grads[0], "gradient"),
     ] {
-        let result = output::<K>(len);
-        let ra = at(&result);
+        let mut result = output::<K>(len);
+        let ra = at_mut(&mut result);
         launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
             kernel(
                 source as *const K,
@@ -453,7 +464,8 @@ fn labels<T: Element>() {
     let Some(library) = library("resize_argmax") else {
         return;
     };
-    let kernel: ResizeArgmax<T> = library.function(&format!("resize_argmax_{}", T::SUFFIX));
+    let kernel: ResizeArgmax<T> =
+        unsafe { library.function(&format!("resize_argmax_{}", T::SUFFIX)) };
     let (n, c, h, w, oh, ow) = (2, 19, 16, 32, 128, 256);
     let scores: Vec<T> = elements(&random_tensor(&[n, c, h, w], 7).unwrap());
     for align_corners in [true, false] {
@@ -464,9 +476,9 @@ fn labels<T: Element>() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-        let labels = vec![u32::MAX; n * oh * ow];
+        let mut labels = vec![u32::MAX; n * oh * ow];
         let dims = [n, c, h, w, oh, ow].map(|d| d as u32);
-        let (sa, la) = (at(&scores), at(&labels));
+        let (sa, la) = (at(&scores), at_mut(&mut labels));
         launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
             kernel(
                 sa as *const T,
@@ -513,14 +525,16 @@ fn training_batch_norm_forward_backward_and_statistics() {
     let Some(library) = library("stacked_batch_norm") else {
         return;
     };
-    let moments: Moments = library.function("batch_norm_partial_moments_f32");
-    let finish_moments: FinishMoments = library.function("batch_norm_finish_moments_f32");
-    let coefficients: Coefficients = library.function("batch_norm_coefficients_f32");
-    let apply: Apply = library.function("batch_norm_apply_f32");
-    let partial_grad: PartialGrad = library.function("batch_norm_partial_grad_f32");
-    let finish_grad: FinishGrad = library.function("batch_norm_finish_grad_f32");
-    let grad_coefficients: GradCoefficients = library.function("batch_norm_grad_coefficients_f32");
-    let input_grad: InputGrad = library.function("batch_norm_input_grad_f32");
+    let moments: Moments = unsafe { library.function("batch_norm_partial_moments_f32") };
+    let finish_moments: FinishMoments =
+        unsafe { library.function("batch_norm_finish_moments_f32") };
+    let coefficients: Coefficients = unsafe { library.function("batch_norm_coefficients_f32") };
+    let apply: Apply = unsafe { library.function("batch_norm_apply_f32") };
+    let partial_grad: PartialGrad = unsafe { library.function("batch_norm_partial_grad_f32") };
+    let finish_grad: FinishGrad = unsafe { library.function("batch_norm_finish_grad_f32") };
+    let grad_coefficients: GradCoefficients =
+        unsafe { library.function("batch_norm_grad_coefficients_f32") };
+    let input_grad: InputGrad = unsafe { library.function("batch_norm_input_grad_f32") };
     let (n, c, h, w) = (4, 6, 17, 33);
     let plane = h * w;
     let eps = 1e-5;
@@ -545,9 +559,9 @@ fn training_batch_norm_forward_backward_and_statistics() {
             stats.borrow_mut().extend([out.mean, out.variance]);
             Ok(out.output)
         });
-        let partials = vec![f64::NAN; c * splits as usize * 2];
-        let stacked = output::<f32>(2 * c);
-        let (xa, pa, sa) = (at(&x), at(&partials), at(&stacked));
+        let mut partials = vec![f64::NAN; c * splits as usize * 2];
+        let mut stacked = output::<f32>(2 * c);
+        let (xa, pa, sa) = (at(&x), at_mut(&mut partials), at_mut(&mut stacked));
         launch(library, (splits, c32), SUM_THREADS, &|| unsafe {
             moments(xa as *const f32, pa as *mut f64, n32, c32, plane32)
         });
@@ -569,13 +583,13 @@ fn training_batch_norm_forward_backward_and_statistics() {
         let mut params: Vec<f32> = values(&gamma);
         params.extend(values(&beta));
         params.extend_from_slice(&stacked);
-        let scale_shift = output::<f32>(2 * c);
-        let (qa, ca) = (at(&params), at(&scale_shift));
+        let mut scale_shift = output::<f32>(2 * c);
+        let (qa, ca) = (at(&params), at_mut(&mut scale_shift));
         launch(library, (1, 1), 64, &|| unsafe {
             coefficients(qa as *const f32, ca as *mut f32, c32, eps)
         });
-        let result = output::<f32>(x.len());
-        let ra = at(&result);
+        let mut result = output::<f32>(x.len());
+        let ra = at_mut(&mut result);
         launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
             apply(
                 xa as *const f32,
@@ -593,9 +607,9 @@ fn training_batch_norm_forward_backward_and_statistics() {
             &out,
             1e-5,
         );
-        let partials = vec![f64::NAN; c * splits as usize * 2];
-        let sums = output::<f32>(2 * c);
-        let (ga, pa, sa) = (at(&dy), at(&partials), at(&sums));
+        let mut partials = vec![f64::NAN; c * splits as usize * 2];
+        let mut sums = output::<f32>(2 * c);
+        let (ga, pa, sa) = (at(&dy), at_mut(&mut partials), at_mut(&mut sums));
         launch(library, (splits, c32), SUM_THREADS, &|| unsafe {
             partial_grad(
                 xa as *const f32,
@@ -632,14 +646,14 @@ fn training_batch_norm_forward_backward_and_statistics() {
             1e-5,
         );
         params.extend_from_slice(&sums);
-        let terms = output::<f32>(6 * c);
-        let (qa, ta) = (at(&params), at(&terms));
+        let mut terms = output::<f32>(6 * c);
+        let (qa, ta) = (at(&params), at_mut(&mut terms));
         let count = (n * plane) as f64;
         launch(library, (1, 1), 64, &|| unsafe {
             grad_coefficients(qa as *const f32, ta as *mut f32, c32, count, eps)
         });
-        let grad_x = output::<f32>(x.len());
-        let ra = at(&grad_x);
+        let mut grad_x = output::<f32>(x.len());
+        let ra = at_mut(&mut grad_x);
         launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
             input_grad(
                 xa as *const f32,
@@ -671,9 +685,9 @@ fn cross_entropy_with_ignored_pixels_and_its_gradient() {
     let Some(library) = library("target_map_cross_entropy") else {
         return;
     };
-    let partial: LossPartial = library.function("cross_entropy_partial_f32");
-    let finish: LossFinish = library.function("cross_entropy_finish_f32");
-    let grad: LossGrad = library.function("cross_entropy_grad_f32");
+    let partial: LossPartial = unsafe { library.function("cross_entropy_partial_f32") };
+    let finish: LossFinish = unsafe { library.function("cross_entropy_finish_f32") };
+    let grad: LossGrad = unsafe { library.function("cross_entropy_grad_f32") };
     let (n, c, h, w) = (2, 19, 24, 40);
     let pixels = n * h * w;
     let targets: Vec<u32> = (0..pixels).map(|i| (i * 7 % c) as u32).collect();
@@ -694,9 +708,14 @@ fn cross_entropy_with_ignored_pixels_and_its_gradient() {
     let logits = values(&logits_t);
     let blocks = 5u32;
     let [n32, c32, plane32] = [n, c, h * w].map(|d| d as u32);
-    let partials = vec![f64::NAN; blocks as usize];
-    let result = output::<f32>(1);
-    let (la, ta, pa, ra) = (at(&logits), at(&map), at(&partials), at(&result));
+    let mut partials = vec![f64::NAN; blocks as usize];
+    let mut result = output::<f32>(1);
+    let (la, ta, pa, ra) = (
+        at(&logits),
+        at(&map),
+        at_mut(&mut partials),
+        at_mut(&mut result),
+    );
     launch(library, (blocks, 1), SUM_THREADS, &|| unsafe {
         partial(
             la as *const f32,
@@ -711,8 +730,8 @@ fn cross_entropy_with_ignored_pixels_and_its_gradient() {
         finish(pa as *const f64, ra as *mut f32, blocks, scale)
     });
     assert_within("cross-entropy: loss", &result, &loss, 1e-6);
-    let grad_x = output::<f32>(logits.len());
-    let ga = at(&grad_x);
+    let mut grad_x = output::<f32>(logits.len());
+    let ga = at_mut(&mut grad_x);
     let grad_scale = scale as f32;
     launch(library, ELEMENTWISE.0, ELEMENTWISE.1, &|| unsafe {
         grad(

@@ -1,8 +1,13 @@
 // The CUDA built-ins the kernels of `src/ops` use, for compiling them as C++ on the host (the
 // host compiler's `-include`): `__global__` functions become plain `extern "C"` functions with
 // the kernels' own parameters, which `emu_launch` runs once per thread of a grid, every thread of
-// a block an OS thread, so that `__syncthreads` and the warp shuffles meet as on a GPU. The
-// half-precision types and conversions are CUDA's own headers' host versions.
+// a block an OS thread, so that `__syncthreads` and the warp shuffles wait for one another as on
+// a GPU. The half-precision types and conversions are CUDA's own headers' host versions.
+//
+// What it does not model: blocks run one after another, so races between blocks never show;
+// `__shared__` arrays are function statics, zeroed at first and keeping the previous block's
+// values, so a read of shared memory no thread wrote goes unseen; a thread that returns before a
+// barrier the others reach is an error (it stops the run), where a GPU may hang or go on.
 #pragma once
 
 #include <algorithm>
@@ -26,7 +31,8 @@ extern EmuIndex blockDim, gridDim;
 // Waits for every thread of the block.
 void __syncthreads();
 
-// Lane i's `v` of lane i + offset of its warp, or its own where that lane is past the warp's end.
+// Lane i's `v` of lane i + offset of its warp, or its own past the warp's end; the block's
+// threads must be a multiple of 32 (as `block_sum.cuh` requires).
 double __shfl_down_sync(unsigned mask, double v, int offset);
 
 using std::max;

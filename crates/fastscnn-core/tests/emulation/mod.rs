@@ -37,14 +37,17 @@ unsafe impl Send for Library {}
 unsafe impl Sync for Library {}
 
 impl Library {
-    /// The address of `symbol`, as the function type `F` (the kernel's C signature).
-    pub fn function<F: Copy>(&self, symbol: &str) -> F {
+    /// The address of `symbol`, as the function type `F`.
+    ///
+    /// # Safety
+    /// `F` must be the `unsafe extern "C" fn` type of the symbol's C declaration.
+    pub unsafe fn function<F: Copy>(&self, symbol: &str) -> F {
         assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
         let name = CString::new(symbol).unwrap();
         // SAFETY: a handle from dlopen and a NUL-terminated name.
         let address = unsafe { libc::dlsym(self.0, name.as_ptr()) };
         assert!(!address.is_null(), "{symbol}: not in the library");
-        // SAFETY: `F` is the function pointer type of the symbol's C declaration.
+        // SAFETY: the caller's `F` is the function pointer type of the symbol's declaration.
         unsafe { std::mem::transmute_copy(&address) }
     }
 }
@@ -115,7 +118,8 @@ extern "C" fn run_body(context: *mut c_void) {
 /// `body` (one kernel call) on every thread of a `grid` of blocks of `threads` threads.
 pub fn launch(library: &Library, grid: (u32, u32), threads: u32, body: Body) {
     type Launcher = unsafe extern "C" fn(u32, u32, u32, extern "C" fn(*mut c_void), *mut c_void);
-    let emu_launch: Launcher = library.function("emu_launch");
+    // SAFETY: `Launcher` is `emu_launch`'s declaration in `cuda_emulation.cpp`.
+    let emu_launch: Launcher = unsafe { library.function("emu_launch") };
     let context = &body as *const Body as *mut c_void;
     // SAFETY: `run_body` reads `context` as the `Body` it points to, within this call.
     unsafe { emu_launch(grid.0, grid.1, threads, run_body, context) };
@@ -125,5 +129,7 @@ pub fn launch(library: &Library, grid: (u32, u32), threads: u32, body: Body) {
 /// fewer threads than elements, so the grid-stride loops run.
 pub const ELEMENTWISE: ((u32, u32), u32) = ((3, 1), 64);
 
-/// The block size of the reducing kernels (`SUM_THREADS` of `src/ops/cuda.rs`).
-pub const SUM_THREADS: u32 = 256;
+/// The block size of the reducing kernels here: two warps, so that the block sums' second stage
+/// adds warps' sums (the ops launch 256, `SUM_THREADS` of `src/ops/cuda.rs`; the kernels take
+/// any multiple of 32), with a quarter of the threads to start.
+pub const SUM_THREADS: u32 = 64;
