@@ -173,9 +173,9 @@ pub(super) fn reduction(grid: (u32, u32), op: &str) -> Result<LaunchConfig> {
     })
 }
 
-/// One thread per channel of `channels`.
-pub(super) fn per_channel(channels: usize) -> LaunchConfig {
-    let blocks = channels.div_ceil(THREADS as usize).max(1) as u32;
+/// One thread per item of a per-channel count: the channels, or the nine weights of each.
+pub(super) fn per_channel(items: usize) -> LaunchConfig {
+    let blocks = items.div_ceil(THREADS as usize).max(1) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),

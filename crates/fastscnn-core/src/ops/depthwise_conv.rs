@@ -344,8 +344,8 @@ mod cuda {
     use candle_core::{CudaStorage, Result, Shape};
 
     use crate::ops::cuda::{
-        channel_splits, dims, elementwise, input, output, ptx_module, reduction, storage, typed,
-        Element, Input, Module,
+        channel_splits, dims, elementwise, input, output, per_channel, ptx_module, reduction,
+        storage, typed, Element, Input, Module,
     };
     use crate::ops::depthwise_output_size;
 
@@ -456,7 +456,7 @@ mod cuda {
         let mut args = stream.launch_builder(&func);
         args.arg(&partials).arg(&out).arg(&dims[1]).arg(&splits);
         // SAFETY: as in `forward`; one thread per weight writes it.
-        unsafe { args.launch(elementwise(c * 9)) }.w()?;
+        unsafe { args.launch(per_channel(c * 9)) }.w()?;
         Ok((storage(out, device), Shape::from((c, 1, 3, 3))))
     }
 }

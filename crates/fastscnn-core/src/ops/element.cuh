@@ -1,8 +1,8 @@
 // The element types the memory-bound kernels (depthwise convolution, pooling, resize, resize +
 // argmax) read and write: f32, f16 and bf16. Every kernel computes in f32 (its sums in f64 where
 // the f32 kernel has them, rounded to f32 as there) and rounds to the element type once on the
-// store, so a half-precision result is the f32 kernel's on the same inputs, rounded. The kernels are templates; each is
-// exported once per type as `<name>_f32`, `<name>_f16` and `<name>_bf16`.
+// store, so a half-precision result is the f32 kernel's on the same inputs, rounded. The kernels
+// are templates; each is exported once per type as `<name>_f32`, `<name>_f16` and `<name>_bf16`.
 #pragma once
 
 #include <cuda_bf16.h>

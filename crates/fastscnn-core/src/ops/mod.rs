@@ -2,18 +2,18 @@
 //!
 //! Each op runs a direct CPU kernel for f32 and f64 (the loss of upsampled scores for f32); with
 //! the `cuda` feature, the depthwise convolution, pooling, resize, resize + argmax, training
-//! BatchNorm and the loss run CUDA kernels for f32, the first four also for f16 and bf16 (the
-//! `.cu` file beside each op, compiled to PTX by `build.rs`); on every other device or dtype a
-//! fallback composed of candle's own ops or of the other ops here runs, so Metal builds (and
-//! CUDA's other dtypes) work too. The composite paths double as the reference the CPU kernels
-//! are tested against. Most CPU kernels are `fastscnn-cpu`'s: the engine's own for the forward
-//! passes it shares (depthwise, dense and 1x1 convolutions, resize, resize + argmax, pooling), and
-//! beside them those training adds (the same forwards in f64, every gradient, BatchNorm's f32
-//! passes, the loss in f32, alone and of upsampled scores). The few that only these ops run are
-//! here with them (BatchNorm's f64 normalisation, the per-channel bias, the loss in f64). Two ops run others inside them so that
-//! the maps between those never enter candle's gradient store: a convolution and the training
-//! BatchNorm after it ([`conv_batch_norm_train_act`]), and the upsampling of scores and their
-//! loss ([`resize_cross_entropy`]).
+//! BatchNorm and the loss run CUDA kernels for f32, the first four also for f16 and bf16 (the `.cu`
+//! file beside each op, compiled to PTX by `build.rs`); on every other device or dtype a fallback
+//! composed of candle's own ops or of the other ops here runs, so Metal builds (and CUDA's other
+//! dtypes) work too. The composite paths double as the reference the CPU kernels are tested
+//! against. Most CPU kernels are `fastscnn-cpu`'s: the engine's own for the forward passes it
+//! shares (depthwise, dense and 1x1 convolutions, resize, resize + argmax, pooling), and beside
+//! them those training adds (the same forwards in f64, every gradient, BatchNorm's f32 passes, the
+//! loss in f32, alone and of upsampled scores). The few that only these ops run are here with them
+//! (BatchNorm's f64 normalisation, the per-channel bias, the loss in f64). Two ops run others
+//! inside them so that the maps between those never enter candle's gradient store: a convolution
+//! and the training BatchNorm after it ([`conv_batch_norm_train_act`]), and the upsampling of
+//! scores and their loss ([`resize_cross_entropy`]).
 
 mod adaptive_avg_pool;
 mod batch_norm;

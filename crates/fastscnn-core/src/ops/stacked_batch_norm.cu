@@ -73,9 +73,9 @@ __device__ __forceinline__ void scale_shift(const float* params, unsigned c, uns
     *shift = (float)((double)params[c + ch] - (double)params[2 * c + ch] * s);
 }
 
-// coefficients[ch] = scale, coefficients[c + ch] = shift; one thread per channel. The f64 root
-// and division run once per channel here rather than once per element in `batch_norm_apply`:
-// GPUs other than datacenter ones run f64 at a small fraction of their f32 rate.
+// coefficients[ch] = scale, coefficients[c + ch] = shift; one thread per channel, so that the
+// f64 root and division run once per channel and `batch_norm_apply` is f32 throughout: GPUs
+// other than datacenter ones run f64 at a small fraction of their f32 rate.
 extern "C" __global__ void batch_norm_coefficients_f32(const float* __restrict__ params,
                                                        float* __restrict__ coefficients,
                                                        unsigned c, double eps) {

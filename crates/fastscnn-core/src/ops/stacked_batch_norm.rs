@@ -5,7 +5,8 @@
 //! over; here every value stays where the map is, and the op's inputs stay within candle's
 //! three per custom op.
 //!
-//! CUDA runs the kernels of `stacked_batch_norm.cu`; the CPU runs the same arithmetic in f64,
+//! CUDA runs the kernels of `stacked_batch_norm.cu` (statistics and sums in f64, the per-channel
+//! terms in f64 rounded to f32, the element-wise passes in f32); the CPU runs this form in f64,
 //! the reference the CUDA kernels and the rest of this form are tested against.
 
 use candle_core::{CpuStorage, Result, Shape, Tensor};
