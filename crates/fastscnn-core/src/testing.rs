@@ -238,6 +238,22 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     d.expect("difference of two CPU tensors")
 }
 
+/// The largest absolute value of a tensor (of any float type, on any device), as f32.
+pub fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| {
+            a.max_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_scalar::<f32>()
+        })
+        .expect("the largest value of a float tensor")
+}
+
+/// max |a − b| over max |b|: the difference relative to the reference `b`'s largest value.
+pub fn relative_max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    max_abs_diff(a, b) / max_abs(b)
+}
+
 /// The class index of every pixel of (N, C, H, W) scores, flattened.
 pub fn argmax_labels(scores: &candle_core::Tensor) -> Vec<u32> {
     scores

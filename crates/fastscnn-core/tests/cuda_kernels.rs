@@ -10,7 +10,7 @@ use fastscnn_core::ops::{
     adaptive_avg_pool2d, batch_norm_train_act, depthwise_conv2d, depthwise_conv2d_bias_act,
     resize_argmax, resize_bilinear, resize_cross_entropy, softmax_cross_entropy,
 };
-use fastscnn_core::testing::{cuda_device, random_tensor};
+use fastscnn_core::testing::{cuda_device, max_abs, max_abs_diff, random_tensor};
 
 /// max |a − b| over max |b| (at least 1), both brought to the CPU.
 fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -25,15 +25,7 @@ fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-    let largest = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    largest(&(&a - &b).unwrap()) / largest(&b).max(1.0)
+    max_abs_diff(&a, &b) / max_abs(&b).max(1.0)
 }
 
 fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor) {

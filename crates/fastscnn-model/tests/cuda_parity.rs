@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Module, Tensor};
 use fastscnn_core::testing::{
-    argmax_agreement, cuda_device, label_agreement, max_abs_diff, shared_dir,
+    argmax_agreement, cuda_device, label_agreement, max_abs_diff, relative_max_diff, shared_dir,
 };
 use fastscnn_model::{image_to_tensor, load_rgb_image, BatchNormMode, FastScnn, LoadOptions};
 
@@ -117,15 +117,7 @@ fn check_half(device: &Device, weights: &str, expected: &str, dtype: DType, boun
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-    let largest = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let diff = max_abs_diff(&logits, expected) / largest(expected);
+    let diff = relative_max_diff(&logits, expected);
     let agreement = argmax_agreement(&logits, expected);
     let labels: Tensor = model
         .predict(&input)

@@ -6,25 +6,12 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Module, Tensor};
-use fastscnn_core::testing::{argmax_agreement, label_agreement, shared_dir};
+use candle_core::{DType, Device, Module};
+use fastscnn_core::testing::{argmax_agreement, label_agreement, relative_max_diff, shared_dir};
 use fastscnn_model::{image_to_tensor, load_rgb_image, FastScnn, LoadOptions, ModelError};
 
 fn golden() -> Option<PathBuf> {
     Some(shared_dir()?.join("golden"))
-}
-
-/// max |a − b| over max |b|.
-fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let largest = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    largest(&(a - b).unwrap()) / largest(b)
 }
 
 fn check(weights: &str, expected: &str) {
@@ -47,7 +34,7 @@ fn check(weights: &str, expected: &str) {
     let logits = model.forward(&input).unwrap();
     assert_eq!(logits.dtype(), dtype);
     let logits = logits.to_dtype(DType::F32).unwrap();
-    let diff = relative_diff(&logits, expected);
+    let diff = relative_max_diff(&logits, expected);
     let agreement = argmax_agreement(&logits, expected);
     let labels = label_agreement(&model.predict(&input).unwrap(), expected);
     eprintln!("{weights} in f16: relative diff {diff:e}, argmax {agreement}, labels {labels}");
