@@ -27,28 +27,34 @@ fn golden() -> Option<PathBuf> {
     shared_dir().map(|s| s.join("golden"))
 }
 
-#[test]
-fn golden_logits_through_the_binary() {
-    let Some(golden) = golden() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let logits_path = dir.path().join("logits.safetensors");
+/// The golden frame segmented into `dir/out` with `extra` flags and `--save-logits`: the logits
+/// written, and PyTorch's.
+fn golden_logits(golden: &Path, dir: &Path, extra: &[&str]) -> (Tensor, Tensor) {
+    let logits_path = dir.join("logits.safetensors");
     segment_with(
         &golden.join("seed0_c19_256x512_input0.png"),
-        &weights_arg(&golden),
-        &dir.path().join("out"),
+        &weights_arg(golden),
+        &dir.join("out"),
     )
+    .args(extra)
     .arg("--save-logits")
     .arg(&logits_path)
     .assert()
     .success();
-
-    let ours = candle_core::safetensors::load(&logits_path, &Device::Cpu).unwrap();
-    let expected = candle_core::safetensors::load(
-        golden.join("seed0_c19_256x512_expected.safetensors"),
-        &Device::Cpu,
+    let logits =
+        |path: &Path| candle_core::safetensors::load(path, &Device::Cpu).unwrap()["logits"].clone();
+    (
+        logits(&logits_path),
+        logits(&golden.join("seed0_c19_256x512_expected.safetensors")),
     )
-    .unwrap();
-    let (ours, expected) = (&ours["logits"], &expected["logits"]);
+}
+
+#[test]
+fn golden_logits_through_the_binary() {
+    let Some(golden) = golden() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, expected) = golden_logits(&golden, dir.path(), &[]);
+    let (ours, expected) = (&ours, &expected);
     assert_eq!(ours.dims(), &[1, 19, 256, 512]);
     let diff = max_abs_diff(ours, expected);
     assert!(diff <= 1e-3, "max |diff| {diff}");
@@ -86,23 +92,12 @@ fn golden_logits_through_the_binary() {
 fn half_precision_logits_stay_near_pytorch() {
     let Some(golden) = golden() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let logits_path = dir.path().join("logits.safetensors");
-    segment_with(
-        &golden.join("seed0_c19_256x512_input0.png"),
-        &weights_arg(&golden),
-        &dir.path().join("out"),
-    )
-    .args(["--dtype", "f16", "--format", "trainid", "--save-logits"])
-    .arg(&logits_path)
-    .assert()
-    .success();
-    let ours = candle_core::safetensors::load(&logits_path, &Device::Cpu).unwrap();
-    let expected = candle_core::safetensors::load(
-        golden.join("seed0_c19_256x512_expected.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let (ours, expected) = (&ours["logits"], &expected["logits"]);
+    let (ours, expected) = golden_logits(
+        &golden,
+        dir.path(),
+        &["--dtype", "f16", "--format", "trainid"],
+    );
+    let (ours, expected) = (&ours, &expected);
     assert_eq!(ours.dtype(), candle_core::DType::F32);
     let diff = relative_max_diff(ours, expected);
     assert!(diff <= 1.5e-2, "relative diff {diff}");

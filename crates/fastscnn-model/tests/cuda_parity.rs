@@ -7,7 +7,7 @@
 //! "skipped: no CUDA device" and passes. The fixtures are required under `CI=true`, as for the
 //! CPU parity.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use fastscnn_core::testing::{
@@ -21,6 +21,35 @@ fn golden() -> Option<PathBuf> {
     Some(shared_dir()?.join("golden"))
 }
 
+/// `weights` loaded with `options` (a CUDA device) and run on the golden frame in their dtype:
+/// the logits, checked to stay on the GPU in that dtype, as f32 on the CPU, and the label map of
+/// `predict` on the CPU.
+fn golden_run(golden: &Path, weights: &str, options: &LoadOptions) -> (Tensor, Tensor) {
+    let model = FastScnn::from_file(golden.join(weights), options).unwrap();
+    let image = load_rgb_image(golden.join("seed0_c19_256x512_input0.png")).unwrap();
+    let input = image_to_tensor(&image, &model.config().normalization, &options.device)
+        .unwrap()
+        .to_dtype(options.dtype)
+        .unwrap();
+    let logits = model.forward(&input).unwrap();
+    assert_eq!(logits.dtype(), options.dtype);
+    assert!(
+        logits.device().is_cuda(),
+        "{weights}: the logits left the GPU"
+    );
+    let logits = logits
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let labels = model
+        .predict(&input)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    (logits, labels)
+}
+
 /// `weights` on `device`, run on the golden frame, against the expected logits of `expected`.
 fn check(device: &Device, weights: &str, expected: &str) {
     let Some(golden) = golden() else { return };
@@ -32,19 +61,7 @@ fn check(device: &Device, weights: &str, expected: &str) {
             device: device.clone(),
             ..Default::default()
         };
-        let model = FastScnn::from_file(golden.join(weights), &options).unwrap();
-        let image = load_rgb_image(golden.join("seed0_c19_256x512_input0.png")).unwrap();
-        let input = image_to_tensor(&image, &model.config().normalization, device).unwrap();
-        let logits = model.forward(&input).unwrap();
-        assert!(
-            logits.device().is_cuda(),
-            "{weights}: the logits left the GPU"
-        );
-        let logits = logits
-            .to_device(&Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
+        let (logits, labels) = golden_run(&golden, weights, &options);
         let d = max_abs_diff(&logits, expected);
         eprintln!("{weights} {batch_norm:?} on CUDA: max |diff| = {d:e}");
         assert!(
@@ -56,11 +73,6 @@ fn check(device: &Device, weights: &str, expected: &str) {
             agreement >= 0.999,
             "{weights} {batch_norm:?}: argmax agreement {agreement}"
         );
-        let labels: Tensor = model
-            .predict(&input)
-            .unwrap()
-            .to_device(&Device::Cpu)
-            .unwrap();
         let agreement = label_agreement(&labels, expected);
         assert!(
             agreement >= 0.999,
@@ -100,30 +112,9 @@ fn check_half(device: &Device, weights: &str, expected: &str, dtype: DType, boun
         device: device.clone(),
         ..Default::default()
     };
-    let model = FastScnn::from_file(golden.join(weights), &options).unwrap();
-    let image = load_rgb_image(golden.join("seed0_c19_256x512_input0.png")).unwrap();
-    let input = image_to_tensor(&image, &model.config().normalization, device)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap();
-    let logits = model.forward(&input).unwrap();
-    assert_eq!(logits.dtype(), dtype);
-    assert!(
-        logits.device().is_cuda(),
-        "{weights}: the logits left the GPU"
-    );
-    let logits = logits
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
+    let (logits, labels) = golden_run(&golden, weights, &options);
     let diff = relative_max_diff(&logits, expected);
     let agreement = argmax_agreement(&logits, expected);
-    let labels: Tensor = model
-        .predict(&input)
-        .unwrap()
-        .to_device(&Device::Cpu)
-        .unwrap();
     let labels = label_agreement(&labels, expected);
     eprintln!(
         "{weights} {dtype:?} on CUDA: relative diff {diff:e}, argmax {agreement}, labels {labels}"
